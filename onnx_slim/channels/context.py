@@ -1,0 +1,137 @@
+"""What a channel rule sees of the graph, and what it can record.
+
+A rule looks at one node: which of its inputs carry a tracked channel axis (and
+that axis's layout), static shapes, and constant values. It records:
+
+- the layout of each output's channel axis (`track`);
+- *uses*: initializer axes indexed by a layout, to be sliced when channels go
+  (a producer's output filters, a consumer's input channels, a per-channel
+  parameter such as a bias or a PRelu slope);
+- *fixes*: integers elsewhere in the graph that state a channel count (Split
+  sizes, Reshape targets, a depthwise Conv's `group`), rewritten after pruning;
+- *freezes*: layouts that must never be pruned, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .space import AtomTable, Block, FreezeReason, Layout
+
+PRODUCER, CONSUMER, PARAM = "producer", "consumer", "param"
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A tensor's channel axis and its layout."""
+
+    axis: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class Use:
+    """An axis of an initializer whose indices follow `layout`."""
+
+    kind: str  # PRODUCER | CONSUMER | PARAM
+    node: str
+    op_type: str
+    tensor: str
+    axis: int
+    layout: Layout
+
+
+@dataclass
+class Fix:
+    """An integer in the graph that states the kept size of some layouts.
+
+    `apply(graph, kept_length)` rewrites it; `layouts` says which layouts it
+    depends on, so fixes whose layouts lose nothing are skipped.
+    """
+
+    node: str
+    layouts: tuple
+    apply: Callable  # (onnx.GraphProto, kept_length: Callable[[Layout], int]) -> None
+
+
+@dataclass
+class AnalysisContext:
+    model: onnx.ModelProto
+    shapes: dict  # tensor name -> shape tuple (int | str | None)
+    atoms: AtomTable = field(default_factory=AtomTable)
+    tracked: dict = field(default_factory=dict)  # tensor name -> Tracked
+    uses: list = field(default_factory=list)
+    fixes: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.initializers = {init.name: init for init in self.model.graph.initializer}
+        self.opset = next(
+            (entry.version for entry in self.model.opset_import if entry.domain in ("", "ai.onnx")), 0
+        )
+        self._small_values: dict[str, np.ndarray] = {}
+
+    # -- reading -----------------------------------------------------------
+
+    def is_const(self, name: str) -> bool:
+        return name in self.initializers
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a constant input (meant for small shape tensors)."""
+        if not name or name not in self.initializers:
+            return None
+        if name not in self._small_values:
+            self._small_values[name] = numpy_helper.to_array(self.initializers[name])
+        return self._small_values[name]
+
+    def shape(self, name: str) -> tuple | None:
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple | None:
+        shape = self.shapes.get(name)
+        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            return None
+        return shape
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+    def get(self, name: str) -> Tracked | None:
+        return self.tracked.get(name) if name else None
+
+    def length(self, layout: Layout) -> int:
+        return self.atoms.length(layout)
+
+    # -- recording ---------------------------------------------------------
+
+    def track(self, name: str, axis: int, layout: Layout) -> None:
+        if name:
+            self.tracked[name] = Tracked(axis, layout)
+
+    def new_layout(self, size: int, node: onnx.NodeProto) -> Layout:
+        return (Block(self.atoms.new_atom(size, node.name)),)
+
+    def use(self, kind: str, node: onnx.NodeProto, tensor: str, axis: int, layout: Layout) -> None:
+        self.uses.append(Use(kind, node.name, node.op_type, tensor, axis, layout))
+
+    def fix(self, node: onnx.NodeProto, layouts, apply: Callable) -> None:
+        self.fixes.append(Fix(node.name, tuple(layouts), apply))
+
+    def freeze(self, layout: Layout, node: onnx.NodeProto | str, reason: str) -> None:
+        if isinstance(node, str):
+            why = FreezeReason(node, "", reason)
+        else:
+            why = FreezeReason(node.name, node.op_type, reason)
+        self.atoms.freeze_layout(layout, why)
+
+    def freeze_inputs(self, node: onnx.NodeProto, reason: str) -> None:
+        """Freeze every tracked input of `node`; its outputs stay untracked."""
+        for name in node.input:
+            tracked = self.get(name)
+            if tracked is not None:
+                self.freeze(tracked.layout, node, reason)

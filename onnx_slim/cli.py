@@ -1,0 +1,158 @@
+"""The `onnx-slim` command: parses options, calls the library, prints.
+
+Exit codes: 0 success, 1 failure, 2 usage error, 3 quality gate failed. Errors
+are one line on stderr (`error: ...`); `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import click
+
+from . import __version__
+from .errors import OnnxSlimError, UsageError
+from .report import before_after_table, human_bytes, human_count, table, to_json
+
+
+class Console:
+    """Progress on stderr (unless quiet); results on stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.started = time.perf_counter()
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"[{time.perf_counter() - self.started:6.1f}s] {message}", err=True)
+
+
+def parse_shapes(values) -> dict[str, list[int]]:
+    """`NAME=1,3,224,224` (repeatable) -> {NAME: [1, 3, 224, 224]}."""
+    shapes = {}
+    for value in values or ():
+        name, sep, dims = value.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
+        except ValueError:
+            raise UsageError(f"bad shape {value!r}: expected NAME=D1,D2,... e.g. input=1,3,224,224") from None
+    return shapes
+
+
+shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+    help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnx-slim")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx, debug):
+    """Make exported ONNX models smaller and faster without retraining."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@shape_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--all", "show_all", is_flag=True, help="List every group, not only the largest.")
+def inspect(model, input_shapes, as_json, show_all):
+    """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
+    from .pruning import analyze
+
+    analysis = analyze(model, input_shapes=parse_shapes(input_shapes), copy=False)
+    data = analysis.to_dict()
+    data["model"] = model
+    if as_json:
+        click.echo(to_json(data))
+        return
+    click.echo(f"{model}: {human_count(data['params'])} params, {human_count(data['macs'])} MACs "
+               f"(inputs {data['input_shapes']})")
+    click.echo(f"{data['groups_prunable']} of {data['groups_total']} channel groups prunable, "
+               f"covering {data['prunable_macs_fraction'] * 100:.1f}% of MACs\n")
+    groups = sorted(data["groups"], key=lambda g: -g["macs_share"])
+    shown = groups if show_all else groups[:25]
+    rows = []
+    for group in shown:
+        why = str(group["frozen_by"][0]["node"]) + ": " + group["frozen_by"][0]["reason"] if group["frozen_by"] else ""
+        producers = ", ".join(group["producers"][:3]) + (" ..." if len(group["producers"]) > 3 else "")
+        rows.append((group["id"], group["channels"], f"{group['macs_share'] * 100:.1f}%", group["status"], producers, why))
+    click.echo(table(["group", "channels", "MACs", "status", "producers", "frozen by"], rows))
+    if len(groups) > len(shown):
+        click.echo(f"... {len(groups) - len(shown)} more groups (--all lists them)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
+@click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group, in [0, 1).")
+@click.option("--target-macs", type=float, help="Keep about this fraction of the model's MACs, in (0, 1].")
+@click.option("--criterion", default="l1", show_default=True, help="Channel importance: l1, l2, fpgm, bn_scale, random.")
+@click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
+@click.option("--round-to", default=1, show_default=True, help="Kept channel counts are multiples of this.")
+@click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
+@click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
+@shape_option
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def prune(model, output, ratio, target_macs, criterion, global_ranking, round_to, min_channels,
+          exclude, seed, input_shapes, force, as_json, quiet):
+    """Remove channels from MODEL and write a verified model to OUTPUT."""
+    from .pruning import prune_file
+
+    console = Console(quiet)
+    report = prune_file(
+        model, output, force=force, progress=console.progress, ratio=ratio, target_macs=target_macs,
+        criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
+        exclude=list(exclude), seed=seed, input_shapes=parse_shapes(input_shapes),
+    )
+    data = report.to_dict()
+    if as_json:
+        click.echo(to_json(data))
+        return
+    click.echo(before_after_table(data))
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"\nwrote {output} ({human_bytes(report.size_after)}) in {report.seconds:.1f}s")
+
+
+def main(argv=None) -> None:
+    """Entry point: one-line errors and the documented exit codes."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ONNX_SLIM_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="onnx-slim", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+    except OnnxSlimError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug of ours: still one line, with a way to see more
+        if debug:
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)

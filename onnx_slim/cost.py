@@ -1,0 +1,112 @@
+"""Parameters and multiply-accumulates (MACs) of a model, per node and in total.
+
+MACs are counted for Conv, ConvTranspose, Gemm and MatMul from inferred shapes,
+for one sample (symbolic batch = 1; other symbolic dims take the sizes given or a
+default), which is what the pruning planner and the reports compare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import onnx
+from onnx import TensorProto
+
+from .model import graph_inputs
+from .shapes import infer_shapes, is_static
+
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+@dataclass
+class ModelCost:
+    params: int
+    macs: int
+    node_macs: dict[str, int] = field(default_factory=dict)  # node name -> MACs
+    uncounted: list[str] = field(default_factory=list)  # compute nodes with unknown shapes
+
+
+def concrete_input_shapes(
+    model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Input shapes with symbolic dims made concrete (batch 1), `overrides` first."""
+    overrides = dict(overrides or {})
+    return {
+        spec.name: tuple(overrides.get(spec.name) or spec.concrete_shape())
+        for spec in graph_inputs(model)
+    }
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of the floating-point initializers (shape constants do not count)."""
+    return sum(
+        math.prod(init.dims) for init in model.graph.initializer if init.data_type in _FLOAT_TYPES
+    )
+
+
+def model_cost(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, tuple] | None = None,
+) -> ModelCost:
+    """Params and MACs; pass `shapes` (from infer_shapes with concrete inputs) to reuse them."""
+    if shapes is None:
+        shapes, _ = infer_shapes(model, concrete_input_shapes(model, input_shapes))
+    cost = ModelCost(params=count_params(model), macs=0)
+    for node in model.graph.node:
+        if node.op_type not in _MAC_COUNTERS:
+            continue
+        macs = _MAC_COUNTERS[node.op_type](node, shapes)
+        if macs is None:
+            cost.uncounted.append(node.name)
+            continue
+        cost.node_macs[node.name] = macs
+        cost.macs += macs
+    return cost
+
+
+def _static(shapes, name):
+    shape = shapes.get(name)
+    return shape if is_static(shape) else None
+
+
+def _conv_macs(node, shapes):
+    output, weight = _static(shapes, node.output[0]), _static(shapes, node.input[1])
+    if output is None or weight is None:
+        return None
+    # Each output element sums over (in_channels / group) * kernel elements.
+    return math.prod(output) * math.prod(weight[1:])
+
+
+def _conv_transpose_macs(node, shapes):
+    data, weight = _static(shapes, node.input[0]), _static(shapes, node.input[1])
+    if data is None or weight is None:
+        return None
+    # Each input element is scattered into (out_channels / group) * kernel outputs.
+    return math.prod(data) * math.prod(weight[1:])
+
+
+def _gemm_macs(node, shapes):
+    a, output = _static(shapes, node.input[0]), _static(shapes, node.output[0])
+    if a is None or output is None:
+        return None
+    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
+    inner = a[0] if trans_a else a[1]
+    return math.prod(output) * inner
+
+
+def _matmul_macs(node, shapes):
+    a, output = _static(shapes, node.input[0]), _static(shapes, node.output[0])
+    if a is None or output is None:
+        return None
+    return math.prod(output) * a[-1]
+
+
+_MAC_COUNTERS = {
+    "Conv": _conv_macs,
+    "ConvTranspose": _conv_transpose_macs,
+    "Gemm": _gemm_macs,
+    "MatMul": _matmul_macs,
+}

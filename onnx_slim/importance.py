@@ -1,0 +1,154 @@
+"""Channel importance criteria: name -> scorer.
+
+A scorer returns, for every prunable group, one score per channel (higher means
+keep). Weight-based scores are computed per producer tensor and divided by that
+layer's mean score, so channels of different layers are comparable (what
+`--global` ranking relies on); a group's score is the mean over its producers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .channels.groups import ChannelAnalysis, ChannelGroup, Member
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoringContext:
+    """Everything a criterion may read."""
+
+    model: onnx.ModelProto
+    analysis: ChannelAnalysis
+    bn_scales: dict = field(default_factory=dict)  # producer node -> |gamma|
+    seed: int = 0
+    notes: list = field(default_factory=list)  # what the criterion had to fall back on
+    extras: dict = field(default_factory=dict)  # data-driven criteria put their inputs here
+
+
+Scorer = Callable[[ScoringContext, list], dict]  # (ctx, groups) -> {group id: scores}
+CRITERIA: dict[str, Scorer] = {}
+
+
+def criterion(name: str):
+    def register(function: Scorer) -> Scorer:
+        CRITERIA[name] = function
+        return function
+    return register
+
+
+def score_groups(ctx: ScoringContext, name: str, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+    if name not in CRITERIA:
+        raise UsageError(f"unknown criterion {name!r}; choose from {', '.join(sorted(CRITERIA))}")
+    scores = CRITERIA[name](ctx, groups)
+    for group in groups:
+        values = scores[group.id]
+        if values.shape != (group.channels,) or not np.all(np.isfinite(values)):
+            raise ValueError(f"criterion {name} gave bad scores for group {group.id}")
+    return scores
+
+
+def _producer_row_scores(ctx: ScoringContext, groups, row_score) -> dict[int, np.ndarray]:
+    """Mean over each group's producers of `row_score` per channel, normalized per layer.
+
+    `row_score(rows)` maps a [rows, features] matrix to one score per row; it sees
+    the whole producer axis at once, each weight tensor loaded once.
+    """
+    by_tensor: dict[tuple, list[tuple[ChannelGroup, Member]]] = defaultdict(list)
+    for group in groups:
+        for member in group.producers:
+            by_tensor[(member.use.tensor, member.use.axis)].append((group, member))
+    initializers = {init.name: init for init in ctx.model.graph.initializer}
+    sums = {group.id: np.zeros(group.channels) for group in groups}
+    counts = {group.id: 0 for group in groups}
+    for (tensor, axis), members in by_tensor.items():
+        weight = numpy_helper.to_array(initializers[tensor])
+        rows = np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1).astype(np.float32)
+        per_row = row_score(rows)
+        mean = float(per_row.mean()) or 1.0
+        for group, member in members:
+            sums[group.id] += _per_channel(per_row, member, group.channels, np.sum) / mean
+            counts[group.id] += 1
+    return {gid: sums[gid] / max(counts[gid], 1) for gid in sums}
+
+
+@criterion("l1")
+def l1_norm(ctx, groups):
+    return _producer_row_scores(ctx, groups, lambda rows: np.abs(rows).sum(axis=1))
+
+
+@criterion("l2")
+def l2_norm(ctx, groups):
+    return _producer_row_scores(ctx, groups, lambda rows: np.sqrt(np.square(rows).sum(axis=1)))
+
+
+@criterion("fpgm")
+def geometric_median(ctx, groups):
+    """FPGM (He et al. 2019): filters close to the layer's geometric median are redundant.
+
+    A row's score is its summed distance to every other row of the layer.
+    """
+    return _producer_row_scores(ctx, groups, _summed_distances)
+
+
+def _summed_distances(rows: np.ndarray) -> np.ndarray:
+    squared = np.square(rows).sum(axis=1)
+    total = np.zeros(rows.shape[0], dtype=np.float64)
+    for start in range(0, rows.shape[0], 512):  # chunks keep the distance matrix small
+        chunk = rows[start:start + 512]
+        gram = chunk @ rows.T
+        distances = squared[start:start + 512, None] + squared[None, :] - 2 * gram
+        total[start:start + 512] = np.sqrt(np.maximum(distances, 0)).sum(axis=1)
+    return total
+
+
+@criterion("bn_scale")
+def batchnorm_scale(ctx, groups):
+    """|gamma| of the BatchNormalization after each producer (network slimming)."""
+    initializers = {init.name: init for init in ctx.model.graph.initializer}
+    nodes = {node.name: node for node in ctx.model.graph.node}
+    fallback = []
+    scores = {}
+    for group in groups:
+        gammas = []
+        for member in group.producers:
+            gamma = ctx.bn_scales.get(member.use.node)
+            if gamma is not None:
+                gammas.append(_per_channel(gamma, member, group.channels))
+        for member in group.params:
+            node = nodes.get(member.use.node)
+            if node is not None and node.op_type == "BatchNormalization" and member.use.tensor == node.input[1]:
+                gamma = np.abs(numpy_helper.to_array(initializers[member.use.tensor]))
+                gammas.append(_per_channel(gamma, member, group.channels))
+        if gammas:
+            scores[group.id] = np.mean([g / (g.mean() or 1.0) for g in gammas], axis=0)
+        else:
+            fallback.append(group)
+    if fallback:
+        ctx.notes.append(f"bn_scale: {len(fallback)} group(s) without BatchNormalization scored by l1")
+        scores.update(l1_norm(ctx, fallback))
+    return scores
+
+
+def _per_channel(values: np.ndarray, member: Member, channels: int, reduce=np.mean) -> np.ndarray:
+    """Per-index values of a member's axis gathered into one value per group channel."""
+    span = values[member.offset: member.offset + channels * member.repeat]
+    return reduce(span.reshape(channels, member.repeat), axis=1)
+
+
+@criterion("random")
+def random_scores(ctx, groups):
+    """A baseline: seeded, and independent per group."""
+    return {
+        group.id: np.random.default_rng([ctx.seed, group.id]).random(group.channels)
+        for group in groups
+    }

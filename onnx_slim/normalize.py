@@ -1,0 +1,263 @@
+"""Bring exported models to one form before analysis.
+
+Exporters differ in how they store weights: initializers, `Constant` nodes
+(paddle2onnx, dynamo), initializers behind `Identity` (TorchScript de-duplicates
+equal tensors and reaches them through Identity), `Cast` of a constant. After
+`normalize` every constant is an initializer read directly by the nodes that use
+it, each use has its own copy (so slicing one user's weight never touches
+another's), inference-mode BatchNormalization is folded into the preceding
+Conv/ConvTranspose/Gemm, and every node has a unique name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import InvalidModelError
+from .model import check_not_quantized
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 11
+
+
+@dataclass
+class NormalizeInfo:
+    """What normalization did; `bn_scales` keeps |gamma| per folded producer node for `bn_scale`."""
+
+    bn_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    folded_batchnorms: int = 0
+    constants_lifted: int = 0
+    copies_made: int = 0
+
+
+def normalize(model: onnx.ModelProto) -> NormalizeInfo:
+    """Normalize `model` in place (callers pass their own copy)."""
+    check_not_quantized(model)
+    _check_opset(model)
+    info = NormalizeInfo()
+    _name_nodes(model.graph)
+    info.constants_lifted = _lift_constants(model.graph)
+    _bypass_constant_identities(model.graph)
+    info.copies_made = _unshare_initializers(model.graph)
+    _fold_batchnorms(model.graph, info)
+    return info
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    return next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
+
+
+def _check_opset(model: onnx.ModelProto) -> None:
+    version = opset_version(model)
+    if version < MIN_OPSET:
+        raise InvalidModelError(
+            f"opset {version} is too old (need {MIN_OPSET} or newer): convert it first with "
+            f"onnx.version_converter.convert_version(model, 17)"
+        )
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    used = Counter(node.name for node in graph.node if node.name)
+    seen = set()
+    for index, node in enumerate(graph.node):
+        if not node.name or used[node.name] > 1 and node.name in seen:
+            base = node.name or f"{node.op_type}_{index}"
+            name, suffix = base, 0
+            while name in used or name in seen:
+                suffix += 1
+                name = f"{base}_{suffix}"
+            node.name = name
+        seen.add(node.name)
+
+
+def _lift_constants(graph: onnx.GraphProto) -> int:
+    """Turn `Constant` nodes into initializers of the same name."""
+    kept, lifted = [], 0
+    for node in graph.node:
+        value = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is None:
+            kept.append(node)
+            continue
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        lifted += 1
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return lifted
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            return numpy_helper.to_array(attribute.t)
+        if attribute.name == "value_float":
+            return np.array(attribute.f, dtype=np.float32)
+        if attribute.name == "value_floats":
+            return np.array(list(attribute.floats), dtype=np.float32)
+        if attribute.name == "value_int":
+            return np.array(attribute.i, dtype=np.int64)
+        if attribute.name == "value_ints":
+            return np.array(list(attribute.ints), dtype=np.int64)
+    return None  # sparse or string constants stay as they are
+
+
+def _bypass_constant_identities(graph: onnx.GraphProto) -> None:
+    """Read initializers directly instead of through Identity or Cast nodes."""
+    initializers = {init.name: init for init in graph.initializer}
+    graph_outputs = {output.name for output in graph.output}
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        source = node.input[0] if node.input else ""
+        source = renamed.get(source, source)
+        if node.op_type in ("Identity", "Cast") and source in initializers and node.output[0] not in graph_outputs:
+            if node.op_type == "Identity":
+                renamed[node.output[0]] = source
+            else:
+                value = numpy_helper.to_array(initializers[source])
+                target = helper.tensor_dtype_to_np_dtype(next(a.i for a in node.attribute if a.name == "to"))
+                cast = numpy_helper.from_array(value.astype(target), node.output[0])
+                graph.initializer.append(cast)
+                initializers[cast.name] = cast
+            continue
+        kept.append(node)
+    if len(kept) == len(graph.node):
+        return
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _unshare_initializers(graph: onnx.GraphProto) -> int:
+    """Give every (node, input) that reads an initializer its own copy, past the first.
+
+    Identical copies that stay identical are merged again when the model is saved
+    (see surgery.deduplicate_initializers).
+    """
+    initializers = {init.name: init for init in graph.initializer}
+    graph_outputs = {output.name for output in graph.output}
+    seen: Counter = Counter()
+    copies = 0
+    taken = set(initializers) | {name for node in graph.node for name in node.output}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            seen[name] += 1
+            if seen[name] == 1 and name not in graph_outputs:
+                continue
+            copy_name = _fresh_name(f"{name}__{node.name}", taken)
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[name])
+            copy.name = copy_name
+            graph.initializer.append(copy)
+            node.input[index] = copy_name
+            copies += 1
+    return copies
+
+
+def _fresh_name(base: str, taken: set) -> str:
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    taken.add(name)
+    return name
+
+
+def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
+    """Fold inference BatchNormalization into the Conv/ConvTranspose/Gemm right before it."""
+    initializers = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers = Counter(name for node in graph.node for name in node.input)
+    graph_outputs = {output.name for output in graph.output}
+    removed, renamed = set(), {}
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        source = producer.get(bn.input[0])
+        if source is None or source.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        if readers[bn.input[0]] != 1 or bn.input[0] in graph_outputs:
+            continue
+        if not all(name in initializers for name in list(bn.input[1:5]) + [source.input[1]]):
+            continue
+        if not _fold_one(graph, source, bn, initializers, info):
+            continue
+        removed.add(bn.name)
+        if bn.output[0] in graph_outputs:
+            # Output names never change: the producer takes over the BN's output name.
+            source.output[0] = bn.output[0]
+        else:
+            renamed[bn.output[0]] = source.output[0]
+    if not removed:
+        return
+    kept = [node for node in graph.node if node.name not in removed]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    info.folded_batchnorms = len(removed)
+
+
+def _fold_one(graph, source, bn, initializers, info) -> bool:
+    scale, bias, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in bn.input[1:5])
+    epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    weight_init = initializers[source.input[1]]
+    weight = numpy_helper.to_array(weight_init)
+    factor = scale / np.sqrt(var + epsilon)
+    if source.op_type == "Conv":
+        out_axis = 0
+    elif source.op_type == "ConvTranspose":
+        if any(a.name == "group" and a.i != 1 for a in source.attribute):
+            return False
+        out_axis = 1
+    else:  # Gemm: output features are axis 1 of B, or axis 0 when transB
+        if any(a.name == "transA" and a.i for a in source.attribute):
+            return False
+        out_axis = 0 if any(a.name == "transB" and a.i for a in source.attribute) else 1
+        if len(source.input) > 2 and source.input[2] and _gemm_bias_not_vector(initializers, source):
+            return False
+    if weight.shape[out_axis] != factor.size:
+        return False
+    shape = [1] * weight.ndim
+    shape[out_axis] = -1
+    folded_weight = (weight * factor.reshape(shape)).astype(weight.dtype)
+    old_bias = np.zeros(factor.size)
+    if len(source.input) > 2 and source.input[2]:
+        if source.input[2] not in initializers:
+            return False
+        old_bias = numpy_helper.to_array(initializers[source.input[2]]).astype(np.float64).reshape(-1)
+    folded_bias = ((old_bias - mean) * factor + bias).astype(weight.dtype)
+    weight_init.CopyFrom(numpy_helper.from_array(folded_weight, weight_init.name))
+    bias_name = source.input[2] if len(source.input) > 2 and source.input[2] else f"{source.name}_bias"
+    if bias_name in initializers:
+        initializers[bias_name].CopyFrom(numpy_helper.from_array(folded_bias, bias_name))
+    else:
+        new_bias = numpy_helper.from_array(folded_bias, bias_name)
+        graph.initializer.append(new_bias)
+        initializers[bias_name] = new_bias
+        while len(source.input) < 3:
+            source.input.append("")
+        source.input[2] = bias_name
+    info.bn_scales[source.name] = np.abs(scale).astype(np.float32)
+    return True
+
+
+def _gemm_bias_not_vector(initializers, gemm) -> bool:
+    dims = list(initializers[gemm.input[2]].dims) if gemm.input[2] in initializers else None
+    return dims is None or (len(dims) > 1 and dims[0] != 1)

@@ -1,0 +1,149 @@
+"""How many channels, and which, each group loses.
+
+A plan maps a class root (see channels.space) to the sorted channel indices it
+removes. The planner works on scores only; `CostModel` predicts the MACs and
+parameters a plan leaves, so `--target-macs` can search for the ratio that hits
+the target without touching the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channels.groups import ChannelAnalysis, ChannelGroup
+from .errors import OnnxSlimError
+
+Plan = dict  # class root -> list[int] of removed channels
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    round_to: int = 1
+    min_channels: int = 1
+
+
+def kept_count(channels: int, remove: int, options: PlanOptions) -> int:
+    """Channels a group keeps when asked to remove `remove` of `channels`, after rounding."""
+    keep = max(channels - remove, options.min_channels, 1)
+    if options.round_to > 1:
+        floor_keep = options.round_to * math.ceil(options.min_channels / options.round_to)
+        keep = max(options.round_to * round(keep / options.round_to), floor_keep)
+    return min(keep, channels)
+
+
+def _lowest(scores: np.ndarray, count: int) -> list[int]:
+    # A stable sort keeps ties deterministic: the earlier channel goes first.
+    return sorted(np.argsort(scores, kind="stable")[:count].tolist())
+
+
+def uniform_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options: PlanOptions) -> Plan:
+    """Remove the same fraction of channels from every group."""
+    plan = {}
+    for group in groups:
+        keep = kept_count(group.channels, int(group.channels * ratio + 1e-9), options)
+        if keep < group.channels:
+            plan[group.root] = _lowest(scores[group.id], group.channels - keep)
+    return plan
+
+
+def global_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options: PlanOptions) -> Plan:
+    """Remove the lowest-scoring `ratio` of all channels, wherever they are."""
+    if not groups:
+        return {}
+    pooled = np.concatenate([scores[group.id] for group in groups])
+    count = int(pooled.size * ratio + 1e-9)
+    if count == 0:
+        return {}
+    threshold = np.sort(pooled, kind="stable")[count - 1]
+    plan = {}
+    for group in groups:
+        below = int((scores[group.id] <= threshold).sum())
+        keep = kept_count(group.channels, below, options)
+        if keep < group.channels:
+            plan[group.root] = _lowest(scores[group.id], group.channels - keep)
+    return plan
+
+
+class CostModel:
+    """Predicts MACs and params after a plan: each weight shrinks by the kept fraction of its sliced axes."""
+
+    def __init__(self, analysis: ChannelAnalysis, node_macs: dict, weight_sizes: dict) -> None:
+        self.atoms = analysis.atoms
+        self.node_macs = node_macs  # node name -> MACs
+        self.weight_sizes = weight_sizes  # initializer name -> elements (float ones)
+        self.axis_layouts = defaultdict(dict)  # tensor -> axis -> layout
+        for use in analysis.context.uses:
+            self.axis_layouts[use.tensor][use.axis] = use.layout
+        self.node_weight = {}  # compute node -> its weight tensor
+        for node in analysis.context.model.graph.node:
+            if node.name in node_macs and len(node.input) > 1 and node.input[1] in self.axis_layouts:
+                self.node_weight[node.name] = node.input[1]
+        self.macs = sum(node_macs.values())
+        self.params = sum(weight_sizes.values())
+
+    def _fraction(self, tensor: str, plan: Plan) -> float:
+        fraction = 1.0
+        for layout in self.axis_layouts.get(tensor, {}).values():
+            fraction *= self.atoms.kept_length(layout, plan) / self.atoms.length(layout)
+        return fraction
+
+    def macs_after(self, plan: Plan) -> int:
+        removed = sum(
+            macs * (1 - self._fraction(self.node_weight[name], plan))
+            for name, macs in self.node_macs.items() if name in self.node_weight
+        )
+        return int(round(self.macs - removed))
+
+    def params_after(self, plan: Plan) -> int:
+        removed = sum(
+            size * (1 - self._fraction(tensor, plan))
+            for tensor, size in self.weight_sizes.items() if tensor in self.axis_layouts
+        )
+        return int(round(self.params - removed))
+
+
+def plan_for_ratio(groups, scores, ratio, options, global_ranking=False) -> Plan:
+    make = global_plan if global_ranking else uniform_plan
+    return make(groups, scores, ratio, options)
+
+
+def plan_for_target_macs(
+    groups, scores, target: float, options: PlanOptions, cost: CostModel, global_ranking=False,
+    tolerance: float = 0.02,
+) -> tuple[Plan, float]:
+    """The plan whose predicted MACs fraction is closest to `target`; returns (plan, ratio).
+
+    Bisection on the ratio: MACs fall (weakly) as the ratio grows.
+    """
+    if cost.macs == 0:
+        raise OnnxSlimError("the model has no countable MACs (Conv/Gemm/MatMul with known shapes)")
+
+    def fraction(ratio):
+        plan = plan_for_ratio(groups, scores, ratio, options, global_ranking)
+        return plan, cost.macs_after(plan) / cost.macs
+
+    low, high = 0.0, 0.99
+    best_plan, best_fraction = fraction(0.0)
+    best_ratio = 0.0
+    plan, smallest = fraction(high)
+    if smallest > target + tolerance:
+        raise OnnxSlimError(
+            f"target {target:.2f} of MACs is out of reach: pruning every prunable group as far as "
+            f"allowed keeps {smallest:.2f} (frozen groups hold the rest; see `onnx-slim inspect`)"
+        )
+    for _ in range(40):
+        middle = (low + high) / 2
+        plan, value = fraction(middle)
+        if abs(value - target) < abs(best_fraction - target):
+            best_plan, best_fraction, best_ratio = plan, value, middle
+        if value > target:
+            low = middle
+        else:
+            high = middle
+    if abs(smallest - target) < abs(best_fraction - target):
+        best_plan, best_fraction, best_ratio = fraction(0.99)[0], smallest, 0.99
+    return best_plan, best_ratio

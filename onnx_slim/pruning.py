@@ -1,0 +1,318 @@
+"""The pruning pipeline as library calls: `analyze` and `prune`.
+
+load -> normalize -> analyze (channel groups) -> score -> plan -> apply -> verify.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import onnx
+
+from .channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
+from .channels.space import FreezeReason
+from .cost import ModelCost, concrete_input_shapes, model_cost
+from .errors import OnnxSlimError, UsageError
+from .importance import ScoringContext, score_groups
+from .model import ModelSource, load_model, random_inputs, save_model
+from .normalize import NormalizeInfo, normalize
+from .plan import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
+from .shapes import infer_shapes
+from .surgery import apply_plan, deduplicate_initializers, refresh_shapes
+from .verify import reference_output_shapes, verify_model
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ModelAnalysis:
+    """A normalized model with its channel groups and costs."""
+
+    model: onnx.ModelProto
+    normalize_info: NormalizeInfo
+    channels: ChannelAnalysis
+    cost: ModelCost
+    shapes: dict
+    input_shapes: dict
+
+    @property
+    def groups(self) -> list[ChannelGroup]:
+        return self.channels.groups
+
+    def group_macs(self, group: ChannelGroup) -> int:
+        return sum(self.cost.node_macs.get(node, 0) for node in _weighted_nodes(group))
+
+    def prunable_macs_fraction(self) -> float:
+        """Share of the MACs in nodes that a prunable group can shrink."""
+        nodes = {node for group in self.channels.prunable_groups() for node in _weighted_nodes(group)}
+        total = self.cost.macs
+        return sum(self.cost.node_macs.get(node, 0) for node in nodes) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        total = self.cost.macs or 1
+        return {
+            "params": self.cost.params,
+            "macs": self.cost.macs,
+            "input_shapes": {name: list(shape) for name, shape in self.input_shapes.items()},
+            "groups_total": len(self.groups),
+            "groups_prunable": len(self.channels.prunable_groups()),
+            "prunable_macs_fraction": round(self.prunable_macs_fraction(), 4),
+            "folded_batchnorms": self.normalize_info.folded_batchnorms,
+            "groups": [
+                {
+                    "id": group.id,
+                    "channels": group.channels,
+                    "status": group.status,
+                    "prunable": group.prunable,
+                    "macs_share": round(self.group_macs(group) / total, 4),
+                    "producers": sorted({m.use.node for m in group.producers}),
+                    "consumers": sorted({m.use.node for m in group.consumers}),
+                    "frozen_by": [
+                        {"node": reason.node, "op_type": reason.op_type, "reason": reason.reason}
+                        for reason in group.frozen
+                    ],
+                }
+                for group in self.groups
+            ],
+        }
+
+
+def _weighted_nodes(group: ChannelGroup) -> set[str]:
+    return {member.use.node for member in group.producers + group.consumers}
+
+
+def analyze(
+    model: ModelSource,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    exclude: Sequence[str] = (),
+    copy: bool = True,
+) -> ModelAnalysis:
+    """Normalize a copy of `model` and find its channel groups."""
+    proto = load_model(model, copy=copy)
+    info = normalize(proto)
+    concrete = concrete_input_shapes(proto, input_shapes)
+    shapes, _ = infer_shapes(proto, concrete)
+    channels = analyze_channels(proto, shapes)
+    _apply_excludes(channels.groups, exclude)
+    return ModelAnalysis(proto, info, channels, model_cost(proto, shapes=shapes), shapes, concrete)
+
+
+def _apply_excludes(groups: list[ChannelGroup], patterns: Sequence[str]) -> None:
+    for group in groups:
+        for pattern in patterns:
+            hits = [node for node in group.nodes if fnmatch.fnmatchcase(node, pattern)]
+            if hits:
+                group.frozen.append(FreezeReason(hits[0], "", f"excluded by --exclude {pattern}"))
+                break
+
+
+@dataclass
+class PruneReport:
+    criterion: str
+    ratio: float | None
+    target_macs: float | None
+    global_ranking: bool
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    size_before: int
+    size_after: int
+    groups_total: int
+    groups_prunable: int
+    groups_pruned: int
+    channels_removed: int
+    seconds: float
+    output: str | None = None
+    groups: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["macs_fraction"] = round(self.macs_fraction, 4)
+        return data
+
+
+def validate_options(ratio: float | None, target_macs: float | None, round_to: int, min_channels: int) -> None:
+    if (ratio is None) == (target_macs is None):
+        raise UsageError("give exactly one of ratio (--ratio) or target MACs (--target-macs)")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise UsageError(f"ratio must be in [0, 1), got {ratio}")
+    if target_macs is not None and not 0 < target_macs <= 1:
+        raise UsageError(f"target MACs fraction must be in (0, 1], got {target_macs}")
+    if round_to < 1:
+        raise UsageError(f"round-to must be at least 1, got {round_to}")
+    if min_channels < 1:
+        raise UsageError(f"min-channels must be at least 1, got {min_channels}")
+
+
+def prune(
+    model: ModelSource,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    criterion: str = "l1",
+    global_ranking: bool = False,
+    round_to: int = 1,
+    min_channels: int = 1,
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    verify: bool = True,
+    progress: Progress | None = None,
+    scoring_extras: dict | None = None,
+    copy: bool = True,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """Remove channels from `model`; returns the pruned model and a report.
+
+    The input is never modified (a ModelProto is copied unless copy=False).
+    With `verify`, the result must pass the full ONNX checker and run in
+    onnxruntime with the original output names and shapes.
+    """
+    proto, report, feeds, expected = _prune(
+        model, ratio=ratio, target_macs=target_macs, criterion=criterion,
+        global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
+        exclude=exclude, seed=seed, input_shapes=input_shapes, progress=progress,
+        scoring_extras=scoring_extras, copy=copy,
+    )
+    if verify:
+        (progress or (lambda message: None))("verifying the pruned model")
+        verify_model(proto, feeds, expected)
+    return proto, report
+
+
+def _prune(
+    model, *, ratio, target_macs, criterion, global_ranking, round_to, min_channels, exclude,
+    seed, input_shapes, progress, scoring_extras, copy,
+):
+    """prune() without the final check; also returns the feeds and expected output shapes."""
+    validate_options(ratio, target_macs, round_to, min_channels)
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    size_before = _source_size(model)
+    say("analyzing channel groups")
+    analysis = analyze(model, input_shapes=input_shapes, exclude=exclude, copy=copy)
+    proto, channels = analysis.model, analysis.channels
+    groups = channels.prunable_groups()
+    feeds = random_inputs(proto, shapes=analysis.input_shapes, seed=seed)
+    expected = reference_output_shapes(proto, feeds, analysis.shapes)
+
+    say(f"scoring {len(groups)} prunable groups by {criterion}")
+    context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, seed, extras=dict(scoring_extras or {}))
+    scores = score_groups(context, criterion, groups)
+    options = PlanOptions(round_to=round_to, min_channels=min_channels)
+    weight_sizes = _float_weight_sizes(proto)
+    cost_model = CostModel(channels, analysis.cost.node_macs, weight_sizes)
+    if target_macs is not None:
+        plan, ratio_used = plan_for_target_macs(groups, scores, target_macs, options, cost_model, global_ranking)
+    else:
+        plan, ratio_used = plan_for_ratio(groups, scores, ratio, options, global_ranking), ratio
+
+    say(f"removing channels from {len(plan)} groups")
+    apply_plan(proto, channels, plan)
+    refresh_shapes(proto)
+    deduplicate_initializers(proto)
+    after = model_cost(proto, input_shapes=analysis.input_shapes)
+    report = PruneReport(
+        criterion=criterion, ratio=ratio_used if target_macs is None else round(ratio_used, 4),
+        target_macs=target_macs, global_ranking=global_ranking,
+        params_before=analysis.cost.params, params_after=after.params,
+        macs_before=analysis.cost.macs, macs_after=after.macs,
+        size_before=size_before, size_after=proto.ByteSize(),
+        groups_total=len(channels.groups), groups_prunable=len(groups), groups_pruned=len(plan),
+        channels_removed=sum(len(removed) for removed in plan.values()),
+        seconds=0.0, notes=list(context.notes),
+        groups=[
+            {"id": g.id, "channels": g.channels, "kept": g.channels - len(plan.get(g.root, ()))}
+            for g in groups
+        ],
+    )
+    report.seconds = round(time.perf_counter() - started, 3)
+    return proto, report, feeds, expected
+
+
+def prune_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    **options,
+) -> PruneReport:
+    """Prune a model file into `output_path`, verifying the written file before it appears.
+
+    The output is written to a temporary file next to it, checked (full ONNX
+    checker, onnxruntime, output shapes) and only then renamed into place.
+    """
+    check_output_path(input_path, output_path, force)
+    options.setdefault("ratio", None)
+    options.setdefault("target_macs", None)
+    defaults = dict(criterion="l1", global_ranking=False, round_to=1, min_channels=1, exclude=(),
+                    seed=0, input_shapes=None, scoring_extras=None)
+    proto, report, feeds, expected = _prune(
+        input_path, progress=progress, copy=False, **{**defaults, **options}
+    )
+    say = progress or (lambda message: None)
+    output_path = Path(output_path)
+    with tempfile.TemporaryDirectory(dir=output_path.parent, prefix=".onnx_slim.") as scratch:
+        candidate = save_model(proto, Path(scratch) / output_path.name)
+        say("verifying the written model")
+        verify_model(candidate, feeds, expected)
+        _move_into_place(candidate, output_path)
+    report.output = str(output_path)
+    report.size_after = output_path.stat().st_size
+    report.seconds = round(report.seconds, 3)
+    return report
+
+
+def _move_into_place(candidate: Path, output_path: Path) -> None:
+    data = candidate.with_name(candidate.name + ".data")
+    if data.exists():
+        os.replace(data, output_path.with_name(output_path.name + ".data"))
+    os.replace(candidate, output_path)
+
+
+def check_output_path(input_path, output_path, force: bool) -> None:
+    source, target = Path(input_path), Path(output_path)
+    if target.exists() and source.exists() and os.path.samefile(source, target):
+        raise UsageError("output path is the input file: choose another output (-o)")
+    if source.resolve() == target.resolve():
+        raise UsageError("output path is the input file: choose another output (-o)")
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists: pass --force to overwrite it")
+    if target.is_dir():
+        raise UsageError(f"{target} is a directory: give a file path for -o")
+    if not target.parent.exists():
+        raise OnnxSlimError(f"{target.parent}: output folder does not exist")
+
+
+def _source_size(model: ModelSource) -> int:
+    if isinstance(model, onnx.ModelProto):
+        return model.ByteSize()
+    path = Path(model)
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0) if path.exists() else 0
+
+
+def _float_weight_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    from .cost import _FLOAT_TYPES
+
+    sizes = {}
+    for init in model.graph.initializer:
+        if init.data_type in _FLOAT_TYPES:
+            count = 1
+            for dim in init.dims:
+                count *= dim
+            sizes[init.name] = count
+    return sizes

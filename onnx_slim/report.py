@@ -1,0 +1,63 @@
+"""Human-readable tables for reports (JSON comes from each report's to_dict)."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Sequence
+
+
+def human_count(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+def human_bytes(value: float) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence], markdown: bool = False) -> str:
+    """A plain (aligned) or Markdown table."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(h)), *(len(row[i]) for row in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def before_after_table(report: dict, markdown: bool = False) -> str:
+    """Params, MACs, file size and groups, before and after pruning."""
+    def change(before, after):
+        return f"{(after - before) / before * 100:+.1f}%" if before else "n/a"
+
+    rows = [
+        ("params", human_count(report["params_before"]), human_count(report["params_after"]),
+         change(report["params_before"], report["params_after"])),
+        ("MACs", human_count(report["macs_before"]), human_count(report["macs_after"]),
+         change(report["macs_before"], report["macs_after"])),
+        ("file size", human_bytes(report["size_before"]), human_bytes(report["size_after"]),
+         change(report["size_before"], report["size_after"])),
+        ("groups pruned", "", f"{report['groups_pruned']} of {report['groups_total']}", ""),
+    ]
+    return table(["", "before", "after", "change"], rows, markdown)
+
+
+def to_json(data: dict) -> str:
+    return json.dumps(data, indent=2, default=_jsonable)
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)

@@ -1,0 +1,140 @@
+"""Apply a plan: slice weights and per-channel parameters, rewrite channel counts, tidy up."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .channels.groups import ChannelAnalysis
+from .plan import Plan
+from .shapes import skeleton
+
+
+class GraphEditor:
+    """Name-based access to a graph's nodes and initializers, for rules' fixes."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self._nodes = {node.name: node for node in graph.node}
+        self._initializers = {init.name: init for init in graph.initializer}
+
+    def node(self, name: str) -> onnx.NodeProto:
+        return self._nodes[name]
+
+    def value(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self._initializers[name])
+
+    def set_value(self, name: str, value: np.ndarray) -> None:
+        init = self._initializers[name]
+        init.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=self.value(name).dtype), name))
+
+    def add_initializer(self, base_name: str, value: np.ndarray) -> str:
+        name, suffix = base_name, 0
+        while name in self._initializers:
+            suffix += 1
+            name = f"{base_name}_{suffix}"
+        init = numpy_helper.from_array(value, name)
+        self.graph.initializer.append(init)
+        self._initializers[name] = self.graph.initializer[-1]
+        return name
+
+
+def apply_plan(model: onnx.ModelProto, analysis: ChannelAnalysis, plan: Plan) -> None:
+    """Remove the planned channels from `model` in place (the analyzed, normalized model)."""
+    atoms = analysis.atoms
+    touched = set(plan)
+    editor = GraphEditor(model.graph)
+    kept_by_tensor: dict[str, dict[int, list[int]]] = defaultdict(dict)
+    for use in analysis.context.uses:
+        if not touched.intersection(atoms.classes_in(use.layout)):
+            continue
+        kept = atoms.kept_indices(use.layout, plan)
+        previous = kept_by_tensor[use.tensor].get(use.axis)
+        if previous is not None and previous != kept:
+            raise RuntimeError(f"{use.tensor} axis {use.axis} is sliced two different ways")
+        kept_by_tensor[use.tensor][use.axis] = kept
+    for tensor, axes in kept_by_tensor.items():
+        value = editor.value(tensor)
+        for axis, kept in axes.items():
+            value = np.take(value, kept, axis=axis)
+        editor.set_value(tensor, value)
+
+    def kept_length(layout):
+        return atoms.kept_length(layout, plan)
+
+    for fix in analysis.context.fixes:
+        if any(touched.intersection(atoms.classes_in(layout)) for layout in fix.layouts):
+            fix.apply(editor, kept_length)
+
+
+def refresh_shapes(model: onnx.ModelProto) -> None:
+    """Drop stale shape annotations and re-infer them; graph outputs keep their declared shapes."""
+    graph = model.graph
+    initializer_dims = {init.name: list(init.dims) for init in graph.initializer}
+    for value in graph.input:
+        if value.name in initializer_dims:  # old IR: initializers listed as inputs
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for dim in initializer_dims[value.name]:
+                shape.dim.add().dim_value = dim
+    del graph.value_info[:]
+    graph.value_info.extend(_inferred_value_info(model))
+
+
+def _inferred_value_info(model: onnx.ModelProto) -> list:
+    light = skeleton(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:
+        return []  # onnxruntime infers shapes itself; annotations are a courtesy
+    initializer_names = {init.name for init in model.graph.initializer}
+    return [value for value in inferred.graph.value_info if value.name not in initializer_names]
+
+
+def deduplicate_initializers(model: onnx.ModelProto) -> int:
+    """Point every reader of identical initializers at one copy; returns how many were merged."""
+    graph = model.graph
+    pinned = {output.name for output in graph.output} | {value.name for value in graph.input}
+    pinned |= _names_read_in_subgraphs(graph)
+    first_by_digest: dict[tuple, str] = {}
+    replace: dict[str, str] = {}
+    for init in graph.initializer:
+        if init.name in pinned or init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        payload = init.raw_data or _without_name(init)
+        key = (init.data_type, tuple(init.dims), hashlib.sha1(payload).hexdigest())
+        if key in first_by_digest:
+            replace[init.name] = first_by_digest[key]
+        else:
+            first_by_digest[key] = init.name
+    if not replace:
+        return 0
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in replace:
+                node.input[index] = replace[name]
+    kept = [init for init in graph.initializer if init.name not in replace]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return len(replace)
+
+
+def _without_name(init: onnx.TensorProto) -> bytes:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(init)
+    copy.name = ""
+    return copy.SerializeToString()
+
+
+def _names_read_in_subgraphs(graph: onnx.GraphProto) -> set:
+    names = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                names.update(name for inner in sub.node for name in inner.input)
+                names |= _names_read_in_subgraphs(sub)
+    return names
