@@ -1,0 +1,152 @@
+"""The onnx-slim command: exit codes, one-line errors, JSON, no output left on failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnx_slim.cli import main
+
+DEMO = Path(__file__).parent.parent / "models" / "digits_cnn.onnx"
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return done.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def demo(tmp_path):
+    path = tmp_path / "demo.onnx"
+    shutil.copy(DEMO, path)
+    return path
+
+
+def test_prune_json_report(capsys, demo, tmp_path):
+    out = tmp_path / "slim.onnx"
+    code, stdout, _ = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--json", "--quiet")
+    assert code == 0
+    report = json.loads(stdout)
+    for key in ("macs_before", "macs_after", "params_before", "params_after", "size_before",
+                "size_after", "groups_pruned", "groups_total", "output"):
+        assert key in report
+    assert report["macs_after"] < report["macs_before"]
+    assert report["size_after"] == out.stat().st_size
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_prune_table_and_progress(capsys, demo, tmp_path):
+    code, stdout, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "s.onnx", "--target-macs", "0.5")
+    assert code == 0
+    assert "MACs" in stdout and "groups pruned" in stdout
+    assert "analyzing" in stderr
+
+
+def test_target_macs_within_two_percent(capsys, demo, tmp_path):
+    code, stdout, _ = run_cli(capsys, "prune", demo, "-o", tmp_path / "s.onnx", "--target-macs", "0.6",
+                              "--json", "--quiet")
+    report = json.loads(stdout)
+    assert code == 0
+    assert abs(report["macs_after"] / report["macs_before"] - 0.6) <= 0.02
+
+
+def test_inspect_json(capsys, demo):
+    code, stdout, _ = run_cli(capsys, "inspect", demo, "--json")
+    data = json.loads(stdout)
+    assert code == 0
+    assert data["macs"] > 0 and data["params"] > 0
+    assert 0 < data["prunable_macs_fraction"] <= 1
+    frozen = [g for g in data["groups"] if not g["prunable"]]
+    assert all(g["frozen_by"] or g["status"] != "frozen" for g in frozen)
+    assert any("model output" in r["reason"] for g in frozen for r in g["frozen_by"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"this is not a model", "not"),
+])
+def test_bad_inputs_fail_cleanly(capsys, tmp_path, content, message):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    out = tmp_path / "out.onnx"
+    code, _, stderr = run_cli(capsys, "prune", bad, "-o", out, "--ratio", "0.5", "--quiet")
+    assert code == 1
+    assert stderr.startswith("error: ") and message in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_truncated_model(capsys, demo, tmp_path):
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(demo.read_bytes()[: demo.stat().st_size // 2])
+    code, _, stderr = run_cli(capsys, "prune", truncated, "-o", tmp_path / "o.onnx", "--ratio", "0.5", "--quiet")
+    assert code == 1 and stderr.startswith("error: ")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_missing_input(capsys, tmp_path):
+    code, _, stderr = run_cli(capsys, "prune", tmp_path / "nope.onnx", "-o", tmp_path / "o.onnx", "--ratio", "0.5", "--quiet")
+    assert code == 1 and "no such file" in stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ratio", "1.0"], "ratio"),
+    (["--ratio", "-0.1"], "ratio"),
+    (["--target-macs", "0"], "target"),
+    (["--target-macs", "1.5"], "target"),
+    ([], "exactly one"),
+    (["--ratio", "0.5", "--target-macs", "0.5"], "exactly one"),
+    (["--ratio", "0.5", "--criterion", "magic"], "unknown criterion"),
+])
+def test_usage_errors_exit_2(capsys, demo, tmp_path, args, message):
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--quiet", *args)
+    assert code == 2
+    assert stderr.startswith("error: ") and message in stderr
+    assert not out.exists()
+
+
+def test_refuses_to_overwrite_input_or_existing_output(capsys, demo, tmp_path):
+    before = demo.read_bytes()
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", demo, "--ratio", "0.5")
+    assert code == 2 and "input" in stderr
+    existing = tmp_path / "exists.onnx"
+    existing.write_bytes(b"keep me")
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", existing, "--ratio", "0.5")
+    assert code == 2 and "--force" in stderr
+    assert existing.read_bytes() == b"keep me"
+    code, _, _ = run_cli(capsys, "prune", demo, "-o", existing, "--ratio", "0.5", "--force", "--quiet")
+    assert code == 0 and existing.read_bytes() != b"keep me"
+    assert demo.read_bytes() == before
+
+
+def test_same_seed_gives_identical_bytes(capsys, demo, tmp_path):
+    for name in ("a.onnx", "b.onnx"):
+        run_cli(capsys, "prune", demo, "-o", tmp_path / name, "--ratio", "0.3", "--criterion", "random", "--quiet")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_no_leftover_files_in_output_folder(capsys, demo, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    run_cli(capsys, "prune", demo, "-o", out_dir / "s.onnx", "--ratio", "0.5", "--quiet")
+    assert [p.name for p in out_dir.iterdir()] == ["s.onnx"]
+
+
+def test_module_entry_point(demo, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "onnx_slim", "prune", str(demo), "-o", str(tmp_path / "m.onnx"), "--ratio", "2"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: ratio must be in [0, 1), got 2.0"
