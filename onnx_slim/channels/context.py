@@ -67,6 +67,8 @@ class AnalysisContext:
     tracked: dict = field(default_factory=dict)  # tensor name -> Tracked
     uses: list = field(default_factory=list)
     fixes: list = field(default_factory=list)
+    # Shape outputs that hold a channel count: name -> (layout, index of that count)
+    size_carriers: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.initializers = {init.name: init for init in self.model.graph.initializer}

@@ -73,6 +73,7 @@ def analyze_channels(model: onnx.ModelProto, shapes: dict) -> ChannelAnalysis:
     """Channel groups of a normalized model, given concrete inferred shapes."""
     ctx = AnalysisContext(model, shapes)
     for node in model.graph.node:
+        _check_size_carriers(ctx, node)
         RULES.get(node.op_type, unknown_op)(ctx, node)
         _freeze_subgraph_reads(ctx, node)
     for output in model.graph.output:
@@ -80,6 +81,34 @@ def analyze_channels(model: onnx.ModelProto, shapes: dict) -> ChannelAnalysis:
         if tracked is not None:
             ctx.freeze(tracked.layout, f"output {output.name}", "feeds a model output")
     return ChannelAnalysis(ctx, _collect_groups(ctx))
+
+
+def _check_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
+    """A channel count read through Shape must not flow anywhere (e.g. into a Reshape
+    target for another tensor): after pruning it would carry the new count there.
+    Gathering only other entries (the batch size, the sequence length) is harmless."""
+    for name in node.input:
+        carrier = ctx.size_carriers.get(name)
+        if carrier is None:
+            continue
+        layout, index = carrier
+        if node.op_type == "Gather" and name == node.input[0]:
+            indices = ctx.const(node.input[1])
+            if indices is not None and index not in {int(i) for i in indices.reshape(-1)}:
+                continue
+        if node.op_type == "Slice" and name == node.input[0] and _slice_skips(ctx, node, index):
+            continue
+        ctx.freeze(layout, node, "reads the channel count through Shape")
+
+
+def _slice_skips(ctx: AnalysisContext, node: onnx.NodeProto, index: int) -> bool:
+    """Whether a Slice of a 1-D shape tensor leaves out entry `index`."""
+    starts, ends = ctx.const(node.input[1]), ctx.const(node.input[2])
+    length = (ctx.static_shape(node.input[0]) or (None,))[0]
+    if starts is None or ends is None or length is None or len(node.input) > 4 and node.input[4]:
+        return False
+    start, stop, _ = slice(int(starts[0]), int(ends[0])).indices(length)
+    return not start <= index < stop
 
 
 def _freeze_subgraph_reads(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
