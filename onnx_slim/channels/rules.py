@@ -739,6 +739,23 @@ def tile_expand(ctx, node):
     ctx.track(node.output[0], out_axis, tracked.layout)
 
 
-@rule("Shape", "Size")
+@rule("Shape")
 def shape_of(ctx, node):
-    """Reads sizes, not values: the sizes it returns follow the pruned tensor."""
+    """The sizes it returns follow the pruned tensor, so the channel count it reads is
+    safe only where nothing uses it: it is tracked as a size carrier (see groups.py)."""
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    if rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    start, end = (start % rank if start < 0 else start), (end % rank if end < 0 else min(end, rank))
+    if start <= tracked.axis < end:
+        ctx.size_carriers[node.output[0]] = (tracked.layout, tracked.axis - start)
+
+
+@rule("Size")
+def size_of(ctx, node):
+    ctx.freeze_inputs(node, "the element count depends on the channel count")
