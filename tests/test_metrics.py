@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.metrics import AgreementAccumulator, accuracy, agreement, looks_like_class_scores
+
+
+def test_identical_outputs_agree_perfectly():
+    rng = np.random.default_rng(0)
+    outputs = {"logits": rng.standard_normal((6, 5)).astype(np.float32)}
+
+    result = agreement(outputs, {"logits": outputs["logits"].copy()})
+
+    assert result["top1"] == 1.0
+    assert result["cosine"] == pytest.approx(1.0)
+    assert result["rel_l2"] == 0.0
+    assert result["max_abs_diff"] == 0.0
+    assert result["samples"] == 6
+
+
+def test_metrics_match_hand_computed_values():
+    reference = {"y": np.array([[1.0, 0.0], [0.0, 1.0]])}
+    candidate = {"y": np.array([[0.0, 1.0], [0.0, 2.0]])}
+
+    result = agreement(reference, candidate)
+
+    assert result["top1"] == 0.5  # first sample flips its argmax
+    assert result["cosine"] == pytest.approx((0.0 + 1.0) / 2)  # orthogonal, then parallel
+    assert result["rel_l2"] == pytest.approx(math.sqrt(3) / math.sqrt(2))
+    assert result["max_abs_diff"] == pytest.approx(1.0)
+
+
+def test_top1_only_for_class_score_outputs():
+    feature_map = np.ones((2, 3, 4, 4), dtype=np.float32)
+    single_column = np.ones((2, 1), dtype=np.float32)
+
+    assert agreement({"f": feature_map}, {"f": feature_map})["top1"] is None
+    assert agreement({"s": single_column}, {"s": single_column})["top1"] is None
+    assert looks_like_class_scores(np.zeros((3, 4)))
+    assert not looks_like_class_scores(np.zeros((3, 4, 5)))
+
+
+def test_several_outputs_report_the_worst_and_each_output():
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((8, 4))
+    boxes = rng.standard_normal((8, 4, 4))
+    noisy_boxes = boxes + 0.5 * rng.standard_normal(boxes.shape)
+
+    result = agreement({"scores": scores, "boxes": boxes}, {"scores": scores, "boxes": noisy_boxes})
+
+    per_output = result["outputs"]
+    assert per_output["scores"]["cosine"] == pytest.approx(1.0)
+    assert per_output["boxes"]["cosine"] < 0.99
+    assert result["cosine"] == per_output["boxes"]["cosine"]
+    assert result["rel_l2"] == per_output["boxes"]["rel_l2"]
+    assert result["max_abs_diff"] == per_output["boxes"]["max_abs_diff"]
+    assert result["top1"] == per_output["scores"]["top1"] == 1.0  # boxes are not class scores
+
+
+def test_accumulator_over_batches_equals_one_shot_comparison():
+    rng = np.random.default_rng(2)
+    reference = rng.standard_normal((10, 7))
+    candidate = reference + 0.1 * rng.standard_normal((10, 7))
+    accumulator = AgreementAccumulator()
+    for start in range(0, 10, 3):  # uneven batches: 3, 3, 3, 1
+        accumulator.update({"y": reference[start:start + 3]}, {"y": candidate[start:start + 3]})
+
+    streamed = accumulator.result()
+    one_shot = agreement({"y": reference}, {"y": candidate})
+
+    for key in ("top1", "cosine", "rel_l2", "max_abs_diff", "samples"):
+        assert streamed[key] == pytest.approx(one_shot[key])
+    expected_cosine = np.mean(
+        np.sum(reference * candidate, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1))
+    )
+    assert streamed["cosine"] == pytest.approx(expected_cosine)
+    assert streamed["rel_l2"] == pytest.approx(np.linalg.norm(candidate - reference) / np.linalg.norm(reference))
+
+
+def test_agreement_accepts_lists_of_batches():
+    batches = [{"y": np.eye(3)}, {"y": 2 * np.eye(3)}]
+
+    result = agreement(batches, batches)
+
+    assert result["samples"] == 6
+    assert result["cosine"] == pytest.approx(1.0)
+
+
+def test_zero_outputs_agree_with_zero_and_not_with_nonzero():
+    zeros = {"y": np.zeros((2, 3))}
+
+    assert agreement(zeros, zeros)["cosine"] == 1.0
+    assert agreement(zeros, zeros)["rel_l2"] == 0.0
+    assert agreement(zeros, {"y": np.ones((2, 3))})["cosine"] == 0.0
+
+
+def test_mismatched_names_or_shapes_are_refused():
+    with pytest.raises(OnnxSlimError, match="output names differ"):
+        agreement({"a": np.zeros((1, 2))}, {"b": np.zeros((1, 2))})
+    with pytest.raises(OnnxSlimError, match="shapes differ"):
+        agreement({"a": np.zeros((1, 2))}, {"a": np.zeros((1, 3))})
+    with pytest.raises(OnnxSlimError, match="no outputs"):
+        AgreementAccumulator().result()
+
+
+def test_accuracy_with_class_indices_and_one_hot_labels():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+
+    assert accuracy(scores, labels) == 0.75
+    assert accuracy(scores, np.eye(2)[labels]) == 0.75
+    with pytest.raises(OnnxSlimError, match="do not match"):
+        accuracy(scores, labels[:3])
+    with pytest.raises(OnnxSlimError, match=r"\[N, K\]"):
+        accuracy(scores.reshape(-1), labels)
