@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import InvalidModelError
+from .fold import fold_shape_computations
 from .model import check_not_quantized
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class NormalizeInfo:
     folded_batchnorms: int = 0
     constants_lifted: int = 0
     copies_made: int = 0
+    shape_nodes_folded: int = 0
 
 
 def normalize(model: onnx.ModelProto) -> NormalizeInfo:
@@ -45,6 +47,7 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     _name_nodes(model.graph)
     info.constants_lifted = _lift_constants(model.graph)
     _bypass_constant_identities(model.graph)
+    info.shape_nodes_folded = fold_shape_computations(model)
     info.copies_made = _unshare_initializers(model.graph)
     _fold_batchnorms(model.graph, info)
     return info
