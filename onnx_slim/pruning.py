@@ -19,10 +19,12 @@ from .channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
 from .channels.space import FreezeReason
 from .cost import ModelCost, concrete_input_shapes, model_cost
 from .errors import OnnxSlimError, UsageError
+from .evaluate import evaluate
 from .importance import ScoringContext, score_groups
 from .model import ModelSource, load_model, random_inputs, save_model
 from .normalize import NormalizeInfo, normalize
 from .plan import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
+from .reconstruct import reconstruct
 from .shapes import infer_shapes
 from .surgery import apply_plan, deduplicate_initializers, refresh_shapes
 from .verify import reference_output_shapes, verify_model
@@ -133,6 +135,10 @@ class PruneReport:
     output: str | None = None
     groups: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    allocate: str = "uniform"
+    calibration: str | None = None
+    reconstruction: dict | None = None
+    evaluation: dict | None = None
 
     @property
     def macs_fraction(self) -> float:
@@ -144,89 +150,111 @@ class PruneReport:
         return data
 
 
-def validate_options(ratio: float | None, target_macs: float | None, round_to: int, min_channels: int) -> None:
-    if (ratio is None) == (target_macs is None):
-        raise UsageError("give exactly one of ratio (--ratio) or target MACs (--target-macs)")
-    if ratio is not None and not 0 <= ratio < 1:
-        raise UsageError(f"ratio must be in [0, 1), got {ratio}")
-    if target_macs is not None and not 0 < target_macs <= 1:
-        raise UsageError(f"target MACs fraction must be in (0, 1], got {target_macs}")
-    if round_to < 1:
-        raise UsageError(f"round-to must be at least 1, got {round_to}")
-    if min_channels < 1:
-        raise UsageError(f"min-channels must be at least 1, got {min_channels}")
+@dataclass(frozen=True)
+class PruneOptions:
+    """Everything that decides which channels go; the keyword arguments of `prune`."""
+
+    ratio: float | None = None
+    target_macs: float | None = None
+    criterion: str = "l1"
+    global_ranking: bool = False
+    allocate: str = "uniform"  # "uniform" or "sensitivity" (per-group ratios, needs calibration)
+    round_to: int = 1
+    min_channels: int = 1
+    exclude: tuple = ()
+    seed: int = 0
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
+    reconstruct: bool = False
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if (self.ratio is None) == (self.target_macs is None):
+            raise UsageError("give exactly one of ratio (--ratio) or target MACs (--target-macs)")
+        if self.ratio is not None and not 0 <= self.ratio < 1:
+            raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.target_macs is not None and not 0 < self.target_macs <= 1:
+            raise UsageError(f"target MACs fraction must be in (0, 1], got {self.target_macs}")
+        if self.round_to < 1:
+            raise UsageError(f"round-to must be at least 1, got {self.round_to}")
+        if self.min_channels < 1:
+            raise UsageError(f"min-channels must be at least 1, got {self.min_channels}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.allocate not in ("uniform", "sensitivity"):
+            raise UsageError(f"allocate must be uniform or sensitivity, got {self.allocate!r}")
+        if self.allocate == "sensitivity" and self.target_macs is None:
+            raise UsageError("--allocate sensitivity needs --target-macs")
+        if (self.reconstruct or self.allocate == "sensitivity") and self.calibration is None:
+            what = "--reconstruct" if self.reconstruct else "--allocate sensitivity"
+            raise UsageError(f"{what} needs calibration data: pass --calib PATH (or --calib random)")
 
 
 def prune(
     model: ModelSource,
     *,
-    ratio: float | None = None,
-    target_macs: float | None = None,
-    criterion: str = "l1",
-    global_ranking: bool = False,
-    round_to: int = 1,
-    min_channels: int = 1,
-    exclude: Sequence[str] = (),
-    seed: int = 0,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
     verify: bool = True,
     progress: Progress | None = None,
-    scoring_extras: dict | None = None,
     copy: bool = True,
+    **options,
 ) -> tuple[onnx.ModelProto, PruneReport]:
     """Remove channels from `model`; returns the pruned model and a report.
 
-    The input is never modified (a ModelProto is copied unless copy=False).
-    With `verify`, the result must pass the full ONNX checker and run in
-    onnxruntime with the original output names and shapes.
+    Options are the fields of `PruneOptions` (ratio=..., target_macs=...,
+    criterion=..., calibration=..., reconstruct=...). The input is never
+    modified (a ModelProto is copied unless copy=False). With `verify`, the
+    result must pass the full ONNX checker and run in onnxruntime with the
+    original output names and shapes.
     """
-    proto, report, feeds, expected = _prune(
-        model, ratio=ratio, target_macs=target_macs, criterion=criterion,
-        global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
-        exclude=exclude, seed=seed, input_shapes=input_shapes, progress=progress,
-        scoring_extras=scoring_extras, copy=copy,
-    )
+    settings = _options(options)
+    proto, report, feeds, expected = _prune(model, settings, progress, copy)
     if verify:
         (progress or (lambda message: None))("verifying the pruned model")
         verify_model(proto, feeds, expected)
     return proto, report
 
 
-def _prune(
-    model, *, ratio, target_macs, criterion, global_ranking, round_to, min_channels, exclude,
-    seed, input_shapes, progress, scoring_extras, copy,
-):
+def _options(options: dict) -> PruneOptions:
+    unknown = set(options) - set(PruneOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown prune option(s): {', '.join(sorted(unknown))}")
+    settings = PruneOptions(**{**options, "exclude": tuple(options.get("exclude", ()))})
+    settings.validate()
+    return settings
+
+
+def _prune(model, settings: PruneOptions, progress, copy):
     """prune() without the final check; also returns the feeds and expected output shapes."""
-    validate_options(ratio, target_macs, round_to, min_channels)
     started = time.perf_counter()
     say = progress or (lambda message: None)
     size_before = _source_size(model)
     say("analyzing channel groups")
-    analysis = analyze(model, input_shapes=input_shapes, exclude=exclude, copy=copy)
+    analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude, copy=copy)
     proto, channels = analysis.model, analysis.channels
     groups = channels.prunable_groups()
-    feeds = random_inputs(proto, shapes=analysis.input_shapes, seed=seed)
+    feeds = random_inputs(proto, shapes=analysis.input_shapes, seed=settings.seed)
     expected = reference_output_shapes(proto, feeds, analysis.shapes)
 
-    say(f"scoring {len(groups)} prunable groups by {criterion}")
-    context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, seed, extras=dict(scoring_extras or {}))
-    scores = score_groups(context, criterion, groups)
-    options = PlanOptions(round_to=round_to, min_channels=min_channels)
-    weight_sizes = _float_weight_sizes(proto)
-    cost_model = CostModel(channels, analysis.cost.node_macs, weight_sizes)
-    if target_macs is not None:
-        plan, ratio_used = plan_for_target_macs(groups, scores, target_macs, options, cost_model, global_ranking)
-    else:
-        plan, ratio_used = plan_for_ratio(groups, scores, ratio, options, global_ranking), ratio
+    say(f"scoring {len(groups)} prunable groups by {settings.criterion}")
+    extras = {"calibration": settings.calibration, "batch_size": settings.batch_size, "progress": say}
+    context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, settings.seed, extras=extras)
+    scores = score_groups(context, settings.criterion, groups)
+    plan, ratio_used = _plan(analysis, groups, scores, settings, say)
 
+    original = _copy_of(proto) if settings.reconstruct else None
     say(f"removing channels from {len(plan)} groups")
     apply_plan(proto, channels, plan)
+    reconstruction = None
+    if settings.reconstruct and plan:
+        reconstruction = reconstruct(original, proto, channels, plan, settings.calibration,
+                                     batch_size=settings.batch_size, seed=settings.seed, progress=say)
+    del original
     refresh_shapes(proto)
     deduplicate_initializers(proto)
     after = model_cost(proto, input_shapes=analysis.input_shapes)
     report = PruneReport(
-        criterion=criterion, ratio=ratio_used if target_macs is None else round(ratio_used, 4),
-        target_macs=target_macs, global_ranking=global_ranking,
+        criterion=settings.criterion, ratio=ratio_used if settings.target_macs is None else round(ratio_used, 4),
+        target_macs=settings.target_macs, global_ranking=settings.global_ranking,
         params_before=analysis.cost.params, params_after=after.params,
         macs_before=analysis.cost.macs, macs_after=after.macs,
         size_before=size_before, size_after=proto.ByteSize(),
@@ -237,9 +265,41 @@ def _prune(
             {"id": g.id, "channels": g.channels, "kept": g.channels - len(plan.get(g.root, ()))}
             for g in groups
         ],
+        allocate=settings.allocate,
+        calibration=settings.calibration.description if settings.calibration is not None else None,
+        reconstruction=reconstruction.to_dict() if reconstruction is not None else None,
     )
     report.seconds = round(time.perf_counter() - started, 3)
     return proto, report, feeds, expected
+
+
+def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) -> tuple[dict, float]:
+    """Which channels each group loses, and the (uniform or effective) ratio behind it."""
+    options = PlanOptions(round_to=settings.round_to, min_channels=settings.min_channels)
+    cost_model = CostModel(analysis.channels, analysis.cost.node_macs, _float_weight_sizes(analysis.model))
+    if settings.allocate == "sensitivity":
+        from .sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
+
+        say("measuring per-group sensitivity on the calibration data")
+        sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=_SENSITIVITY_LEVELS,
+                                          criterion=settings.criterion, progress=say)
+        ratios = allocate_ratios(sensitivity, cost_model, groups, scores, settings.target_macs, options)
+        plan = plan_from_ratios(groups, scores, ratios, options)
+        kept = sum(g.channels - len(plan.get(g.root, ())) for g in groups)
+        return plan, 1 - kept / max(sum(g.channels for g in groups), 1)
+    if settings.target_macs is not None:
+        return plan_for_target_macs(groups, scores, settings.target_macs, options, cost_model,
+                                    settings.global_ranking)
+    return plan_for_ratio(groups, scores, settings.ratio, options, settings.global_ranking), settings.ratio
+
+
+_SENSITIVITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _copy_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    duplicate = onnx.ModelProto()
+    duplicate.CopyFrom(model)
+    return duplicate
 
 
 def prune_file(
@@ -248,31 +308,33 @@ def prune_file(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    evaluation=None,
     **options,
 ) -> PruneReport:
     """Prune a model file into `output_path`, verifying the written file before it appears.
 
     The output is written to a temporary file next to it, checked (full ONNX
     checker, onnxruntime, output shapes) and only then renamed into place.
+    With `evaluation` (a CalibrationSet of held-out samples) the report gets the
+    pruned model's agreement with the original, and accuracy when labels exist.
     """
     check_output_path(input_path, output_path, force)
-    options.setdefault("ratio", None)
-    options.setdefault("target_macs", None)
-    defaults = dict(criterion="l1", global_ranking=False, round_to=1, min_channels=1, exclude=(),
-                    seed=0, input_shapes=None, scoring_extras=None)
-    proto, report, feeds, expected = _prune(
-        input_path, progress=progress, copy=False, **{**defaults, **options}
-    )
+    settings = _options(options)
+    proto, report, feeds, expected = _prune(input_path, settings, progress, copy=False)
     say = progress or (lambda message: None)
     output_path = Path(output_path)
     with tempfile.TemporaryDirectory(dir=output_path.parent, prefix=".onnx_slim.") as scratch:
         candidate = save_model(proto, Path(scratch) / output_path.name)
+        del proto
         say("verifying the written model")
         verify_model(candidate, feeds, expected)
+        if evaluation is not None:
+            say(f"evaluating against the original on {evaluation.description}")
+            report.evaluation = evaluate(str(input_path), str(candidate), evaluation,
+                                         batch_size=max(settings.batch_size, 32))
         _move_into_place(candidate, output_path)
     report.output = str(output_path)
     report.size_after = output_path.stat().st_size
-    report.seconds = round(report.seconds, 3)
     return report
 
 

@@ -1,0 +1,53 @@
+"""Compare a candidate model with the original on held-out samples, batch by batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .calibration import CalibrationSet
+from .metrics import AgreementAccumulator, accuracy
+from .runtime import create_session, run_session
+
+
+def evaluate(
+    original: onnx.ModelProto | str,
+    candidate: onnx.ModelProto | str,
+    data: CalibrationSet,
+    *,
+    batch_size: int = 32,
+    threads: int | None = None,
+) -> dict:
+    """Agreement of `candidate` with `original` (top-1, cosine, relative L2, max abs diff)
+    and, when `data` has labels, both models' accuracy and the drop in points."""
+    reference_session = create_session(original, threads=threads)
+    candidate_session = create_session(candidate, threads=threads)
+    tally = AgreementAccumulator()
+    first_output = reference_session.get_outputs()[0].name
+    reference_scores, candidate_scores = [], []
+    for batch in data.batches(batch_size):
+        reference = run_session(reference_session, batch)
+        produced = run_session(candidate_session, batch)
+        tally.update(reference, produced)
+        if data.labels is not None:
+            reference_scores.append(reference[first_output])
+            candidate_scores.append(produced[first_output])
+    result = {"samples": len(data), "agreement": tally.result()}
+    if data.labels is not None:
+        labels = np.asarray(data.labels)[: sum(len(s) for s in reference_scores)]
+        before = accuracy(np.concatenate(reference_scores), labels)
+        after = accuracy(np.concatenate(candidate_scores), labels)
+        result.update(accuracy_original=round(before, 4), accuracy=round(after, 4),
+                      accuracy_drop_points=round((before - after) * 100, 2))
+    return result
+
+
+def quality_drop_points(evaluation: dict) -> float:
+    """The drop a quality gate compares: accuracy points with labels, else top-1 disagreement
+    (or, for outputs that are not class scores, 100 * (1 - cosine))."""
+    if "accuracy_drop_points" in evaluation:
+        return float(evaluation["accuracy_drop_points"])
+    agreement = evaluation["agreement"]
+    if agreement.get("top1") is not None:
+        return round((1 - agreement["top1"]) * 100, 2)
+    return round((1 - agreement["cosine"]) * 100, 2)

@@ -1,0 +1,425 @@
+"""Re-fit the layers that lost input channels, by ridge least squares on calibration data.
+
+For every consumer of a pruned group (a Conv, Gemm or MatMul whose input
+channels were sliced) we want its output on the kept channels to match the
+ORIGINAL model's output of that layer (He et al. 2017; ThiNet 2017). The
+targets come from one pass of the original model at sampled positions; the
+features come from the pruned model itself, so each fit also absorbs what
+pruning changed upstream. Consumers are re-fitted in topological chunks, each
+chunk reading features from the model with every earlier chunk already
+re-fitted, so errors do not accumulate.
+
+Only sufficient statistics are kept: per layer the Gram matrix of its features
+and their product with the targets (a training and a held-out part), so memory
+does not grow with the calibration set. Each layer then takes whichever of
+three candidates has the lowest held-out error: the plain slice, the slice plus
+the removed channels' mean contribution folded into the bias, or the ridge fit.
+The fit therefore never makes a layer's calibration error worse than slicing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .activations import ActivationCapture, conv_input_patches, conv_output_at, sample_positions
+from .calibration import CalibrationSet
+from .channels.context import CONSUMER, PRODUCER
+from .channels.groups import ChannelAnalysis
+from .channels.rules import attr
+from .errors import OnnxSlimError
+
+log = logging.getLogger(__name__)
+
+# Least-squares systems larger than this many features fall back to bias correction.
+MAX_FEATURES = 8192
+HOLDOUT_EVERY = 5  # every 5th sampled row is held out to choose between candidates
+
+
+@dataclass
+class LayerFit:
+    """What happened to one consumer layer."""
+
+    node: str
+    op_type: str
+    method: str  # "fit", "bias" or "slice"
+    features: int
+    samples: int
+    error_slice: float  # held-out relative error of each candidate (None when not computed)
+    error_bias: float | None = None
+    error_fit: float | None = None
+
+
+@dataclass
+class ReconstructReport:
+    layers: list = field(default_factory=list)
+    passes: int = 0
+    calibration: str = ""
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        methods = {}
+        for layer in self.layers:
+            methods[layer.method] = methods.get(layer.method, 0) + 1
+        return {"layers": len(self.layers), "methods": methods, "passes": self.passes}
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "calibration": self.calibration, "seconds": self.seconds,
+                "per_layer": [asdict(layer) for layer in self.layers]}
+
+
+@dataclass
+class _Consumer:
+    """One layer to re-fit, with its geometry and its running statistics."""
+
+    node: onnx.NodeProto
+    weight: str
+    kept_in: list  # original input-axis indices kept
+    removed_in: list
+    kept_out: list  # original output-channel indices kept
+    bias_tensor: str | None  # where the fitted intercept goes (None: no intercept)
+    bias_is_following_add: bool  # MatMul: the intercept is added to the next Add's constant
+    kind: str  # "conv", "rows"
+    features: int  # columns of the least-squares system (without the intercept)
+    targets: list = field(default_factory=list)  # per batch: [S, out] original outputs
+    positions: list = field(default_factory=list)  # per batch: conv positions or row indices
+    input_mean: np.ndarray | None = None  # original input channel means (bias correction)
+    stats: dict = field(default_factory=dict)
+
+
+def reconstruct(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: dict,
+    calibration: CalibrationSet,
+    *,
+    batch_size: int = 8,
+    ridge: float = 1e-3,
+    max_samples: int = 16384,
+    passes: int | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> ReconstructReport:
+    """Re-fit, in `pruned` (modified in place), every consumer whose inputs `plan` sliced.
+
+    `original` is the normalized model before surgery (same names as `pruned`).
+    """
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    report = ReconstructReport(calibration=calibration.description)
+    consumers = _consumers(original, pruned, analysis, plan)
+    if not consumers:
+        return report
+    if calibration.is_random:
+        say("note: calibration data is random: the re-fit only matches structure, not real statistics")
+    rng = np.random.default_rng(seed)
+    say(f"re-fit: collecting targets of {len(consumers)} layers from the original model")
+    _collect_targets(original, consumers, calibration, batch_size, max_samples, rng)
+    chunks = _chunks(consumers, passes)
+    report.passes = len(chunks)
+    original_weights = {c.weight: numpy_helper.to_array(_initializer(original, c.weight)) for c in consumers}
+    for index, chunk in enumerate(chunks, 1):
+        say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
+        _accumulate_features(pruned, chunk, calibration, batch_size)
+        for consumer in chunk:
+            report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
+            consumer.stats.clear()
+            consumer.targets.clear()
+    report.seconds = round(time.perf_counter() - started, 2)
+    return report
+
+
+# -- which layers, and how they are laid out ------------------------------------------
+
+
+def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[_Consumer]:
+    atoms = analysis.atoms
+    touched = set(plan)
+    nodes = {node.name: node for node in pruned.graph.node}
+    readers = _readers(pruned)
+    found: dict[str, _Consumer] = {}
+    for use in analysis.context.uses:
+        if use.kind != CONSUMER or not touched.intersection(atoms.classes_in(use.layout)):
+            continue
+        node = nodes[use.node]
+        if node.op_type == "Conv" and attr(node, "group", 1) != 1:
+            continue
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or use.node in found:
+            continue
+        if node.op_type == "Gemm" and (attr(node, "alpha", 1.0) != 1 or attr(node, "beta", 1.0) != 1
+                                       or attr(node, "transA", 0)):
+            continue  # scaled Gemms are rare; slicing alone stays correct for them
+        full = atoms.length(use.layout)
+        kept_in = atoms.kept_indices(use.layout, plan)
+        removed_in = sorted(set(range(full)) - set(kept_in))
+        kept_out = _kept_outputs(analysis, use.node, use.tensor, plan, original)
+        bias, following = _bias_target(node, pruned, readers)
+        kind = "conv" if node.op_type == "Conv" else "rows"
+        dims = _initializer(original, use.tensor).dims
+        taps = math.prod(dims[2:]) if kind == "conv" else 1
+        found[use.node] = _Consumer(node, use.tensor, kept_in, removed_in, kept_out, bias, following, kind,
+                                    features=len(kept_in) * taps)
+    order = {node.name: i for i, node in enumerate(pruned.graph.node)}
+    return sorted(found.values(), key=lambda c: order[c.node.name])
+
+
+def _kept_outputs(analysis, node_name, weight, plan, original) -> list:
+    for use in analysis.context.uses:
+        if use.kind == PRODUCER and use.node == node_name and use.tensor == weight:
+            return analysis.atoms.kept_indices(use.layout, plan)
+    dims = _initializer(original, weight).dims
+    node = next(n for n in original.graph.node if n.name == node_name)
+    return list(range(_out_channels(node, dims)))
+
+
+def _out_channels(node, dims) -> int:
+    if node.op_type == "Conv":
+        return dims[0]
+    if node.op_type == "Gemm":
+        return dims[0] if attr(node, "transB", 0) else dims[1]
+    return dims[1]
+
+
+def _bias_target(node, model, readers) -> tuple[str | None, bool]:
+    """Where a fitted intercept can live: the node's bias, or the constant of the Add after a MatMul."""
+    initializers = {init.name for init in model.graph.initializer}
+    if node.op_type in ("Conv", "Gemm"):
+        if len(node.input) > 2 and node.input[2]:
+            return (node.input[2], False) if node.input[2] in initializers else (None, False)
+        return f"{node.name}.refit_bias", False  # created when written
+    following = readers.get(node.output[0], [])
+    if len(following) == 1 and following[0].op_type == "Add":
+        others = [name for name in following[0].input if name != node.output[0]]
+        if len(others) == 1 and others[0] in initializers:
+            return others[0], True
+    return None, False
+
+
+def _readers(model) -> dict:
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _chunks(consumers: list, passes: int | None) -> list[list]:
+    """Topological chunks; by default one pass per layer for small sets, at most 12."""
+    count = len(consumers) if passes is None else passes
+    count = max(1, min(count, len(consumers), 12 if passes is None else len(consumers)))
+    size = math.ceil(len(consumers) / count)
+    return [consumers[i:i + size] for i in range(0, len(consumers), size)]
+
+
+def _initializer(model, name) -> onnx.TensorProto:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init
+    raise OnnxSlimError(f"initializer {name} not found")
+
+
+# -- statistics ------------------------------------------------------------------------
+
+
+def _collect_targets(original, consumers, calibration, batch_size, max_samples, rng) -> None:
+    """One pass of the original model: sampled outputs of each layer, mean of its inputs."""
+    names = sorted({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers})
+    capture = ActivationCapture(original, names)
+    batches = list(calibration.batch_ranges(batch_size))
+    samples = len(calibration)
+    sums = {c.node.name: None for c in consumers}
+    counts = {c.node.name: 0 for c in consumers}
+    for batch in calibration.batches(batch_size):
+        values = capture.run(batch)
+        for consumer in consumers:
+            x, y = values[consumer.node.input[0]], values[consumer.node.output[0]]
+            _accumulate_input_mean(consumer, x, sums, counts)
+            budget = min(max_samples, max(1024, 4 * consumer.features))
+            positions, targets = _sample_targets(consumer, y, len(batches), samples, budget, rng)
+            consumer.positions.append(positions)
+            consumer.targets.append(np.ascontiguousarray(targets[:, consumer.kept_out], dtype=np.float32))
+    for consumer in consumers:
+        consumer.input_mean = sums[consumer.node.name] / max(counts[consumer.node.name], 1)
+
+
+def _accumulate_input_mean(consumer, x, sums, counts) -> None:
+    axis = 1 if consumer.kind == "conv" or consumer.node.op_type == "Gemm" else x.ndim - 1
+    moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
+    total = moved.sum(axis=0)
+    sums[consumer.node.name] = total if sums[consumer.node.name] is None else sums[consumer.node.name] + total
+    counts[consumer.node.name] += moved.shape[0]
+
+
+def _sample_targets(consumer, y, n_batches, n_samples, budget, rng):
+    """About `budget` rows over the whole calibration set, spread evenly over images."""
+    if consumer.kind == "conv":
+        images, _, height, width = y.shape
+        per_image = max(1, math.ceil(budget / max(n_samples, 1)))
+        positions = sample_positions(rng, images, height, width, min(per_image, height * width))
+        return positions, conv_output_at(y, positions)
+    rows = y.reshape(-1, y.shape[-1]) if consumer.node.op_type == "MatMul" else y
+    per_batch = max(1, math.ceil(budget / max(n_batches, 1)))
+    picked = np.sort(rng.choice(rows.shape[0], size=min(per_batch, rows.shape[0]), replace=False))
+    return picked, rows[picked]
+
+
+def _design_rows(consumer, x, positions) -> np.ndarray:
+    """Features [S, d] of the pruned layer's input at the sampled positions."""
+    if consumer.kind == "conv":
+        node = consumer.node
+        kernel = list(attr(node, "kernel_shape", []))
+        patches = conv_input_patches(
+            x, positions, kernel, strides=list(attr(node, "strides", [1, 1])),
+            pads=list(attr(node, "pads", [0, 0, 0, 0])), dilations=list(attr(node, "dilations", [1, 1])),
+        )
+        return patches.reshape(patches.shape[0], -1)
+    rows = x.reshape(-1, x.shape[-1]) if consumer.node.op_type == "MatMul" else x
+    return rows[positions]
+
+
+def _accumulate_features(pruned, chunk, calibration, batch_size) -> None:
+    capture = ActivationCapture(pruned, sorted({c.node.input[0] for c in chunk}))
+    for batch_index, batch in enumerate(calibration.batches(batch_size)):
+        values = capture.run(batch)
+        for consumer in chunk:
+            features = _design_rows(consumer, values[consumer.node.input[0]], consumer.positions[batch_index])
+            design = features.astype(np.float64)
+            if consumer.bias_tensor is not None:
+                design = np.hstack([design, np.ones((design.shape[0], 1))])
+            targets = consumer.targets[batch_index].astype(np.float64)
+            holdout = np.arange(design.shape[0]) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+            for part, rows in (("train", ~holdout), ("holdout", holdout)):
+                _add_stats(consumer.stats, part, design[rows], targets[rows])
+
+
+def _add_stats(stats: dict, part: str, design: np.ndarray, targets: np.ndarray) -> None:
+    gram, cross = design.T @ design, design.T @ targets
+    energy = np.square(targets).sum()
+    if part not in stats:
+        stats[part] = [gram, cross, energy, design.shape[0]]
+    else:
+        entry = stats[part]
+        entry[0] += gram
+        entry[1] += cross
+        entry[2] += energy
+        entry[3] += design.shape[0]
+
+
+# -- choosing and writing the new weights ------------------------------------------------
+
+
+def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
+    node = consumer.node
+    weight = numpy_helper.to_array(_initializer(pruned, consumer.weight))
+    current = _as_matrix(node, weight)  # [d, out]
+    features = current.shape[0]
+    bias_now = _current_bias(pruned, consumer, current.shape[1])
+    train, holdout = consumer.stats.get("train"), consumer.stats.get("holdout")
+    layer = LayerFit(node.name, node.op_type, "slice", features, int((train or [0] * 4)[3] + (holdout or [0] * 4)[3]), 0.0)
+    if train is None or holdout is None or holdout[2] == 0:
+        return layer
+
+    def stacked(matrix, bias):
+        return matrix if bias is None else np.vstack([matrix, bias[None, :]])
+
+    candidates = {"slice": stacked(current, bias_now)}
+    if consumer.bias_tensor is not None and consumer.removed_in:
+        correction = _mean_contribution(node, original_weight, consumer)
+        candidates["bias"] = stacked(current, bias_now + correction[consumer.kept_out])
+    if features <= MAX_FEATURES:
+        gram, cross = train[0], train[1]
+        scale = ridge * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+        try:
+            candidates["fit"] = np.linalg.solve(gram + scale * np.eye(gram.shape[0]), cross)
+        except np.linalg.LinAlgError:
+            log.debug("ridge solve failed for %s", node.name)
+    errors = {name: _heldout_error(holdout, matrix) for name, matrix in candidates.items()}
+    layer.error_slice = errors["slice"]
+    layer.error_bias = errors.get("bias")
+    layer.error_fit = errors.get("fit")
+    best = min(errors, key=lambda name: (errors[name], name != "slice"))
+    layer.method = best
+    if best != "slice":
+        _write(pruned, consumer, candidates[best], weight.shape)
+    return layer
+
+
+def _heldout_error(stats, matrix) -> float:
+    """||A W - Y||^2 / ||Y||^2 on the held-out rows, from their Gram statistics."""
+    gram, cross, energy, _ = stats
+    value = np.einsum("ij,ik,kj->", matrix, gram, matrix) - 2 * np.sum(matrix * cross) + energy
+    return float(max(value, 0.0) / energy)
+
+
+def _as_matrix(node, weight) -> np.ndarray:
+    if node.op_type == "Conv":
+        return weight.reshape(weight.shape[0], -1).T.astype(np.float64)
+    if node.op_type == "Gemm" and attr(node, "transB", 0):
+        return weight.T.astype(np.float64)
+    return weight.astype(np.float64)
+
+
+def _from_matrix(node, matrix, shape) -> np.ndarray:
+    if node.op_type == "Conv":
+        return matrix.T.reshape(shape)
+    if node.op_type == "Gemm" and attr(node, "transB", 0):
+        return matrix.T
+    return matrix.reshape(shape)
+
+
+def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
+    if consumer.bias_tensor is None:
+        return None
+    if consumer.bias_is_following_add:
+        return np.zeros(outputs)  # the fit's intercept is a change to the Add's constant
+    names = {init.name for init in pruned.graph.initializer}
+    if consumer.bias_tensor not in names:
+        return np.zeros(outputs)
+    return numpy_helper.to_array(_initializer(pruned, consumer.bias_tensor)).astype(np.float64).reshape(-1)
+
+
+def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
+    """What the removed input channels added on average to each output (all outputs)."""
+    means = consumer.input_mean
+    matrix = _as_matrix(node, original_weight)  # [d_full, out_full]
+    if node.op_type == "Conv":
+        taps = original_weight.shape[2] * original_weight.shape[3]
+        per_channel = matrix.reshape(original_weight.shape[1], taps, -1).sum(axis=1)  # [C_in, out]
+        channel_means = means
+    else:
+        per_channel, channel_means = matrix, means
+    removed = consumer.removed_in
+    return channel_means[removed] @ per_channel[removed]
+
+
+def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> None:
+    node = consumer.node
+    weights_part = matrix[:-1] if consumer.bias_tensor is not None else matrix
+    weight_init = _initializer(pruned, consumer.weight)
+    dtype = numpy_helper.to_array(weight_init).dtype
+    weight_init.CopyFrom(numpy_helper.from_array(_from_matrix(node, weights_part, weight_shape).astype(dtype), consumer.weight))
+    if consumer.bias_tensor is None:
+        return
+    intercept = matrix[-1]
+    names = {init.name for init in pruned.graph.initializer}
+    if consumer.bias_is_following_add:
+        init = _initializer(pruned, consumer.bias_tensor)
+        base = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array((base + intercept.reshape(base.shape)).astype(base.dtype), init.name))
+    elif consumer.bias_tensor in names:
+        init = _initializer(pruned, consumer.bias_tensor)
+        shape = numpy_helper.to_array(init).shape
+        init.CopyFrom(numpy_helper.from_array(intercept.reshape(shape).astype(dtype), init.name))
+    else:
+        pruned.graph.initializer.append(numpy_helper.from_array(intercept.astype(dtype), consumer.bias_tensor))
+        while len(node.input) < 3:
+            node.input.append("")
+        node.input[2] = consumer.bias_tensor
