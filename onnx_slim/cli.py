@@ -50,6 +50,46 @@ shape_option = click.option(
 )
 
 
+def calibration_options(function):
+    """--calib and the options that say how to read it (shared by several commands)."""
+    options = [
+        click.option("--calib", metavar="PATH", help="Calibration data: .npz, folder of .npy or images, or 'random'."),
+        click.option("--calib-samples", type=int, help="Use only the first N calibration samples."),
+        click.option("--batch-size", default=8, show_default=True, help="Batch size for calibration runs."),
+        click.option("--input-size", metavar="H,W", help="Image folders: resize to this size (default: the model's)."),
+        click.option("--mean", metavar="R,G,B", help="Image folders: per-channel mean, 0..1 units."),
+        click.option("--std", metavar="R,G,B", help="Image folders: per-channel std, 0..1 units."),
+        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def load_data(path, model, params, samples=None):
+    """A CalibrationSet from CLI options, or None without a path."""
+    if not path:
+        return None
+    from .calibration import load_calibration
+
+    return load_calibration(
+        path, model, samples=samples, input_size=_floats(params.get("input_size"), int),
+        mean=_floats(params.get("mean")), std=_floats(params.get("std")),
+        layout=params.get("layout", "nchw"), channel_order=params.get("channel_order", "rgb"),
+        seed=params.get("seed", 0),
+    )
+
+
+def _floats(text, kind=float):
+    if not text:
+        return None
+    try:
+        return [kind(part) for part in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnx-slim")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
@@ -96,8 +136,14 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group, in [0, 1).")
 @click.option("--target-macs", type=float, help="Keep about this fraction of the model's MACs, in (0, 1].")
-@click.option("--criterion", default="l1", show_default=True, help="Channel importance: l1, l2, fpgm, bn_scale, random.")
+@click.option("--criterion", default="l1", show_default=True,
+              help="Channel importance: l1, l2, fpgm, bn_scale, random; with --calib also activation, thinet, lasso, sensitivity.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
+@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
+              help="With --target-macs: one ratio for all groups, or per-group ratios from measured sensitivity.")
+@click.option("--reconstruct", is_flag=True, help="Re-fit the layers after removed channels by least squares (needs --calib).")
+@calibration_options
+@click.option("--eval", "eval_path", metavar="PATH", help="Held-out data (.npz, with optional labels) to measure agreement and accuracy.")
 @click.option("--round-to", default=1, show_default=True, help="Kept channel counts are multiples of this.")
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
@@ -106,25 +152,49 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def prune(model, output, ratio, target_macs, criterion, global_ranking, round_to, min_channels,
-          exclude, seed, input_shapes, force, as_json, quiet):
+def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, calib,
+          calib_samples, batch_size, eval_path, round_to, min_channels, exclude, seed, input_shapes, force,
+          as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from .pruning import prune_file
+    from .pruning import check_output_path, prune_file
 
     console = Console(quiet)
+    check_output_path(model, output, force)
+    params = {**image_options, "seed": seed}
+    calibration = load_data(calib, model, params, calib_samples)
+    evaluation = load_data(eval_path, model, params)
     report = prune_file(
-        model, output, force=force, progress=console.progress, ratio=ratio, target_macs=target_macs,
-        criterion=criterion, global_ranking=global_ranking, round_to=round_to, min_channels=min_channels,
-        exclude=list(exclude), seed=seed, input_shapes=parse_shapes(input_shapes),
+        model, output, force=force, progress=console.progress, evaluation=evaluation,
+        ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
+        allocate=allocate, reconstruct=reconstruct, calibration=calibration, batch_size=batch_size,
+        round_to=round_to, min_channels=min_channels, exclude=list(exclude), seed=seed,
+        input_shapes=parse_shapes(input_shapes),
     )
     data = report.to_dict()
     if as_json:
         click.echo(to_json(data))
         return
     click.echo(before_after_table(data))
+    if report.reconstruction:
+        methods = ", ".join(f"{count} {name}" for name, count in report.reconstruction["methods"].items())
+        click.echo(f"re-fitted {report.reconstruction['layers']} layers ({methods})")
+    if report.evaluation:
+        click.echo(evaluation_line(report.evaluation))
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(f"\nwrote {output} ({human_bytes(report.size_after)}) in {report.seconds:.1f}s")
+
+
+def evaluation_line(evaluation: dict) -> str:
+    agreement = evaluation["agreement"]
+    parts = [f"on {evaluation['samples']} held-out samples:"]
+    if "accuracy" in evaluation:
+        parts.append(f"accuracy {evaluation['accuracy_original'] * 100:.2f}% -> {evaluation['accuracy'] * 100:.2f}% "
+                     f"({0.0 - evaluation['accuracy_drop_points']:+.2f} points)")
+    if agreement.get("top1") is not None:
+        parts.append(f"top-1 agreement {agreement['top1'] * 100:.2f}%")
+    parts.append(f"cosine {agreement['cosine']:.4f}")
+    return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 
 def main(argv=None) -> None:

@@ -287,17 +287,32 @@ def _design_rows(consumer, x, positions) -> np.ndarray:
 
 def _accumulate_features(pruned, chunk, calibration, batch_size) -> None:
     capture = ActivationCapture(pruned, sorted({c.node.input[0] for c in chunk}))
+    pending = {id(c): [] for c in chunk}
     for batch_index, batch in enumerate(calibration.batches(batch_size)):
         values = capture.run(batch)
         for consumer in chunk:
             features = _design_rows(consumer, values[consumer.node.input[0]], consumer.positions[batch_index])
-            design = features.astype(np.float64)
-            if consumer.bias_tensor is not None:
-                design = np.hstack([design, np.ones((design.shape[0], 1))])
-            targets = consumer.targets[batch_index].astype(np.float64)
-            holdout = np.arange(design.shape[0]) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-            for part, rows in (("train", ~holdout), ("holdout", holdout)):
-                _add_stats(consumer.stats, part, design[rows], targets[rows])
+            pending[id(consumer)].append((features, consumer.targets[batch_index]))
+            # Gram updates cost the same for 10 rows as for 1000: update in blocks.
+            if sum(len(f) for f, _ in pending[id(consumer)]) >= max(2048, consumer.features):
+                _flush(consumer, pending[id(consumer)])
+    for consumer in chunk:
+        _flush(consumer, pending[id(consumer)])
+
+
+def _flush(consumer, pending: list) -> None:
+    if not pending:
+        return
+    design = np.concatenate([features for features, _ in pending]).astype(np.float64)
+    targets = np.concatenate([target for _, target in pending]).astype(np.float64)
+    pending.clear()
+    if consumer.bias_tensor is not None:
+        design = np.hstack([design, np.ones((design.shape[0], 1))])
+    offset = consumer.stats.get("rows", 0)
+    holdout = (np.arange(design.shape[0]) + offset) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+    consumer.stats["rows"] = offset + design.shape[0]
+    for part, rows in (("train", ~holdout), ("holdout", holdout)):
+        _add_stats(consumer.stats, part, design[rows], targets[rows])
 
 
 def _add_stats(stats: dict, part: str, design: np.ndarray, targets: np.ndarray) -> None:
@@ -355,7 +370,7 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
 def _heldout_error(stats, matrix) -> float:
     """||A W - Y||^2 / ||Y||^2 on the held-out rows, from their Gram statistics."""
     gram, cross, energy, _ = stats
-    value = np.einsum("ij,ik,kj->", matrix, gram, matrix) - 2 * np.sum(matrix * cross) + energy
+    value = np.sum(matrix * (gram @ matrix)) - 2 * np.sum(matrix * cross) + energy
     return float(max(value, 0.0) / energy)
 
 
