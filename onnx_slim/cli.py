@@ -197,6 +197,193 @@ def evaluation_line(evaluation: dict) -> str:
     return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML/YAML file with these options (default: MODEL's sibling <name>.slim.toml if present).")
+@click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group.")
+@click.option("--target-macs", type=float, help="Keep about this fraction of MACs (default 0.5).")
+@click.option("--criterion", help="Channel importance (default: thinet with --calib, else l1).")
+@click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
+@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
+@click.option("--quantize", type=click.Choice(["auto", "static", "dynamic", "none"]), default="auto", show_default=True)
+@calibration_options
+@click.option("--eval", "eval_path", metavar="PATH", help="Held-out data for accuracy/agreement and --max-drop.")
+@click.option("--max-drop", type=float, help="Quality gate: maximum accuracy (or agreement) drop in points.")
+@click.option("--min-speedup", type=float, help="Quality gate: minimum p50 latency speedup of the final model.")
+@click.option("--round-to", default=8, show_default=True, help="Kept channel counts are multiples of this.")
+@click.option("--min-channels", default=1, show_default=True)
+@click.option("--exclude", multiple=True, metavar="PATTERN")
+@click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
+@click.option("--warmup", default=5, show_default=True)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads for the benchmark.")
+@click.option("--memory/--no-memory", default=True, help="Measure peak memory per model (a subprocess each).")
+@click.option("--seed", default=0, show_default=True)
+@shape_option
+@click.option("--force", is_flag=True, help="Overwrite a previous result in OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def run(ctx, model, output, config_path, force, as_json, quiet, **options):
+    """The deployment step: prune, re-fit, quantize, verify, benchmark, gate (exit 3 on a failed gate)."""
+    from .pipeline import check_gates, run_pipeline
+
+    console = Console(quiet)
+    config, config_file = pipeline_config(ctx, model, config_path, options)
+    if config_file:
+        console.progress(f"config: {config_file}")
+    report = run_pipeline(model, output, config, config_file=config_file, force=force, progress=console.progress)
+    if as_json:
+        click.echo(to_json(report))
+    else:
+        click.echo(open(report["outputs"]["report_md"]).read().split("## Benchmark")[0].rstrip())
+        click.echo(f"\nwrote {report['outputs']['model']} and {report['outputs']['report_json']}")
+    check_gates(report)
+
+
+def pipeline_config(ctx, model, config_path, options):
+    """PipelineConfig from defaults < config file < options given on the command line."""
+    from click.core import ParameterSource
+
+    from .pipeline import PipelineConfig, load_config, sibling_config
+
+    config_file = config_path or sibling_config(model)
+    merged = load_config(config_file) if config_file else {}
+    renames = {"eval_path": "eval", "input_shapes": "input_shapes"}
+    for name, value in options.items():
+        key = renames.get(name, name)
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or key not in merged:
+            merged[key] = value
+    merged["input_shapes"] = parse_shapes(merged["input_shapes"]) if not isinstance(merged.get("input_shapes"), dict) else merged["input_shapes"]
+    for key, kind in (("input_size", int), ("mean", float), ("std", float)):
+        if isinstance(merged.get(key), str):
+            merged[key] = _floats(merged[key], kind)
+    merged["exclude"] = list(merged.get("exclude") or [])
+    return PipelineConfig(**merged), (str(config_file) if config_file else None)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--target-macs", "targets", default="0.9,0.7,0.5", show_default=True, help="Comma-separated MACs fractions.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--criterion")
+@click.option("--reconstruct/--no-reconstruct", default=None)
+@click.option("--quantize", type=click.Choice(["auto", "static", "dynamic", "none"]), default="auto", show_default=True)
+@calibration_options
+@click.option("--eval", "eval_path", metavar="PATH")
+@click.option("--runs", default=30, show_default=True)
+@click.option("--warmup", default=3, show_default=True)
+@click.option("--threads", type=int)
+@click.option("--memory/--no-memory", default=True)
+@click.option("--seed", default=0, show_default=True)
+@shape_option
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+@click.pass_context
+def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **options):
+    """Run the pipeline at several MACs targets; write a table (and a plot with matplotlib)."""
+    from .sweep import run_sweep
+
+    console = Console(quiet)
+    config, config_file = pipeline_config(ctx, model, config_path, options)
+    fractions = _floats(targets)
+    result = run_sweep(model, output, config, fractions, force=force, progress=console.progress)
+    if as_json:
+        click.echo(to_json(result))
+    else:
+        click.echo(result["markdown"])
+        click.echo(f"\nwrote {result['outputs']['markdown']}" + (f" and {result['outputs']['plot']}" if result["outputs"].get("plot") else ""))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--mode", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True)
+@click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
+@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: per channel for static CNNs).")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: on CPUs without VNNI).")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes matching these globs in float.")
+@calibration_options
+@click.option("--eval", "eval_path", metavar="PATH", help="Held-out data: agreement with the float model.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, calib, calib_samples,
+             batch_size, eval_path, seed, force, as_json, quiet, **image_options):
+    """Quantize MODEL to int8 with onnxruntime (QDQ by default; static for CNNs, dynamic for transformers)."""
+    from .evaluate import evaluate
+    from .quantize import quantize_model
+
+    console = Console(quiet)
+    params = {**image_options, "seed": seed}
+    calibration = load_data(calib, model, params, calib_samples)
+    evaluation_data = load_data(eval_path, model, params)
+    console.progress("quantizing")
+    batches = None if calibration is None or calibration.is_random else _batches(calibration, batch_size)
+    report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
+                            per_channel=per_channel, method=method, reduce_range=reduce_range,
+                            exclude=list(exclude), calibration_batch_size=batch_size, force=force)
+    data = report.to_dict()
+    if evaluation_data is not None:
+        console.progress(f"evaluating on {evaluation_data.description}")
+        data["evaluation"] = evaluate(model, output, evaluation_data)
+    if as_json:
+        click.echo(to_json(data))
+        return
+    ops = ", ".join(f"{count} {op}" for op, count in sorted(report.quantized_ops.items()))
+    click.echo(f"{report.mode} {report.format} quantization ({report.mode_reason}); calibration: {report.calibration}")
+    click.echo(f"size {human_bytes(report.size_before)} -> {human_bytes(report.size_after)}; {ops}")
+    for warning in report.warnings:
+        click.echo(f"note: {warning}")
+    if "evaluation" in data:
+        click.echo(evaluation_line(data["evaluation"]))
+    click.echo(f"wrote {output}")
+
+
+class _batches:
+    """Re-iterable calibration batches (static calibration may read them more than once)."""
+
+    def __init__(self, calibration, batch_size):
+        self.calibration, self.batch_size = calibration, batch_size
+
+    def __iter__(self):
+        return iter(self.calibration.batches(self.batch_size))
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Model the others are compared with (default: the first).")
+@click.option("--runs", default=50, show_default=True)
+@click.option("--warmup", default=5, show_default=True)
+@click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@click.option("--batch", default=1, show_default=True, help="Batch size of the random inputs.")
+@click.option("--shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shape (repeatable).")
+@click.option("--data", "data_path", metavar="PATH", help="Inputs from data (.npz...) instead of random ones.")
+@click.option("--no-memory", is_flag=True, help="Skip the per-model peak-memory measurement.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_path, no_memory, seed, as_json, quiet):
+    """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
+    from .bench import benchmark
+
+    console = Console(quiet)
+    data = None
+    if data_path:
+        data = load_data(data_path, models[0], {"seed": seed}).batches(batch)
+    console.progress(f"benchmarking {len(models) + (1 if baseline and baseline not in models else 0)} models, {runs} runs each")
+    report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, threads=threads, batch=batch,
+                       shapes=parse_shapes(input_shapes) or None, data=data, seed=seed,
+                       measure_memory=not no_memory)
+    click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
+
+
 def main(argv=None) -> None:
     """Entry point: one-line errors and the documented exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)

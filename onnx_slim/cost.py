@@ -18,6 +18,9 @@ from .model import graph_inputs
 from .shapes import infer_shapes, is_static
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+# Weights of quantized models are 8-bit integers; int32/int64 tensors are shape constants
+# (or int32 biases of quantized ops, a rounding error next to the weights).
+_WEIGHT_TYPES = _FLOAT_TYPES | {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4}
 
 
 @dataclass
@@ -40,9 +43,9 @@ def concrete_input_shapes(
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of the floating-point initializers (shape constants do not count)."""
+    """Elements of the weight initializers: float or 8/4-bit integer (shape constants do not count)."""
     return sum(
-        math.prod(init.dims) for init in model.graph.initializer if init.data_type in _FLOAT_TYPES
+        math.prod(init.dims) for init in model.graph.initializer if init.data_type in _WEIGHT_TYPES
     )
 
 

@@ -1,0 +1,349 @@
+"""The deployment step: prune -> (re-fit) -> quantize -> verify -> evaluate -> benchmark -> gates.
+
+`run_pipeline` writes OUTDIR/pruned.onnx, OUTDIR/model.onnx (the final model),
+OUTDIR/report.json and OUTDIR/report.md. Options come from, in rising order of
+precedence: defaults, a config file (TOML, or YAML when PyYAML is installed),
+the command line. A config named `<model>.slim.toml` next to the model is used
+when no --config is given, so a model can carry its own pipeline settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from .bench import benchmark
+from .calibration import load_calibration
+from .errors import OnnxSlimError, UsageError
+from .evaluate import evaluate, quality_drop_points
+from .model import load_model, random_inputs
+from .pruning import prune_file
+from .quantize import quantize_model
+from .report import human_bytes, human_count, table
+from .verify import verify_model
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PipelineConfig:
+    """Every option of `onnx-slim run`; the keys of a config file."""
+
+    ratio: float | None = None
+    target_macs: float | None = None
+    criterion: str | None = None  # default: thinet with real calibration data, else l1
+    global_ranking: bool = False
+    allocate: str = "uniform"
+    reconstruct: bool | None = None  # default: on with real calibration data
+    round_to: int = 8  # kept channel counts SIMD kernels like (odd counts can be slower than more channels)
+    min_channels: int = 1
+    exclude: list = field(default_factory=list)
+    quantize: str = "auto"  # auto | static | dynamic | none
+    quant_format: str = "qdq"
+    per_channel: bool | None = None
+    calib: str | None = None
+    calib_samples: int | None = None
+    eval: str | None = None
+    batch_size: int = 8
+    input_size: list | None = None
+    mean: list | None = None
+    std: list | None = None
+    layout: str = "nchw"
+    channel_order: str = "rgb"
+    input_shapes: dict = field(default_factory=dict)
+    max_drop: float | None = None
+    min_speedup: float | None = None
+    runs: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    memory: bool = True  # measure each model's peak memory (one subprocess per model)
+    seed: int = 0
+
+    def with_defaults(self) -> PipelineConfig:
+        """Fill the choices that depend on other options."""
+        filled = PipelineConfig(**asdict(self))
+        if filled.ratio is None and filled.target_macs is None:
+            filled.target_macs = 0.5
+        real_data = filled.calib is not None and filled.calib != "random"
+        if filled.criterion is None:
+            filled.criterion = "thinet" if real_data else "l1"
+        if filled.reconstruct is None:
+            filled.reconstruct = real_data
+        if filled.quantize not in ("auto", "static", "dynamic", "none"):
+            raise UsageError(f"quantize must be auto, static, dynamic or none, got {filled.quantize!r}")
+        return filled
+
+
+CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
+# Config files may use the CLI spellings too.
+_ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib"}
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Options from a TOML or YAML file; relative data paths are taken from the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: config file not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError("YAML configs need PyYAML: pip install pyyaml (or use a .toml config)") from None
+        data = yaml.safe_load(text) or {}
+    else:
+        data = _parse_toml(text, path)
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a table of options")
+    options = {}
+    for key, value in data.items():
+        name = _ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name not in CONFIG_KEYS:
+            raise UsageError(f"{path}: unknown option {key!r}; known: {', '.join(sorted(CONFIG_KEYS))}")
+        options[name] = value
+    for key in ("calib", "eval"):
+        value = options.get(key)
+        if isinstance(value, str) and value != "random" and not Path(value).is_absolute():
+            options[key] = str(path.parent / value)
+    return options
+
+
+def _parse_toml(text: str, path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UsageError("TOML configs need Python 3.11+ or `pip install tomli`") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+
+
+def sibling_config(model_path: str | os.PathLike) -> Path | None:
+    """`<model>.slim.toml` next to the model, if there is one."""
+    path = Path(model_path)
+    candidate = path.with_name(path.stem + ".slim.toml")
+    return candidate if candidate.is_file() else None
+
+
+@dataclass
+class Gate:
+    name: str
+    threshold: float
+    value: float | None
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_pipeline(
+    model_path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    config: PipelineConfig,
+    *,
+    config_file: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Run the whole step; returns the report (also written to OUTDIR/report.json and .md).
+
+    Quality gates are evaluated but not raised: the caller decides (the CLI exits 3).
+    """
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    settings = config.with_defaults()
+    outdir = Path(outdir)
+    _prepare_outdir(outdir, force)
+    model = load_model(model_path, copy=False)
+    calibration = _data(settings, settings.calib, model) if settings.calib else None
+    held_out = _data(settings, settings.eval, model) if settings.eval else None
+    if settings.reconstruct and calibration is None:
+        raise UsageError("reconstruct needs calibration data: set calib (a path, or 'random')")
+    del model
+
+    pruned_path = outdir / "pruned.onnx"
+    final_path = outdir / "model.onnx"
+    say("pruning")
+    prune_report = prune_file(
+        model_path, pruned_path, force=True, progress=say, evaluation=held_out,
+        ratio=settings.ratio, target_macs=settings.target_macs, criterion=settings.criterion,
+        global_ranking=settings.global_ranking, allocate=settings.allocate, reconstruct=settings.reconstruct,
+        calibration=calibration, batch_size=settings.batch_size, round_to=settings.round_to,
+        min_channels=settings.min_channels, exclude=list(settings.exclude), seed=settings.seed,
+        input_shapes=settings.input_shapes or None,
+    )
+    quantize_report = _quantize(settings, pruned_path, final_path, calibration, say)
+    say("verifying the final model")
+    _verify_final(model_path, final_path, settings)
+    evaluation = None
+    if held_out is not None:
+        say(f"evaluating the final model on {held_out.description}")
+        evaluation = evaluate(str(model_path), str(final_path), held_out, batch_size=max(settings.batch_size, 32))
+    say(f"benchmarking original, pruned and final ({settings.runs} interleaved runs each)")
+    bench = benchmark(
+        [str(model_path), str(pruned_path), str(final_path)], runs=settings.runs, warmup=settings.warmup,
+        threads=settings.threads, shapes=settings.input_shapes or None, seed=settings.seed,
+        data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory,
+    )
+    gates = _gates(settings, evaluation, prune_report.evaluation, bench)
+    report = {
+        "model": str(model_path),
+        "outdir": str(outdir),
+        "config_file": config_file,
+        "config": asdict(settings),
+        "outputs": {"model": str(final_path), "pruned": str(pruned_path),
+                    "report_json": str(outdir / "report.json"), "report_md": str(outdir / "report.md")},
+        "prune": prune_report.to_dict(),
+        "quantize": quantize_report.to_dict() if quantize_report is not None else None,
+        "evaluation": {"pruned": prune_report.evaluation, "final": evaluation},
+        "bench": bench.to_dict(),
+        "bench_markdown": bench.to_markdown(),
+        "gates": [gate.to_dict() for gate in gates],
+        "passed": all(gate.passed for gate in gates),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    _write_text(outdir / "report.json", json.dumps(report, indent=2, default=str))
+    _write_text(outdir / "report.md", pipeline_markdown(report))
+    return report
+
+
+def _prepare_outdir(outdir: Path, force: bool) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"{outdir} is a file: -o takes a folder")
+    if (outdir / "model.onnx").exists() and not force:
+        raise UsageError(f"{outdir} already holds a pipeline result: pass --force to overwrite it")
+    outdir.mkdir(parents=True, exist_ok=True)
+
+
+def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
+    return load_calibration(
+        path, model, samples=settings.calib_samples if path == settings.calib else None,
+        input_size=settings.input_size, mean=settings.mean, std=settings.std,
+        layout=settings.layout, channel_order=settings.channel_order, seed=settings.seed,
+    )
+
+
+def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
+    if settings.quantize == "none":
+        shutil.copyfile(pruned_path, final_path)
+        return None
+    say(f"quantizing ({settings.quantize})")
+    batches = None
+    if calibration is not None and not calibration.is_random:
+        batches = _Rebatchable(calibration, settings.batch_size)
+    return quantize_model(
+        pruned_path, final_path, mode=settings.quantize, calibration=batches,
+        quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
+    )
+
+
+class _Rebatchable:
+    """An iterable that restarts the calibration batches each time it is iterated."""
+
+    def __init__(self, calibration, batch_size: int) -> None:
+        self.calibration, self.batch_size = calibration, batch_size
+
+    def __iter__(self):
+        return iter(self.calibration.batches(self.batch_size))
+
+
+def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> None:
+    original = load_model(model_path, copy=False)
+    feeds = random_inputs(original, shapes=settings.input_shapes or None, seed=settings.seed)
+    from .runtime import create_session, run_session
+
+    reference = run_session(create_session(original, optimize=False), feeds)
+    verify_model(final_path, feeds, {name: value.shape for name, value in reference.items()})
+
+
+def _gates(settings: PipelineConfig, evaluation, pruned_evaluation, bench) -> list[Gate]:
+    gates = []
+    if settings.max_drop is not None:
+        if evaluation is None:
+            gates.append(Gate("max_drop", settings.max_drop, None, False,
+                              "no held-out data to measure the drop: pass --eval PATH"))
+        else:
+            drop = quality_drop_points(evaluation)
+            what = "accuracy drop" if "accuracy_drop_points" in evaluation else "disagreement with the original"
+            gates.append(Gate("max_drop", settings.max_drop, drop, drop <= settings.max_drop,
+                              f"{what} {drop:.2f} points (limit {settings.max_drop})"))
+    if settings.min_speedup is not None:
+        final = bench.models[-1]
+        speedup = final.speedup["p50"]
+        gates.append(Gate("min_speedup", settings.min_speedup, speedup, speedup >= settings.min_speedup,
+                          f"p50 speedup {speedup:.2f}x (need {settings.min_speedup}x)"))
+    return gates
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def pipeline_markdown(report: dict) -> str:
+    """The human summary: one row per stage, then gates and settings."""
+    prune, bench = report["prune"], report["bench"]["models"]
+    evaluation = report["evaluation"]
+    quality = {"original": "reference", "pruned": _quality(evaluation["pruned"]), "final": _quality(evaluation["final"])}
+    rows = []
+    for label, entry in zip(("original", "pruned", "final"), bench):
+        rows.append((
+            label, human_count(entry["params"] or 0), human_count(entry["macs"] or 0),
+            human_bytes(entry["size_bytes"]), f"{entry['latency_ms']['p50']:.2f}",
+            f"{entry['speedup']['p50']:.2f}x", quality[label],
+        ))
+    lines = [
+        f"# onnx-slim run: {report['model']}",
+        "",
+        table(["model", "params", "MACs", "size", "p50 ms", "speedup", "quality vs original"], rows, markdown=True),
+        "",
+        f"- pruning: {prune['criterion']}, {prune['groups_pruned']} of {prune['groups_total']} groups, "
+        f"MACs kept {prune['macs_fraction'] * 100:.1f}%"
+        + (f", re-fitted {prune['reconstruction']['layers']} layers" if prune.get("reconstruction") else ""),
+    ]
+    if report["quantize"]:
+        q = report["quantize"]
+        lines.append(f"- quantization: {q['mode']} {q['format']}, calibration: {q['calibration']}")
+    if prune.get("calibration"):
+        lines.append(f"- calibration: {prune['calibration']}")
+    for gate in report["gates"]:
+        lines.append(f"- gate {gate['name']}: {'passed' if gate['passed'] else 'FAILED'} ({gate['detail']})")
+    lines += ["", "## Benchmark", "", report["bench_markdown"]]
+    return "\n".join(lines) + "\n"
+
+
+def _quality(evaluation) -> str:
+    if not evaluation:
+        return "not measured (no --eval)"
+    if "accuracy" in evaluation:
+        return (f"accuracy {evaluation['accuracy'] * 100:.2f}% "
+                f"({0.0 - evaluation['accuracy_drop_points']:+.2f} pts)")
+    agreement = evaluation["agreement"]
+    if agreement.get("top1") is not None:
+        return f"top-1 agreement {agreement['top1'] * 100:.2f}%"
+    return f"cosine {agreement['cosine']:.4f}"
+
+
+def check_gates(report: dict) -> None:
+    """Raise QualityGateError (exit 3) naming every failed gate."""
+    from .errors import QualityGateError
+
+    failed = [gate["detail"] for gate in report["gates"] if not gate["passed"]]
+    if failed:
+        raise QualityGateError("quality gate failed: " + "; ".join(failed))
+
+
+__all__ = ["PipelineConfig", "load_config", "run_pipeline", "check_gates", "sibling_config", "OnnxSlimError"]

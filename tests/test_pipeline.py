@@ -1,0 +1,112 @@
+"""`onnx-slim run`, `sweep`, `quantize` and `bench` on the trained demo model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from test_cli import run_cli
+
+MODELS = Path(__file__).parent.parent / "models"
+FAST = ["--runs", "3", "--warmup", "1", "--no-memory", "--quiet"]
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """The demo model with its data and its sibling config, in a scratch folder."""
+    for name in ("digits_cnn.onnx", "digits_cnn.slim.toml", "digits_calib.npz", "digits_test.npz"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    return tmp_path / "digits_cnn.onnx"
+
+
+def test_run_with_sibling_config_tells_the_whole_story(capsys, demo, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", out, "--criterion", "l1", "--json", *FAST)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["config_file"].endswith("digits_cnn.slim.toml")
+    assert report["passed"] is True
+    assert [gate["name"] for gate in report["gates"]] == ["max_drop"]
+    assert report["prune"]["reconstruction"]["layers"] > 0
+    assert report["quantize"]["mode"] == "static"
+    final = report["evaluation"]["final"]
+    assert final["accuracy_original"] > 0.97 and final["accuracy_drop_points"] <= 1.0
+    assert len(report["bench"]["models"]) == 3
+    for name in ("model.onnx", "pruned.onnx", "report.json", "report.md"):
+        assert (out / name).exists()
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    assert "| final |" in (out / "report.md").read_text()
+
+
+def test_failed_gate_exits_3_and_keeps_the_report(capsys, demo, tmp_path):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, "run", demo, "-o", out, "--criterion", "l1", "--no-reconstruct",
+                              "--quantize", "none", "--min-speedup", "1000", *FAST)
+    assert code == 3
+    assert "quality gate failed" in stderr and "speedup" in stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+
+
+def test_command_line_overrides_config(capsys, demo, tmp_path):
+    config = tmp_path / "pipeline.toml"
+    config.write_text('target-macs = 0.8\nquantize = "none"\nround-to = 1\n')
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", tmp_path / "o", "--config", config,
+                              "--target-macs", "0.5", "--criterion", "l1", "--json", *FAST)
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["config"]["target_macs"] == 0.5 and report["config"]["quantize"] == "none"
+    assert abs(report["prune"]["macs_fraction"] - 0.5) <= 0.02
+    assert report["quantize"] is None
+
+
+def test_unknown_config_key_is_a_usage_error(capsys, demo, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("target_mac = 0.5\n")
+    code, _, stderr = run_cli(capsys, "run", demo, "-o", tmp_path / "o", "--config", config, *FAST)
+    assert code == 2 and "unknown option 'target_mac'" in stderr
+
+
+def test_existing_result_needs_force(capsys, demo, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"old")
+    code, _, stderr = run_cli(capsys, "run", demo, "-o", out, *FAST)
+    assert code == 2 and "--force" in stderr
+    assert (out / "model.onnx").read_bytes() == b"old"
+
+
+def test_sweep_writes_a_table(capsys, demo, tmp_path):
+    out = tmp_path / "sweep"
+    code, stdout, _ = run_cli(capsys, "sweep", demo, "-o", out, "--target-macs", "0.8,0.5", "--criterion", "l1",
+                              "--quantize", "none", "--json", *FAST)
+    result = json.loads(stdout)
+    assert code == 0
+    assert [p["target_macs"] for p in result["points"]] == [0.8, 0.5]
+    assert result["points"][0]["macs_fraction"] > result["points"][1]["macs_fraction"]
+    assert (out / "sweep.md").read_text().count("|") > 10
+
+
+def test_quantize_command(capsys, demo, tmp_path):
+    out = tmp_path / "q.onnx"
+    code, stdout, _ = run_cli(capsys, "quantize", demo, "-o", out, "--calib", demo.parent / "digits_calib.npz",
+                              "--eval", demo.parent / "digits_test.npz", "--json", "--quiet")
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["size_after"] < report["size_before"]
+    assert report["evaluation"]["agreement"]["top1"] > 0.95
+    assert any(op in report["quantized_ops"] for op in ("QuantizeLinear", "DequantizeLinear"))
+
+
+def test_bench_command(capsys, demo):
+    code, stdout, _ = run_cli(capsys, "bench", demo, demo, "--runs", "3", "--warmup", "1", "--no-memory",
+                              "--json", "--quiet")
+    report = json.loads(stdout)
+    assert code == 0
+    for model in report["models"]:
+        assert set(model["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
+        assert model["agreement"]["max_abs_diff"] == 0
