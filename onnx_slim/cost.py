@@ -58,14 +58,16 @@ def model_cost(
     if shapes is None:
         shapes, _ = infer_shapes(model, concrete_input_shapes(model, input_shapes))
     cost = ModelCost(params=count_params(model), macs=0)
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         if node.op_type not in _MAC_COUNTERS:
             continue
+        # Unnamed or duplicate names (models that were not normalized) must not collide.
+        key = node.name if node.name and node.name not in cost.node_macs else f"{node.op_type}_{index}"
         macs = _MAC_COUNTERS[node.op_type](node, shapes)
         if macs is None:
-            cost.uncounted.append(node.name)
+            cost.uncounted.append(key)
             continue
-        cost.node_macs[node.name] = macs
+        cost.node_macs[key] = macs
         cost.macs += macs
     return cost
 
