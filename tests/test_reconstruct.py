@@ -1,0 +1,68 @@
+"""Least-squares reconstruction on trained models with real held-out data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnx_slim import UsageError, prune
+from onnx_slim.calibration import load_calibration
+from onnx_slim.evaluate import evaluate
+
+MODELS = Path(__file__).parent.parent / "models"
+
+
+def data(model):
+    return (load_calibration(MODELS / "digits_calib.npz", model),
+            load_calibration(MODELS / "digits_test.npz", model))
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return onnx.load(str(MODELS / "digits_cnn.onnx"))
+
+
+def test_reconstruction_keeps_accuracy_where_slicing_loses_it(cnn):
+    calibration, test = data(cnn)
+    sliced, _ = prune(cnn, target_macs=0.6, criterion="l1")
+    refitted, report = prune(cnn, target_macs=0.6, criterion="l1", calibration=calibration, reconstruct=True)
+    drop_sliced = evaluate(cnn, sliced, test)["accuracy_drop_points"]
+    drop_refitted = evaluate(cnn, refitted, test)["accuracy_drop_points"]
+    assert drop_sliced > 20
+    assert drop_refitted <= 1.0
+    layers = report.reconstruction["per_layer"]
+    consumers = {layer["node"] for layer in layers}
+    assert "/fc/Gemm" in consumers  # the Gemm after GlobalAveragePool -> Flatten is re-fitted too
+
+
+def test_chosen_candidate_never_worse_than_slicing(cnn):
+    calibration, _ = data(cnn)
+    _, report = prune(cnn, ratio=0.6, criterion="random", calibration=calibration, reconstruct=True)
+    for layer in report.reconstruction["per_layer"]:
+        chosen = {"slice": layer["error_slice"], "bias": layer["error_bias"], "fit": layer["error_fit"]}[layer["method"]]
+        assert chosen <= layer["error_slice"] + 1e-12
+        assert layer["samples"] > 0
+
+
+def test_matmul_consumers_of_a_transformer_mlp():
+    model = onnx.load(str(MODELS / "digits_mlp.onnx"))
+    calibration, test = data(model)
+    sliced, _ = prune(model, ratio=0.6, criterion="l1")
+    refitted, report = prune(model, ratio=0.6, criterion="l1", calibration=calibration, reconstruct=True)
+    assert any(layer["op_type"] == "MatMul" and layer["method"] != "slice"
+               for layer in report.reconstruction["per_layer"])
+    assert evaluate(model, refitted, test)["accuracy"] >= evaluate(model, sliced, test)["accuracy"]
+
+
+def test_reconstruct_needs_calibration(cnn):
+    with pytest.raises(UsageError, match="needs calibration data"):
+        prune(cnn, ratio=0.5, reconstruct=True)
+
+
+def test_reconstruction_is_deterministic(cnn):
+    calibration, _ = data(cnn)
+    first, _ = prune(cnn, ratio=0.4, calibration=calibration, reconstruct=True, seed=3)
+    second, _ = prune(cnn, ratio=0.4, calibration=calibration, reconstruct=True, seed=3)
+    assert first.SerializeToString() == second.SerializeToString()
