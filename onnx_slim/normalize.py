@@ -114,13 +114,14 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
 def _bypass_constant_identities(graph: onnx.GraphProto) -> None:
     """Read initializers directly instead of through Identity or Cast nodes."""
     initializers = {init.name: init for init in graph.initializer}
-    graph_outputs = {output.name for output in graph.output}
+    # Subgraphs read outer names directly: those names must keep existing.
+    pinned = {output.name for output in graph.output} | _names_read_in_subgraphs(graph)
     renamed: dict[str, str] = {}
     kept = []
     for node in graph.node:
         source = node.input[0] if node.input else ""
         source = renamed.get(source, source)
-        if node.op_type in ("Identity", "Cast") and source in initializers and node.output[0] not in graph_outputs:
+        if node.op_type in ("Identity", "Cast") and source in initializers and node.output[0] not in pinned:
             if node.op_type == "Identity":
                 renamed[node.output[0]] = source
             else:
@@ -148,7 +149,9 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
     (see surgery.deduplicate_initializers).
     """
     initializers = {init.name: init for init in graph.initializer}
-    graph_outputs = {output.name for output in graph.output}
+    # Graph outputs and tensors read inside subgraphs must stay as they are: every
+    # main-graph user gets a copy.
+    pinned = {output.name for output in graph.output} | _names_read_in_subgraphs(graph)
     seen: Counter = Counter()
     copies = 0
     taken = set(initializers) | {name for node in graph.node for name in node.output}
@@ -157,7 +160,7 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
             if name not in initializers:
                 continue
             seen[name] += 1
-            if seen[name] == 1 and name not in graph_outputs:
+            if seen[name] == 1 and name not in pinned:
                 continue
             copy_name = _fresh_name(f"{name}__{node.name}", taken)
             copy = onnx.TensorProto()
@@ -167,6 +170,18 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
             node.input[index] = copy_name
             copies += 1
     return copies
+
+
+def _names_read_in_subgraphs(graph: onnx.GraphProto) -> set:
+    """Names read by nodes inside If/Loop/Scan bodies, at any depth (a superset of the
+    outer names they use)."""
+    names = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
+                names.update(name for inner in sub.node for name in inner.input)
+                names |= _names_read_in_subgraphs(sub)
+    return names
 
 
 def _fresh_name(base: str, taken: set) -> str:
@@ -183,7 +198,8 @@ def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
     initializers = {init.name: init for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     readers = Counter(name for node in graph.node for name in node.input)
-    graph_outputs = {output.name for output in graph.output}
+    # Names that must survive: graph outputs and what subgraphs read.
+    pinned = {output.name for output in graph.output} | _names_read_in_subgraphs(graph)
     removed, renamed = set(), {}
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
@@ -193,14 +209,14 @@ def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
         source = producer.get(bn.input[0])
         if source is None or source.op_type not in ("Conv", "ConvTranspose", "Gemm"):
             continue
-        if readers[bn.input[0]] != 1 or bn.input[0] in graph_outputs:
+        if readers[bn.input[0]] != 1 or bn.input[0] in pinned:
             continue
         if not all(name in initializers for name in list(bn.input[1:5]) + [source.input[1]]):
             continue
         if not _fold_one(graph, source, bn, initializers, info):
             continue
         removed.add(bn.name)
-        if bn.output[0] in graph_outputs:
+        if bn.output[0] in pinned:
             # Output names never change: the producer takes over the BN's output name.
             source.output[0] = bn.output[0]
         else:

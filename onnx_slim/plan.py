@@ -31,7 +31,8 @@ def kept_count(channels: int, remove: int, options: PlanOptions) -> int:
     keep = max(channels - remove, options.min_channels, 1)
     if options.round_to > 1:
         floor_keep = options.round_to * math.ceil(options.min_channels / options.round_to)
-        keep = max(options.round_to * round(keep / options.round_to), floor_keep)
+        nearest = options.round_to * math.floor(keep / options.round_to + 0.5)  # halves round up
+        keep = max(nearest, floor_keep)
     return min(keep, channels)
 
 

@@ -335,16 +335,29 @@ def resize(ctx, node):
         scales_name, sizes_name = input_at(node, 1), ""
     else:
         scales_name, sizes_name = input_at(node, 2), input_at(node, 3)
+    # Opset 18 `axes`: scales and sizes then cover only the listed axes.
+    axes = attr(node, "axes")
+    rank = ctx.rank(node.input[0])
+    index = tracked.axis
+    if axes is not None:
+        if rank is None:
+            ctx.freeze(tracked.layout, node, "rank unknown")
+            return
+        axes = [int(a) % rank for a in axes]
+        if tracked.axis not in axes:
+            ctx.track(node.output[0], tracked.axis, tracked.layout)
+            return
+        index = axes.index(tracked.axis)
     scales, sizes = ctx.const(scales_name), ctx.const(sizes_name)
     if sizes_name:
         if sizes is None:
             ctx.freeze(tracked.layout, node, "output sizes are computed at run time")
             return
-        ctx.fix(node, [tracked.layout], _set_const_entry(sizes_name, tracked.axis, tracked.layout))
-    elif scales is None or scales.size <= tracked.axis:
+        ctx.fix(node, [tracked.layout], _set_const_entry(sizes_name, index, tracked.layout))
+    elif scales is None or scales.size <= index:
         ctx.freeze(tracked.layout, node, "scales are computed at run time")
         return
-    elif scales[tracked.axis] != 1:
+    elif scales[index] != 1:
         ctx.freeze(tracked.layout, node, "resizes the channel axis")
         return
     ctx.track(node.output[0], tracked.axis, tracked.layout)
@@ -472,7 +485,8 @@ def flatten(ctx, node):
     if shape is None:
         ctx.freeze(tracked.layout, node, "input shape not static")
         return
-    split = attr(node, "axis", 1) % (len(shape) + 1) if len(shape) else 0
+    axis = attr(node, "axis", 1)
+    split = axis + len(shape) if axis < 0 else axis  # axis is in [-rank, rank]
     if tracked.axis >= split:
         outer, inner, out_axis = shape[split:tracked.axis], shape[tracked.axis + 1:], 1
     else:
@@ -656,7 +670,9 @@ def slice_(ctx, node):
     if rank is None or (axes_name and axes is None):
         ctx.freeze(tracked.layout, node, "slice axes unknown")
         return
-    axes = [int(a) % rank for a in axes] if axes is not None else list(range(len(starts or [])))
+    if axes is None:  # absent: starts and ends cover the leading axes
+        axes = range(0 if starts is None else starts.size)
+    axes = [int(a) % rank for a in axes]
     if starts is None or ends is None:
         if axes_name and tracked.axis not in axes:
             ctx.track(node.output[0], tracked.axis, tracked.layout)
