@@ -152,3 +152,8 @@ def random_scores(ctx, groups):
         group.id: np.random.default_rng([ctx.seed, group.id]).random(group.channels)
         for group in groups
     }
+
+
+# The calibration-driven criteria (activation, thinet, lasso, sensitivity) live in their
+# own module and register themselves here; imported last because they use this module.
+from . import data_criteria  # noqa: E402,F401

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .channels.groups import ChannelAnalysis, ChannelGroup
+from .cost import float_weight_sizes
 from .errors import OnnxSlimError
 
 Plan = dict  # class root -> list[int] of removed channels
@@ -85,6 +86,11 @@ class CostModel:
                 self.node_weight[node.name] = node.input[1]
         self.macs = sum(node_macs.values())
         self.params = sum(weight_sizes.values())
+
+    @classmethod
+    def of(cls, analysis) -> CostModel:
+        """The cost model of a `pruning.ModelAnalysis` (before surgery)."""
+        return cls(analysis.channels, analysis.cost.node_macs, float_weight_sizes(analysis.model))
 
     def _fraction(self, tensor: str, plan: Plan) -> float:
         fraction = 1.0

@@ -276,7 +276,7 @@ def _prune(model, settings: PruneOptions, progress, copy):
 def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) -> tuple[dict, float]:
     """Which channels each group loses, and the (uniform or effective) ratio behind it."""
     options = PlanOptions(round_to=settings.round_to, min_channels=settings.min_channels)
-    cost_model = CostModel(analysis.channels, analysis.cost.node_macs, _float_weight_sizes(analysis.model))
+    cost_model = CostModel.of(analysis)
     if settings.allocate == "sensitivity":
         from .sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
@@ -365,16 +365,3 @@ def _source_size(model: ModelSource) -> int:
     path = Path(model)
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0) if path.exists() else 0
-
-
-def _float_weight_sizes(model: onnx.ModelProto) -> dict[str, int]:
-    from .cost import _FLOAT_TYPES
-
-    sizes = {}
-    for init in model.graph.initializer:
-        if init.data_type in _FLOAT_TYPES:
-            count = 1
-            for dim in init.dims:
-                count *= dim
-            sizes[init.name] = count
-    return sizes

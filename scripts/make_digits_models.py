@@ -26,7 +26,6 @@ algorithms. Regenerate with::
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from .context import CONSUMER, PARAM, PRODUCER, AnalysisContext
-from .space import Block, Layout, repeat_layout
+from .space import Layout, repeat_layout
 
 Rule = Callable[[AnalysisContext, onnx.NodeProto], None]
 RULES: dict[str, Rule] = {}

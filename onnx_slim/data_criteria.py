@@ -1,0 +1,481 @@
+"""Data-driven channel criteria: activation, thinet, lasso, sensitivity.
+
+Importing this module registers them in `importance.CRITERIA`. Each reads the
+calibration set from ``ctx.extras["calibration"]`` (a `CalibrationSet`; the
+optional ``ctx.extras["batch_size"]`` sets the batch size of the capture runs)
+and returns, per group, one score per channel, higher = keep. Scores are
+comparable across groups, which `--global` ranking relies on; each criterion's
+docstring says how.
+
+`thinet` and `lasso` share one statistic: for every (group, consumer) pair, the
+Gram matrix ``G = Z^T Z`` of the sampled per-channel contributions ``Z[s, c]``
+to the consumer's output, accumulated batch by batch (memory is channels^2 per
+pair, whatever the number of samples). Both selections only need G:
+``||sum_{c in R} z_c||^2 = 1_R^T G 1_R`` and ``Z^T y = G 1`` for y = Z 1.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .activations import ActivationCapture, ChannelStats, conv_input_patches, sample_positions
+from .channels.groups import ChannelGroup, Member
+from .errors import UsageError
+from .importance import ScoringContext, criterion, l1_norm
+from .masking import MaskedModel
+from .metrics import AgreementAccumulator
+
+DEFAULT_BATCH = 16
+POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
+SENSITIVITY_SAMPLES = 32
+SENSITIVITY_FRACTIONS = tuple(round(0.1 * step, 1) for step in range(1, 10))
+# The path: 24 penalties from the largest useful one down to 1% of it. Entries between
+# two penalties are placed by their residual correlation, so a coarse path ranks as well
+# as a fine one (checked against an 80-point path to 1e-4 with tight tolerance).
+LASSO_PATH_POINTS = 24
+LASSO_PATH_DEPTH = 1e-2
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def require_calibration(ctx: ScoringContext, name: str):
+    calibration = ctx.extras.get("calibration")
+    if calibration is None:
+        raise UsageError(
+            f"criterion {name} needs calibration data: pass --calib PATH (or --calib random for a structure-only run)"
+        )
+    return calibration
+
+
+def _batch_size(ctx: ScoringContext) -> int:
+    return int(ctx.extras.get("batch_size") or DEFAULT_BATCH)
+
+
+def _nodes(ctx: ScoringContext) -> dict[str, onnx.NodeProto]:
+    return {node.name: node for node in ctx.model.graph.node}
+
+
+def _channel_values(per_index: np.ndarray, member: Member, channels: int) -> np.ndarray:
+    """Per-index values of a member's span averaged into one value per group channel."""
+    span = per_index[member.offset: member.offset + channels * member.repeat]
+    return span.reshape(channels, member.repeat).mean(axis=1)
+
+
+def _channel_columns(z: np.ndarray, member: Member, channels: int) -> np.ndarray:
+    """Columns [S, L] of contributions summed into [S, channels]: a channel owns `repeat` columns."""
+    span = z[:, member.offset: member.offset + channels * member.repeat]
+    return span.reshape(z.shape[0], channels, member.repeat).sum(axis=2)
+
+
+def _ordered_scores(order: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Scores for channels listed weakest first: made non-decreasing along `order`, ties
+    broken by the order itself (a tiny step), then put back in channel order."""
+    values = np.maximum.accumulate(np.asarray(values, dtype=np.float64))
+    step = 1e-9 * (float(np.abs(values).max()) or 1.0) / len(values)
+    ranked = values + step * np.arange(len(values))
+    scores = np.empty(len(order), dtype=np.float64)
+    scores[order] = ranked
+    return scores
+
+
+# --------------------------------------------------------------------------- activation
+
+
+@criterion("activation")
+def mean_activation(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+    """Mean |activation| of each channel as its consumers see it (their data input).
+
+    Each consumer input's per-index mean |x| is divided by that input's mean over
+    all its indices, so a score of 1 is an average channel of that layer; a
+    group's score is the mean over its consumers. APoZ (fraction of exact zeros)
+    is computed alongside and left in ``ctx.extras["apoz"]`` (group id -> array).
+    """
+    calibration = require_calibration(ctx, "activation")
+    consumers = _consumer_inputs(ctx, groups)
+    stats = _input_stats(ctx, calibration, consumers)
+    scores, apoz = {}, {}
+    for group in groups:
+        normalized, zeros = [], []
+        for member in group.consumers:
+            tensor = consumers[member.use.node]
+            mean_abs = stats[tensor].mean_abs
+            normalized.append(_channel_values(mean_abs / (mean_abs.mean() or 1.0), member, group.channels))
+            zeros.append(_channel_values(stats[tensor].apoz, member, group.channels))
+        if normalized:
+            scores[group.id] = np.mean(normalized, axis=0)
+            apoz[group.id] = np.mean(zeros, axis=0)
+    _fall_back_to_l1(ctx, "activation", groups, scores)
+    ctx.extras["apoz"] = apoz
+    return scores
+
+
+def _consumer_inputs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[str, str]:
+    """Consumer node -> its data input tensor."""
+    nodes = _nodes(ctx)
+    return {member.use.node: nodes[member.use.node].input[0] for group in groups for member in group.consumers}
+
+
+def _input_stats(ctx: ScoringContext, calibration, consumers: dict[str, str]) -> dict[str, ChannelStats]:
+    tensors = sorted(set(consumers.values()))
+    tracked = ctx.analysis.context.tracked
+    stats = {tensor: ChannelStats(axis=tracked[tensor].axis) for tensor in tensors}
+    if not tensors:
+        return stats
+    capture = ActivationCapture(ctx.model, tensors)
+    for results in capture.iter(calibration.batches(_batch_size(ctx))):
+        for tensor in tensors:
+            stats[tensor].update(results[tensor])
+    return stats
+
+
+def _fall_back_to_l1(ctx: ScoringContext, name: str, groups: list[ChannelGroup], scores: dict) -> None:
+    missing = [group for group in groups if group.id not in scores]
+    if missing:
+        ctx.notes.append(f"{name}: {len(missing)} group(s) without a usable consumer scored by l1")
+        scores.update(l1_norm(ctx, missing))
+
+
+# --------------------------------------------------------------------------- sampled contributions
+
+
+@dataclass
+class ContributionGrams:
+    """Per (group id, consumer node): Gram of the group's sampled contributions and the
+    energy of the sampled consumer outputs (all input channels, bias left out)."""
+
+    grams: dict = field(default_factory=dict)  # (group id, node) -> [C, C] float64
+    energy: dict = field(default_factory=lambda: defaultdict(float))  # (group id, node) -> ||y||^2
+
+    def combined(self, group: ChannelGroup) -> np.ndarray | None:
+        """The mean over the group's consumers of G / ||y||^2: quadratic forms in it are
+        relative output errors, averaged over consumers. None without a usable consumer."""
+        parts = [
+            gram / self.energy[key] for key, gram in self.grams.items()
+            if key[0] == group.id and self.energy[key] > 0
+        ]
+        return np.mean(parts, axis=0) if parts else None
+
+
+def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGroup]) -> ContributionGrams:
+    """Sample each consumer's output on the calibration set (ThiNet) and accumulate the Grams."""
+    nodes = _nodes(ctx)
+    initializers = {init.name: init for init in ctx.model.graph.initializer}
+    members_at: dict[str, list[tuple[ChannelGroup, Member]]] = defaultdict(list)
+    for group in groups:
+        for member in group.consumers:
+            members_at[member.use.node].append((group, member))
+    samplers = {}
+    for node_name, members in members_at.items():
+        node = nodes[node_name]
+        sampler = _sampler_for(node, numpy_helper.to_array(initializers[node.input[1]]), members[0][1].use.axis)
+        if sampler is not None:
+            samplers[node_name] = sampler
+    result = ContributionGrams()
+    if not samplers:
+        return result
+    capture = ActivationCapture(ctx.model, sorted({nodes[name].input[0] for name in samplers}))
+    rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}
+    for results in capture.iter(calibration.batches(_batch_size(ctx))):
+        for node_name, sampler in samplers.items():
+            z = sampler(results[nodes[node_name].input[0]], rngs[node_name])
+            _accumulate(result, node_name, members_at[node_name], z)
+    return result
+
+
+def _accumulate(result: ContributionGrams, node_name: str, members, z: np.ndarray) -> None:
+    outputs = z.sum(axis=1)
+    by_group: dict[int, np.ndarray] = {}
+    for group, member in members:
+        # A channel can reach one consumer at several offsets (YOLO's C2f concatenates a
+        # tensor with itself); removing it removes all of them, so their columns add up.
+        columns = _channel_columns(z, member, group.channels)
+        by_group[group.id] = by_group.get(group.id, 0) + columns
+    for group_id, columns in by_group.items():
+        key = (group_id, node_name)
+        gram = columns.T @ columns
+        result.grams[key] = result.grams.get(key, 0) + gram
+        result.energy[key] += float(outputs @ outputs)
+
+
+def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
+    """A function (consumer input batch, rng) -> Z [S, L] of sampled contributions, or None."""
+    weight = weight.astype(np.float64)
+    if node.op_type == "Conv" and weight.ndim in (3, 4):
+        return _conv_sampler(node, weight)
+    if node.op_type in ("Gemm", "MatMul") and weight.ndim == 2:
+        transposed_input = node.op_type == "Gemm" and _attribute(node, "transA", 0)
+        # [L, O]: rows are the input channels the group owns.
+        return _matrix_sampler(np.moveaxis(weight, input_axis, 0), bool(transposed_input))
+    return None
+
+
+def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
+    """ThiNet on a Conv: random output positions, one random output channel per position;
+    z[s, c] = sum over the kernel of patch[s, c] * W[o_s, c]."""
+    one_dimensional = weight.ndim == 3
+    if one_dimensional:
+        weight = weight[:, :, None, :]
+    kernel = weight.shape[2:]
+    strides, dilations = _attribute(node, "strides", [1, 1]), _attribute(node, "dilations", [1, 1])
+    pads, auto_pad = _attribute(node, "pads", [0, 0, 0, 0]), _attribute(node, "auto_pad", b"NOTSET")
+    if one_dimensional:
+        strides, dilations = [1, strides[0]], [1, dilations[0]]
+        pads = [0, pads[0], 0, pads[1]]
+
+    def sample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = x[:, :, None, :] if one_dimensional else x
+        padding = _conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+        out_h, out_w = (
+            (size + padding[i] + padding[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+            for i, size in enumerate(x.shape[2:])
+        )
+        positions = sample_positions(rng, x.shape[0], out_h, out_w, POSITIONS_PER_IMAGE)
+        patches = conv_input_patches(x, positions, kernel, strides, padding, dilations).astype(np.float64)
+        outputs = rng.integers(0, weight.shape[0], size=len(positions))
+        return np.einsum("sckl,sckl->sc", patches, weight[outputs])
+    return sample
+
+
+def _conv_pads(spatial, kernel, strides, dilations, pads, auto_pad) -> list[int]:
+    """Explicit [top, left, bottom, right] pads, resolving auto_pad."""
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("", "NOTSET"):
+        return list(pads)
+    if auto_pad == "VALID":
+        return [0, 0, 0, 0]
+    begin, end = [], []
+    for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+        out = -(-size // stride)
+        total = max((out - 1) * stride + dilation * (k - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else large)
+        end.append(large if auto_pad == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
+    """ThiNet on a Gemm/MatMul: ~10 random rows (tokens; the sample itself for 2-D input)
+    per image, one random output feature each; z[s, c] = x[row_s, c] * W[c, o_s]."""
+    def sample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = x.T if transposed_input else x
+        images = x.shape[0]
+        rows = x.reshape(images, -1, x.shape[-1]).astype(np.float64)  # [N, tokens, L]
+        per_image = POSITIONS_PER_IMAGE
+        image_index = np.repeat(np.arange(images), per_image)
+        token_index = rng.integers(0, rows.shape[1], size=images * per_image)
+        outputs = rng.integers(0, weight_in_out.shape[1], size=images * per_image)
+        return rows[image_index, token_index] * weight_in_out[:, outputs].T
+    return sample
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+# --------------------------------------------------------------------------- thinet
+
+
+@criterion("thinet")
+def thinet(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+    """ThiNet (Luo et al. 2017): greedily remove the channels whose summed contribution to
+    the sampled consumer outputs stays smallest.
+
+    Score of a channel = the relative error ||sum_{removed} z||^2 / ||y||^2 (averaged
+    over the group's consumers) right after the greedy step that removes it, so
+    scores rise along the greedy order and mean the same thing in every group.
+    The channel never removed gets the error of removing the whole group.
+    """
+    calibration = require_calibration(ctx, "thinet")
+    grams = contribution_grams(ctx, calibration, groups)
+    scores = {}
+    for group in groups:
+        gram = grams.combined(group)
+        if gram is not None:
+            order, errors = thinet_greedy(gram)
+            scores[group.id] = _ordered_scores(order, errors)
+    _fall_back_to_l1(ctx, "thinet", groups, scores)
+    return scores
+
+
+def thinet_greedy(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy removal order over all channels and the error ||sum_{removed} z_c||^2 after each step.
+
+    With r the running sum of removed contributions, removing c costs
+    ||r + z_c||^2 = ||r||^2 + 2 z_c.r + ||z_c||^2; in Gram form z_c.r is
+    (G 1_removed)_c, kept as a vector updated by one column per step.
+    """
+    channels = gram.shape[0]
+    diagonal = np.diag(gram).copy()
+    cross = np.zeros(channels)  # G 1_removed
+    removed = np.zeros(channels, dtype=bool)
+    error = 0.0
+    order, errors = [], []
+    for _ in range(channels):
+        cost = error + 2 * cross + diagonal
+        cost[removed] = np.inf
+        chosen = int(np.argmin(cost))
+        error = float(cost[chosen])
+        cross += gram[:, chosen]
+        removed[chosen] = True
+        order.append(chosen)
+        errors.append(error)
+    return np.array(order), np.array(errors)
+
+
+# --------------------------------------------------------------------------- lasso
+
+
+@criterion("lasso")
+def lasso(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+    """LASSO channel selection (He et al. 2017) on the ThiNet samples.
+
+    Solves min_b ||y - Z b||^2 / 2 + lam |b|_1 with y = Z 1 (the group's own
+    contribution to its consumers' outputs) along a decreasing path of penalties,
+    by coordinate descent on the normalized Gram (``G / ||y_consumer||^2``,
+    averaged over consumers, so lam is in units of relative output energy and
+    comparable across groups). A channel's score is the largest penalty at which
+    its coefficient turns non-zero (see `lasso_path_scores`): the channels that hit
+    zero first as the penalty grows score lowest.
+    """
+    calibration = require_calibration(ctx, "lasso")
+    grams = contribution_grams(ctx, calibration, groups)
+    scores = {}
+    for group in groups:
+        gram = grams.combined(group)
+        if gram is not None:
+            scores[group.id] = lasso_path_scores(gram)
+    _fall_back_to_l1(ctx, "lasso", groups, scores)
+    return scores
+
+
+def lasso_path_scores(gram: np.ndarray, points: int = LASSO_PATH_POINTS, depth: float = LASSO_PATH_DEPTH) -> np.ndarray:
+    """Per channel, the penalty at which its coefficient turns non-zero on a decreasing path.
+
+    The path is geometric; a channel that enters between two penalties scores its
+    correlation with the residual |target_c - (G b)_c| at the last solution where it
+    was still zero (its entry penalty to first order), clipped into that interval.
+    Channels that never enter score that correlation at the end of the path.
+    """
+    target = gram.sum(axis=1)  # Z^T y for y = Z 1
+    largest = float(np.abs(target).max())
+    if largest <= 0:
+        return np.zeros(gram.shape[0])
+    penalties = largest * np.geomspace(1.0, depth, points)
+    coefficients = np.zeros(gram.shape[0])
+    scores = np.full(gram.shape[0], np.nan)
+    previous = largest
+    for penalty in penalties:
+        correlation = np.abs(target - gram @ coefficients)  # at the previous solution
+        coefficients = lasso_coordinate_descent(gram, target, penalty, coefficients)
+        newly = (coefficients != 0) & np.isnan(scores)
+        scores[newly] = np.clip(correlation[newly], penalty, previous)
+        previous = penalty
+    never = np.isnan(scores)
+    scores[never] = np.minimum(np.abs(target - gram @ coefficients)[never], previous)
+    return scores
+
+
+def lasso_coordinate_descent(
+    gram: np.ndarray, target: np.ndarray, penalty: float, start: np.ndarray,
+    max_sweeps: int = 100, tolerance: float = 1e-4,
+) -> np.ndarray:
+    """Minimize b^T G b / 2 - target^T b + penalty |b|_1 by cyclic coordinate descent.
+
+    Warm-started from `start`. Only a working set is swept: the non-zero
+    coefficients and the zero ones that violate the optimality condition
+    |target_c - (G b)_c| <= penalty (the others would stay zero anyway); the
+    condition is re-checked for all channels at once until none violates it.
+    `tolerance` is relative to max |target|, on the change of G b.
+    """
+    coefficients = start.copy()
+    usable = np.diag(gram) > 0
+    fitted = gram @ coefficients  # G b, updated one column at a time
+    limit = tolerance * (float(np.abs(target).max()) or 1.0)
+    working = np.flatnonzero(usable & ((coefficients != 0) | (np.abs(target - fitted) > penalty)))
+    for _ in range(max_sweeps):
+        for _ in range(max_sweeps):
+            if _sweep(gram, target, penalty, coefficients, fitted, working) < limit:
+                break
+        violating = usable & (coefficients == 0) & (np.abs(target - fitted) > penalty + limit)
+        if not violating.any():
+            break
+        working = np.union1d(working, np.flatnonzero(violating))
+    return coefficients
+
+
+def _sweep(gram, target, penalty, coefficients, fitted, indices) -> float:
+    """One pass of coordinate updates over `indices`; returns the largest change of G b."""
+    largest = 0.0
+    for index in indices.tolist():
+        diagonal = float(gram[index, index])
+        old = float(coefficients[index])
+        rho = float(target[index] - fitted[index]) + diagonal * old
+        if rho > penalty:
+            new = (rho - penalty) / diagonal
+        elif rho < -penalty:
+            new = (rho + penalty) / diagonal
+        else:
+            new = 0.0
+        if new != old:
+            fitted += gram[index] * (new - old)  # G is symmetric: a row is a contiguous column
+            coefficients[index] = new
+            largest = max(largest, abs(new - old) * diagonal)
+    return largest
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+
+@criterion("sensitivity")
+def sensitivity(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+    """Forward-only sensitivity: the model-output error when a group alone loses channels.
+
+    Channels are ordered by l1; with one masked-model session the group loses its
+    weakest k channels for k at 10%, 20%, .. 90% of its size, and the relative L2
+    error of the model outputs against the unmasked model (worst output, on the
+    first 32 calibration samples, or ``ctx.extras["sensitivity_samples"]``) is
+    measured. The channel at l1-rank k scores the error interpolated for removing
+    k + 1 channels (the last level's error above 90%): scores are output errors,
+    directly comparable across groups.
+    """
+    calibration = require_calibration(ctx, "sensitivity")
+    samples = int(ctx.extras.get("sensitivity_samples") or SENSITIVITY_SAMPLES)
+    batches = list(calibration.take(samples).batches(samples))
+    masked = MaskedModel(ctx.analysis, groups)
+    reference = [masked.run(batch) for batch in batches]
+    weight_scores = l1_norm(ctx, groups)
+    scores = {}
+    for group in groups:
+        order = np.argsort(weight_scores[group.id], kind="stable")
+        counts = removal_counts(group.channels)
+        errors = [output_error(masked, batches, reference, {group.root: sorted(order[:count].tolist())})
+                  for count in counts]
+        interpolated = np.interp(np.arange(1, group.channels + 1), [0, *counts], [0.0, *errors])
+        scores[group.id] = _ordered_scores(order, interpolated)
+    return scores
+
+
+def removal_counts(channels: int, fractions=SENSITIVITY_FRACTIONS) -> list[int]:
+    """Distinct channel counts at the given fractions, each leaving at least one channel."""
+    return sorted({min(max(int(round(fraction * channels)), 1), channels - 1) for fraction in fractions})
+
+
+BROKEN_OUTPUT_ERROR = 1e9  # stands for a NaN/inf output: worse than any finite error
+
+
+def output_error(masked: MaskedModel, batches: list, reference: list, plan: dict) -> float:
+    """Relative L2 error of the masked outputs under `plan` (worst over the outputs)."""
+    accumulator = AgreementAccumulator()
+    for batch, expected in zip(batches, reference):
+        accumulator.update(expected, masked.run(batch, plan))
+    error = float(accumulator.result()["rel_l2"])
+    return error if np.isfinite(error) else BROKEN_OUTPUT_ERROR
