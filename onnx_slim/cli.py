@@ -199,6 +199,41 @@ def evaluation_line(evaluation: dict) -> str:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@calibration_options
+@click.option("--ratios", default="0.1,0.3,0.5", show_default=True, help="Comma-separated ratios to try per group.")
+@click.option("--criterion", default="l1", show_default=True, help="Which channels each trial removes.")
+@click.option("--samples", default=32, show_default=True, help="Calibration samples the errors are measured on.")
+@click.option("--exclude", multiple=True, metavar="PATTERN")
+@shape_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samples, exclude, input_shapes, seed,
+                as_json, quiet, **image_options):
+    """Per group: how far the outputs move when that group alone is pruned at each ratio."""
+    from .pruning import analyze
+    from .sensitivity import measure_sensitivity
+
+    if not calib:
+        raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
+    console = Console(quiet)
+    calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
+    analysis = analyze(model, input_shapes=parse_shapes(input_shapes), exclude=list(exclude), copy=False)
+    levels = _floats(ratios)
+    if any(not 0 < level < 1 for level in levels):
+        raise UsageError(f"ratios must be in (0, 1), got {ratios}")
+    report = measure_sensitivity(analysis, calibration, ratios=levels, criterion=criterion,
+                                 samples=samples, progress=console.progress)
+    if as_json:
+        click.echo(to_json(report.to_dict()))
+        return
+    click.echo(f"{model}: output relative L2 error when one group alone is pruned "
+               f"({criterion} order, {report.samples} samples), and the MACs it saves\n")
+    click.echo(report.to_table())
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML/YAML file with these options (default: MODEL's sibling <name>.slim.toml if present).")

@@ -110,3 +110,32 @@ def test_bench_command(capsys, demo):
     for model in report["models"]:
         assert set(model["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
         assert model["agreement"]["max_abs_diff"] == 0
+
+
+def test_sensitivity_command(capsys, demo):
+    code, stdout, _ = run_cli(capsys, "sensitivity", demo, "--calib", demo.parent / "digits_calib.npz",
+                              "--ratios", "0.2,0.5", "--samples", "16", "--json", "--quiet")
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["ratios"] == [0.2, 0.5]
+    for group in report["groups"]:
+        low, high = group["entries"]
+        assert high["macs_saved"] > low["macs_saved"] > 0
+
+
+def test_prune_with_sensitivity_allocation(capsys, demo, tmp_path):
+    code, stdout, _ = run_cli(capsys, "prune", demo, "-o", tmp_path / "a.onnx", "--target-macs", "0.6",
+                              "--allocate", "sensitivity", "--calib", demo.parent / "digits_calib.npz",
+                              "--json", "--quiet")
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["allocate"] == "sensitivity"
+    assert abs(report["macs_fraction"] - 0.6) <= 0.02
+    kept = [g["kept"] / g["channels"] for g in report["groups"]]
+    assert len(set(round(k, 2) for k in kept)) > 1  # groups got different ratios
+
+
+def test_allocate_without_calibration_is_a_usage_error(capsys, demo, tmp_path):
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "a.onnx", "--target-macs", "0.6",
+                              "--allocate", "sensitivity", "--quiet")
+    assert code == 2 and "calibration" in stderr
