@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .graph import subgraphs
 from .shapes import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def remove_dead_nodes(model: onnx.ModelProto) -> int:
         if any(name in needed for name in node.output) or node.domain not in ("", "ai.onnx"):
             kept_reversed.append(node)
             needed.update(name for name in node.input if name)
-            needed.update(_subgraph_reads(node))
+            needed.update(name for body in subgraphs(node) for inner in body.node for name in inner.input)
         else:
             removed += 1
     if removed:
@@ -151,12 +152,3 @@ def remove_dead_nodes(model: onnx.ModelProto) -> int:
         del graph.input[:]
         graph.input.extend(inputs)
     return removed
-
-
-def _subgraph_reads(node) -> set:
-    names = set()
-    for attribute in node.attribute:
-        for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
-            for inner in sub.node:
-                names.update(inner.input)
-    return names

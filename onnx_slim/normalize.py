@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from .errors import InvalidModelError
 from .fold import fold_shape_computations
+from .graph import keep_nodes, names_read_in_subgraphs
 from .model import check_not_quantized
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _bypass_constant_identities(graph: onnx.GraphProto) -> None:
     """Read initializers directly instead of through Identity or Cast nodes."""
     initializers = {init.name: init for init in graph.initializer}
     # Subgraphs read outer names directly: those names must keep existing.
-    pinned = {output.name for output in graph.output} | _names_read_in_subgraphs(graph)
+    pinned = {output.name for output in graph.output} | names_read_in_subgraphs(graph)
     renamed: dict[str, str] = {}
     kept = []
     for node in graph.node:
@@ -132,14 +133,8 @@ def _bypass_constant_identities(graph: onnx.GraphProto) -> None:
                 initializers[cast.name] = cast
             continue
         kept.append(node)
-    if len(kept) == len(graph.node):
-        return
-    for node in kept:
-        for index, name in enumerate(node.input):
-            if name in renamed:
-                node.input[index] = renamed[name]
-    del graph.node[:]
-    graph.node.extend(kept)
+    if len(kept) != len(graph.node):
+        keep_nodes(graph, kept, renamed)
 
 
 def _unshare_initializers(graph: onnx.GraphProto) -> int:
@@ -151,7 +146,7 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
     initializers = {init.name: init for init in graph.initializer}
     # Graph outputs and tensors read inside subgraphs must stay as they are: every
     # main-graph user gets a copy.
-    pinned = {output.name for output in graph.output} | _names_read_in_subgraphs(graph)
+    pinned = {output.name for output in graph.output} | names_read_in_subgraphs(graph)
     seen: Counter = Counter()
     copies = 0
     taken = set(initializers) | {name for node in graph.node for name in node.output}
@@ -172,18 +167,6 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
     return copies
 
 
-def _names_read_in_subgraphs(graph: onnx.GraphProto) -> set:
-    """Names read by nodes inside If/Loop/Scan bodies, at any depth (a superset of the
-    outer names they use)."""
-    names = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
-                names.update(name for inner in sub.node for name in inner.input)
-                names |= _names_read_in_subgraphs(sub)
-    return names
-
-
 def _fresh_name(base: str, taken: set) -> str:
     name, suffix = base, 0
     while name in taken:
@@ -199,7 +182,7 @@ def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
     producer = {out: node for node in graph.node for out in node.output}
     readers = Counter(name for node in graph.node for name in node.input)
     # Names that must survive: graph outputs and what subgraphs read.
-    pinned = {output.name for output in graph.output} | _names_read_in_subgraphs(graph)
+    pinned = {output.name for output in graph.output} | names_read_in_subgraphs(graph)
     removed, renamed = set(), {}
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
@@ -223,13 +206,7 @@ def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
             renamed[bn.output[0]] = source.output[0]
     if not removed:
         return
-    kept = [node for node in graph.node if node.name not in removed]
-    for node in kept:
-        for index, name in enumerate(node.input):
-            if name in renamed:
-                node.input[index] = renamed[name]
-    del graph.node[:]
-    graph.node.extend(kept)
+    keep_nodes(graph, [node for node in graph.node if node.name not in removed], renamed)
     info.folded_batchnorms = len(removed)
 
 

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .channels.groups import ChannelAnalysis
+from .graph import names_read_in_subgraphs
 from .plan import Plan
 from .shapes import skeleton
 
@@ -99,7 +100,7 @@ def deduplicate_initializers(model: onnx.ModelProto) -> int:
     """Point every reader of identical initializers at one copy; returns how many were merged."""
     graph = model.graph
     pinned = {output.name for output in graph.output} | {value.name for value in graph.input}
-    pinned |= _names_read_in_subgraphs(graph)
+    pinned |= names_read_in_subgraphs(graph)
     first_by_digest: dict[tuple, str] = {}
     replace: dict[str, str] = {}
     for init in graph.initializer:
@@ -128,13 +129,3 @@ def _without_name(init: onnx.TensorProto) -> bytes:
     copy.CopyFrom(init)
     copy.name = ""
     return copy.SerializeToString()
-
-
-def _names_read_in_subgraphs(graph: onnx.GraphProto) -> set:
-    names = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
-                names.update(name for inner in sub.node for name in inner.input)
-                names |= _names_read_in_subgraphs(sub)
-    return names

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ..graph import names_read_in_subgraphs, subgraphs
 from .context import CONSUMER, PARAM, PRODUCER, AnalysisContext, Use
 from .rules import RULES, unknown_op
 from .space import FreezeReason
@@ -114,14 +115,11 @@ def _slice_skips(ctx: AnalysisContext, node: onnx.NodeProto, index: int) -> bool
 def _freeze_subgraph_reads(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
     """Tensors that a subgraph (If/Loop/Scan body) reads from outside are not visible
     as node inputs; whatever they carry must stay as it is."""
-    for attribute in node.attribute:
-        graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
-        for graph in graphs:
-            for inner in graph.node:
-                for name in inner.input:
-                    tracked = ctx.get(name)
-                    if tracked is not None:
-                        ctx.freeze(tracked.layout, node, "read inside a subgraph")
+    for body in subgraphs(node):
+        for name in {name for inner in body.node for name in inner.input} | names_read_in_subgraphs(body):
+            tracked = ctx.get(name)
+            if tracked is not None:
+                ctx.freeze(tracked.layout, node, "read inside a subgraph")
 
 
 def _collect_groups(ctx: AnalysisContext) -> list[ChannelGroup]:

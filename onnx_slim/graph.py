@@ -1,0 +1,36 @@
+"""Small helpers over onnx graphs shared by the passes that rewrite them."""
+
+from __future__ import annotations
+
+import onnx
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies of an If/Loop/Scan node (empty for other nodes)."""
+    found = []
+    for attribute in node.attribute:
+        found.extend(attribute.graphs)
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+    return found
+
+
+def names_read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
+    """Names read by nodes inside subgraphs, at any depth: a superset of the outer-scope
+    names they use, which are invisible as node inputs of the outer graph."""
+    names: set[str] = set()
+    for node in graph.node:
+        for body in subgraphs(node):
+            names.update(name for inner in body.node for name in inner.input)
+            names |= names_read_in_subgraphs(body)
+    return names
+
+
+def keep_nodes(graph: onnx.GraphProto, kept: list[onnx.NodeProto], renamed: dict[str, str]) -> None:
+    """Replace the graph's nodes by `kept`, pointing inputs named in `renamed` at the new names."""
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(kept)
