@@ -227,6 +227,23 @@ def conv_input_patches(
     return np.ascontiguousarray(gathered.transpose(0, 3, 1, 2))
 
 
+def explicit_conv_pads(spatial, kernel, strides, dilations, pads, auto_pad) -> list[int]:
+    """Explicit [top, left, bottom, right] pads, resolving auto_pad."""
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("", "NOTSET"):
+        return list(pads)
+    if auto_pad == "VALID":
+        return [0, 0, 0, 0]
+    begin, end = [], []
+    for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+        out = -(-size // stride)
+        total = max((out - 1) * stride + dilation * (k - 1) + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else large)
+        end.append(large if auto_pad == "SAME_UPPER" else small)
+    return begin + end
+
+
 def conv_output_at(y: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Values [S, C] of an NCHW tensor at (image, y, x) positions."""
     if y.ndim != 4:

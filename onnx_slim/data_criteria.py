@@ -23,8 +23,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .activations import ActivationCapture, ChannelStats, conv_input_patches, sample_positions
+from .activations import ActivationCapture, ChannelStats, conv_input_patches, explicit_conv_pads, sample_positions
 from .channels.groups import ChannelGroup, Member
+from .channels.rules import attr
 from .errors import UsageError
 from .importance import ScoringContext, criterion, l1_norm
 from .masking import MaskedModel
@@ -209,7 +210,7 @@ def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
     if node.op_type == "Conv" and weight.ndim in (3, 4):
         return _conv_sampler(node, weight)
     if node.op_type in ("Gemm", "MatMul") and weight.ndim == 2:
-        transposed_input = node.op_type == "Gemm" and _attribute(node, "transA", 0)
+        transposed_input = node.op_type == "Gemm" and attr(node, "transA", 0)
         # [L, O]: rows are the input channels the group owns.
         return _matrix_sampler(np.moveaxis(weight, input_axis, 0), bool(transposed_input))
     return None
@@ -222,15 +223,15 @@ def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
     if one_dimensional:
         weight = weight[:, :, None, :]
     kernel = weight.shape[2:]
-    strides, dilations = _attribute(node, "strides", [1, 1]), _attribute(node, "dilations", [1, 1])
-    pads, auto_pad = _attribute(node, "pads", [0, 0, 0, 0]), _attribute(node, "auto_pad", b"NOTSET")
+    strides, dilations = attr(node, "strides", [1, 1]), attr(node, "dilations", [1, 1])
+    pads, auto_pad = attr(node, "pads", [0, 0, 0, 0]), attr(node, "auto_pad", b"NOTSET")
     if one_dimensional:
         strides, dilations = [1, strides[0]], [1, dilations[0]]
         pads = [0, pads[0], 0, pads[1]]
 
     def sample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = x[:, :, None, :] if one_dimensional else x
-        padding = _conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+        padding = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
         out_h, out_w = (
             (size + padding[i] + padding[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
             for i, size in enumerate(x.shape[2:])
@@ -240,23 +241,6 @@ def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
         outputs = rng.integers(0, weight.shape[0], size=len(positions))
         return np.einsum("sckl,sckl->sc", patches, weight[outputs])
     return sample
-
-
-def _conv_pads(spatial, kernel, strides, dilations, pads, auto_pad) -> list[int]:
-    """Explicit [top, left, bottom, right] pads, resolving auto_pad."""
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("", "NOTSET"):
-        return list(pads)
-    if auto_pad == "VALID":
-        return [0, 0, 0, 0]
-    begin, end = [], []
-    for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
-        out = -(-size // stride)
-        total = max((out - 1) * stride + dilation * (k - 1) + 1 - size, 0)
-        small, large = total // 2, total - total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else large)
-        end.append(large if auto_pad == "SAME_UPPER" else small)
-    return begin + end
 
 
 def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
@@ -272,13 +256,6 @@ def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
         outputs = rng.integers(0, weight_in_out.shape[1], size=images * per_image)
         return rows[image_index, token_index] * weight_in_out[:, outputs].T
     return sample
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
 
 
 # --------------------------------------------------------------------------- thinet

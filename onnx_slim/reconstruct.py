@@ -29,7 +29,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .activations import ActivationCapture, conv_input_patches, conv_output_at, sample_positions
+from .activations import (
+    ActivationCapture, conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions,
+)
 from .calibration import CalibrationSet
 from .channels.context import CONSUMER, PRODUCER
 from .channels.groups import ChannelAnalysis
@@ -88,6 +90,7 @@ class _Consumer:
     bias_is_following_add: bool  # MatMul: the intercept is added to the next Add's constant
     kind: str  # "conv", "rows"
     features: int  # columns of the least-squares system (without the intercept)
+    kernel: list  # Conv kernel (from the weight: the attribute is optional)
     targets: list = field(default_factory=list)  # per batch: [S, out] original outputs
     positions: list = field(default_factory=list)  # per batch: conv positions or row indices
     input_mean: np.ndarray | None = None  # original input channel means (bias correction)
@@ -163,10 +166,12 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
         kept_out = _kept_outputs(analysis, use.node, use.tensor, plan, original)
         bias, following = _bias_target(node, pruned, readers)
         kind = "conv" if node.op_type == "Conv" else "rows"
-        dims = _initializer(original, use.tensor).dims
-        taps = math.prod(dims[2:]) if kind == "conv" else 1
+        dims = list(_initializer(original, use.tensor).dims)
+        if kind == "conv" and len(dims) != 4:
+            continue  # patches are implemented for 2-D convolutions; others keep the slice
+        kernel = dims[2:] if kind == "conv" else []
         found[use.node] = _Consumer(node, use.tensor, kept_in, removed_in, kept_out, bias, following, kind,
-                                    features=len(kept_in) * taps)
+                                    features=len(kept_in) * math.prod(kernel), kernel=kernel)
     order = {node.name: i for i, node in enumerate(pruned.graph.node)}
     return sorted(found.values(), key=lambda c: order[c.node.name])
 
@@ -275,11 +280,11 @@ def _design_rows(consumer, x, positions) -> np.ndarray:
     """Features [S, d] of the pruned layer's input at the sampled positions."""
     if consumer.kind == "conv":
         node = consumer.node
-        kernel = list(attr(node, "kernel_shape", []))
-        patches = conv_input_patches(
-            x, positions, kernel, strides=list(attr(node, "strides", [1, 1])),
-            pads=list(attr(node, "pads", [0, 0, 0, 0])), dilations=list(attr(node, "dilations", [1, 1])),
-        )
+        kernel = consumer.kernel
+        strides, dilations = list(attr(node, "strides", [1, 1])), list(attr(node, "dilations", [1, 1]))
+        pads = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, list(attr(node, "pads", [0, 0, 0, 0])),
+                                  attr(node, "auto_pad", "NOTSET"))
+        patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
         return patches.reshape(patches.shape[0], -1)
     rows = x.reshape(-1, x.shape[-1]) if consumer.node.op_type == "MatMul" else x
     return rows[positions]

@@ -66,3 +66,36 @@ def test_reconstruction_is_deterministic(cnn):
     first, _ = prune(cnn, ratio=0.4, calibration=calibration, reconstruct=True, seed=3)
     second, _ = prune(cnn, ratio=0.4, calibration=calibration, reconstruct=True, seed=3)
     assert first.SerializeToString() == second.SerializeToString()
+
+
+def test_same_padded_convs_without_kernel_attribute(tmp_path):
+    """auto_pad=SAME_UPPER and no kernel_shape (both optional in ONNX): patches must match."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_slim.calibration import CalibrationSet
+    from onnx_slim.runtime import create_session, run_session
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": rng.standard_normal((16, 3, 3, 3)), "b1": rng.standard_normal(16) * 0.1,
+               "w2": rng.standard_normal((8, 16, 3, 3)) * 0.3, "b2": rng.standard_normal(8) * 0.1}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", auto_pad="SAME_UPPER"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="conv2", auto_pad="SAME_UPPER", strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes, "same", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 5, 5])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calibration = CalibrationSet({"x": rng.standard_normal((64, 3, 9, 9)).astype(np.float32)})
+    held_out = {"x": rng.standard_normal((16, 3, 9, 9)).astype(np.float32)}
+    sliced, _ = prune(model, ratio=0.5, criterion="l1")
+    refitted, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
+    (layer,) = report.reconstruction["per_layer"]
+    assert layer["node"] == "conv2" and layer["method"] == "fit"
+    reference = run_session(create_session(model), held_out)["y"]
+    error_sliced = np.linalg.norm(run_session(create_session(sliced), held_out)["y"] - reference)
+    error_refitted = np.linalg.norm(run_session(create_session(refitted), held_out)["y"] - reference)
+    assert error_refitted < 0.8 * error_sliced
