@@ -45,6 +45,10 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     check_not_quantized(model)
     _check_opset(model)
     info = NormalizeInfo()
+    # Exporters' intermediate shape annotations go stale as soon as a channel is removed
+    # (onnxruntime refuses a model whose annotations contradict its weights): drop them,
+    # shapes are inferred again where needed.
+    del model.graph.value_info[:]
     _name_nodes(model.graph)
     info.constants_lifted = _lift_constants(model.graph)
     _bypass_constant_identities(model.graph)

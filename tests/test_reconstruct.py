@@ -99,3 +99,13 @@ def test_same_padded_convs_without_kernel_attribute(tmp_path):
     error_sliced = np.linalg.norm(run_session(create_session(sliced), held_out)["y"] - reference)
     error_refitted = np.linalg.norm(run_session(create_session(refitted), held_out)["y"] - reference)
     assert error_refitted < 0.8 * error_sliced
+
+
+def test_dynamo_export_with_stale_shape_annotations():
+    """The dynamo exporter writes value_info for every tensor; they go stale once channels go."""
+    model = onnx.load(str(MODELS / "digits_resnet.onnx"))
+    assert len(model.graph.value_info) > 0
+    calibration, test = data(model)
+    refitted, report = prune(model, target_macs=0.6, calibration=calibration, reconstruct=True)
+    assert report.reconstruction["layers"] > 0
+    assert evaluate(model, refitted, test)["accuracy_drop_points"] <= 2.0
