@@ -346,15 +346,16 @@ def _move_into_place(candidate: Path, output_path: Path) -> None:
 
 
 def check_output_path(input_path, output_path, force: bool) -> None:
+    """Refuse to write over the input, over a folder, or over an existing file without force."""
     source, target = Path(input_path), Path(output_path)
-    if target.exists() and source.exists() and os.path.samefile(source, target):
+    same = source.resolve() == target.resolve() or (
+        target.exists() and source.exists() and os.path.samefile(source, target))
+    if same:
         raise UsageError("output path is the input file: choose another output (-o)")
-    if source.resolve() == target.resolve():
-        raise UsageError("output path is the input file: choose another output (-o)")
-    if target.exists() and not force:
-        raise UsageError(f"{target} exists: pass --force to overwrite it")
     if target.is_dir():
         raise UsageError(f"{target} is a directory: give a file path for -o")
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists: pass --force to overwrite it")
     if not target.parent.exists():
         raise OnnxSlimError(f"{target.parent}: output folder does not exist")
 
