@@ -12,7 +12,8 @@ from onnx_slim.model import random_inputs
 from onnx_slim.pruning import analyze, prune
 from onnx_slim.runtime import create_session, run_session
 
-MODELS = sorted((Path(__file__).parent.parent / "models").glob("*.onnx"))
+MODEL_DIR = Path(__file__).parent.parent / "models"
+MODELS = sorted(MODEL_DIR.glob("*.onnx"))
 
 
 def outputs_of(model, feeds):
@@ -58,3 +59,49 @@ def test_every_model_has_prunable_groups(model_path):
     analysis = analyze(str(model_path))
     assert analysis.channels.prunable_groups()
     assert 0 < analysis.prunable_macs_fraction() <= 1
+
+
+def test_model_with_external_data_is_read_and_left_alone(tmp_path):
+    source = tmp_path / "big.onnx"
+    onnx.save_model(onnx.load(str(MODEL_DIR / "digits_cnn.onnx")), str(source),
+                    save_as_external_data=True, all_tensors_to_one_file=True, location="big.onnx.data",
+                    size_threshold=0)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    from onnx_slim.pruning import prune_file
+
+    report = prune_file(source, tmp_path / "slim.onnx", ratio=0.5)
+    assert report.macs_after < report.macs_before
+    assert report.size_before > 600_000  # the data file counts
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.name.startswith("big")} == before
+    onnx.checker.check_model(str(tmp_path / "slim.onnx"), full_check=True)
+
+
+def at_opset(model, opset):
+    """Upgrades go through onnx's converter; downgrades (which it cannot do) relabel the
+    import: this ResNet uses only ops whose semantics are the same back to opset 9."""
+    from onnx import version_converter
+
+    if opset > model.opset_import[0].version:
+        return version_converter.convert_version(model, opset)
+    relabeled = onnx.ModelProto()
+    relabeled.CopyFrom(model)
+    relabeled.opset_import[0].version = opset
+    return relabeled
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+def test_opsets_11_to_21(opset):
+    converted = at_opset(onnx.load(str(MODEL_DIR / "resnet_torchscript.onnx")), opset)
+    pruned, report = prune(converted, ratio=0.5)
+    assert report.groups_pruned > 0
+    assert next(o.version for o in pruned.opset_import if o.domain in ("", "ai.onnx")) == opset
+    feeds = random_inputs(converted, seed=3)
+    assert outputs_of(pruned, feeds)["output"].shape == outputs_of(converted, feeds)["output"].shape
+
+
+def test_old_opset_is_refused_with_a_hint():
+    from onnx_slim import InvalidModelError
+
+    old = at_opset(onnx.load(str(MODEL_DIR / "resnet_torchscript.onnx")), 9)
+    with pytest.raises(InvalidModelError, match="opset 9 is too old"):
+        prune(old, ratio=0.5)
