@@ -139,3 +139,25 @@ def test_allocate_without_calibration_is_a_usage_error(capsys, demo, tmp_path):
     code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "a.onnx", "--target-macs", "0.6",
                               "--allocate", "sensitivity", "--quiet")
     assert code == 2 and "calibration" in stderr
+
+
+def test_yaml_config(capsys, demo, tmp_path):
+    pytest.importorskip("yaml")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("target-macs: 0.7\nquantize: none\ncriterion: l2\n")
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", tmp_path / "o", "--config", config, "--json", *FAST)
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["prune"]["criterion"] == "l2" and report["config"]["target_macs"] == 0.7
+
+
+def test_random_calibration_says_structure_only(capsys, tmp_path):
+    model = tmp_path / "resnet.onnx"
+    shutil.copy(MODELS / "resnet_torchscript.onnx", model)
+    code, stdout, _ = run_cli(capsys, "run", model, "-o", tmp_path / "o", "--calib", "random",
+                              "--quantize", "static", "--json", *FAST)
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["config_file"] is None
+    assert report["prune"]["criterion"] == "l1" and report["prune"]["reconstruction"] is None
+    assert "structure-only" in report["quantize"]["calibration"]
