@@ -20,6 +20,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_common import write_report  # noqa: E402
 from resnet50 import build_resnet50  # noqa: E402
 
 from onnx_slim import prune_file  # noqa: E402
@@ -72,10 +73,7 @@ def main() -> None:
         f"**{pruned_speedup / macs_factor:.2f}** (target >= 0.8)",
         f"pruned + int8 speedup: **{int8_speedup:.2f}x** (target >= 2.5x)",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,17 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_common import STATUS_PRELUDE, write_report  # noqa: E402
 from resnet50 import build_resnet50  # noqa: E402
 
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would
-# report its parent's peak (the parent built a 100 MB model).
-_MEASURE = r"""
+_MEASURE = STATUS_PRELUDE + r"""
 import json, sys, time
-def status_kb(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
 import onnx, onnx_slim
 baseline_kb = status_kb("VmRSS")
 source, target, job = sys.argv[1:4]
@@ -92,10 +86,7 @@ def main() -> None:
         f"prune / load+save time: **{time_ratio:.2f}x** (target <= 3x)",
         f"prune extra peak memory / file size: **{memory_ratio:.2f}x** (target < 3x)",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,11 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_common import STATUS_PRELUDE, write_report  # noqa: E402
 from resnet50 import build_resnet50  # noqa: E402
 
-_MEASURE = r"""
+_MEASURE = STATUS_PRELUDE + r"""
 import json, sys, time
-def status_kb(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
 import onnx_slim
 from onnx_slim.calibration import load_calibration
 source, target, data = sys.argv[1:4]
@@ -80,10 +76,7 @@ def main() -> None:
         result.stderr.strip(),
         "```",
     ]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
