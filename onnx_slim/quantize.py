@@ -324,13 +324,21 @@ def _preprocess(model: onnx.ModelProto, scratch: Path, report_warnings: list[str
     float_path = scratch / "float.onnx"
     save_model(model, float_path)
     preprocessed_path = scratch / "preprocessed.onnx"
-    try:
-        quant_pre_process(str(float_path), str(preprocessed_path))
-        onnx.load(str(preprocessed_path), load_external_data=False)
-    except Exception as exc:  # symbolic shape inference rejects some exotic graphs
-        report_warnings.append(f"pre-processing failed, quantizing the model as given: {_first_line(exc)}")
-        return float_path, False
-    return preprocessed_path, True
+    # Symbolic shape inference needs sympy (not one of our dependencies) and rejects some
+    # exotic graphs; onnx's own shape inference plus the optimization still helps then.
+    failure = None
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
+            onnx.load(str(preprocessed_path), load_external_data=False)
+        except Exception as exc:
+            failure = failure or exc
+            continue
+        if skip_symbolic:
+            logger.info("symbolic shape inference skipped: %s", _first_line(failure))
+        return preprocessed_path, True
+    report_warnings.append(f"pre-processing failed, quantizing the model as given: {_first_line(failure)}")
+    return float_path, False
 
 
 def _excluded_nodes(model: onnx.ModelProto, patterns: Sequence[str], report_warnings: list[str]) -> list[str]:
