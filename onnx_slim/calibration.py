@@ -170,6 +170,11 @@ class CalibrationSet:
         for start, stop in self.batch_ranges(batch_size):
             yield {name: source.read(start, stop) for name, source in self._sources.items()}
 
+    def batch_stream(self, batch_size: int) -> BatchStream:
+        """The batches as an iterable that starts over each time it is iterated
+        (onnxruntime's static calibration may read the data more than once)."""
+        return BatchStream(self, batch_size)
+
     def labeled_batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """Like `batches`, each paired with its labels."""
         if self.labels is None:
@@ -234,6 +239,16 @@ class CalibrationSet:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+class BatchStream:
+    """A re-iterable view of a CalibrationSet's batches."""
+
+    def __init__(self, calibration: CalibrationSet, batch_size: int) -> None:
+        self.calibration, self.batch_size = calibration, batch_size
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.calibration.batches(self.batch_size)
 
 
 def load_calibration(

@@ -360,7 +360,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
-    batches = None if calibration is None or calibration.is_random else _batches(calibration, batch_size)
+    batches = None if calibration is None or calibration.is_random else calibration.batch_stream(batch_size)
     report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
                             per_channel=per_channel, method=method, reduce_range=reduce_range,
                             exclude=list(exclude), calibration_batch_size=batch_size, force=force)
@@ -379,16 +379,6 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     if "evaluation" in data:
         click.echo(evaluation_line(data["evaluation"]))
     click.echo(f"wrote {output}")
-
-
-class _batches:
-    """Re-iterable calibration batches (static calibration may read them more than once)."""
-
-    def __init__(self, calibration, batch_size):
-        self.calibration, self.batch_size = calibration, batch_size
-
-    def __iter__(self):
-        return iter(self.calibration.batches(self.batch_size))
 
 
 @cli.command()

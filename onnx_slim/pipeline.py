@@ -242,21 +242,11 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
     say(f"quantizing ({settings.quantize})")
     batches = None
     if calibration is not None and not calibration.is_random:
-        batches = _Rebatchable(calibration, settings.batch_size)
+        batches = calibration.batch_stream(settings.batch_size)
     return quantize_model(
         pruned_path, final_path, mode=settings.quantize, calibration=batches,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
     )
-
-
-class _Rebatchable:
-    """An iterable that restarts the calibration batches each time it is iterated."""
-
-    def __init__(self, calibration, batch_size: int) -> None:
-        self.calibration, self.batch_size = calibration, batch_size
-
-    def __iter__(self):
-        return iter(self.calibration.batches(self.batch_size))
 
 
 def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> None:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # Least-squares systems larger than this many features fall back to bias correction.
 MAX_FEATURES = 8192
 HOLDOUT_EVERY = 5  # every 5th sampled row is held out to choose between candidates
+DEFAULT_MAX_PASSES = 12
 
 
 @dataclass
@@ -217,9 +218,10 @@ def _readers(model) -> dict:
 
 
 def _chunks(consumers: list, passes: int | None) -> list[list]:
-    """Topological chunks; by default one pass per layer for small sets, at most 12."""
-    count = len(consumers) if passes is None else passes
-    count = max(1, min(count, len(consumers), 12 if passes is None else len(consumers)))
+    """`passes` topological chunks; by default one per layer, at most DEFAULT_MAX_PASSES
+    (each pass runs the pruned model over the calibration set once)."""
+    count = passes if passes is not None else DEFAULT_MAX_PASSES
+    count = max(1, min(count, len(consumers)))
     size = math.ceil(len(consumers) / count)
     return [consumers[i:i + size] for i in range(0, len(consumers), size)]
 
