@@ -156,7 +156,8 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
           calib_samples, batch_size, eval_path, round_to, min_channels, exclude, seed, input_shapes, force,
           as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from .pruning import check_output_path, prune_file
+    from .model import check_output_path
+    from .pruning import prune_file
 
     console = Console(quiet)
     check_output_path(model, output, force)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import InvalidModelError, OnnxSlimError
+from .errors import InvalidModelError, OnnxSlimError, UsageError
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 
@@ -64,8 +64,9 @@ def load_model(source: ModelSource, *, copy: bool = True) -> onnx.ModelProto:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write `model` to `path` atomically; returns the path."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise OnnxSlimError(f"{path.parent}: output folder does not exist")
+    if not path.parent.is_dir():
+        what = "is a file" if path.parent.exists() else "does not exist"
+        raise OnnxSlimError(f"{path.parent}: output folder {what}: choose an existing folder")
     external = model.ByteSize() > _EXTERNAL_DATA_THRESHOLD
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
@@ -74,8 +75,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     tmp_data = tmp.with_name(tmp.name + ".data")
     try:
         if external:
+            # onnx moves the weights of the proto it saves out to the data file: give it
+            # a copy so the caller's model stays whole (twice the memory, only past 1.8 GB).
+            duplicate = onnx.ModelProto()
+            duplicate.CopyFrom(model)
             onnx.save_model(
-                model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                duplicate, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                 location=tmp_data.name, size_threshold=1024,
             )
             # The model refers to its data file by name: point it at the final name.
@@ -96,6 +101,23 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
                 leftover.unlink()
         raise
     return path
+
+
+def check_output_path(source: ModelSource, output_path: str | os.PathLike, force: bool) -> None:
+    """Refuse to write over the input, over a folder, or over an existing file without force."""
+    target = Path(output_path)
+    if not isinstance(source, onnx.ModelProto):
+        source = Path(source)
+        if source.resolve() == target.resolve() or (
+                target.exists() and source.exists() and os.path.samefile(source, target)):
+            raise UsageError(f"{target}: output is the input model: choose another output path (-o)")
+    if target.is_dir():
+        raise UsageError(f"{target} is a directory: give a file path for -o")
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists: pass --force to overwrite it")
+    if not target.parent.is_dir():
+        what = "is a file" if target.parent.exists() else "does not exist"
+        raise OnnxSlimError(f"{target.parent}: output folder {what}: choose an existing folder")
 
 
 def _external_tensors(model: onnx.ModelProto):

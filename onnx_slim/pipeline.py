@@ -165,14 +165,25 @@ def run_pipeline(
     say = progress or (lambda message: None)
     settings = config.with_defaults()
     outdir = Path(outdir)
-    _prepare_outdir(outdir, force)
+    _check_outdir(model_path, outdir, force)
     model = load_model(model_path, copy=False)
     calibration = _data(settings, settings.calib, model) if settings.calib else None
     held_out = _data(settings, settings.eval, model) if settings.eval else None
     if settings.reconstruct and calibration is None:
         raise UsageError("reconstruct needs calibration data: set calib (a path, or 'random')")
     del model
+    created = not outdir.exists()
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(model_path, outdir, settings, calibration, held_out, config_file, say, started)
+    except BaseException:
+        if created:  # a failed run into a new folder leaves nothing behind
+            shutil.rmtree(outdir, ignore_errors=True)
+        raise
 
+
+def _run(model_path, outdir: Path, settings: PipelineConfig, calibration, held_out, config_file, say, started):
+    """The stages, once the options, the data and the output folder are known to be good."""
     pruned_path = outdir / "pruned.onnx"
     final_path = outdir / "model.onnx"
     say("pruning")
@@ -219,12 +230,21 @@ def run_pipeline(
     return report
 
 
-def _prepare_outdir(outdir: Path, force: bool) -> None:
+OUTPUT_NAMES = ("model.onnx", "pruned.onnx", "report.json", "report.md")
+
+
+def _check_outdir(model_path, outdir: Path, force: bool) -> None:
+    """Refuse an output folder that is a file, holds the input, or holds a result (without force)."""
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{outdir} is a file: -o takes a folder")
+    source = Path(model_path).resolve()
+    if any(source == (outdir / name).resolve() for name in OUTPUT_NAMES):
+        raise UsageError(f"the input {model_path} would be overwritten: choose another output folder (-o)")
     if (outdir / "model.onnx").exists() and not force:
         raise UsageError(f"{outdir} already holds a pipeline result: pass --force to overwrite it")
-    outdir.mkdir(parents=True, exist_ok=True)
+    parent = next((p for p in [outdir, *outdir.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"{parent} is a file: -o must be a folder path")
 
 
 def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):

@@ -18,10 +18,10 @@ import onnx
 from .channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
 from .channels.space import FreezeReason
 from .cost import ModelCost, concrete_input_shapes, model_cost
-from .errors import OnnxSlimError, UsageError
+from .errors import UsageError
 from .evaluate import evaluate
 from .importance import ScoringContext, score_groups
-from .model import ModelSource, load_model, random_inputs, save_model
+from .model import ModelSource, check_output_path, load_model, random_inputs, save_model
 from .normalize import NormalizeInfo, normalize
 from .plan import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
 from .reconstruct import reconstruct
@@ -343,21 +343,6 @@ def _move_into_place(candidate: Path, output_path: Path) -> None:
     if data.exists():
         os.replace(data, output_path.with_name(output_path.name + ".data"))
     os.replace(candidate, output_path)
-
-
-def check_output_path(input_path, output_path, force: bool) -> None:
-    """Refuse to write over the input, over a folder, or over an existing file without force."""
-    source, target = Path(input_path), Path(output_path)
-    same = source.resolve() == target.resolve() or (
-        target.exists() and source.exists() and os.path.samefile(source, target))
-    if same:
-        raise UsageError("output path is the input file: choose another output (-o)")
-    if target.is_dir():
-        raise UsageError(f"{target} is a directory: give a file path for -o")
-    if target.exists() and not force:
-        raise UsageError(f"{target} exists: pass --force to overwrite it")
-    if not target.parent.exists():
-        raise OnnxSlimError(f"{target.parent}: output folder does not exist")
 
 
 def _source_size(model: ModelSource) -> int:

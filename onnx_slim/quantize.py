@@ -33,7 +33,7 @@ from . import cost as cost_module
 from .bench import cpu_info
 from .errors import InvalidModelError, OnnxSlimError, UsageError
 from .metrics import AgreementAccumulator
-from .model import InputSpec, ModelSource, graph_inputs, load_model, random_inputs, save_model
+from .model import InputSpec, ModelSource, check_output_path, graph_inputs, load_model, random_inputs, save_model
 from .runtime import create_session, run_session
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def quantize_model(
     """
     _check_options(mode, quant_format, method, calibration_batch_size, activation_type)
     output = Path(output_path)
-    _check_output_path(model, output, force)
+    check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
     _refuse_quantized(float_model)
 
@@ -208,17 +208,6 @@ def _check_options(mode, quant_format, method, calibration_batch_size, activatio
         raise UsageError(f"activation_type must be one of {', '.join(_ACTIVATION_TYPES)}; got {activation_type!r}")
     if calibration_batch_size < 1:
         raise UsageError(f"calibration_batch_size must be at least 1, got {calibration_batch_size}")
-
-
-def _check_output_path(model: ModelSource, output: Path, force: bool) -> None:
-    if not isinstance(model, onnx.ModelProto) and Path(model).resolve() == output.resolve():
-        raise UsageError(f"{output}: output is the input model; write the quantized model to another path")
-    if output.is_dir():
-        raise UsageError(f"{output}: is a directory; give a file path for the quantized model")
-    if output.exists() and not force:
-        raise UsageError(f"{output}: already exists; pass force=True (--force) to overwrite it")
-    if not output.parent.exists():
-        raise OnnxSlimError(f"{output.parent}: output folder does not exist")
 
 
 def _refuse_quantized(model: onnx.ModelProto) -> None:

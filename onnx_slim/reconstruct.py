@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_FEATURES = 8192
 HOLDOUT_EVERY = 5  # every 5th sampled row is held out to choose between candidates
 DEFAULT_MAX_PASSES = 12
+UNUSABLE_BIAS = "<not per-feature>"  # a bias the fit cannot rewrite: the layer keeps its slice
 
 
 @dataclass
@@ -55,7 +56,7 @@ class LayerFit:
     method: str  # "fit", "bias" or "slice"
     features: int
     samples: int
-    error_slice: float  # held-out relative error of each candidate (None when not computed)
+    error_slice: float  # held-out relative error of each candidate (0 when nothing was fitted)
     error_bias: float | None = None
     error_fit: float | None = None
 
@@ -166,6 +167,8 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
         removed_in = sorted(set(range(full)) - set(kept_in))
         kept_out = _kept_outputs(analysis, use.node, use.tensor, plan, original)
         bias, following = _bias_target(node, pruned, readers)
+        if bias == UNUSABLE_BIAS:
+            continue
         kind = "conv" if node.op_type == "Conv" else "rows"
         dims = list(_initializer(original, use.tensor).dims)
         if kind == "conv" and len(dims) != 4:
@@ -196,15 +199,21 @@ def _out_channels(node, dims) -> int:
 
 def _bias_target(node, model, readers) -> tuple[str | None, bool]:
     """Where a fitted intercept can live: the node's bias, or the constant of the Add after a MatMul."""
-    initializers = {init.name for init in model.graph.initializer}
+    initializers = {init.name: init for init in model.graph.initializer}
+    features = _out_channels(node, _initializer(model, node.input[1]).dims)
+
+    def per_feature(name):  # only [N] or [1, ..., N] can take a per-feature intercept
+        dims = list(initializers[name].dims) if name in initializers else []
+        return bool(dims) and dims[-1] == features and math.prod(dims) == features
+
     if node.op_type in ("Conv", "Gemm"):
         if len(node.input) > 2 and node.input[2]:
-            return (node.input[2], False) if node.input[2] in initializers else (None, False)
+            return (node.input[2], False) if per_feature(node.input[2]) else (UNUSABLE_BIAS, False)
         return f"{node.name}.refit_bias", False  # created when written
     following = readers.get(node.output[0], [])
     if len(following) == 1 and following[0].op_type == "Add":
         others = [name for name in following[0].input if name != node.output[0]]
-        if len(others) == 1 and others[0] in initializers:
+        if len(others) == 1 and per_feature(others[0]):
             return others[0], True
     return None, False
 

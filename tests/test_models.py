@@ -105,3 +105,17 @@ def test_old_opset_is_refused_with_a_hint():
     old = at_opset(onnx.load(str(MODEL_DIR / "resnet_torchscript.onnx")), 9)
     with pytest.raises(InvalidModelError, match="opset 9 is too old"):
         prune(old, ratio=0.5)
+
+
+def test_saving_with_external_data_leaves_the_model_whole(tmp_path, monkeypatch):
+    from onnx_slim import model as model_io
+
+    monkeypatch.setattr(model_io, "_EXTERNAL_DATA_THRESHOLD", 0)
+    model = onnx.load(str(MODEL_DIR / "digits_cnn.onnx"))
+    size = model.ByteSize()
+    model_io.save_model(model, tmp_path / "a.onnx")
+    model_io.save_model(model, tmp_path / "b.onnx")
+    assert model.ByteSize() == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.onnx.data", "b.onnx", "b.onnx.data"]
+    feeds = random_inputs(model)
+    np.testing.assert_allclose(outputs_of(str(tmp_path / "b.onnx"), feeds)["logits"], outputs_of(model, feeds)["logits"])

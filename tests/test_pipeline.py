@@ -161,3 +161,27 @@ def test_random_calibration_says_structure_only(capsys, tmp_path):
     assert report["config_file"] is None
     assert report["prune"]["criterion"] == "l1" and report["prune"]["reconstruction"] is None
     assert "structure-only" in report["quantize"]["calibration"]
+
+
+def test_run_never_overwrites_its_input(capsys, tmp_path):
+    outdir = tmp_path / "od"
+    outdir.mkdir()
+    model = outdir / "model.onnx"
+    shutil.copy(MODELS / "digits_cnn.onnx", model)
+    before = model.read_bytes()
+    code, _, stderr = run_cli(capsys, "run", model, "-o", outdir, "--force", "--ratio", "0.3", *FAST)
+    assert code == 2 and "would be overwritten" in stderr
+    assert model.read_bytes() == before
+
+
+def test_failed_run_leaves_no_folder(capsys, demo, tmp_path):
+    outdir = tmp_path / "new"
+    code, _, stderr = run_cli(capsys, "run", demo, "-o", outdir, "--criterion", "magic", *FAST)
+    assert code == 2 and stderr.startswith("error: ") and "unknown criterion" in stderr
+    assert not outdir.exists()
+
+
+def test_output_under_a_file_is_a_clean_error(capsys, demo, tmp_path):
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", demo / "x.onnx", "--ratio", "0.5", "--quiet")
+    assert code == 1 and stderr.strip().startswith("error: ") and "is a file" in stderr
+    assert len(stderr.strip().splitlines()) == 1

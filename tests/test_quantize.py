@@ -210,7 +210,7 @@ def test_refuses_existing_output_without_force(conv_path, tmp_path):
     output = tmp_path / "q.onnx"
     output.write_bytes(b"keep me")
 
-    with pytest.raises(UsageError, match="already exists.*force"):
+    with pytest.raises(UsageError, match="exists: pass --force"):
         quantize_model(conv_path, output)
     assert output.read_bytes() == b"keep me"
 

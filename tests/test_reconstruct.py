@@ -109,3 +109,29 @@ def test_dynamo_export_with_stale_shape_annotations():
     refitted, report = prune(model, target_macs=0.6, calibration=calibration, reconstruct=True)
     assert report.reconstruction["layers"] > 0
     assert evaluate(model, refitted, test)["accuracy_drop_points"] <= 2.0
+
+
+def test_matmul_followed_by_a_scalar_add_keeps_its_slice_intercept_free():
+    """The intercept of a fit goes into a per-feature bias only; a scalar Add cannot take it."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_slim.calibration import CalibrationSet
+
+    rng = np.random.default_rng(0)
+    init = {"w1": rng.standard_normal((8, 16)), "b1": rng.standard_normal(16), "w2": rng.standard_normal((16, 12)),
+            "s": np.array(0.1), "w3": rng.standard_normal((12, 4))}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m1"], name="mm1"), helper.make_node("Add", ["m1", "b1"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="mm2"), helper.make_node("Add", ["m2", "s"], ["a2"], name="add2"),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"), helper.make_node("MatMul", ["r2", "w3"], ["y"], name="mm3"),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in init.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calibration = CalibrationSet({"x": rng.standard_normal((64, 8)).astype(np.float32)})
+    pruned, report = prune(model, ratio=0.5, calibration=calibration, reconstruct=True)
+    assert {layer["node"] for layer in report.reconstruction["per_layer"]} == {"mm2", "mm3"}
+    onnx.checker.check_model(pruned, full_check=True)
