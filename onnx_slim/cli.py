@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .errors import OnnxSlimError, UsageError
+from .model import parse_input_shapes
 from .report import before_after_table, human_bytes, human_count, table, to_json
 
 
@@ -28,20 +29,6 @@ class Console:
     def progress(self, message: str) -> None:
         if not self.quiet:
             click.echo(f"[{time.perf_counter() - self.started:6.1f}s] {message}", err=True)
-
-
-def parse_shapes(values) -> dict[str, list[int]]:
-    """`NAME=1,3,224,224` (repeatable) -> {NAME: [1, 3, 224, 224]}."""
-    shapes = {}
-    for value in values or ():
-        name, sep, dims = value.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
-        except ValueError:
-            raise UsageError(f"bad shape {value!r}: expected NAME=D1,D2,... e.g. input=1,3,224,224") from None
-    return shapes
 
 
 shape_option = click.option(
@@ -109,7 +96,7 @@ def inspect(model, input_shapes, as_json, show_all):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
     from .pruning import analyze
 
-    analysis = analyze(model, input_shapes=parse_shapes(input_shapes), copy=False)
+    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), copy=False)
     data = analysis.to_dict()
     data["model"] = model
     if as_json:
@@ -169,7 +156,7 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
         ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
         allocate=allocate, reconstruct=reconstruct, calibration=calibration, batch_size=batch_size,
         round_to=round_to, min_channels=min_channels, exclude=list(exclude), seed=seed,
-        input_shapes=parse_shapes(input_shapes),
+        input_shapes=parse_input_shapes(input_shapes),
     )
     data = report.to_dict()
     if as_json:
@@ -219,7 +206,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
     console = Console(quiet)
     calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
-    analysis = analyze(model, input_shapes=parse_shapes(input_shapes), exclude=list(exclude), copy=False)
+    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude), copy=False)
     levels = _floats(ratios)
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
@@ -283,21 +270,20 @@ def pipeline_config(ctx, model, config_path, options):
     """PipelineConfig from defaults < config file < options given on the command line."""
     from click.core import ParameterSource
 
-    from .pipeline import PipelineConfig, load_config, sibling_config
+    from .pipeline import config_from_mapping, load_config, sibling_config
 
     config_file = config_path or sibling_config(model)
     merged = load_config(config_file) if config_file else {}
-    renames = {"eval_path": "eval", "input_shapes": "input_shapes"}
+    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    # --ratio and --target-macs are one choice: either on the command line replaces the config's.
+    if given & {"ratio", "target_macs"}:
+        merged.pop("ratio", None)
+        merged.pop("target_macs", None)
     for name, value in options.items():
-        key = renames.get(name, name)
-        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or key not in merged:
+        key = "eval" if name == "eval_path" else name
+        if name in given or key not in merged:
             merged[key] = value
-    merged["input_shapes"] = parse_shapes(merged["input_shapes"]) if not isinstance(merged.get("input_shapes"), dict) else merged["input_shapes"]
-    for key, kind in (("input_size", int), ("mean", float), ("std", float)):
-        if isinstance(merged.get(key), str):
-            merged[key] = _floats(merged[key], kind)
-    merged["exclude"] = list(merged.get("exclude") or [])
-    return PipelineConfig(**merged), (str(config_file) if config_file else None)
+    return config_from_mapping(merged), (str(config_file) if config_file else None)
 
 
 @cli.command()
@@ -405,7 +391,7 @@ def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_pat
         data = load_data(data_path, models[0], {"seed": seed}).batches(batch)
     console.progress(f"benchmarking {len(models) + (1 if baseline and baseline not in models else 0)} models, {runs} runs each")
     report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, threads=threads, batch=batch,
-                       shapes=parse_shapes(input_shapes) or None, data=data, seed=seed,
+                       shapes=parse_input_shapes(input_shapes) or None, data=data, seed=seed,
                        measure_memory=not no_memory)
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
-from .model import graph_inputs
+from .model import check_input_shapes, graph_inputs
 from .shapes import infer_shapes, is_static
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -35,6 +35,7 @@ def concrete_input_shapes(
     model: onnx.ModelProto, overrides: Mapping[str, Sequence[int]] | None = None
 ) -> dict[str, tuple[int, ...]]:
     """Input shapes with symbolic dims made concrete (batch 1), `overrides` first."""
+    check_input_shapes(model, overrides)
     overrides = dict(overrides or {})
     return {
         spec.name: tuple(overrides.get(spec.name) or spec.concrete_shape())

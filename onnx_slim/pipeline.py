@@ -23,7 +23,7 @@ from .bench import benchmark
 from .calibration import load_calibration
 from .errors import OnnxSlimError, UsageError
 from .evaluate import evaluate, quality_drop_points
-from .model import load_model, random_inputs
+from .model import load_model, parse_input_shapes, random_inputs
 from .pruning import prune_file
 from .quantize import quantize_model
 from .report import human_bytes, human_count, table
@@ -82,6 +82,51 @@ class PipelineConfig:
 
 
 CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
+
+# What each option must be: the check turns a config file's mistakes into usage errors.
+_NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
+_INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
+_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory"}
+_STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
+
+
+def config_from_mapping(options: dict) -> PipelineConfig:
+    """A PipelineConfig from config-file and command-line values, checked and normalized."""
+    unknown = set(options) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return PipelineConfig(**{key: value if value is None else _coerce(key, value) for key, value in options.items()})
+
+
+def _coerce(key: str, value):
+    if key in _NUMBERS and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return float(value)
+    if key in _INTEGERS and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if key in _FLAGS and isinstance(value, bool):
+        return value
+    if key in _STRINGS and isinstance(value, str):
+        return value
+    if key == "exclude":
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+    if key == "input_shapes":
+        if isinstance(value, dict):
+            return {str(k): [int(d) for d in v] for k, v in value.items()}
+        return parse_input_shapes([value] if isinstance(value, str) else list(value))
+    if key in ("input_size", "mean", "std"):
+        parts = value.replace("x", ",").split(",") if isinstance(value, str) else list(value)
+        try:
+            return [(int if key == "input_size" else float)(part) for part in parts]
+        except (TypeError, ValueError):
+            pass
+    raise UsageError(f"option {key.replace('_', '-')}: {value!r} is not {_KIND_WORDS.get(key, 'valid')}")
+
+
+_KIND_WORDS = {
+    **{key: "a number" for key in _NUMBERS}, **{key: "a whole number" for key in _INTEGERS},
+    **{key: "true or false" for key in _FLAGS}, **{key: "a string" for key in _STRINGS},
+    "input_size": "H,W", "mean": "a list of numbers", "std": "a list of numbers",
+}
 # Config files may use the CLI spellings too.
 _ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib"}
 

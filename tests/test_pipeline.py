@@ -185,3 +185,42 @@ def test_output_under_a_file_is_a_clean_error(capsys, demo, tmp_path):
     code, _, stderr = run_cli(capsys, "prune", demo, "-o", demo / "x.onnx", "--ratio", "0.5", "--quiet")
     assert code == 1 and stderr.strip().startswith("error: ") and "is a file" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_ratio_on_the_command_line_replaces_the_configs_target(capsys, demo, tmp_path):
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", tmp_path / "o", "--ratio", "0.25", "--criterion", "l1",
+                              "--quantize", "none", "--json", *FAST)
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["config"]["ratio"] == 0.25 and report["config"]["target_macs"] is None
+
+
+@pytest.mark.parametrize("line, message", [
+    ('round-to = "8"', "round-to: '8' is not a whole number"),
+    ("reconstruct = 1", "reconstruct: 1 is not true or false"),
+    ('input-shape = "input=1,1,x"', "bad input shape"),
+])
+def test_config_values_are_checked(capsys, demo, tmp_path, line, message):
+    config = tmp_path / "c.toml"
+    config.write_text(line + "\n")
+    code, _, stderr = run_cli(capsys, "run", demo, "-o", tmp_path / "o", "--config", config, *FAST)
+    assert code == 2 and message in stderr
+
+
+def test_exclude_as_a_single_string(capsys, demo, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('ratio = 0.3\nexclude = "/fc*"\nquantize = "none"\ncriterion = "l1"\nround-to = 1\n')
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", tmp_path / "o", "--config", config, "--json", *FAST)
+    report = json.loads(stdout)
+    assert code == 0 and report["config"]["exclude"] == ["/fc*"]
+    assert report["prune"]["groups_pruned"] == 3  # only the group feeding the classifier is left alone
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("nope=1,1,16,16", "no such input"),
+    ("input=1,1,8,8", "contradicts the model's [?,1,16,16]"),
+])
+def test_input_shapes_are_checked_against_the_model(capsys, demo, tmp_path, shape, message):
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "o.onnx", "--ratio", "0.5",
+                              "--input-shape", shape, "--quiet")
+    assert code == 2 and message in stderr
