@@ -134,14 +134,15 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--round-to", default=1, show_default=True, help="Kept channel counts are multiples of this.")
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
+@click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans (not lossless).")
 @click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
 @shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, calib,
-          calib_samples, batch_size, eval_path, round_to, min_channels, exclude, seed, input_shapes, force,
-          as_json, quiet, **image_options):
+          calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
+          force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from .model import check_output_path
     from .pruning import prune_file
@@ -155,7 +156,7 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
         model, output, force=force, progress=console.progress, evaluation=evaluation,
         ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
         allocate=allocate, reconstruct=reconstruct, calibration=calibration, batch_size=batch_size,
-        round_to=round_to, min_channels=min_channels, exclude=list(exclude), seed=seed,
+        round_to=round_to, min_channels=min_channels, exclude=list(exclude), prune_layernorm=prune_layernorm, seed=seed,
         input_shapes=parse_input_shapes(input_shapes),
     )
     data = report.to_dict()
@@ -192,12 +193,13 @@ def evaluation_line(evaluation: dict) -> str:
 @click.option("--criterion", default="l1", show_default=True, help="Which channels each trial removes.")
 @click.option("--samples", default=32, show_default=True, help="Calibration samples the errors are measured on.")
 @click.option("--exclude", multiple=True, metavar="PATTERN")
+@click.option("--prune-layernorm", is_flag=True, help="Also measure groups a LayerNormalization spans.")
 @shape_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samples, exclude, input_shapes, seed,
-                as_json, quiet, **image_options):
+def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samples, exclude, prune_layernorm,
+                input_shapes, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
     from .pruning import analyze
     from .sensitivity import measure_sensitivity
@@ -206,7 +208,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
     console = Console(quiet)
     calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
-    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude), copy=False)
+    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude),
+                       prune_layernorm=prune_layernorm, copy=False)
     levels = _floats(ratios)
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
@@ -239,6 +242,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--round-to", default=8, show_default=True, help="Kept channel counts are multiples of this.")
 @click.option("--min-channels", default=1, show_default=True)
 @click.option("--exclude", multiple=True, metavar="PATTERN")
+@click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans.")
 @click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--threads", type=int, help="onnxruntime intra-op threads for the benchmark.")

@@ -45,6 +45,7 @@ class PipelineConfig:
     round_to: int = 8  # kept channel counts SIMD kernels like (odd counts can be slower than more channels)
     min_channels: int = 1
     exclude: list = field(default_factory=list)
+    prune_layernorm: bool = False
     quantize: str = "auto"  # auto | static | dynamic | none
     quant_format: str = "qdq"
     per_channel: bool | None = None
@@ -86,7 +87,7 @@ CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 # What each option must be: the check turns a config file's mistakes into usage errors.
 _NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
-_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory"}
+_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory", "prune_layernorm"}
 _STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
 
 
@@ -237,7 +238,8 @@ def _run(model_path, outdir: Path, settings: PipelineConfig, calibration, held_o
         ratio=settings.ratio, target_macs=settings.target_macs, criterion=settings.criterion,
         global_ranking=settings.global_ranking, allocate=settings.allocate, reconstruct=settings.reconstruct,
         calibration=calibration, batch_size=settings.batch_size, round_to=settings.round_to,
-        min_channels=settings.min_channels, exclude=list(settings.exclude), seed=settings.seed,
+        min_channels=settings.min_channels, exclude=list(settings.exclude),
+        prune_layernorm=settings.prune_layernorm, seed=settings.seed,
         input_shapes=settings.input_shapes or None,
     )
     quantize_report = _quantize(settings, pruned_path, final_path, calibration, say)

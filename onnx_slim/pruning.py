@@ -94,6 +94,7 @@ def analyze(
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     exclude: Sequence[str] = (),
+    prune_layernorm: bool = False,
     copy: bool = True,
 ) -> ModelAnalysis:
     """Normalize a copy of `model` and find its channel groups."""
@@ -101,7 +102,7 @@ def analyze(
     info = normalize(proto)
     concrete = concrete_input_shapes(proto, input_shapes)
     shapes, _ = infer_shapes(proto, concrete)
-    channels = analyze_channels(proto, shapes)
+    channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
     _apply_excludes(channels.groups, exclude)
     return ModelAnalysis(proto, info, channels, model_cost(proto, shapes=shapes), shapes, concrete)
 
@@ -162,6 +163,7 @@ class PruneOptions:
     round_to: int = 1
     min_channels: int = 1
     exclude: tuple = ()
+    prune_layernorm: bool = False  # prune groups a LayerNormalization spans (not lossless)
     seed: int = 0
     input_shapes: Mapping[str, Sequence[int]] | None = None
     calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
@@ -229,7 +231,8 @@ def _prune(model, settings: PruneOptions, progress, copy):
     say = progress or (lambda message: None)
     size_before = _source_size(model)
     say("analyzing channel groups")
-    analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude, copy=copy)
+    analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
+                       prune_layernorm=settings.prune_layernorm, copy=copy)
     proto, channels = analysis.model, analysis.channels
     groups = channels.prunable_groups()
     feeds = random_inputs(proto, shapes=analysis.input_shapes, seed=settings.seed)

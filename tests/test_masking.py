@@ -67,7 +67,7 @@ def test_masked_run_equals_pruned_model(name):
 def test_each_group_alone_matches_surgery_on_the_transformer():
     # The residual stream of the dynamo transformer passes through LayerNormalization:
     # its statistics must cover the kept channels only, as in the pruned model.
-    analysis = analyze(MODELS / "transformer_dynamo.onnx")
+    analysis = analyze(MODELS / "transformer_dynamo.onnx", prune_layernorm=True)
     groups = analysis.channels.prunable_groups()
     assert any(m.use.op_type == "LayerNormalization" for g in groups for m in g.params)
     masked = MaskedModel(analysis, groups)
@@ -85,7 +85,7 @@ def layer_norm_mlp():
 
 
 def test_layer_norm_inside_a_group_is_rewritten_with_masked_statistics():
-    analysis = analyze(layer_norm_mlp())
+    analysis = analyze(layer_norm_mlp(), prune_layernorm=True)
     (group,) = analysis.channels.prunable_groups()
     masked = MaskedModel(analysis, [group])
     assert "LayerNormalization" not in {node.op_type for node in masked.model.graph.node}

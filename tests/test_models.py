@@ -119,3 +119,11 @@ def test_saving_with_external_data_leaves_the_model_whole(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.onnx.data", "b.onnx", "b.onnx.data"]
     feeds = random_inputs(model)
     np.testing.assert_allclose(outputs_of(str(tmp_path / "b.onnx"), feeds)["logits"], outputs_of(model, feeds)["logits"])
+
+
+@pytest.mark.parametrize("name", ["transformer_torchscript", "transformer_dynamo", "digits_mlp", "yolov8_dynamo"])
+def test_removing_zeroed_channels_is_lossless_on_exported_models(name):
+    """Invariant 2 on real exports, transformers included (their LayerNorm groups stay frozen)."""
+    from conftest import assert_lossless
+
+    assert_lossless(onnx.load(str(MODEL_DIR / f"{name}.onnx")), ratio=0.5)

@@ -70,7 +70,7 @@ def check_rule(model, groups, shapes=None, lossless=True, ratio=0.5, **options):
 
     groups: [(node, channels, frozen_by or PRUNABLE, reason)], shapes: {(node, input index): dims}.
     """
-    analysis = analyze(model)
+    analysis = analyze(model, prune_layernorm=options.get("prune_layernorm", False))
     for node, channels, *frozen in groups:
         expect_group(analysis, node, channels, *frozen)
     pruned, report = prune(model, ratio=ratio, **options)
@@ -297,8 +297,16 @@ def test_layer_norm_over_last_axis_rides_along():
     h = g.matmul(g.input("x", [1, 5, 8]), 16, name="fc1")
     h = g.relu(g.layer_norm(h, name="ln"))
     model = g.build(g.matmul(h, 8, name="fc2"))
-    # Statistics over fewer channels change: structural only.
-    check_rule(model, [("fc1", 16)], {("ln", 1): (8,), ("ln", 2): (8,), ("fc2", 1): (8, 8)}, lossless=False)
+    # Statistics over fewer channels change: structural only, and only on request.
+    check_rule(model, [("fc1", 16)], {("ln", 1): (8,), ("ln", 2): (8,), ("fc2", 1): (8, 8)}, lossless=False,
+               prune_layernorm=True)
+
+
+def test_layer_norm_freezes_by_default():
+    g = Graph()
+    h = g.matmul(g.input("x", [1, 5, 8]), 16, name="fc1")
+    model = g.build(g.matmul(g.relu(g.layer_norm(h, name="ln")), 8, name="fc2"))
+    check_frozen(model, "fc1", 16, "ln", "--prune-layernorm")
 
 
 def test_layer_norm_over_another_axis_freezes():

@@ -63,6 +63,7 @@ class Fix:
 class AnalysisContext:
     model: onnx.ModelProto
     shapes: dict  # tensor name -> shape tuple (int | str | None)
+    prune_layernorm: bool = False  # let groups normalized by LayerNormalization be pruned
     atoms: AtomTable = field(default_factory=AtomTable)
     tracked: dict = field(default_factory=dict)  # tensor name -> Tracked
     uses: list = field(default_factory=list)

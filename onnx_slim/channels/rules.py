@@ -255,9 +255,9 @@ def instance_norm(ctx, node):
 
 @rule("LayerNormalization")
 def layer_norm(ctx, node):
-    """Normalizing over the channel axis alone rides along (scale and bias sliced).
-
-    Not lossless: the mean and variance are taken over the kept channels only.
+    """Normalizing over the channel axis alone can ride along (scale and bias sliced), but
+    only on request: its mean and variance then cover the kept channels only, so even
+    removing all-zero channels changes the outputs (a transformer's residual stream).
     """
     tracked = ctx.get(node.input[0])
     rank = ctx.rank(node.input[0])
@@ -266,6 +266,10 @@ def layer_norm(ctx, node):
     axis = attr(node, "axis", -1) % rank
     if axis != rank - 1 or tracked.axis != rank - 1:
         ctx.freeze(tracked.layout, node, "normalizes over more than the channel axis")
+        return
+    if not ctx.prune_layernorm:
+        ctx.freeze(tracked.layout, node, "LayerNormalization statistics span these channels "
+                                         "(--prune-layernorm allows it)")
         return
     _per_channel_normalization(ctx, node, tracked, node.input[1:3], channel_axis=rank - 1)
 
