@@ -26,7 +26,8 @@ import onnxruntime as ort
 from . import cost as cost_module
 from .errors import OnnxSlimError, UsageError
 from .metrics import agreement as output_agreement
-from .model import graph_inputs, load_model, random_inputs
+from .model import graph_inputs, leading_dim, load_model, random_inputs
+from .report import human_bytes
 from .runtime import create_session, run_session
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
@@ -65,6 +66,7 @@ class ModelBench:
             "macs": self.macs,
             "speedup": dict(self.speedup),
             "agreement": self.agreement,
+            "agreement_note": self.agreement_note,
         }
 
 
@@ -88,12 +90,13 @@ class BenchReport:
             "threads": self.threads,
             "batch": self.batch,
             "cpu": dict(self.cpu),
+            "notes": list(self.notes),  # why an agreement or a memory figure is missing
         }
 
     def to_markdown(self) -> str:
         """A Markdown table, one row per model, then the setup and any notes."""
         header = (
-            "| model | mean ms | p50 ms | p90 ms | p99 ms | samples/s | speedup | session ms "
+            "| model | mean ms | p50 ms | p90 ms | p99 ms | samples/s | speedup (p50) | session ms "
             "| size | params | MACs | peak memory | cosine | top-1 |"
         )
         rule = "|" + "---|" * (header.count("|") - 1)
@@ -136,7 +139,7 @@ def benchmark(
     entries = [_load_entry(source, index) for index, source in enumerate(sources)]
     _check_same_inputs(entries)
     feeds = _benchmark_feeds(entries[baseline_index].model, data=data, batch=batch, shapes=shapes, seed=seed)
-    effective_batch = _leading_dim(feeds)
+    effective_batch = leading_dim(feeds)
 
     sessions, session_ms = zip(*(_timed_session(entry, threads) for entry in entries))
     outputs = [run_session(session, feeds) for session in sessions]
@@ -322,10 +325,6 @@ def _benchmark_feeds(model, *, data, batch, shapes, seed) -> dict[str, np.ndarra
     return {spec.name: np.asarray(first[spec.name]).astype(spec.dtype, copy=False) for spec in specs}
 
 
-def _leading_dim(feeds: Feeds) -> int:
-    """Samples per run: the leading dimension of the first input (1 for a scalar input)."""
-    first = np.asarray(next(iter(feeds.values())))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 def _timed_session(entry: _Entry, threads: int | None):
@@ -496,12 +495,12 @@ def _markdown_row(model: ModelBench) -> str:
         f"`{model.path}`",
         f"{latency['mean']:.3f}", f"{latency['p50']:.3f}", f"{latency['p90']:.3f}", f"{latency['p99']:.3f}",
         f"{model.throughput:.1f}",
-        f"{model.speedup['mean']:.2f}x",
+        f"{model.speedup['p50']:.2f}x",
         f"{model.session_ms:.1f}",
-        _human_bytes(model.size_bytes),
+        human_bytes(model.size_bytes),
         _maybe(model.params, "{:,}"),
         _maybe(model.macs, "{:,}"),
-        _human_bytes(model.peak_memory_bytes) if model.peak_memory_bytes is not None else "-",
+        human_bytes(model.peak_memory_bytes) if model.peak_memory_bytes is not None else "-",
         _maybe(agreement.get("cosine"), "{:.5f}"),
         _maybe(agreement.get("top1"), "{:.4f}"),
     ]
@@ -510,12 +509,3 @@ def _markdown_row(model: ModelBench) -> str:
 
 def _maybe(value, template: str) -> str:
     return "-" if value is None else template.format(value)
-
-
-def _human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"

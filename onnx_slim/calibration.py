@@ -18,8 +18,8 @@ from typing import Iterator, Mapping, Sequence, Union
 import numpy as np
 import onnx
 
-from .errors import OnnxSlimError, UsageError
-from .model import InputSpec, graph_inputs, load_model, random_inputs
+from .errors import OnnxSlimError, UsageError, first_line
+from .model import InputSpec, fixed_batch_size, graph_inputs, load_model, random_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +175,6 @@ class CalibrationSet:
         (onnxruntime's static calibration may read the data more than once)."""
         return BatchStream(self, batch_size)
 
-    def labeled_batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """Like `batches`, each paired with its labels."""
-        if self.labels is None:
-            raise OnnxSlimError(f"{self.origin}: has no '{LABELS_KEY}': accuracy needs ground-truth labels")
-        for start, stop in self.batch_ranges(batch_size):
-            feeds = {name: source.read(start, stop) for name, source in self._sources.items()}
-            yield feeds, self.labels[start:stop]
-
     def batch_ranges(self, batch_size: int) -> Iterator[tuple[int, int]]:
         """(start, stop) sample ranges of the batches, honouring the model's fixed batch size."""
         size = self._effective_batch_size(batch_size)
@@ -278,7 +270,7 @@ def load_calibration(
     specs = graph_inputs(model)
     if not specs:
         raise OnnxSlimError("the model has no inputs: nothing to calibrate")
-    fixed_batch = _fixed_batch(specs)
+    fixed_batch = fixed_batch_size(specs)
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
         return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch)
@@ -338,14 +330,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise OnnxSlimError(f"{path}: cannot read it as .npz ({_first_line(exc)}); write it with numpy.savez") from None
+        raise OnnxSlimError(f"{path}: cannot read it as .npz ({first_line(exc)}); write it with numpy.savez") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise OnnxSlimError(f"{path}: is a single .npy array, not an .npz archive; write it with numpy.savez")
     try:
         with archive:
             return {key: archive[key] for key in archive.files}
     except Exception as exc:
-        raise OnnxSlimError(f"{path}: cannot read it as .npz ({_first_line(exc)}); write it with numpy.savez") from None
+        raise OnnxSlimError(f"{path}: cannot read it as .npz ({first_line(exc)}); write it with numpy.savez") from None
 
 
 def _load_npy_folder(path: Path, files: list[Path], specs: list[InputSpec], fixed_batch) -> CalibrationSet:
@@ -386,7 +378,7 @@ def _read_npy(file: Path, mmap: bool = False) -> np.ndarray:
         # Memory-mapping keeps per-input files out of memory until a batch reads them.
         return np.load(file, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as exc:
-        raise OnnxSlimError(f"{file}: cannot read it as .npy ({_first_line(exc)}); write it with numpy.save") from None
+        raise OnnxSlimError(f"{file}: cannot read it as .npy ({first_line(exc)}); write it with numpy.save") from None
 
 
 def _load_image_folder(
@@ -440,7 +432,7 @@ def _read_pixels(path: Path, channels: int, height: int, width: int) -> np.ndarr
                 image = image.resize((width, height), resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except Exception as exc:
-        raise OnnxSlimError(f"{path}: cannot decode the image ({_first_line(exc)}); remove or replace it") from None
+        raise OnnxSlimError(f"{path}: cannot decode the image ({first_line(exc)}); remove or replace it") from None
     return pixels[:, :, np.newaxis] if pixels.ndim == 2 else pixels
 
 
@@ -452,7 +444,7 @@ def _check_images_readable(files: list[Path]) -> None:
             with Image.open(file) as image:
                 image.size
         except Exception as exc:
-            raise OnnxSlimError(f"{file}: not a readable image ({_first_line(exc)}); remove or replace it") from None
+            raise OnnxSlimError(f"{file}: not a readable image ({first_line(exc)}); remove or replace it") from None
 
 
 def _single_image_input(specs: list[InputSpec], where: Path) -> InputSpec:
@@ -637,12 +629,6 @@ def _check_sample_counts(counts: Mapping[str, int], labels: np.ndarray | None, w
         raise OnnxSlimError(f"{where}: '{LABELS_KEY}' has {len(labels)} entries but the inputs have {total} samples")
 
 
-def _fixed_batch(specs: list[InputSpec]) -> int | None:
-    """The batch size every input insists on, if the model fixes one."""
-    sizes = {_static(spec.dims[0]) if spec.dims else None for spec in specs}
-    if len(sizes) == 1:
-        return next(iter(sizes))
-    return None
 
 
 def _check_enough_for_fixed_batch(calibration: CalibrationSet, fixed_batch: int | None) -> None:
@@ -676,8 +662,3 @@ def _format_got(shape: tuple, single_sample: bool) -> str:
     if single_sample:
         return _format_dims(shape[1:], sample_axis=False) + " (one sample)"
     return _format_dims(shape, sample_axis=False)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

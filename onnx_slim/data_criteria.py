@@ -28,8 +28,7 @@ from .channels.groups import ChannelGroup, Member
 from .channels.rules import attr
 from .errors import UsageError
 from .importance import ScoringContext, criterion, l1_norm
-from .masking import MaskedModel
-from .metrics import AgreementAccumulator
+from .masking import MaskedModel, masked_agreement
 
 DEFAULT_BATCH = 16
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
@@ -451,8 +450,5 @@ BROKEN_OUTPUT_ERROR = 1e9  # stands for a NaN/inf output: worse than any finite 
 
 def output_error(masked: MaskedModel, batches: list, reference: list, plan: dict) -> float:
     """Relative L2 error of the masked outputs under `plan` (worst over the outputs)."""
-    accumulator = AgreementAccumulator()
-    for batch, expected in zip(batches, reference):
-        accumulator.update(expected, masked.run(batch, plan))
-    error = float(accumulator.result()["rel_l2"])
+    error = float(masked_agreement(masked, batches, reference, plan)["rel_l2"])
     return error if np.isfinite(error) else BROKEN_OUTPUT_ERROR

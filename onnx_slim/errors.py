@@ -25,3 +25,9 @@ class QualityGateError(OnnxSlimError):
     """A pipeline quality gate (accuracy drop, speedup) failed (CLI exit code 3)."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type): for one-line errors."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

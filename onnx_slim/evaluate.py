@@ -2,41 +2,49 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import numpy as np
 import onnx
 
 from .calibration import CalibrationSet
 from .metrics import AgreementAccumulator, accuracy
+from .model import leading_dim
 from .runtime import create_session, run_session
 
 
 def evaluate(
     original: onnx.ModelProto | str,
     candidate: onnx.ModelProto | str,
-    data: CalibrationSet,
+    data: CalibrationSet | Iterable[Mapping[str, np.ndarray]],
     *,
     batch_size: int = 32,
     threads: int | None = None,
 ) -> dict:
     """Agreement of `candidate` with `original` (top-1, cosine, relative L2, max abs diff)
-    and, when `data` has labels, both models' accuracy and the drop in points."""
+    and, when `data` is a CalibrationSet with labels, both models' accuracy and the drop
+    in points. `data` may also be any iterable of feed dicts."""
     reference_session = create_session(original, threads=threads)
     candidate_session = create_session(candidate, threads=threads)
     tally = AgreementAccumulator()
     first_output = reference_session.get_outputs()[0].name
     reference_scores, candidate_scores = [], []
-    for batch in data.batches(batch_size):
+    labels = getattr(data, "labels", None)
+    batches = data.batches(batch_size) if isinstance(data, CalibrationSet) else data
+    samples = 0
+    for batch in batches:
+        samples += leading_dim(batch)
         reference = run_session(reference_session, batch)
         produced = run_session(candidate_session, batch)
         tally.update(reference, produced)
-        if data.labels is not None:
+        if labels is not None:
             reference_scores.append(reference[first_output])
             candidate_scores.append(produced[first_output])
-    result = {"samples": len(data), "agreement": tally.result()}
-    if data.labels is not None:
-        labels = np.asarray(data.labels)[: sum(len(s) for s in reference_scores)]
-        before = accuracy(np.concatenate(reference_scores), labels)
-        after = accuracy(np.concatenate(candidate_scores), labels)
+    result = {"samples": samples, "agreement": tally.result()}
+    if labels is not None:
+        seen = np.asarray(labels)[:samples]  # a fixed-batch model may skip a last partial batch
+        before = accuracy(np.concatenate(reference_scores), seen)
+        after = accuracy(np.concatenate(candidate_scores), seen)
         result.update(accuracy_original=round(before, 4), accuracy=round(after, 4),
                       accuracy_drop_points=round((before - after) * 100, 2))
     return result

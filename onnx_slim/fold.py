@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .graph import subgraphs
+from .graph import attr, subgraphs
 from .shapes import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def fold_shape_computations(model: onnx.ModelProto) -> int:
 def _remember_shape(node, shapes, partial_shapes) -> None:
     dims = shapes.get(node.input[0])
     if dims is not None:
-        start, end = _attribute(node, "start", 0), _attribute(node, "end", len(dims))
+        start, end = attr(node, "start", 0), attr(node, "end", len(dims))
         partial_shapes[node.output[0]] = tuple(dims[slice(start, end)])
 
 
@@ -119,11 +119,6 @@ def _single_node_graph(node, feeds):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def _attribute(node, name, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 def remove_dead_nodes(model: onnx.ModelProto) -> int:

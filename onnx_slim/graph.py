@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import onnx
+from onnx import helper
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """A node attribute's value, or `default` when the node does not set it."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:

@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from .channels.groups import ChannelAnalysis, ChannelGroup
 from .channels.space import Layout
+from .metrics import AgreementAccumulator
 from .runtime import create_session, run_session
 
 MASK_PREFIX = "onnx_slim_mask"
@@ -203,3 +204,12 @@ def _masked_layer_norm(node: onnx.NodeProto, slot: MaskSlot, graph: onnx.GraphPr
     else:
         make("Mul", [normalized, scale], node.output[0])
     return steps
+
+
+def masked_agreement(masked: MaskedModel, batches: list, reference: list, plan: dict) -> dict:
+    """Agreement (metrics.agreement keys) of the masked outputs under `plan` with `reference`
+    (the unmasked outputs of the same batches)."""
+    accumulator = AgreementAccumulator()
+    for batch, expected in zip(batches, reference):
+        accumulator.update(expected, masked.run(batch, plan))
+    return accumulator.result()

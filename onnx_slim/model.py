@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import InvalidModelError, OnnxSlimError, UsageError
+from .errors import InvalidModelError, OnnxSlimError, UsageError, first_line
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 
@@ -54,7 +54,7 @@ def load_model(source: ModelSource, *, copy: bool = True) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises others
         raise InvalidModelError(
-            f"{path}: not a readable ONNX model (truncated or not ONNX?): {_first_line(exc)}"
+            f"{path}: not a readable ONNX model (truncated or not ONNX?): {first_line(exc)}"
         ) from None
     if not model.graph.node or not model.graph.output:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes or outputs)")
@@ -175,6 +175,22 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
+def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
+    """The leading dim when every input fixes it to the same number, else None (free batch)."""
+    leading = {spec.dims[0] if spec.dims else None for spec in specs}
+    if len(leading) == 1:
+        (dim,) = leading
+        if isinstance(dim, int) and dim > 0:
+            return dim
+    return None
+
+
+def leading_dim(feeds: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch of feeds: the leading dimension of the first input (1 for a scalar)."""
+    first = np.asarray(next(iter(feeds.values())))
+    return int(first.shape[0]) if first.ndim else 1
+
+
 def parse_input_shapes(entries) -> dict[str, list[int]]:
     """`NAME=1,3,224,224` entries -> {NAME: [1, 3, 224, 224]}."""
     shapes = {}
@@ -227,8 +243,3 @@ def random_inputs(
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
     return feeds
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -138,9 +138,10 @@ def plan_for_target_macs(
     best_ratio = 0.0
     plan, smallest = fraction(high)
     if smallest > target + tolerance:
+        limits = f"--round-to {options.round_to}, --min-channels {options.min_channels}"
         raise OnnxSlimError(
             f"target {target:.2f} of MACs is out of reach: pruning every prunable group as far as "
-            f"allowed keeps {smallest:.2f} (frozen groups hold the rest; see `onnx-slim inspect`)"
+            f"{limits} allow keeps {smallest:.2f} (frozen groups hold the rest: see `onnx-slim inspect`)"
         )
     for _ in range(40):
         middle = (low + high) / 2

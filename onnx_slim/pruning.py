@@ -244,7 +244,7 @@ def _prune(model, settings: PruneOptions, progress, copy):
     scores = score_groups(context, settings.criterion, groups)
     plan, ratio_used = _plan(analysis, groups, scores, settings, say)
 
-    original = _copy_of(proto) if settings.reconstruct else None
+    original = load_model(proto) if settings.reconstruct else None  # a copy: surgery edits proto
     say(f"removing channels from {len(plan)} groups")
     apply_plan(proto, channels, plan)
     reconstruction = None
@@ -281,10 +281,11 @@ def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) 
     options = PlanOptions(round_to=settings.round_to, min_channels=settings.min_channels)
     cost_model = CostModel.of(analysis)
     if settings.allocate == "sensitivity":
+        from .data_criteria import SENSITIVITY_FRACTIONS
         from .sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
         say("measuring per-group sensitivity on the calibration data")
-        sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=_SENSITIVITY_LEVELS,
+        sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS,
                                           criterion=settings.criterion, progress=say)
         ratios = allocate_ratios(sensitivity, cost_model, groups, scores, settings.target_macs, options)
         plan = plan_from_ratios(groups, scores, ratios, options)
@@ -294,15 +295,6 @@ def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) 
         return plan_for_target_macs(groups, scores, settings.target_macs, options, cost_model,
                                     settings.global_ranking)
     return plan_for_ratio(groups, scores, settings.ratio, options, settings.global_ranking), settings.ratio
-
-
-_SENSITIVITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def _copy_of(model: onnx.ModelProto) -> onnx.ModelProto:
-    duplicate = onnx.ModelProto()
-    duplicate.CopyFrom(model)
-    return duplicate
 
 
 def prune_file(

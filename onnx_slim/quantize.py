@@ -31,10 +31,12 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from . import cost as cost_module
 from .bench import cpu_info
-from .errors import InvalidModelError, OnnxSlimError, UsageError
-from .metrics import AgreementAccumulator
-from .model import InputSpec, ModelSource, check_output_path, graph_inputs, load_model, random_inputs, save_model
-from .runtime import create_session, run_session
+from .errors import InvalidModelError, OnnxSlimError, UsageError, first_line
+from .model import (
+    InputSpec, ModelSource, check_output_path, fixed_batch_size, graph_inputs, leading_dim, load_model,
+    random_inputs, save_model,
+)
+from .runtime import create_session
 
 logger = logging.getLogger(__name__)
 
@@ -152,26 +154,6 @@ def quantize_model(
         excluded_nodes=outcome.excluded,
         warnings=report_warnings,
     )
-
-
-def evaluate_agreement(
-    float_model: ModelSource,
-    quantized_model: ModelSource,
-    batches: Iterable[Mapping[str, np.ndarray]],
-    *,
-    threads: int | None = None,
-) -> dict:
-    """Agreement of the quantized model's outputs with the float model's, batch by batch.
-
-    Returns `metrics.AgreementAccumulator.result()` over all `batches` (feed dicts).
-    """
-    float_session = create_session(_session_source(float_model), threads=threads)
-    quantized_session = create_session(_session_source(quantized_model), threads=threads)
-    specs = _session_input_specs(float_session)
-    accumulator = AgreementAccumulator()
-    for feeds in _rebatched(batches, specs, _fixed_batch_size(specs)):
-        accumulator.update(run_session(float_session, feeds), run_session(quantized_session, feeds))
-    return accumulator.result()
 
 
 def choose_mode(model: onnx.ModelProto) -> tuple[str, str]:
@@ -324,9 +306,9 @@ def _preprocess(model: onnx.ModelProto, scratch: Path, report_warnings: list[str
             failure = failure or exc
             continue
         if skip_symbolic:
-            logger.info("symbolic shape inference skipped: %s", _first_line(failure))
+            logger.info("symbolic shape inference skipped: %s", first_line(failure))
         return preprocessed_path, True
-    report_warnings.append(f"pre-processing failed, quantizing the model as given: {_first_line(failure)}")
+    report_warnings.append(f"pre-processing failed, quantizing the model as given: {first_line(failure)}")
     return float_path, False
 
 
@@ -376,7 +358,7 @@ def _run_quantizer(quantizer, source: Path, target: Path, **options) -> None:
         reader = options.get("calibration_data_reader")
         if reader is not None and reader.was_empty():
             raise UsageError("the calibration data is empty: give at least one batch") from None
-        raise OnnxSlimError(f"quantization failed: {_first_line(exc)}") from None
+        raise OnnxSlimError(f"quantization failed: {first_line(exc)}") from None
 
 
 def _load_and_check(path: Path) -> onnx.ModelProto:
@@ -394,9 +376,9 @@ def _load_and_check(path: Path) -> onnx.ModelProto:
 
 def _calibration_reader(model: onnx.ModelProto, calibration, batch_size: int):
     specs = graph_inputs(model)
-    size = _fixed_batch_size(specs) or batch_size
+    size = fixed_batch_size(specs) or batch_size
     source = calibration if calibration is not None else _random_samples(model)
-    return _LazyCalibrationReader(_rebatched(source, specs, size, exact=_fixed_batch_size(specs) is not None), size)
+    return _LazyCalibrationReader(_rebatched(source, specs, size, exact=fixed_batch_size(specs) is not None), size)
 
 
 def _random_samples(model: onnx.ModelProto) -> Iterator[dict[str, np.ndarray]]:
@@ -420,7 +402,7 @@ class _LazyCalibrationReader(CalibrationDataReader):
             self.exhausted = True
         else:
             self.batches_read += 1
-            self.samples += _leading_dim(feeds)
+            self.samples += leading_dim(feeds)
         return feeds
 
     def was_empty(self) -> bool:
@@ -451,7 +433,7 @@ def _rebatched(
             yield feeds
             continue
         pending.append(feeds)
-        pending_samples += _leading_dim(feeds)
+        pending_samples += leading_dim(feeds)
         while pending_samples >= size:
             merged = _concatenate(pending)
             yield {name: array[:size] for name, array in merged.items()}
@@ -477,19 +459,8 @@ def _concatenate(feeds_list: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     return {name: np.concatenate([feeds[name] for feeds in feeds_list]) for name in feeds_list[0]}
 
 
-def _fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
-    """The leading dim when every input fixes it to the same number, else None (free batch)."""
-    leading = {spec.dims[0] if spec.dims else None for spec in specs}
-    if len(leading) == 1:
-        (dim,) = leading
-        if isinstance(dim, int) and dim > 0:
-            return dim
-    return None
 
 
-def _leading_dim(feeds: Mapping[str, np.ndarray]) -> int:
-    first = np.asarray(next(iter(feeds.values())))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 # --- small helpers --------------------------------------------------------------
@@ -507,8 +478,3 @@ def _session_input_specs(session) -> list[InputSpec]:
         elem_type = onnx.TensorProto.DataType.Value(item.type[len("tensor("):-1].upper())
         specs.append(InputSpec(item.name, tuple(item.shape), np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))))
     return specs
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

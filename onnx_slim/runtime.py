@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxSlimError
+from .errors import OnnxSlimError, first_line
 
 
 def create_session(
@@ -37,7 +37,7 @@ def create_session(
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise OnnxSlimError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        raise OnnxSlimError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
 
 
 def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -46,10 +46,5 @@ def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) 
     try:
         values = session.run(names, dict(feeds))
     except Exception as exc:
-        raise OnnxSlimError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
+        raise OnnxSlimError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
     return dict(zip(names, values))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

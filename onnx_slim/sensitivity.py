@@ -17,8 +17,7 @@ import numpy as np
 from .channels.groups import ChannelGroup
 from .errors import OnnxSlimError, UsageError
 from .importance import ScoringContext, score_groups
-from .masking import MaskedModel
-from .metrics import AgreementAccumulator
+from .masking import MaskedModel, masked_agreement
 from .plan import CostModel, Plan, PlanOptions, uniform_plan
 from .report import table
 
@@ -113,7 +112,7 @@ def measure_sensitivity(
     groups = analysis.channels.prunable_groups()
     say(f"scoring {len(groups)} prunable groups by {criterion}")
     scores = _scores(analysis, calibration, criterion, groups)
-    cost_model = cost_model_of(analysis)
+    cost_model = CostModel.of(analysis)
     masked = MaskedModel(analysis, groups)
     batches = list(calibration.take(samples).batches(samples))
     reference = [masked.run(batch) for batch in batches]
@@ -143,7 +142,7 @@ def _group_sensitivity(group, scores, ratios, masked, batches, reference, cost_m
     result = GroupSensitivity(group.id, group.root, group.channels, sorted({m.use.node for m in group.producers}))
     for ratio in ratios:
         plan = uniform_plan([group], scores, ratio, PlanOptions())
-        metrics = _agreement(masked, batches, reference, plan)
+        metrics = masked_agreement(masked, batches, reference, plan)
         result.entries.append(SensitivityEntry(
             ratio=ratio,
             removed=len(plan.get(group.root, ())),
@@ -153,18 +152,6 @@ def _group_sensitivity(group, scores, ratios, masked, batches, reference, cost_m
             macs_saved=1 - cost_model.macs_after(plan) / cost_model.macs if cost_model.macs else 0.0,
         ))
     return result
-
-
-def _agreement(masked: MaskedModel, batches: list, reference: list, plan: Plan) -> dict:
-    accumulator = AgreementAccumulator()
-    for batch, expected in zip(batches, reference):
-        accumulator.update(expected, masked.run(batch, plan))
-    return accumulator.result()
-
-
-def cost_model_of(analysis) -> CostModel:
-    """The planner's cost model for a `pruning.ModelAnalysis`."""
-    return CostModel.of(analysis)
 
 
 # --------------------------------------------------------------------------- allocating

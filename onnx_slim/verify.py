@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .errors import OnnxSlimError, VerificationError
+from .errors import OnnxSlimError, VerificationError, first_line
 from .runtime import create_session, run_session
 
 
@@ -23,7 +23,7 @@ def verify_model(
     try:
         onnx.checker.check_model(source, full_check=True)
     except Exception as exc:
-        raise VerificationError(f"pruned model fails the ONNX checker: {_first_line(exc)}") from None
+        raise VerificationError(f"pruned model fails the ONNX checker: {first_line(exc)}") from None
     try:
         # A one-off run: skipping graph optimizations makes the session much faster to create.
         session = create_session(source, optimize=False)
@@ -51,8 +51,3 @@ def reference_output_shapes(
         return shapes
     outputs = run_session(create_session(model, optimize=False), feeds)
     return {name: tuple(outputs[name].shape) for name in names}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]

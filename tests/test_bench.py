@@ -76,11 +76,11 @@ def test_benchmark_report_shape_speedup_and_self_agreement(tmp_path):
     report = benchmark([wide, narrow, mlp(width=256)], batch=2, **FAST)
 
     data = json.loads(json.dumps(report.to_dict()))
-    assert set(data) == {"models", "baseline", "runs", "warmup", "threads", "batch", "cpu"}
+    assert set(data) == {"models", "baseline", "runs", "warmup", "threads", "batch", "cpu", "notes"}
     assert (data["baseline"], data["runs"], data["warmup"], data["batch"]) == (wide, 3, 1, 2)
     assert set(data["models"][0]) == {
         "path", "latency_ms", "throughput", "session_ms", "peak_memory_bytes", "size_bytes",
-        "params", "macs", "speedup", "agreement",
+        "params", "macs", "speedup", "agreement", "agreement_note",
     }
     assert set(data["models"][0]["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
     baseline, small, same = report.models

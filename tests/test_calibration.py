@@ -439,14 +439,6 @@ def test_batches_are_copies():
     assert calib.arrays["x"].sum() == 0
 
 
-def test_labeled_batches():
-    calib = CalibrationSet({"x": rng_array(5, 2)}, labels=np.arange(5))
-    pairs = list(calib.labeled_batches(2))
-    assert [labels.tolist() for _, labels in pairs] == [[0, 1], [2, 3], [4]]
-    with pytest.raises(OnnxSlimError, match=r"has no 'labels'"):
-        list(CalibrationSet({"x": rng_array(5, 2)}).labeled_batches(2))
-
-
 def test_split_and_take():
     data = rng_array(10, 2)
     calib = CalibrationSet({"x": data}, labels=np.arange(10), origin="d.npz")

@@ -16,9 +16,8 @@ from onnx_slim.errors import UsageError
 from onnx_slim.importance import CRITERIA, ScoringContext, score_groups
 from onnx_slim.masking import MaskedModel
 from onnx_slim.metrics import agreement
-from onnx_slim.plan import PlanOptions, plan_for_target_macs, uniform_plan
+from onnx_slim.plan import CostModel, PlanOptions, plan_for_target_macs, uniform_plan
 from onnx_slim.pruning import analyze
-from onnx_slim.sensitivity import cost_model_of
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DATA_CRITERIA = ("activation", "thinet", "lasso", "sensitivity")
@@ -224,7 +223,7 @@ def test_sensitivity_follows_l1_within_a_group_and_ranks_globally(digits):
         assert np.argsort(scores_by("sensitivity")[group.id], kind="stable").tolist() == order_l1.tolist()
     # Its scores are output errors, so global ranking spends the removals where they
     # hurt least: at 60% of the MACs, 0.83 relative L2 against l1's 1.29.
-    cost_model = cost_model_of(analysis)
+    cost_model = CostModel.of(analysis)
     errors = {}
     for name in ("l1", "sensitivity"):
         plan, _ = plan_for_target_macs(groups, scores_by(name), 0.6, PlanOptions(), cost_model, global_ranking=True)

@@ -10,10 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim import quantize as quantize_module
 from onnx_slim.bench import cpu_info
+from onnx_slim.evaluate import evaluate
 from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError
 from onnx_slim.model import random_inputs
 from onnx_slim.quantize import (
-    RANDOM_CALIBRATION, choose_mode, evaluate_agreement, quantize_model, quantized_op_counts,
+    RANDOM_CALIBRATION, choose_mode, quantize_model, quantized_op_counts,
 )
 from onnx_slim.runtime import create_session, run_session
 
@@ -116,7 +117,7 @@ def test_static_qdq_conv_model_is_smaller_runs_and_agrees(conv_path, tmp_path):
     assert report.size_after == os.path.getsize(output) < report.size_before / 2
     feeds = random_inputs(quantized, batch=2)
     assert run_session(create_session(output), feeds)["logits"].shape == (2, 10)
-    result = evaluate_agreement(conv_path, output, eval_batches(conv_net()))
+    result = evaluate(conv_path, output, eval_batches(conv_net()))["agreement"]
     assert result["cosine"] > 0.99
     assert result["samples"] == 32
 
@@ -142,7 +143,7 @@ def test_dynamic_mode_on_matmul_net(matmul_path, tmp_path):
     assert report.quantized_ops.get("MatMulInteger") == 2
     assert report.quantized_ops.get("DynamicQuantizeLinear", 0) >= 1
     assert report.size_after < report.size_before / 2
-    result = evaluate_agreement(matmul_path, output, eval_batches(matmul_net()))
+    result = evaluate(matmul_path, output, eval_batches(matmul_net()))["agreement"]
     assert result["cosine"] > 0.99
 
 
@@ -173,7 +174,8 @@ def test_fixed_batch_model_gets_calibration_and_evaluation_one_sample_at_a_time(
     report = quantize_model(source, tmp_path / "q.onnx", calibration=batches)
 
     assert report.calibration == "6 samples in 6 batches of up to 1"
-    result = evaluate_agreement(source, tmp_path / "q.onnx", batches)
+    singles = [{"image": b["image"][i:i + 1].astype(np.float32)} for b in batches for i in range(3)]
+    result = evaluate(source, tmp_path / "q.onnx", singles)["agreement"]
     assert result["samples"] == 6 and result["cosine"] > 0.99
 
 

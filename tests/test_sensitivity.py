@@ -13,9 +13,9 @@ from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.importance import ScoringContext, score_groups
 from onnx_slim.masking import MaskedModel
 from onnx_slim.metrics import agreement
-from onnx_slim.plan import PlanOptions, kept_count, plan_for_target_macs
+from onnx_slim.plan import CostModel, PlanOptions, kept_count, plan_for_target_macs
 from onnx_slim.pruning import analyze
-from onnx_slim.sensitivity import allocate_ratios, cost_model_of, measure_sensitivity, plan_from_ratios
+from onnx_slim.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 RATIOS = (0.1, 0.3, 0.5)
@@ -107,7 +107,7 @@ def test_plan_from_ratios_removes_each_groups_lowest_scores(digits):
 def test_allocation_hits_the_target(digits, target):
     analysis, _, report = digits
     groups, scores = l1_scores(analysis)
-    cost_model = cost_model_of(analysis)
+    cost_model = CostModel.of(analysis)
     ratios = allocate_ratios(report, cost_model, groups, scores, target, PlanOptions())
     plan = plan_from_ratios(groups, scores, ratios, PlanOptions())
     assert abs(cost_model.macs_after(plan) / cost_model.macs - target) <= 0.02
@@ -120,7 +120,7 @@ def test_allocation_beats_or_matches_uniform_l1(digits, held_out_error, target):
     # 0.8 -> 0.464 vs 0.471, 0.7 -> 0.585 vs 0.772, 0.6 -> 0.826 vs 0.893.
     analysis, _, report = digits
     groups, scores = l1_scores(analysis)
-    cost_model = cost_model_of(analysis)
+    cost_model = CostModel.of(analysis)
     ratios = allocate_ratios(report, cost_model, groups, scores, target, PlanOptions())
     allocated = plan_from_ratios(groups, scores, ratios, PlanOptions())
     uniform, _ = plan_for_target_macs(groups, scores, target, PlanOptions(), cost_model)
@@ -133,11 +133,11 @@ def test_target_beyond_the_measured_ratios_is_refused(digits):
     analysis, _, report = digits
     groups, scores = l1_scores(analysis)
     with pytest.raises(OnnxSlimError, match="out of reach with the measured ratios"):
-        allocate_ratios(report, cost_model_of(analysis), groups, scores, 0.05, PlanOptions())
+        allocate_ratios(report, CostModel.of(analysis), groups, scores, 0.05, PlanOptions())
 
 
 def test_target_already_met_prunes_nothing(digits):
     analysis, _, report = digits
     groups, scores = l1_scores(analysis)
-    ratios = allocate_ratios(report, cost_model_of(analysis), groups, scores, 1.0, PlanOptions())
+    ratios = allocate_ratios(report, CostModel.of(analysis), groups, scores, 1.0, PlanOptions())
     assert set(ratios.values()) == {0.0}

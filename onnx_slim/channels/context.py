@@ -50,13 +50,14 @@ class Use:
 class Fix:
     """An integer in the graph that states the kept size of some layouts.
 
-    `apply(graph, kept_length)` rewrites it; `layouts` says which layouts it
-    depends on, so fixes whose layouts lose nothing are skipped.
+    `apply(editor, kept_length)` rewrites it (`editor` is a surgery.GraphEditor);
+    `layouts` says which layouts it depends on, so fixes whose layouts lose
+    nothing are skipped.
     """
 
     node: str
     layouts: tuple
-    apply: Callable  # (onnx.GraphProto, kept_length: Callable[[Layout], int]) -> None
+    apply: Callable  # (GraphEditor, kept_length: Callable[[Layout], int]) -> None
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..graph import attr
 from .context import CONSUMER, PARAM, PRODUCER, AnalysisContext
 from .space import Layout, repeat_layout
 
@@ -30,13 +31,6 @@ def rule(*op_types: str):
             RULES[op_type] = function
         return function
     return register
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 def input_at(node: onnx.NodeProto, index: int) -> str:
