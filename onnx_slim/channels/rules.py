@@ -69,15 +69,10 @@ def dropout(ctx, node):
       "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod")
 def elementwise(ctx, node):
     """Broadcasting ops: tracked inputs tie channel by channel; constants may be per-channel."""
-    output = node.output[0]
-    out_rank = ctx.rank(output)
-    inputs = [name for name in node.input if name]
-    tracked = {name: ctx.get(name) for name in inputs if ctx.get(name) is not None}
-    if not tracked:
+    found = _joined_inputs(ctx, node)
+    if found is None:
         return
-    if out_rank is None:
-        ctx.freeze_inputs(node, "output rank unknown")
-        return
+    output, out_rank, inputs, tracked = found
     out_axes = {t.axis + out_rank - ctx.rank(name) for name, t in tracked.items()}
     if len(out_axes) != 1:
         ctx.freeze_inputs(node, "inputs carry channels on different axes")
@@ -551,15 +546,10 @@ def reshape_channel_axis(in_shape, out_shape, axis) -> tuple[int, int] | None:
 
 @rule("Concat")
 def concat(ctx, node):
-    output = node.output[0]
-    rank = ctx.rank(output)
-    inputs = [name for name in node.input if name]
-    tracked = {name: ctx.get(name) for name in inputs if ctx.get(name) is not None}
-    if not tracked:
+    found = _joined_inputs(ctx, node)
+    if found is None:
         return
-    if rank is None:
-        ctx.freeze_inputs(node, "rank unknown")
-        return
+    output, rank, inputs, tracked = found
     axis = attr(node, "axis") % rank
     if all(t.axis == axis for t in tracked.values()):
         blocks = []
@@ -580,6 +570,21 @@ def concat(ctx, node):
         ctx.freeze_inputs(node, "concatenates tensors whose channels do not line up")
     else:
         elementwise_same_axis(ctx, node, list(tracked.values()))
+
+
+def _joined_inputs(ctx, node):
+    """(output, its rank, the inputs, the tracked ones) of a node joining several inputs;
+    None when nothing is tracked or (after freezing the inputs) the rank is unknown."""
+    output = node.output[0]
+    rank = ctx.rank(output)
+    inputs = [name for name in node.input if name]
+    tracked = {name: ctx.get(name) for name in inputs if ctx.get(name) is not None}
+    if not tracked:
+        return None
+    if rank is None:
+        ctx.freeze_inputs(node, "output rank unknown")
+        return None
+    return output, rank, inputs, tracked
 
 
 def elementwise_same_axis(ctx, node, tracked_list):
