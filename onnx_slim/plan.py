@@ -124,7 +124,9 @@ def plan_for_target_macs(
 ) -> tuple[Plan, float]:
     """The plan whose predicted MACs fraction is closest to `target`; returns (plan, ratio).
 
-    Bisection on the ratio: MACs fall (weakly) as the ratio grows.
+    Bisection on the ratio: MACs fall (weakly) as the ratio grows. With coarse
+    rounding (`--round-to 8` on small groups) no single ratio may land within
+    `tolerance`; single groups then move by one rounding step at a time.
     """
     if cost.macs == 0:
         raise OnnxSlimError("the model has no countable MACs (Conv/Gemm/MatMul with known shapes)")
@@ -154,4 +156,35 @@ def plan_for_target_macs(
             high = middle
     if abs(smallest - target) < abs(best_fraction - target):
         best_plan, best_fraction, best_ratio = fraction(0.99)[0], smallest, 0.99
+    if abs(best_fraction - target) > tolerance:
+        best_plan = _step_towards(groups, scores, best_plan, target, options, cost)
     return best_plan, best_ratio
+
+
+def _step_towards(groups, scores, plan: Plan, target: float, options: PlanOptions, cost: CostModel) -> Plan:
+    """Greedily move single groups by one rounding step while that brings the MACs closer to target."""
+    step = max(options.round_to, 1)
+    floor_keep = max(options.min_channels, 1)
+    if options.round_to > 1:
+        floor_keep = options.round_to * math.ceil(floor_keep / options.round_to)
+    plan = dict(plan)
+    current = abs(cost.macs_after(plan) / cost.macs - target)
+    for _ in range(4 * len(groups) + 8):
+        candidates = []
+        for group in groups:
+            removed = len(plan.get(group.root, ()))
+            for change in (step, -step):
+                count = removed + change
+                if 0 <= count <= group.channels - floor_keep:
+                    trial = dict(plan)
+                    trial[group.root] = _lowest(scores[group.id], count)
+                    if not trial[group.root]:
+                        del trial[group.root]
+                    candidates.append((abs(cost.macs_after(trial) / cost.macs - target), group.id, change, trial))
+        if not candidates:
+            break
+        distance, _, _, trial = min(candidates, key=lambda c: c[:3])
+        if distance >= current:
+            break
+        plan, current = trial, distance
+    return plan

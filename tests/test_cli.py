@@ -150,3 +150,13 @@ def test_module_entry_point(demo, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: ratio must be in [0, 1), got 2.0"
+
+
+def test_target_macs_within_two_percent_with_coarse_rounding(capsys, demo, tmp_path):
+    """Groups of 32-128 channels rounded to 8: no uniform ratio lands within 2%, single steps do."""
+    code, stdout, _ = run_cli(capsys, "prune", demo, "-o", tmp_path / "s.onnx", "--target-macs", "0.5",
+                              "--round-to", "8", "--json", "--quiet")
+    report = json.loads(stdout)
+    assert code == 0
+    assert abs(report["macs_after"] / report["macs_before"] - 0.5) <= 0.02
+    assert all(group["kept"] % 8 == 0 for group in report["groups"])
