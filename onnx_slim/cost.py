@@ -50,11 +50,6 @@ def count_params(model: onnx.ModelProto) -> int:
     )
 
 
-def float_weight_sizes(model: onnx.ModelProto) -> dict[str, int]:
-    """Elements per floating-point initializer: what pruning can shrink."""
-    return {init.name: math.prod(init.dims) for init in model.graph.initializer if init.data_type in _FLOAT_TYPES}
-
-
 def model_cost(
     model: onnx.ModelProto,
     input_shapes: Mapping[str, Sequence[int]] | None = None,

@@ -255,7 +255,7 @@ def _run(model_path, outdir: Path, settings: PipelineConfig, calibration, held_o
         threads=settings.threads, shapes=settings.input_shapes or None, seed=settings.seed,
         data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory,
     )
-    gates = _gates(settings, evaluation, prune_report.evaluation, bench)
+    gates = _gates(settings, evaluation, bench)
     report = {
         "model": str(model_path),
         "outdir": str(outdir),
@@ -325,7 +325,7 @@ def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> Non
     verify_model(final_path, feeds, {name: value.shape for name, value in reference.items()})
 
 
-def _gates(settings: PipelineConfig, evaluation, pruned_evaluation, bench) -> list[Gate]:
+def _gates(settings: PipelineConfig, evaluation, bench) -> list[Gate]:
     gates = []
     if settings.max_drop is not None:
         if evaluation is None:

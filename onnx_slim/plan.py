@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .channels.groups import ChannelAnalysis, ChannelGroup
-from .cost import float_weight_sizes
 from .errors import OnnxSlimError
 
 Plan = dict  # class root -> list[int] of removed channels
@@ -71,12 +70,12 @@ def global_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options:
 
 
 class CostModel:
-    """Predicts MACs and params after a plan: each weight shrinks by the kept fraction of its sliced axes."""
+    """Predicts the MACs a plan leaves: each node's MACs shrink with the kept fraction of
+    its weight's sliced axes (reports count the pruned model itself afterwards)."""
 
-    def __init__(self, analysis: ChannelAnalysis, node_macs: dict, weight_sizes: dict) -> None:
+    def __init__(self, analysis: ChannelAnalysis, node_macs: dict) -> None:
         self.atoms = analysis.atoms
         self.node_macs = node_macs  # node name -> MACs
-        self.weight_sizes = weight_sizes  # initializer name -> elements (float ones)
         self.axis_layouts = defaultdict(dict)  # tensor -> axis -> layout
         for use in analysis.context.uses:
             self.axis_layouts[use.tensor][use.axis] = use.layout
@@ -85,12 +84,11 @@ class CostModel:
             if node.name in node_macs and len(node.input) > 1 and node.input[1] in self.axis_layouts:
                 self.node_weight[node.name] = node.input[1]
         self.macs = sum(node_macs.values())
-        self.params = sum(weight_sizes.values())
 
     @classmethod
     def of(cls, analysis) -> CostModel:
         """The cost model of a `pruning.ModelAnalysis` (before surgery)."""
-        return cls(analysis.channels, analysis.cost.node_macs, float_weight_sizes(analysis.model))
+        return cls(analysis.channels, analysis.cost.node_macs)
 
     def _fraction(self, tensor: str, plan: Plan) -> float:
         fraction = 1.0
@@ -104,13 +102,6 @@ class CostModel:
             for name, macs in self.node_macs.items() if name in self.node_weight
         )
         return int(round(self.macs - removed))
-
-    def params_after(self, plan: Plan) -> int:
-        removed = sum(
-            size * (1 - self._fraction(tensor, plan))
-            for tensor, size in self.weight_sizes.items() if tensor in self.axis_layouts
-        )
-        return int(round(self.params - removed))
 
 
 def plan_for_ratio(groups, scores, ratio, options, global_ranking=False) -> Plan:
