@@ -1,8 +1,9 @@
 """onnx_slim: structured channel pruning, re-fitting, quantization and benchmarking of ONNX models."""
 
-from .errors import InvalidModelError, OnnxSlimError, QualityGateError, UsageError, VerificationError
-from .model import load_model, save_model
-from .pruning import ModelAnalysis, PruneReport, analyze, prune, prune_file
+from onnx_slim.channels.analysis import ModelAnalysis, analyze
+from onnx_slim.errors import InvalidModelError, OnnxSlimError, QualityGateError, UsageError, VerificationError
+from onnx_slim.ir.model import load_model, save_model
+from onnx_slim.pipeline.prune import PruneReport, prune, prune_file
 
 __version__ = "0.1.0"
 

@@ -13,10 +13,10 @@ import time
 
 import click
 
-from . import __version__
-from .errors import OnnxSlimError, UsageError
-from .model import parse_input_shapes
-from .report import before_after_table, human_bytes, human_count, table, to_json
+from onnx_slim import __version__
+from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
+from onnx_slim.ir.model import parse_input_shapes
 
 
 class Console:
@@ -58,7 +58,7 @@ def load_data(path, model, params, samples=None):
     """A CalibrationSet from CLI options, or None without a path."""
     if not path:
         return None
-    from .calibration import load_calibration
+    from onnx_slim.data.calibration import load_calibration
 
     return load_calibration(
         path, model, samples=samples, input_size=_floats(params.get("input_size"), int),
@@ -94,7 +94,7 @@ def cli(ctx, debug):
 @click.option("--all", "show_all", is_flag=True, help="List every group, not only the largest.")
 def inspect(model, input_shapes, as_json, show_all):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
-    from .pruning import analyze
+    from onnx_slim.channels.analysis import analyze
 
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), copy=False)
     data = analysis.to_dict()
@@ -144,8 +144,8 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
           calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
           force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from .model import check_output_path
-    from .pruning import prune_file
+    from onnx_slim.ir.model import check_output_path
+    from onnx_slim.pipeline.prune import prune_file
 
     console = Console(quiet)
     check_output_path(model, output, force)
@@ -201,8 +201,8 @@ def evaluation_line(evaluation: dict) -> str:
 def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samples, exclude, prune_layernorm,
                 input_shapes, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
-    from .pruning import analyze
-    from .sensitivity import measure_sensitivity
+    from onnx_slim.channels.analysis import analyze
+    from onnx_slim.plan.sensitivity import measure_sensitivity
 
     if not calib:
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
@@ -255,7 +255,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.pass_context
 def run(ctx, model, output, config_path, force, as_json, quiet, **options):
     """The deployment step: prune, re-fit, quantize, verify, benchmark, gate (exit 3 on a failed gate)."""
-    from .pipeline import check_gates, run_pipeline
+    from onnx_slim.pipeline.run import check_gates, run_pipeline
 
     console = Console(quiet)
     config, config_file = pipeline_config(ctx, model, config_path, options)
@@ -274,7 +274,7 @@ def pipeline_config(ctx, model, config_path, options):
     """PipelineConfig from defaults < config file < options given on the command line."""
     from click.core import ParameterSource
 
-    from .pipeline import config_from_mapping, load_config, sibling_config
+    from onnx_slim.pipeline.run import config_from_mapping, load_config, sibling_config
 
     config_file = config_path or sibling_config(model)
     merged = load_config(config_file) if config_file else {}
@@ -312,7 +312,7 @@ def pipeline_config(ctx, model, config_path, options):
 @click.pass_context
 def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **options):
     """Run the pipeline at several MACs targets; write a table (and a plot with matplotlib)."""
-    from .sweep import run_sweep
+    from onnx_slim.pipeline.sweep import run_sweep
 
     console = Console(quiet)
     config, config_file = pipeline_config(ctx, model, config_path, options)
@@ -343,8 +343,8 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, calib, calib_samples,
              batch_size, eval_path, seed, force, as_json, quiet, **image_options):
     """Quantize MODEL to int8 with onnxruntime (QDQ by default; static for CNNs, dynamic for transformers)."""
-    from .evaluate import evaluate
-    from .quantize import quantize_model
+    from onnx_slim.data.evaluate import evaluate
+    from onnx_slim.deploy.quantize import quantize_model
 
     console = Console(quiet)
     params = {**image_options, "seed": seed}
@@ -387,7 +387,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 @click.option("--quiet", is_flag=True)
 def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_path, no_memory, seed, as_json, quiet):
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
-    from .bench import benchmark
+    from onnx_slim.deploy.bench import benchmark
 
     console = Console(quiet)
     data = None

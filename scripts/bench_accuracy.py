@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnx_slim import OnnxSlimError, prune  # noqa: E402
-from onnx_slim.calibration import load_calibration  # noqa: E402
-from onnx_slim.evaluate import evaluate  # noqa: E402
+from onnx_slim.data.calibration import load_calibration  # noqa: E402
+from onnx_slim.data.evaluate import evaluate  # noqa: E402
 
 MODELS = ["digits_cnn", "digits_resnet", "digits_mlp"]
 CRITERIA = ["l1", "l2", "fpgm", "activation", "thinet"]

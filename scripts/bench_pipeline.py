@@ -1,6 +1,6 @@
 """Original fp32 vs pruned (50% MACs, round-to 8) vs pruned + static int8, on a ResNet-50-sized model.
 
-Timed side by side with `onnx_slim.bench.benchmark` (interleaved runs, batch 1,
+Timed side by side with `onnx_slim.deploy.bench.benchmark` (interleaved runs, batch 1,
 224x224). Targets on this CPU: pruned speedup >= 0.8x its MACs reduction factor,
 pruned + int8 >= 2.5x faster than the original. Writes reports/bench_pipeline.md.
 
@@ -24,8 +24,8 @@ from bench_common import write_report  # noqa: E402
 from resnet50 import build_resnet50  # noqa: E402
 
 from onnx_slim import prune_file  # noqa: E402
-from onnx_slim.bench import benchmark, cpu_info  # noqa: E402
-from onnx_slim.quantize import quantize_model  # noqa: E402
+from onnx_slim.deploy.bench import benchmark, cpu_info  # noqa: E402
+from onnx_slim.deploy.quantize import quantize_model  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from resnet50 import build_resnet50  # noqa: E402
 _MEASURE = STATUS_PRELUDE + r"""
 import json, sys, time
 import onnx_slim
-from onnx_slim.calibration import load_calibration
+from onnx_slim.data.calibration import load_calibration
 source, target, data = sys.argv[1:4]
 started = time.perf_counter()
 calibration = load_calibration(data, source)

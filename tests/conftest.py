@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_slim.pruning import analyze, prune
-from onnx_slim.runtime import create_session, run_session
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.pipeline.prune import prune
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 1) -> dict:

@@ -7,17 +7,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_slim import activations as activations_module
-from onnx_slim.activations import (
+from onnx_slim.data import activations as activations_module
+from onnx_slim.data.activations import (
     ActivationCapture,
     ChannelStats,
     conv_input_patches,
     conv_output_at,
     sample_positions,
 )
-from onnx_slim.calibration import CalibrationSet
+from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import OnnxSlimError
-from onnx_slim.runtime import create_session, run_session
+from onnx_slim.ir.runtime import create_session, run_session
 
 
 def conv_relu_model(seed: int = 0) -> onnx.ModelProto:

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_slim import bench as bench_module
-from onnx_slim.bench import benchmark, interleaved_timings, latency_stats, speedup
+from onnx_slim.deploy import bench as bench_module
+from onnx_slim.deploy.bench import benchmark, interleaved_timings, latency_stats, speedup
 from onnx_slim.errors import OnnxSlimError, UsageError
 
 FAST = dict(runs=3, warmup=1, measure_memory=False)

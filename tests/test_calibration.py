@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_slim import calibration as calibration_module
-from onnx_slim.calibration import CalibrationSet, load_calibration
+from onnx_slim.data import calibration as calibration_module
+from onnx_slim.data.calibration import CalibrationSet, load_calibration
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.runtime import create_session, run_session
+from onnx_slim.ir.runtime import create_session, run_session
 
 
 def make_model(inputs: dict[str, tuple[int, list]]) -> onnx.ModelProto:

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from graphs import Graph
 from onnx import numpy_helper
 
-from graphs import Graph
-from onnx_slim import data_criteria
-from onnx_slim.calibration import CalibrationSet, load_calibration
+from onnx_slim.criteria import data as data_criteria
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.criteria import CRITERIA, ScoringContext, score_groups
+from onnx_slim.data.calibration import CalibrationSet, load_calibration
+from onnx_slim.data.masking import MaskedModel
+from onnx_slim.data.metrics import agreement
 from onnx_slim.errors import UsageError
-from onnx_slim.importance import CRITERIA, ScoringContext, score_groups
-from onnx_slim.masking import MaskedModel
-from onnx_slim.metrics import agreement
-from onnx_slim.plan import CostModel, PlanOptions, plan_for_target_macs, uniform_plan
-from onnx_slim.pruning import analyze
+from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_target_macs, uniform_plan
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DATA_CRITERIA = ("activation", "thinet", "lasso", "sensitivity")

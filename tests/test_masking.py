@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from graphs import Graph
-from onnx_slim.masking import MaskedModel
-from onnx_slim.model import random_inputs
-from onnx_slim.pruning import analyze
-from onnx_slim.runtime import create_session, run_session
-from onnx_slim.surgery import apply_plan, refresh_shapes
+
+from onnx_slim.apply.surgery import apply_plan, refresh_shapes
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.data.masking import MaskedModel
+from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.runtime import create_session, run_session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from onnx_slim.data.metrics import AgreementAccumulator, accuracy, agreement, looks_like_class_scores
 from onnx_slim.errors import OnnxSlimError
-from onnx_slim.metrics import AgreementAccumulator, accuracy, agreement, looks_like_class_scores
 
 
 def test_identical_outputs_agree_perfectly():

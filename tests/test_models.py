@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_slim.model import random_inputs
-from onnx_slim.pruning import analyze, prune
-from onnx_slim.runtime import create_session, run_session
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.pipeline.prune import prune
 
 MODEL_DIR = Path(__file__).parent.parent / "models"
 MODELS = sorted(MODEL_DIR.glob("*.onnx"))
@@ -67,7 +68,7 @@ def test_model_with_external_data_is_read_and_left_alone(tmp_path):
                     save_as_external_data=True, all_tensors_to_one_file=True, location="big.onnx.data",
                     size_threshold=0)
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-    from onnx_slim.pruning import prune_file
+    from onnx_slim.pipeline.prune import prune_file
 
     report = prune_file(source, tmp_path / "slim.onnx", ratio=0.5)
     assert report.macs_after < report.macs_before
@@ -108,7 +109,7 @@ def test_old_opset_is_refused_with_a_hint():
 
 
 def test_saving_with_external_data_leaves_the_model_whole(tmp_path, monkeypatch):
-    from onnx_slim import model as model_io
+    from onnx_slim.ir import model as model_io
 
     monkeypatch.setattr(model_io, "_EXTERNAL_DATA_THRESHOLD", 0)
     model = onnx.load(str(MODEL_DIR / "digits_cnn.onnx"))

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import assert_lossless, assert_same_outputs, assert_valid, random_feeds, run, weight_dims
 from graphs import Graph, conv_chain
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_slim.apply.surgery import deduplicate_initializers
+from onnx_slim.channels.analysis import analyze
 from onnx_slim.errors import InvalidModelError
-from onnx_slim.normalize import normalize
-from onnx_slim.pruning import analyze, prune
-from onnx_slim.surgery import deduplicate_initializers
+from onnx_slim.normalize.passes import normalize
+from onnx_slim.pipeline.prune import prune
 
 
 def normalized(model: onnx.ModelProto):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from test_cli import run_cli
 
 MODELS = Path(__file__).parent.parent / "models"

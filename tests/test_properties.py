@@ -10,12 +10,13 @@ Widths are even numbers 4..16, inputs 8x8, so one example takes a fraction of a 
 from __future__ import annotations
 
 import numpy as np
+from conftest import assert_frozen_groups_kept, assert_lossless, assert_valid, random_feeds, run
+from graphs import Graph
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_frozen_groups_kept, assert_lossless, assert_valid, random_feeds, run
-from graphs import Graph
-from onnx_slim.pruning import analyze, prune
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.pipeline.prune import prune
 
 BLOCKS = ["chain", "residual", "concat", "split", "slice", "depthwise", "grouped", "se", "pool", "norm"]
 widths = st.integers(2, 8).map(lambda half: 2 * half)

@@ -8,15 +8,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_slim import quantize as quantize_module
-from onnx_slim.bench import cpu_info
-from onnx_slim.evaluate import evaluate
-from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError
-from onnx_slim.model import random_inputs
-from onnx_slim.quantize import (
-    RANDOM_CALIBRATION, choose_mode, quantize_model, quantized_op_counts,
+from onnx_slim.data.evaluate import evaluate
+from onnx_slim.deploy import quantize as quantize_module
+from onnx_slim.deploy.bench import cpu_info
+from onnx_slim.deploy.quantize import (
+    RANDOM_CALIBRATION,
+    choose_mode,
+    quantize_model,
+    quantized_op_counts,
 )
-from onnx_slim.runtime import create_session, run_session
+from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError
+from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.runtime import create_session, run_session
 
 
 def conv_net(seed: int = 0, batch: int | str = "batch") -> onnx.ModelProto:

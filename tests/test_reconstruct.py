@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 from onnx_slim import UsageError, prune
-from onnx_slim.calibration import load_calibration
-from onnx_slim.evaluate import evaluate
+from onnx_slim.data.calibration import load_calibration
+from onnx_slim.data.evaluate import evaluate
 
 MODELS = Path(__file__).parent.parent / "models"
 
@@ -75,8 +75,8 @@ def test_same_padded_convs_without_kernel_attribute(tmp_path):
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnx_slim.calibration import CalibrationSet
-    from onnx_slim.runtime import create_session, run_session
+    from onnx_slim.data.calibration import CalibrationSet
+    from onnx_slim.ir.runtime import create_session, run_session
 
     rng = np.random.default_rng(0)
     weights = {"w1": rng.standard_normal((16, 3, 3, 3)), "b1": rng.standard_normal(16) * 0.1,
@@ -118,7 +118,7 @@ def test_matmul_followed_by_a_scalar_add_keeps_its_slice_intercept_free():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnx_slim.calibration import CalibrationSet
+    from onnx_slim.data.calibration import CalibrationSet
 
     rng = np.random.default_rng(0)
     init = {"w1": rng.standard_normal((8, 16)), "b1": rng.standard_normal(16), "w2": rng.standard_normal((16, 12)),

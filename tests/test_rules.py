@@ -11,14 +11,21 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from conftest import (
-    assert_frozen_groups_kept, assert_lossless, assert_valid, group_with, random_feeds, run, weight_dims,
+    assert_frozen_groups_kept,
+    assert_lossless,
+    assert_valid,
+    group_with,
+    random_feeds,
+    run,
+    weight_dims,
 )
 from graphs import Graph, conv_chain
+from onnx import numpy_helper
+
+from onnx_slim.channels.analysis import analyze
 from onnx_slim.errors import OnnxSlimError
-from onnx_slim.pruning import analyze, prune
+from onnx_slim.pipeline.prune import prune
 
 PRUNABLE = None
 

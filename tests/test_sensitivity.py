@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnx_slim.calibration import load_calibration
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.criteria import ScoringContext, score_groups
+from onnx_slim.data.calibration import load_calibration
+from onnx_slim.data.masking import MaskedModel
+from onnx_slim.data.metrics import agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.importance import ScoringContext, score_groups
-from onnx_slim.masking import MaskedModel
-from onnx_slim.metrics import agreement
-from onnx_slim.plan import CostModel, PlanOptions, kept_count, plan_for_target_macs
-from onnx_slim.pruning import analyze
-from onnx_slim.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
+from onnx_slim.plan.planner import CostModel, PlanOptions, kept_count, plan_for_target_macs
+from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 RATIOS = (0.1, 0.3, 0.5)

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx_slim.pruning import prune
-from onnx_slim.runtime import create_session, run_session
+from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.pipeline.prune import prune
 
 CACHE = Path(__file__).parent.parent / ".cache" / "third_party"
 NUDENET = CACHE / "nudenet_320n.onnx"

@@ -1,5 +1,5 @@
 """How channel dimensions flow through ops: spaces, rules, groups."""
 
-from .groups import ChannelAnalysis, ChannelGroup, Member, analyze_channels
+from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, Member, analyze_channels
 
 __all__ = ["ChannelAnalysis", "ChannelGroup", "Member", "analyze_channels"]

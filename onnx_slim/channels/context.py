@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .space import AtomTable, Block, FreezeReason, Layout
+from onnx_slim.channels.space import AtomTable, Block, FreezeReason, Layout
 
 PRODUCER, CONSUMER, PARAM = "producer", "consumer", "param"
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..graph import names_read_in_subgraphs, subgraphs
-from .context import CONSUMER, PARAM, PRODUCER, AnalysisContext, Use
-from .rules import RULES, unknown_op
-from .space import FreezeReason
+from onnx_slim.channels.context import CONSUMER, PARAM, PRODUCER, AnalysisContext, Use
+from onnx_slim.channels.rules import RULES, unknown_op
+from onnx_slim.channels.space import FreezeReason
+from onnx_slim.ir.graph import names_read_in_subgraphs, subgraphs
 
 
 @dataclass(frozen=True)

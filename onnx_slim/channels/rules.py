@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..graph import attr
-from .context import CONSUMER, PARAM, PRODUCER, AnalysisContext
-from .space import Layout, repeat_layout
+from onnx_slim.channels.context import CONSUMER, PARAM, PRODUCER, AnalysisContext
+from onnx_slim.channels.space import Layout, repeat_layout
+from onnx_slim.ir.graph import attr
 
 Rule = Callable[[AnalysisContext, onnx.NodeProto], None]
 RULES: dict[str, Rule] = {}

@@ -18,8 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .graph import attr, subgraphs
-from .shapes import infer_shapes
+from onnx_slim.ir.graph import attr, subgraphs
+from onnx_slim.ir.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import InvalidModelError
-from .fold import fold_shape_computations
-from .graph import keep_nodes, names_read_in_subgraphs
-from .model import check_not_quantized
+from onnx_slim.errors import InvalidModelError
+from onnx_slim.ir.graph import keep_nodes, names_read_in_subgraphs
+from onnx_slim.ir.model import check_not_quantized
+from onnx_slim.normalize.fold import fold_shape_computations
 
 log = logging.getLogger(__name__)
 

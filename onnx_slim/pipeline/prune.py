@@ -1,11 +1,10 @@
-"""The pruning pipeline as library calls: `analyze` and `prune`.
+"""The pruning step as library calls: `prune` and `prune_file`.
 
 load -> normalize -> analyze (channel groups) -> score -> plan -> apply -> verify.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import tempfile
 import time
@@ -15,105 +14,18 @@ from typing import Callable, Mapping, Sequence
 
 import onnx
 
-from .channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
-from .channels.space import FreezeReason
-from .cost import ModelCost, concrete_input_shapes, model_cost
-from .errors import UsageError
-from .evaluate import evaluate
-from .importance import ScoringContext, score_groups
-from .model import ModelSource, check_output_path, load_model, random_inputs, save_model
-from .normalize import NormalizeInfo, normalize
-from .plan import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
-from .reconstruct import reconstruct
-from .shapes import infer_shapes
-from .surgery import apply_plan, deduplicate_initializers, refresh_shapes
-from .verify import reference_output_shapes, verify_model
+from onnx_slim.apply.reconstruct import reconstruct
+from onnx_slim.apply.surgery import apply_plan, deduplicate_initializers, refresh_shapes
+from onnx_slim.apply.verify import reference_output_shapes, verify_model
+from onnx_slim.channels.analysis import ModelAnalysis, analyze
+from onnx_slim.criteria import ScoringContext, score_groups
+from onnx_slim.data.evaluate import evaluate
+from onnx_slim.errors import UsageError
+from onnx_slim.ir.model import ModelSource, check_output_path, load_model, random_inputs, save_model
+from onnx_slim.ops.cost import model_cost
+from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class ModelAnalysis:
-    """A normalized model with its channel groups and costs."""
-
-    model: onnx.ModelProto
-    normalize_info: NormalizeInfo
-    channels: ChannelAnalysis
-    cost: ModelCost
-    shapes: dict
-    input_shapes: dict
-
-    @property
-    def groups(self) -> list[ChannelGroup]:
-        return self.channels.groups
-
-    def group_macs(self, group: ChannelGroup) -> int:
-        return sum(self.cost.node_macs.get(node, 0) for node in _weighted_nodes(group))
-
-    def prunable_macs_fraction(self) -> float:
-        """Share of the MACs in nodes that a prunable group can shrink."""
-        nodes = {node for group in self.channels.prunable_groups() for node in _weighted_nodes(group)}
-        total = self.cost.macs
-        return sum(self.cost.node_macs.get(node, 0) for node in nodes) / total if total else 0.0
-
-    def to_dict(self) -> dict:
-        total = self.cost.macs or 1
-        return {
-            "params": self.cost.params,
-            "macs": self.cost.macs,
-            "input_shapes": {name: list(shape) for name, shape in self.input_shapes.items()},
-            "groups_total": len(self.groups),
-            "groups_prunable": len(self.channels.prunable_groups()),
-            "prunable_macs_fraction": round(self.prunable_macs_fraction(), 4),
-            "folded_batchnorms": self.normalize_info.folded_batchnorms,
-            "groups": [
-                {
-                    "id": group.id,
-                    "channels": group.channels,
-                    "status": group.status,
-                    "prunable": group.prunable,
-                    "macs_share": round(self.group_macs(group) / total, 4),
-                    "producers": sorted({m.use.node for m in group.producers}),
-                    "consumers": sorted({m.use.node for m in group.consumers}),
-                    "frozen_by": [
-                        {"node": reason.node, "op_type": reason.op_type, "reason": reason.reason}
-                        for reason in group.frozen
-                    ],
-                }
-                for group in self.groups
-            ],
-        }
-
-
-def _weighted_nodes(group: ChannelGroup) -> set[str]:
-    return {member.use.node for member in group.producers + group.consumers}
-
-
-def analyze(
-    model: ModelSource,
-    *,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    exclude: Sequence[str] = (),
-    prune_layernorm: bool = False,
-    copy: bool = True,
-) -> ModelAnalysis:
-    """Normalize a copy of `model` and find its channel groups."""
-    proto = load_model(model, copy=copy)
-    info = normalize(proto)
-    concrete = concrete_input_shapes(proto, input_shapes)
-    shapes, _ = infer_shapes(proto, concrete)
-    channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
-    _apply_excludes(channels.groups, exclude)
-    return ModelAnalysis(proto, info, channels, model_cost(proto, shapes=shapes), shapes, concrete)
-
-
-def _apply_excludes(groups: list[ChannelGroup], patterns: Sequence[str]) -> None:
-    for group in groups:
-        for pattern in patterns:
-            hits = [node for node in group.nodes if fnmatch.fnmatchcase(node, pattern)]
-            if hits:
-                group.frozen.append(FreezeReason(hits[0], "", f"excluded by --exclude {pattern}"))
-                break
 
 
 @dataclass
@@ -281,8 +193,8 @@ def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) 
     options = PlanOptions(round_to=settings.round_to, min_channels=settings.min_channels)
     cost_model = CostModel.of(analysis)
     if settings.allocate == "sensitivity":
-        from .data_criteria import SENSITIVITY_FRACTIONS
-        from .sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
+        from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
+        from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
         say("measuring per-group sensitivity on the calibration data")
         sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS,

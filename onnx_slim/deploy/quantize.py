@@ -25,18 +25,30 @@ import numpy as np
 import onnx
 from onnx import helper
 from onnxruntime.quantization import (
-    CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static,
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from . import cost as cost_module
-from .bench import cpu_info
-from .errors import InvalidModelError, OnnxSlimError, UsageError, first_line
-from .model import (
-    InputSpec, ModelSource, check_output_path, fixed_batch_size, graph_inputs, leading_dim, load_model,
-    random_inputs, save_model,
+from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError, first_line
+from onnx_slim.ir.hardware import cpu_info
+from onnx_slim.ir.model import (
+    InputSpec,
+    ModelSource,
+    check_output_path,
+    fixed_batch_size,
+    graph_inputs,
+    leading_dim,
+    load_model,
+    random_inputs,
+    save_model,
 )
-from .runtime import create_session
+from onnx_slim.ir.runtime import create_session
+from onnx_slim.ops import cost as cost_module
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Iterator, Mapping, Sequence, Union
 import numpy as np
 import onnx
 
-from .errors import OnnxSlimError, UsageError, first_line
-from .model import InputSpec, fixed_batch_size, graph_inputs, load_model, random_inputs
+from onnx_slim.errors import OnnxSlimError, UsageError, first_line
+from onnx_slim.ir.model import InputSpec, fixed_batch_size, graph_inputs, load_model, random_inputs
 
 logger = logging.getLogger(__name__)
 

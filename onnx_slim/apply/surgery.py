@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .channels.groups import ChannelAnalysis
-from .graph import names_read_in_subgraphs
-from .plan import Plan
-from .shapes import skeleton
+from onnx_slim.channels.groups import ChannelAnalysis
+from onnx_slim.ir.graph import names_read_in_subgraphs
+from onnx_slim.ir.shapes import skeleton
+from onnx_slim.plan.planner import Plan
 
 
 class GraphEditor:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import OnnxSlimError, first_line
+from onnx_slim.errors import OnnxSlimError, first_line
 
 
 def create_session(

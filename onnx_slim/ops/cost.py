@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
-from .model import check_input_shapes, graph_inputs
-from .shapes import infer_shapes, is_static
+from onnx_slim.ir.model import check_input_shapes, graph_inputs
+from onnx_slim.ir.shapes import infer_shapes, is_static
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 # Weights of quantized models are 8-bit integers; int32/int64 tensors are shape constants

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import OnnxSlimError
-from .model import graph_inputs, load_model
-from .runtime import create_session, run_session
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.model import graph_inputs, load_model
+from onnx_slim.ir.runtime import create_session, run_session
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Iterable, Mapping
 import numpy as np
 import onnx
 
-from .calibration import CalibrationSet
-from .metrics import AgreementAccumulator, accuracy
-from .model import leading_dim
-from .runtime import create_session, run_session
+from onnx_slim.data.calibration import CalibrationSet
+from onnx_slim.data.metrics import AgreementAccumulator, accuracy
+from onnx_slim.ir.model import leading_dim
+from onnx_slim.ir.runtime import create_session, run_session
 
 
 def evaluate(

@@ -29,14 +29,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .activations import (
-    ActivationCapture, conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions,
+from onnx_slim.channels.context import CONSUMER, PRODUCER
+from onnx_slim.channels.groups import ChannelAnalysis
+from onnx_slim.data.activations import (
+    ActivationCapture,
+    conv_input_patches,
+    conv_output_at,
+    explicit_conv_pads,
+    sample_positions,
 )
-from .calibration import CalibrationSet
-from .channels.context import CONSUMER, PRODUCER
-from .channels.groups import ChannelAnalysis
-from .channels.rules import attr
-from .errors import OnnxSlimError
+from onnx_slim.data.calibration import CalibrationSet
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.graph import attr
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from .errors import OnnxSlimError
+from onnx_slim.errors import OnnxSlimError
 
 Outputs = Mapping[str, np.ndarray]
 OutputBatches = Union[Outputs, Sequence[Outputs]]

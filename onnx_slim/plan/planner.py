@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .channels.groups import ChannelAnalysis, ChannelGroup
-from .errors import OnnxSlimError
+from onnx_slim.channels.analysis import ModelAnalysis
+from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
+from onnx_slim.errors import OnnxSlimError
 
 Plan = dict  # class root -> list[int] of removed channels
 
@@ -86,8 +87,8 @@ class CostModel:
         self.macs = sum(node_macs.values())
 
     @classmethod
-    def of(cls, analysis) -> CostModel:
-        """The cost model of a `pruning.ModelAnalysis` (before surgery)."""
+    def of(cls, analysis: ModelAnalysis) -> CostModel:
+        """The cost model of an analyzed model (before surgery)."""
         return cls(analysis.channels, analysis.cost.node_macs)
 
     def _fraction(self, tensor: str, plan: Plan) -> float:

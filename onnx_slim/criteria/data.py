@@ -1,6 +1,6 @@
 """Data-driven channel criteria: activation, thinet, lasso, sensitivity.
 
-Importing this module registers them in `importance.CRITERIA`. Each reads the
+Importing this module registers them in `criteria.registry.CRITERIA`. Each reads the
 calibration set from ``ctx.extras["calibration"]`` (a `CalibrationSet`; the
 optional ``ctx.extras["batch_size"]`` sets the batch size of the capture runs)
 and returns, per group, one score per channel, higher = keep. Scores are
@@ -23,12 +23,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .activations import ActivationCapture, ChannelStats, conv_input_patches, explicit_conv_pads, sample_positions
-from .channels.groups import ChannelGroup, Member
-from .channels.rules import attr
-from .errors import UsageError
-from .importance import ScoringContext, criterion, l1_norm
-from .masking import MaskedModel, masked_agreement
+from onnx_slim.channels.groups import ChannelGroup, Member
+from onnx_slim.criteria.registry import ScoringContext, criterion
+from onnx_slim.criteria.weights import l1_norm
+from onnx_slim.data.activations import (
+    ActivationCapture,
+    ChannelStats,
+    conv_input_patches,
+    explicit_conv_pads,
+    sample_positions,
+)
+from onnx_slim.data.masking import MaskedModel, masked_agreement
+from onnx_slim.errors import UsageError
+from onnx_slim.ir.graph import attr
 
 DEFAULT_BATCH = 16
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image

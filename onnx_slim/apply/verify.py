@@ -8,8 +8,8 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .errors import OnnxSlimError, VerificationError, first_line
-from .runtime import create_session, run_session
+from onnx_slim.errors import OnnxSlimError, VerificationError, first_line
+from onnx_slim.ir.runtime import create_session, run_session
 
 
 def verify_model(

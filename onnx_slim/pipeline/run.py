@@ -19,15 +19,15 @@ from typing import Callable
 
 import onnx
 
-from .bench import benchmark
-from .calibration import load_calibration
-from .errors import OnnxSlimError, UsageError
-from .evaluate import evaluate, quality_drop_points
-from .model import load_model, parse_input_shapes, random_inputs
-from .pruning import prune_file
-from .quantize import quantize_model
-from .report import human_bytes, human_count, table
-from .verify import verify_model
+from onnx_slim.apply.verify import verify_model
+from onnx_slim.data.calibration import load_calibration
+from onnx_slim.data.evaluate import evaluate, quality_drop_points
+from onnx_slim.deploy.bench import benchmark
+from onnx_slim.deploy.quantize import quantize_model
+from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.formatting import human_bytes, human_count, table
+from onnx_slim.ir.model import load_model, parse_input_shapes, random_inputs
+from onnx_slim.pipeline.prune import prune_file
 
 Progress = Callable[[str], None]
 
@@ -319,7 +319,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
 def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> None:
     original = load_model(model_path, copy=False)
     feeds = random_inputs(original, shapes=settings.input_shapes or None, seed=settings.seed)
-    from .runtime import create_session, run_session
+    from onnx_slim.ir.runtime import create_session, run_session
 
     reference = run_session(create_session(original, optimize=False), feeds)
     verify_model(final_path, feeds, {name: value.shape for name, value in reference.items()})
@@ -396,7 +396,7 @@ def _quality(evaluation) -> str:
 
 def check_gates(report: dict) -> None:
     """Raise QualityGateError (exit 3) naming every failed gate."""
-    from .errors import QualityGateError
+    from onnx_slim.errors import QualityGateError
 
     failed = [gate["detail"] for gate in report["gates"] if not gate["passed"]]
     if failed:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .errors import InvalidModelError, OnnxSlimError, UsageError, first_line
+from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError, first_line
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 

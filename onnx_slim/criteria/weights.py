@@ -1,7 +1,6 @@
-"""Channel importance criteria: name -> scorer.
+"""Weight-based channel criteria: l1, l2, fpgm, bn_scale, random.
 
-A scorer returns, for every prunable group, one score per channel (higher means
-keep). Weight-based scores are computed per producer tensor and divided by that
+Weight-based scores are computed per producer tensor and divided by that
 layer's mean score, so channels of different layers are comparable (what
 `--global` ranking relies on); a group's score is the mean over its producers.
 """
@@ -10,51 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
-import onnx
 from onnx import numpy_helper
 
-from .channels.groups import ChannelAnalysis, ChannelGroup, Member
-from .errors import UsageError
+from onnx_slim.channels.groups import ChannelGroup, Member
+from onnx_slim.criteria.registry import ScoringContext, criterion
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoringContext:
-    """Everything a criterion may read."""
-
-    model: onnx.ModelProto
-    analysis: ChannelAnalysis
-    bn_scales: dict = field(default_factory=dict)  # producer node -> |gamma|
-    seed: int = 0
-    notes: list = field(default_factory=list)  # what the criterion had to fall back on
-    extras: dict = field(default_factory=dict)  # data-driven criteria put their inputs here
-
-
-Scorer = Callable[[ScoringContext, list], dict]  # (ctx, groups) -> {group id: scores}
-CRITERIA: dict[str, Scorer] = {}
-
-
-def criterion(name: str):
-    def register(function: Scorer) -> Scorer:
-        CRITERIA[name] = function
-        return function
-    return register
-
-
-def score_groups(ctx: ScoringContext, name: str, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
-    if name not in CRITERIA:
-        raise UsageError(f"unknown criterion {name!r}; choose from {', '.join(sorted(CRITERIA))}")
-    scores = CRITERIA[name](ctx, groups)
-    for group in groups:
-        values = scores[group.id]
-        if values.shape != (group.channels,) or not np.all(np.isfinite(values)):
-            raise ValueError(f"criterion {name} gave bad scores for group {group.id}")
-    return scores
 
 
 def _producer_row_scores(ctx: ScoringContext, groups, row_score) -> dict[int, np.ndarray]:
@@ -153,7 +115,3 @@ def random_scores(ctx, groups):
         for group in groups
     }
 
-
-# The calibration-driven criteria (activation, thinet, lasso, sensitivity) live in their
-# own module and register themselves here; imported last because they use this module.
-from . import data_criteria  # noqa: E402,F401

@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .errors import UsageError
-from .pipeline import PipelineConfig, run_pipeline
-from .report import human_bytes, table
+from onnx_slim.errors import UsageError
+from onnx_slim.formatting import human_bytes, table
+from onnx_slim.pipeline.run import PipelineConfig, run_pipeline
 
 
 def run_sweep(

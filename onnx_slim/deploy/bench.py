@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,20 +22,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import cost as cost_module
-from .errors import OnnxSlimError, UsageError
-from .metrics import agreement as output_agreement
-from .model import graph_inputs, leading_dim, load_model, random_inputs
-from .report import human_bytes
-from .runtime import create_session, run_session
+from onnx_slim.data.metrics import agreement as output_agreement
+from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.formatting import human_bytes
+from onnx_slim.ir.hardware import cpu_info
+from onnx_slim.ir.model import graph_inputs, leading_dim, load_model, random_inputs
+from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ops import cost as cost_module
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 Feeds = Mapping[str, np.ndarray]
 
 PERCENTILES = (50, 90, 95, 99)
-_INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
-
-
 @dataclass
 class ModelBench:
     """Measurements of one model. Latencies in milliseconds."""
@@ -221,19 +218,6 @@ def measure_peak_memory(model_path: str | os.PathLike, feeds: Feeds, threads: in
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(_peak_memory_in_child, os.fspath(model_path), dict(feeds), threads).result()
-
-
-def cpu_info() -> dict:
-    """What the results depend on: architecture, CPU model, core count, int8-relevant flags, onnxruntime."""
-    flags = _cpu_flags()
-    return {
-        "machine": platform.machine(),
-        "processor": _cpu_model_name() or platform.processor() or None,
-        "logical_cores": os.cpu_count(),
-        "int8_flags": [flag for flag in _INT8_CPU_FLAGS if flag in flags],
-        "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
-        "onnxruntime": ort.__version__,
-    }
 
 
 # --- loading -----------------------------------------------------------------
@@ -455,34 +439,6 @@ def _linux_peak_reader() -> _LinuxPeakReader | None:
     except OSError:
         return None
     return reader
-
-
-# --- CPU ---------------------------------------------------------------------
-
-
-def _cpu_flags() -> set[str]:
-    """Feature flags from /proc/cpuinfo (x86 `flags`, ARM `Features`); empty where unavailable."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def _cpu_model_name() -> str | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return None
 
 
 # --- Markdown ----------------------------------------------------------------

@@ -31,10 +31,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .channels.groups import ChannelAnalysis, ChannelGroup
-from .channels.space import Layout
-from .metrics import AgreementAccumulator
-from .runtime import create_session, run_session
+from onnx_slim.channels.analysis import ModelAnalysis
+from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
+from onnx_slim.channels.space import Layout
+from onnx_slim.data.metrics import AgreementAccumulator
+from onnx_slim.ir.runtime import create_session, run_session
 
 MASK_PREFIX = "onnx_slim_mask"
 
@@ -62,12 +63,12 @@ class MaskSlot:
 class MaskedModel:
     """The analyzed model with a channel mask in front of every consumer of `groups`.
 
-    `analysis` is a `pruning.ModelAnalysis` or its `ChannelAnalysis` (what a
+    `analysis` is a `ModelAnalysis` or its `ChannelAnalysis` (what a
     criterion sees); the analyzed model is copied, never modified. One session
     serves every plan: `run(batch, plan)` feeds the plan's masks.
     """
 
-    def __init__(self, analysis, groups: list[ChannelGroup], *, threads: int | None = None):
+    def __init__(self, analysis: ModelAnalysis | ChannelAnalysis, groups: list[ChannelGroup], *, threads: int | None = None):
         channels: ChannelAnalysis = getattr(analysis, "channels", analysis)
         self.atoms = channels.atoms
         self.roots = {group.root for group in groups}

@@ -14,12 +14,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .channels.groups import ChannelGroup
-from .errors import OnnxSlimError, UsageError
-from .importance import ScoringContext, score_groups
-from .masking import MaskedModel, masked_agreement
-from .plan import CostModel, Plan, PlanOptions, uniform_plan
-from .report import table
+from onnx_slim.channels.analysis import ModelAnalysis
+from onnx_slim.channels.groups import ChannelGroup
+from onnx_slim.criteria import ScoringContext, score_groups
+from onnx_slim.data.calibration import CalibrationSet
+from onnx_slim.data.masking import MaskedModel, masked_agreement
+from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.formatting import table
+from onnx_slim.plan.planner import CostModel, Plan, PlanOptions, uniform_plan
 
 Progress = Callable[[str], None]
 
@@ -89,8 +91,8 @@ def _short_list(names: Sequence[str], limit: int = 2) -> str:
 
 
 def measure_sensitivity(
-    analysis,
-    calibration,
+    analysis: ModelAnalysis,
+    calibration: CalibrationSet,
     *,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     criterion: str = "l1",
@@ -99,8 +101,7 @@ def measure_sensitivity(
 ) -> SensitivityReport:
     """Output error of pruning each prunable group alone at each ratio.
 
-    `analysis` is a `pruning.ModelAnalysis`, `calibration` a `CalibrationSet`
-    (the first `samples` samples are used). Within a group the channels with the
+    Runs on the first `samples` samples. Within a group the channels with the
     lowest `criterion` scores go first; the count follows `plan.kept_count`.
     """
     ratios = _checked_ratios(ratios)

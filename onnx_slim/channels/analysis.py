@@ -1,0 +1,100 @@
+"""A model ready for pruning: normalized, with its channel groups, shapes and costs."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import onnx
+
+from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
+from onnx_slim.channels.space import FreezeReason
+from onnx_slim.ir.model import ModelSource, load_model
+from onnx_slim.ir.shapes import infer_shapes
+from onnx_slim.normalize.passes import NormalizeInfo, normalize
+from onnx_slim.ops.cost import ModelCost, concrete_input_shapes, model_cost
+
+
+@dataclass
+class ModelAnalysis:
+    """A normalized model with its channel groups and costs."""
+
+    model: onnx.ModelProto
+    normalize_info: NormalizeInfo
+    channels: ChannelAnalysis
+    cost: ModelCost
+    shapes: dict
+    input_shapes: dict
+
+    @property
+    def groups(self) -> list[ChannelGroup]:
+        return self.channels.groups
+
+    def group_macs(self, group: ChannelGroup) -> int:
+        return sum(self.cost.node_macs.get(node, 0) for node in _weighted_nodes(group))
+
+    def prunable_macs_fraction(self) -> float:
+        """Share of the MACs in nodes that a prunable group can shrink."""
+        nodes = {node for group in self.channels.prunable_groups() for node in _weighted_nodes(group)}
+        total = self.cost.macs
+        return sum(self.cost.node_macs.get(node, 0) for node in nodes) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        total = self.cost.macs or 1
+        return {
+            "params": self.cost.params,
+            "macs": self.cost.macs,
+            "input_shapes": {name: list(shape) for name, shape in self.input_shapes.items()},
+            "groups_total": len(self.groups),
+            "groups_prunable": len(self.channels.prunable_groups()),
+            "prunable_macs_fraction": round(self.prunable_macs_fraction(), 4),
+            "folded_batchnorms": self.normalize_info.folded_batchnorms,
+            "groups": [
+                {
+                    "id": group.id,
+                    "channels": group.channels,
+                    "status": group.status,
+                    "prunable": group.prunable,
+                    "macs_share": round(self.group_macs(group) / total, 4),
+                    "producers": sorted({m.use.node for m in group.producers}),
+                    "consumers": sorted({m.use.node for m in group.consumers}),
+                    "frozen_by": [
+                        {"node": reason.node, "op_type": reason.op_type, "reason": reason.reason}
+                        for reason in group.frozen
+                    ],
+                }
+                for group in self.groups
+            ],
+        }
+
+
+def _weighted_nodes(group: ChannelGroup) -> set[str]:
+    return {member.use.node for member in group.producers + group.consumers}
+
+
+def analyze(
+    model: ModelSource,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    exclude: Sequence[str] = (),
+    prune_layernorm: bool = False,
+    copy: bool = True,
+) -> ModelAnalysis:
+    """Normalize a copy of `model` and find its channel groups."""
+    proto = load_model(model, copy=copy)
+    info = normalize(proto)
+    concrete = concrete_input_shapes(proto, input_shapes)
+    shapes, _ = infer_shapes(proto, concrete)
+    channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
+    _apply_excludes(channels.groups, exclude)
+    return ModelAnalysis(proto, info, channels, model_cost(proto, shapes=shapes), shapes, concrete)
+
+
+def _apply_excludes(groups: list[ChannelGroup], patterns: Sequence[str]) -> None:
+    for group in groups:
+        for pattern in patterns:
+            hits = [node for node in group.nodes if fnmatch.fnmatchcase(node, pattern)]
+            if hits:
+                group.frozen.append(FreezeReason(hits[0], "", f"excluded by --exclude {pattern}"))
+                break

@@ -1,0 +1,1 @@
+"""Calibration data, activation capture and statistics, agreement metrics, the masked model."""

@@ -1,0 +1,1 @@
+"""Deployment: quantization and latency benchmarks with onnxruntime."""

@@ -1,0 +1,1 @@
+"""Normalization: put an exported graph in the one form the channel analysis understands."""

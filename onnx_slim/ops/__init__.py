@@ -1,0 +1,1 @@
+"""What the code knows about each weight-bearing op: weight axes, MACs, patches, folding."""
