@@ -1,0 +1,188 @@
+"""Layout ops: Transpose, Squeeze/Unsqueeze, reductions, Flatten and Reshape move the channel axis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from onnx_slim.channels.rules.registry import input_at, rule, set_const_entry
+from onnx_slim.channels.space import repeat_layout
+from onnx_slim.ir.graph import attr
+
+
+@rule("Transpose")
+def transpose(ctx, node):
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None or rank is None:
+        return
+    perm = list(attr(node, "perm", list(reversed(range(rank)))))
+    ctx.track(node.output[0], perm.index(tracked.axis), tracked.layout)
+
+
+@rule("Squeeze", "Unsqueeze")
+def squeeze_unsqueeze(ctx, node):
+    tracked = ctx.get(node.input[0])
+    in_rank, out_rank = ctx.rank(node.input[0]), ctx.rank(node.output[0])
+    if tracked is None:
+        return
+    axes = _axes(ctx, node, 1)
+    if in_rank is None or out_rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return
+    if node.op_type == "Squeeze":
+        shape = ctx.shape(node.input[0])
+        if axes is None:
+            axes = [i for i, d in enumerate(shape) if d == 1]
+        axes = sorted(int(a) % in_rank for a in axes)
+        if tracked.axis in axes:
+            ctx.freeze(tracked.layout, node, "squeezes the channel axis")
+            return
+        new_axis = tracked.axis - sum(1 for a in axes if a < tracked.axis)
+    else:
+        if axes is None:
+            ctx.freeze(tracked.layout, node, "axes computed at run time")
+            return
+        inserted = {int(a) % out_rank for a in axes}
+        kept_positions = [i for i in range(out_rank) if i not in inserted]
+        new_axis = kept_positions[tracked.axis]
+    ctx.track(node.output[0], new_axis, tracked.layout)
+
+
+def _axes(ctx, node, input_index):
+    """Axes from the attribute (older opsets) or a constant input (newer); None if absent."""
+    value = attr(node, "axes")
+    if value is not None:
+        return list(value)
+    name = input_at(node, input_index)
+    if not name:
+        return None
+    const = ctx.const(name)
+    return None if const is None else [int(a) for a in np.atleast_1d(const)]
+
+
+@rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+      "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+def reduce(ctx, node):
+    """Reductions over spatial axes keep the channel (squeeze-excite); over channels they freeze."""
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    axes = _axes(ctx, node, 1)
+    if rank is None or (axes is None and input_at(node, 1)):
+        ctx.freeze(tracked.layout, node, "reduction axes unknown")
+        return
+    if not axes:
+        if attr(node, "noop_with_empty_axes", 0):
+            ctx.track(node.output[0], tracked.axis, tracked.layout)
+        else:
+            ctx.freeze(tracked.layout, node, "reduces over every axis")
+        return
+    axes = [int(a) % rank for a in axes]
+    if tracked.axis in axes:
+        ctx.freeze(tracked.layout, node, "reduces over the channel axis")
+        return
+    keepdims = attr(node, "keepdims", 1)
+    new_axis = tracked.axis if keepdims else tracked.axis - sum(1 for a in axes if a < tracked.axis)
+    ctx.track(node.output[0], new_axis, tracked.layout)
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax", "LpNormalization", "CumSum")
+def along_axis(ctx, node):
+    """Ops that mix values along one axis: harmless unless that axis is the channel axis."""
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    if rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return
+    if node.op_type == "CumSum":
+        axis_value = ctx.const(input_at(node, 1))
+        axes = None if axis_value is None else [int(np.atleast_1d(axis_value)[0]) % rank]
+    elif node.op_type in ("Softmax", "LogSoftmax", "Hardmax") and ctx.opset < 13:
+        # Before opset 13 these flatten every axis from `axis` on into one.
+        axes = list(range(attr(node, "axis", 1) % rank, rank))
+    else:
+        axes = [attr(node, "axis", -1) % rank]
+    if axes is None or tracked.axis in axes:
+        ctx.freeze(tracked.layout, node, "mixes values along the channel axis")
+        return
+    ctx.track(node.output[0], tracked.axis, tracked.layout)
+
+
+@rule("Flatten")
+def flatten(ctx, node):
+    tracked = ctx.get(node.input[0])
+    shape = ctx.static_shape(node.input[0])
+    if tracked is None:
+        return
+    if shape is None:
+        ctx.freeze(tracked.layout, node, "input shape not static")
+        return
+    axis = attr(node, "axis", 1)
+    split = axis + len(shape) if axis < 0 else axis  # axis is in [-rank, rank]
+    if tracked.axis >= split:
+        outer, inner, out_axis = shape[split:tracked.axis], shape[tracked.axis + 1:], 1
+    else:
+        outer, inner, out_axis = shape[:tracked.axis], shape[tracked.axis + 1:split], 0
+    if math.prod(outer) != 1:
+        ctx.freeze(tracked.layout, node, "flattens the channel axis after other axes")
+        return
+    ctx.track(node.output[0], out_axis, repeat_layout(tracked.layout, math.prod(inner)))
+
+
+@rule("Reshape")
+def reshape(ctx, node):
+    tracked = ctx.get(node.input[0])
+    if tracked is None:
+        return
+    in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
+    target = ctx.const(node.input[1])
+    if target is None:
+        ctx.freeze(tracked.layout, node, "target shape is computed at run time")
+        return
+    if in_shape is None or out_shape is None:
+        ctx.freeze(tracked.layout, node, "shapes not static")
+        return
+    mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
+    if mapped is None:
+        ctx.freeze(tracked.layout, node, f"reshape {list(in_shape)} -> {list(out_shape)} splits or mixes channels")
+        return
+    out_axis, repeat = mapped
+    layout = repeat_layout(tracked.layout, repeat)
+    entry = int(target[out_axis]) if out_axis < target.size else -1
+    if entry > 0:
+        ctx.fix(node, [layout], set_const_entry(node.input[1], out_axis, layout))
+    elif entry == 0 and out_axis != tracked.axis:
+        ctx.freeze(tracked.layout, node, "target copies a dimension from another position")
+        return
+    ctx.track(node.output[0], out_axis, layout)
+
+
+def reshape_channel_axis(in_shape, out_shape, axis) -> tuple[int, int] | None:
+    """Where channel axis `axis` lands in a reshape, and how many indices each channel covers.
+
+    None unless the reshape keeps the channel whole and first in its output axis:
+    either it stays an axis of its own, or it is merged with the axes right after it
+    (a flatten, `repeat` = their product).
+    """
+    outer, channels = math.prod(in_shape[:axis]), in_shape[axis]
+    out_axis, accumulated = 0, 1
+    while out_axis < len(out_shape) and accumulated < outer:
+        accumulated *= out_shape[out_axis]
+        out_axis += 1
+    if accumulated != outer:
+        return None
+    while out_axis < len(out_shape) and out_shape[out_axis] == 1 and channels != 1:
+        out_axis += 1
+    if out_axis == len(out_shape) or out_shape[out_axis] % channels:
+        return None
+    repeat = out_shape[out_axis] // channels
+    merged, position = 1, axis + 1
+    while merged < repeat and position < len(in_shape):
+        merged *= in_shape[position]
+        position += 1
+    return (out_axis, repeat) if merged == repeat else None

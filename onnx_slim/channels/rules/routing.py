@@ -1,0 +1,220 @@
+"""Routing ops: Concat, Split, Slice, Gather, Tile/Expand, Shape/Size."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from onnx_slim.channels.rules.registry import elementwise_same_axis, input_at, joined_inputs, rule, set_const_entry
+from onnx_slim.ir.graph import attr
+
+
+@rule("Concat")
+def concat(ctx, node):
+    found = joined_inputs(ctx, node)
+    if found is None:
+        return
+    output, rank, inputs, tracked = found
+    axis = attr(node, "axis") % rank
+    if all(t.axis == axis for t in tracked.values()):
+        blocks = []
+        for name in inputs:
+            if name in tracked:
+                blocks.extend(tracked[name].layout)
+                continue
+            shape = ctx.static_shape(name)
+            if shape is None:
+                ctx.freeze_inputs(node, f"size of input {name} unknown")
+                return
+            # An untracked part keeps its place in the index map, never pruned.
+            part = ctx.new_layout(shape[axis], node)
+            ctx.freeze(part, node, f"concatenated input {name} is not prunable")
+            blocks.extend(part)
+        ctx.track(output, axis, tuple(blocks))
+    elif any(t.axis == axis for t in tracked.values()) or len(tracked) != len(inputs):
+        ctx.freeze_inputs(node, "concatenates tensors whose channels do not line up")
+    else:
+        elementwise_same_axis(ctx, node, list(tracked.values()))
+
+
+
+
+
+
+@rule("Split")
+def split(ctx, node):
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    if rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return
+    axis = attr(node, "axis", 0) % rank
+    if axis != tracked.axis:
+        for output in node.output:
+            ctx.track(output, tracked.axis, tracked.layout)
+        return
+    total = ctx.length(tracked.layout)
+    sizes = _split_sizes(ctx, node, total)
+    if sizes is None:
+        ctx.freeze(tracked.layout, node, "split sizes are computed at run time")
+        return
+    parts, start = [], 0
+    for size in sizes:
+        part = ctx.atoms.sub_layout(tracked.layout, start, start + size)
+        if part is None:
+            ctx.freeze(tracked.layout, node, "splits inside a flattened channel")
+            return
+        parts.append(part)
+        start += size
+    for output, part in zip(node.output, parts):
+        ctx.track(output, axis, part)
+    ctx.fix(node, parts, _set_split_sizes(node.name, parts, ctx.opset))
+
+
+def _split_sizes(ctx, node, total):
+    if input_at(node, 1):
+        sizes = ctx.const(node.input[1])
+        return None if sizes is None else [int(s) for s in sizes]
+    if attr(node, "split") is not None:
+        return list(attr(node, "split"))
+    count = attr(node, "num_outputs", len(node.output))
+    chunk = -(-total // count)  # the last part is smaller when it does not divide
+    return [min(chunk, total - i * chunk) for i in range(count)]
+
+
+def _set_split_sizes(node_name: str, parts, opset: int):
+    def apply(editor, kept_length):
+        node = editor.node(node_name)
+        sizes = np.array([kept_length(part) for part in parts], dtype=np.int64)
+        kept = [a for a in node.attribute if a.name not in ("split", "num_outputs")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if opset < 13:
+            node.attribute.append(helper.make_attribute("split", sizes.tolist()))
+        elif input_at(node, 1):
+            editor.set_value(node.input[1], sizes)
+        else:
+            node.input.append(editor.add_initializer(f"{node_name}_split_sizes", sizes))
+    return apply
+
+
+@rule("Slice")
+def slice_(ctx, node):
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    starts, ends = ctx.const(input_at(node, 1)), ctx.const(input_at(node, 2))
+    axes_name, steps_name = input_at(node, 3), input_at(node, 4)
+    axes = ctx.const(axes_name) if axes_name else None
+    steps = ctx.const(steps_name) if steps_name else None
+    if rank is None or (axes_name and axes is None):
+        ctx.freeze(tracked.layout, node, "slice axes unknown")
+        return
+    if axes is None:  # absent: starts and ends cover the leading axes
+        axes = range(0 if starts is None else starts.size)
+    axes = [int(a) % rank for a in axes]
+    if starts is None or ends is None:
+        if axes_name and tracked.axis not in axes:
+            ctx.track(node.output[0], tracked.axis, tracked.layout)
+        else:
+            ctx.freeze(tracked.layout, node, "slice bounds are computed at run time")
+        return
+    if tracked.axis not in axes:
+        ctx.track(node.output[0], tracked.axis, tracked.layout)
+        return
+    index = axes.index(tracked.axis)
+    if steps is not None and int(steps[index]) != 1:
+        ctx.freeze(tracked.layout, node, "strided slice of the channel axis")
+        return
+    length = ctx.length(tracked.layout)
+    start, stop, _ = slice(int(starts[index]), int(ends[index])).indices(length)
+    stop = max(stop, start)
+    if (start, stop) == (0, length):
+        ctx.track(node.output[0], tracked.axis, tracked.layout)
+        return
+    before = ctx.atoms.sub_layout(tracked.layout, 0, start)
+    part = ctx.atoms.sub_layout(tracked.layout, start, stop)
+    if before is None or part is None:
+        ctx.freeze(tracked.layout, node, "slices inside a flattened channel")
+        return
+    ctx.track(node.output[0], tracked.axis, part)
+    ctx.fix(node, [before, part], _set_slice_bounds(node.input[1], node.input[2], index, before, part))
+
+
+def _set_slice_bounds(starts_name, ends_name, index, before, part):
+    def apply(editor, kept_length):
+        starts, ends = editor.value(starts_name).copy(), editor.value(ends_name).copy()
+        starts[index] = kept_length(before)
+        ends[index] = kept_length(before) + kept_length(part)
+        editor.set_value(starts_name, starts)
+        editor.set_value(ends_name, ends)
+    return apply
+
+
+@rule("Gather")
+def gather(ctx, node):
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    indices_rank = ctx.rank(node.input[1])
+    if tracked is None:
+        return
+    if rank is None or indices_rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return
+    axis = attr(node, "axis", 0) % rank
+    if axis == tracked.axis:
+        ctx.freeze(tracked.layout, node, "gathers along the channel axis")
+        return
+    new_axis = tracked.axis + (indices_rank - 1 if axis < tracked.axis else 0)
+    ctx.track(node.output[0], new_axis, tracked.layout)
+
+
+@rule("Tile", "Expand")
+def tile_expand(ctx, node):
+    tracked = ctx.get(node.input[0])
+    in_rank, out_rank = ctx.rank(node.input[0]), ctx.rank(node.output[0])
+    if tracked is None:
+        return
+    values = ctx.const(input_at(node, 1))
+    if values is None or in_rank is None or out_rank is None:
+        ctx.freeze(tracked.layout, node, "repeats or shape computed at run time")
+        return
+    out_axis = tracked.axis + out_rank - in_rank
+    # Tile's repeats match the input rank; Expand's shape is right-aligned with the output.
+    index = tracked.axis if node.op_type == "Tile" else out_axis - (out_rank - values.size)
+    entry = int(values[index]) if 0 <= index < values.size else 1
+    channels = ctx.length(tracked.layout)
+    if node.op_type == "Tile" and entry != 1:
+        ctx.freeze(tracked.layout, node, "tiles the channel axis")
+        return
+    if node.op_type == "Expand" and entry not in (1, channels):
+        ctx.freeze(tracked.layout, node, "expands the channel axis")
+        return
+    if node.op_type == "Expand" and entry == channels and channels != 1:
+        ctx.fix(node, [tracked.layout], set_const_entry(node.input[1], index, tracked.layout))
+    ctx.track(node.output[0], out_axis, tracked.layout)
+
+
+@rule("Shape")
+def shape_of(ctx, node):
+    """The sizes it returns follow the pruned tensor, so the channel count it reads is
+    safe only where nothing uses it: it is tracked as a size carrier (see groups.py)."""
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    if rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return
+    start, end = attr(node, "start", 0), attr(node, "end", rank)
+    start, end = (start % rank if start < 0 else start), (end % rank if end < 0 else min(end, rank))
+    if start <= tracked.axis < end:
+        ctx.size_carriers[node.output[0]] = (tracked.layout, tracked.axis - start)
+
+
+@rule("Size")
+def size_of(ctx, node):
+    ctx.freeze_inputs(node, "the element count depends on the channel count")

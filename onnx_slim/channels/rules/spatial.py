@@ -1,0 +1,82 @@
+"""Spatial ops (pooling, Pad, Resize): channels pass through, constants may name a channel count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_slim.channels.rules.registry import input_at, rule, set_const_entry
+from onnx_slim.ir.graph import attr
+
+
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+      "MaxRoiPool", "LRN")
+def pooling(ctx, node):
+    tracked = ctx.get(node.input[0])
+    if tracked is None:
+        return
+    if tracked.axis != 1 or (node.op_type == "LRN"):
+        reason = "LRN mixes neighbouring channels" if node.op_type == "LRN" else "channel axis is not 1"
+        ctx.freeze(tracked.layout, node, reason)
+        return
+    if len(node.output) > 1 and node.output[1]:
+        ctx.freeze(tracked.layout, node, "MaxPool indices encode the channel")
+        return
+    ctx.track(node.output[0], 1, tracked.layout)
+
+
+@rule("Pad")
+def pad(ctx, node):
+    tracked = ctx.get(node.input[0])
+    rank = ctx.rank(node.input[0])
+    if tracked is None:
+        return
+    pads = ctx.const(input_at(node, 1)) if ctx.opset >= 11 else np.array(attr(node, "pads", []))
+    axes_input = input_at(node, 3)
+    axes = ctx.const(axes_input) if axes_input else np.arange(rank or 0)
+    if pads is None or axes is None or rank is None:
+        ctx.freeze(tracked.layout, node, "pads are computed at run time")
+        return
+    axes = [int(a) % rank for a in axes]
+    if tracked.axis in axes:
+        index = axes.index(tracked.axis)
+        if pads[index] != 0 or pads[index + len(axes)] != 0:
+            ctx.freeze(tracked.layout, node, "pads the channel axis")
+            return
+    ctx.track(node.output[0], tracked.axis, tracked.layout)
+
+
+@rule("Resize", "Upsample")
+def resize(ctx, node):
+    tracked = ctx.get(node.input[0])
+    if tracked is None:
+        return
+    if node.op_type == "Upsample":
+        scales_name, sizes_name = input_at(node, 1), ""
+    else:
+        scales_name, sizes_name = input_at(node, 2), input_at(node, 3)
+    # Opset 18 `axes`: scales and sizes then cover only the listed axes.
+    axes = attr(node, "axes")
+    rank = ctx.rank(node.input[0])
+    index = tracked.axis
+    if axes is not None:
+        if rank is None:
+            ctx.freeze(tracked.layout, node, "rank unknown")
+            return
+        axes = [int(a) % rank for a in axes]
+        if tracked.axis not in axes:
+            ctx.track(node.output[0], tracked.axis, tracked.layout)
+            return
+        index = axes.index(tracked.axis)
+    scales, sizes = ctx.const(scales_name), ctx.const(sizes_name)
+    if sizes_name:
+        if sizes is None:
+            ctx.freeze(tracked.layout, node, "output sizes are computed at run time")
+            return
+        ctx.fix(node, [tracked.layout], set_const_entry(sizes_name, index, tracked.layout))
+    elif scales is None or scales.size <= index:
+        ctx.freeze(tracked.layout, node, "scales are computed at run time")
+        return
+    elif scales[index] != 1:
+        ctx.freeze(tracked.layout, node, "resizes the channel axis")
+        return
+    ctx.track(node.output[0], tracked.axis, tracked.layout)

@@ -1,0 +1,123 @@
+"""Weight-bearing ops: Conv, ConvTranspose, Gemm and MatMul produce and consume channels."""
+
+from __future__ import annotations
+
+import math
+
+from onnx_slim.channels.context import CONSUMER, PARAM, PRODUCER
+from onnx_slim.channels.rules.registry import input_at, rule
+from onnx_slim.channels.space import Layout, repeat_layout
+from onnx_slim.ir.graph import attr
+
+
+@rule("Conv")
+def conv(ctx, node):
+    data, weight, bias = node.input[0], node.input[1], input_at(node, 2)
+    tracked = ctx.get(data)
+    if not ctx.is_const(weight):
+        ctx.freeze_inputs(node, "weights are computed at run time")
+        return
+    if tracked is not None and tracked.axis != 1:
+        ctx.freeze(tracked.layout, node, "channels on an axis other than 1")
+        tracked = None
+    out_channels, in_per_group = ctx.initializers[weight].dims[:2]
+    group = attr(node, "group", 1)
+    if group == 1:
+        if tracked is not None:
+            ctx.use(CONSUMER, node, weight, 1, tracked.layout)
+        layout = ctx.new_layout(out_channels, node)
+    elif in_per_group == 1 and out_channels % group == 0:
+        # Depthwise: output channel c*m + j reads input channel c only.
+        if tracked is None:
+            return
+        layout = repeat_layout(tracked.layout, out_channels // group)
+        ctx.fix(node, [tracked.layout], _set_group_attribute(node.name, tracked.layout))
+    else:
+        if tracked is not None:
+            ctx.freeze(tracked.layout, node, f"grouped convolution (group={group})")
+        return
+    ctx.use(PRODUCER, node, weight, 0, layout)
+    if bias and ctx.is_const(bias):
+        ctx.use(PARAM, node, bias, 0, layout)
+    elif bias:
+        ctx.freeze(layout, node, "bias is computed at run time")
+    ctx.track(node.output[0], 1, layout)
+
+
+def _set_group_attribute(node_name: str, layout: Layout):
+    def apply(editor, kept_length):
+        node = editor.node(node_name)
+        for attribute in node.attribute:
+            if attribute.name == "group":
+                attribute.i = kept_length(layout)
+    return apply
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx, node):
+    data, weight, bias = node.input[0], node.input[1], input_at(node, 2)
+    tracked = ctx.get(data)
+    if not ctx.is_const(weight) or attr(node, "group", 1) != 1:
+        ctx.freeze_inputs(node, "grouped or run-time weights")
+        return
+    if tracked is not None and tracked.axis != 1:
+        ctx.freeze(tracked.layout, node, "channels on an axis other than 1")
+        tracked = None
+    if tracked is not None:
+        ctx.use(CONSUMER, node, weight, 0, tracked.layout)
+    layout = ctx.new_layout(ctx.initializers[weight].dims[1], node)
+    ctx.use(PRODUCER, node, weight, 1, layout)
+    if bias and ctx.is_const(bias):
+        ctx.use(PARAM, node, bias, 0, layout)
+    elif bias:
+        ctx.freeze(layout, node, "bias is computed at run time")
+    ctx.track(node.output[0], 1, layout)
+
+
+@rule("Gemm")
+def gemm(ctx, node):
+    data, weight, bias = node.input[0], node.input[1], input_at(node, 2)
+    if not ctx.is_const(weight):
+        ctx.freeze_inputs(node, "weights are computed at run time")
+        return
+    trans_a, trans_b = attr(node, "transA", 0), attr(node, "transB", 0)
+    tracked = ctx.get(data)
+    if tracked is not None and tracked.axis != (0 if trans_a else 1):
+        ctx.freeze(tracked.layout, node, "channels are not the contracted axis")
+        tracked = None
+    if tracked is not None:
+        ctx.use(CONSUMER, node, weight, 1 if trans_b else 0, tracked.layout)
+    features = ctx.initializers[weight].dims[0 if trans_b else 1]
+    layout = ctx.new_layout(features, node)
+    ctx.use(PRODUCER, node, weight, 0 if trans_b else 1, layout)
+    if bias:
+        _gemm_bias(ctx, node, bias, features, layout)
+    ctx.track(node.output[0], 1, layout)
+
+
+def _gemm_bias(ctx, node, bias, features, layout):
+    shape = ctx.static_shape(bias)
+    if not ctx.is_const(bias) or shape is None:
+        ctx.freeze(layout, node, "bias is computed at run time")
+    elif len(shape) >= 1 and shape[-1] == features and math.prod(shape) == features:
+        ctx.use(PARAM, node, bias, len(shape) - 1, layout)
+    elif math.prod(shape) != 1:
+        ctx.freeze(layout, node, f"bias of shape {list(shape)} is not per-feature")
+
+
+@rule("MatMul")
+def matmul(ctx, node):
+    data, weight = node.input
+    data_rank = ctx.rank(data)
+    if not ctx.is_const(weight) or len(ctx.initializers[weight].dims) != 2 or data_rank is None:
+        ctx.freeze_inputs(node, "MatMul without a constant 2-D weight (e.g. between activations)")
+        return
+    tracked = ctx.get(data)
+    if tracked is not None and tracked.axis != data_rank - 1:
+        ctx.freeze(tracked.layout, node, "channels are not the contracted axis")
+        tracked = None
+    if tracked is not None:
+        ctx.use(CONSUMER, node, weight, 0, tracked.layout)
+    layout = ctx.new_layout(ctx.initializers[weight].dims[1], node)
+    ctx.use(PRODUCER, node, weight, 1, layout)
+    ctx.track(node.output[0], max(data_rank, 2) - 1, layout)
