@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_slim.channels.space import AtomTable, Block, FreezeReason, Layout
+from onnx_slim.ir.graph import opset_version
 
 PRODUCER, CONSUMER, PARAM = "producer", "consumer", "param"
 
@@ -74,9 +75,7 @@ class AnalysisContext:
 
     def __post_init__(self) -> None:
         self.initializers = {init.name: init for init in self.model.graph.initializer}
-        self.opset = next(
-            (entry.version for entry in self.model.opset_import if entry.domain in ("", "ai.onnx")), 0
-        )
+        self.opset = opset_version(self.model)
         self._small_values: dict[str, np.ndarray] = {}
 
     # -- reading -----------------------------------------------------------

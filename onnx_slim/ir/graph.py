@@ -14,6 +14,11 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def opset_version(model: onnx.ModelProto) -> int:
+    """The model's default-domain opset (0 when it declares none)."""
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+
+
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The bodies of an If/Loop/Scan node (empty for other nodes)."""
     found = []

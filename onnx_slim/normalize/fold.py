@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnx_slim.ir.graph import attr, subgraphs
+from onnx_slim.ir.graph import attr, opset_version, subgraphs
 from onnx_slim.ir.shapes import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def fold_shape_computations(model: onnx.ModelProto) -> int:
     Returns how many nodes were folded away. Works in place.
     """
     shapes, _ = infer_shapes(model)
+    opset = opset_version(model)
     graph = model.graph
     constants = {init.name: init for init in graph.initializer}
     small_values: dict[str, np.ndarray] = {}
@@ -49,7 +50,7 @@ def fold_shape_computations(model: onnx.ModelProto) -> int:
             continue
         if node.op_type == "Shape":
             _remember_shape(node, shapes, partial_shapes)
-        values = _fold_node(node, shapes, constants, small_values, partial_shapes)
+        values = _fold_node(node, opset, shapes, constants, small_values, partial_shapes)
         if values is None:
             continue
         for name, value in zip(node.output, values):
@@ -78,7 +79,7 @@ def _static(dims) -> bool:
     return all(isinstance(d, int) and d > 0 for d in dims)
 
 
-def _fold_node(node, shapes, constants, small_values, partial_shapes):
+def _fold_node(node, opset, shapes, constants, small_values, partial_shapes):
     if node.op_type == "Shape":
         dims = partial_shapes.get(node.output[0])
         return [np.array(dims, dtype=np.int64)] if dims is not None and _static(dims) else None
@@ -102,7 +103,7 @@ def _fold_node(node, shapes, constants, small_values, partial_shapes):
             small_values[name] = numpy_helper.to_array(init)
         feeds[name] = small_values[name]
     try:
-        outputs = ReferenceEvaluator(_single_node_graph(node, feeds)).run(None, feeds)
+        outputs = ReferenceEvaluator(_single_node_graph(node, feeds, opset)).run(None, feeds)
     except Exception as exc:  # an op the reference runtime rejects: leave it
         log.debug("not folding %s: %s", node.name, exc)
         return None
@@ -111,12 +112,14 @@ def _fold_node(node, shapes, constants, small_values, partial_shapes):
     return outputs
 
 
-def _single_node_graph(node, feeds):
+def _single_node_graph(node, feeds, opset: int):
+    """A one-node model at the model's own opset: an op's signature depends on it
+    (Unsqueeze takes `axes` as an attribute before opset 13, as an input after)."""
     inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
               for name, value in feeds.items()]
     outputs = [helper.make_empty_tensor_value_info(name) for name in node.output]
     graph = helper.make_graph([node], "fold", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 

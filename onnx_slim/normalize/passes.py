@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_slim.errors import InvalidModelError
-from onnx_slim.ir.graph import keep_nodes, names_read_in_subgraphs
+from onnx_slim.ir.graph import keep_nodes, names_read_in_subgraphs, opset_version
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
 
@@ -56,10 +56,6 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     info.copies_made = _unshare_initializers(model.graph)
     _fold_batchnorms(model.graph, info)
     return info
-
-
-def opset_version(model: onnx.ModelProto) -> int:
-    return next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
 
 
 def _check_opset(model: onnx.ModelProto) -> None:
