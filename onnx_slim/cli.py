@@ -14,6 +14,7 @@ import time
 import click
 
 from onnx_slim import __version__
+from onnx_slim.criteria import criteria_help
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
 from onnx_slim.ir.model import parse_input_shapes
@@ -124,7 +125,7 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group, in [0, 1).")
 @click.option("--target-macs", type=float, help="Keep about this fraction of the model's MACs, in (0, 1].")
 @click.option("--criterion", default="l1", show_default=True,
-              help="Channel importance: l1, l2, fpgm, bn_scale, random; with --calib also activation, thinet, lasso, sensitivity.")
+              help=f"Channel importance: {criteria_help()}.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
               help="With --target-macs: one ratio for all groups, or per-group ratios from measured sensitivity.")
@@ -230,7 +231,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
               help="TOML/YAML file with these options (default: MODEL's sibling <name>.slim.toml if present).")
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group.")
 @click.option("--target-macs", type=float, help="Keep about this fraction of MACs (default 0.5).")
-@click.option("--criterion", help="Channel importance (default: thinet with --calib, else l1).")
+@click.option("--criterion", help=f"Channel importance: {criteria_help()} (default: thinet with --calib, else l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")

@@ -10,9 +10,9 @@ import pytest
 from graphs import Graph
 from onnx import numpy_helper
 
-from onnx_slim.criteria import data as data_criteria
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.criteria import CRITERIA, ScoringContext, score_groups
+from onnx_slim.criteria import data as data_criteria
 from onnx_slim.data.calibration import CalibrationSet, load_calibration
 from onnx_slim.data.masking import MaskedModel
 from onnx_slim.data.metrics import agreement
@@ -23,10 +23,9 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 DATA_CRITERIA = ("activation", "thinet", "lasso", "sensitivity")
 
 
-def scoring_context(analysis, calibration, **extras):
+def scoring_context(analysis, calibration, **settings):
     return ScoringContext(
-        analysis.model, analysis.channels, analysis.normalize_info.bn_scales,
-        extras={"calibration": calibration, **extras},
+        analysis.model, analysis.channels, analysis.normalize_info.bn_scales, calibration=calibration, **settings,
     )
 
 
@@ -156,7 +155,7 @@ def test_activation_scores_a_dead_channel_lowest_and_its_apoz_is_one():
     scores = score_groups(context, "activation", [group])[group.id]
     assert np.argmin(scores) == 2 and scores[2] == 0
     assert scores.mean() == pytest.approx(1.0)  # normalized by the consumer input's mean
-    apoz = context.extras["apoz"][group.id]
+    apoz = context.apoz[group.id]
     assert apoz[2] == 1.0 and np.all(apoz[[0, 1, 3]] < 1)
 
 

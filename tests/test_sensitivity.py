@@ -141,3 +141,17 @@ def test_target_already_met_prunes_nothing(digits):
     groups, scores = l1_scores(analysis)
     ratios = allocate_ratios(report, CostModel.of(analysis), groups, scores, 1.0, PlanOptions())
     assert set(ratios.values()) == {0.0}
+
+
+def test_sensitivity_orders_channels_by_the_callers_seed_and_scores(digits):
+    """`--allocate sensitivity --seed S` measured the order of seed 0; the seed (or the scores) now reach it."""
+    analysis, calibration, _ = digits
+    groups = analysis.channels.prunable_groups()
+
+    def measured(**options):
+        report = measure_sensitivity(analysis, calibration, ratios=RATIOS, criterion="random", samples=8, **options)
+        return [[entry.rel_l2 for entry in group.entries] for group in report.groups]
+
+    seeded = score_groups(ScoringContext(analysis.model, analysis.channels, seed=3), "random", groups)
+    assert measured(seed=3) == measured(scores=seeded)
+    assert measured(seed=3) != measured(seed=0)

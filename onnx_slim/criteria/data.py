@@ -1,9 +1,8 @@
 """Data-driven channel criteria: activation, thinet, lasso, sensitivity.
 
 Importing this module registers them in `criteria.registry.CRITERIA`. Each reads the
-calibration set from ``ctx.extras["calibration"]`` (a `CalibrationSet`; the
-optional ``ctx.extras["batch_size"]`` sets the batch size of the capture runs)
-and returns, per group, one score per channel, higher = keep. Scores are
+calibration set from ``ctx.calibration`` (``ctx.batch_size`` sets the batch size
+of the capture runs) and returns, per group, one score per channel, higher = keep. Scores are
 comparable across groups, which `--global` ranking relies on; each criterion's
 docstring says how.
 
@@ -37,9 +36,7 @@ from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr
 
-DEFAULT_BATCH = 16
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
-SENSITIVITY_SAMPLES = 32
 SENSITIVITY_FRACTIONS = tuple(round(0.1 * step, 1) for step in range(1, 10))
 # The path: 24 penalties from the largest useful one down to 1% of it. Entries between
 # two penalties are placed by their residual correlation, so a coarse path ranks as well
@@ -52,16 +49,12 @@ LASSO_PATH_DEPTH = 1e-2
 
 
 def require_calibration(ctx: ScoringContext, name: str):
-    calibration = ctx.extras.get("calibration")
+    calibration = ctx.calibration
     if calibration is None:
         raise UsageError(
             f"criterion {name} needs calibration data: pass --calib PATH (or --calib random for a structure-only run)"
         )
     return calibration
-
-
-def _batch_size(ctx: ScoringContext) -> int:
-    return int(ctx.extras.get("batch_size") or DEFAULT_BATCH)
 
 
 def _nodes(ctx: ScoringContext) -> dict[str, onnx.NodeProto]:
@@ -94,14 +87,14 @@ def _ordered_scores(order: np.ndarray, values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- activation
 
 
-@criterion("activation")
+@criterion("activation", needs_calibration=True)
 def mean_activation(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
     """Mean |activation| of each channel as its consumers see it (their data input).
 
     Each consumer input's per-index mean |x| is divided by that input's mean over
     all its indices, so a score of 1 is an average channel of that layer; a
     group's score is the mean over its consumers. APoZ (fraction of exact zeros)
-    is computed alongside and left in ``ctx.extras["apoz"]`` (group id -> array).
+    is computed alongside and left in ``ctx.apoz`` (group id -> array).
     """
     calibration = require_calibration(ctx, "activation")
     consumers = _consumer_inputs(ctx, groups)
@@ -118,7 +111,7 @@ def mean_activation(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int
             scores[group.id] = np.mean(normalized, axis=0)
             apoz[group.id] = np.mean(zeros, axis=0)
     _fall_back_to_l1(ctx, "activation", groups, scores)
-    ctx.extras["apoz"] = apoz
+    ctx.apoz = apoz
     return scores
 
 
@@ -135,7 +128,7 @@ def _input_stats(ctx: ScoringContext, calibration, consumers: dict[str, str]) ->
     if not tensors:
         return stats
     capture = ActivationCapture(ctx.model, tensors)
-    for results in capture.iter(calibration.batches(_batch_size(ctx))):
+    for results in capture.iter(calibration.batches(ctx.batch_size)):
         for tensor in tensors:
             stats[tensor].update(results[tensor])
     return stats
@@ -188,7 +181,7 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
         return result
     capture = ActivationCapture(ctx.model, sorted({nodes[name].input[0] for name in samplers}))
     rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}
-    for results in capture.iter(calibration.batches(_batch_size(ctx))):
+    for results in capture.iter(calibration.batches(ctx.batch_size)):
         for node_name, sampler in samplers.items():
             z = sampler(results[nodes[node_name].input[0]], rngs[node_name])
             _accumulate(result, node_name, members_at[node_name], z)
@@ -267,7 +260,7 @@ def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
 # --------------------------------------------------------------------------- thinet
 
 
-@criterion("thinet")
+@criterion("thinet", needs_calibration=True)
 def thinet(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
     """ThiNet (Luo et al. 2017): greedily remove the channels whose summed contribution to
     the sampled consumer outputs stays smallest.
@@ -317,7 +310,7 @@ def thinet_greedy(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- lasso
 
 
-@criterion("lasso")
+@criterion("lasso", needs_calibration=True)
 def lasso(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
     """LASSO channel selection (He et al. 2017) on the ThiNet samples.
 
@@ -418,20 +411,20 @@ def _sweep(gram, target, penalty, coefficients, fitted, indices) -> float:
 # --------------------------------------------------------------------------- sensitivity
 
 
-@criterion("sensitivity")
+@criterion("sensitivity", needs_calibration=True)
 def sensitivity(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
     """Forward-only sensitivity: the model-output error when a group alone loses channels.
 
     Channels are ordered by l1; with one masked-model session the group loses its
     weakest k channels for k at 10%, 20%, .. 90% of its size, and the relative L2
     error of the model outputs against the unmasked model (worst output, on the
-    first 32 calibration samples, or ``ctx.extras["sensitivity_samples"]``) is
+    first ``ctx.sensitivity_samples`` calibration samples) is
     measured. The channel at l1-rank k scores the error interpolated for removing
     k + 1 channels (the last level's error above 90%): scores are output errors,
     directly comparable across groups.
     """
     calibration = require_calibration(ctx, "sensitivity")
-    samples = int(ctx.extras.get("sensitivity_samples") or SENSITIVITY_SAMPLES)
+    samples = ctx.sensitivity_samples
     batches = list(calibration.take(samples).batches(samples))
     masked = MaskedModel(ctx.analysis, groups)
     reference = [masked.run(batch) for batch in batches]

@@ -15,36 +15,60 @@ import numpy as np
 import onnx
 
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
+from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import UsageError
+
+DEFAULT_BATCH = 16  # samples per onnxruntime run of the data-driven criteria
+SENSITIVITY_SAMPLES = 32
 
 
 @dataclass
 class ScoringContext:
-    """Everything a criterion may read."""
+    """Everything a criterion may read, and what it leaves behind."""
 
     model: onnx.ModelProto
     analysis: ChannelAnalysis
     bn_scales: dict = field(default_factory=dict)  # producer node -> |gamma|
     seed: int = 0
+    calibration: CalibrationSet | None = None  # the data-driven criteria need it
+    batch_size: int = DEFAULT_BATCH
+    sensitivity_samples: int = SENSITIVITY_SAMPLES
     notes: list = field(default_factory=list)  # what the criterion had to fall back on
-    extras: dict = field(default_factory=dict)  # data-driven criteria put their inputs here
+    apoz: dict = field(default_factory=dict)  # `activation` leaves group id -> fraction of zeros here
 
 
 Scorer = Callable[[ScoringContext, list], dict]  # (ctx, groups) -> {group id: scores}
-CRITERIA: dict[str, Scorer] = {}
 
 
-def criterion(name: str):
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    score: Scorer
+    needs_calibration: bool
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def criterion(name: str, *, needs_calibration: bool = False):
+    """Register a scorer under `name`; the CLI's choices are read from here."""
     def register(function: Scorer) -> Scorer:
-        CRITERIA[name] = function
+        CRITERIA[name] = Criterion(name, function, needs_calibration)
         return function
     return register
+
+
+def criteria_help() -> str:
+    """One line naming every criterion, the data-driven ones apart."""
+    free = [c.name for c in CRITERIA.values() if not c.needs_calibration]
+    data = [c.name for c in CRITERIA.values() if c.needs_calibration]
+    return f"{', '.join(free)}; with --calib also {', '.join(data)}"
 
 
 def score_groups(ctx: ScoringContext, name: str, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
     if name not in CRITERIA:
         raise UsageError(f"unknown criterion {name!r}; choose from {', '.join(sorted(CRITERIA))}")
-    scores = CRITERIA[name](ctx, groups)
+    scores = CRITERIA[name].score(ctx, groups)
     for group in groups:
         values = scores[group.id]
         if values.shape != (group.channels,) or not np.all(np.isfinite(values)):

@@ -151,8 +151,8 @@ def _prune(model, settings: PruneOptions, progress, copy):
     expected = reference_output_shapes(proto, feeds, analysis.shapes)
 
     say(f"scoring {len(groups)} prunable groups by {settings.criterion}")
-    extras = {"calibration": settings.calibration, "batch_size": settings.batch_size, "progress": say}
-    context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, settings.seed, extras=extras)
+    context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, settings.seed,
+                             calibration=settings.calibration, batch_size=settings.batch_size)
     scores = score_groups(context, settings.criterion, groups)
     plan, ratio_used = _plan(analysis, groups, scores, settings, say)
 
@@ -198,7 +198,7 @@ def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) 
 
         say("measuring per-group sensitivity on the calibration data")
         sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS,
-                                          criterion=settings.criterion, progress=say)
+                                          criterion=settings.criterion, scores=scores, progress=say)
         ratios = allocate_ratios(sensitivity, cost_model, groups, scores, settings.target_macs, options)
         plan = plan_from_ratios(groups, scores, ratios, options)
         kept = sum(g.channels - len(plan.get(g.root, ())) for g in groups)

@@ -97,12 +97,15 @@ def measure_sensitivity(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     criterion: str = "l1",
     samples: int = DEFAULT_SAMPLES,
+    scores: Mapping[int, np.ndarray] | None = None,
+    seed: int = 0,
     progress: Progress | None = None,
 ) -> SensitivityReport:
     """Output error of pruning each prunable group alone at each ratio.
 
     Runs on the first `samples` samples. Within a group the channels with the
-    lowest `criterion` scores go first; the count follows `plan.kept_count`.
+    lowest `criterion` scores go first (`scores` when the caller has them, else
+    scored here with `seed`); the count follows `plan.kept_count`.
     """
     ratios = _checked_ratios(ratios)
     if calibration is None:
@@ -111,8 +114,11 @@ def measure_sensitivity(
         raise UsageError(f"samples must be at least 1, got {samples}")
     say = progress or (lambda message: None)
     groups = analysis.channels.prunable_groups()
-    say(f"scoring {len(groups)} prunable groups by {criterion}")
-    scores = _scores(analysis, calibration, criterion, groups)
+    if scores is None:
+        say(f"scoring {len(groups)} prunable groups by {criterion}")
+        context = ScoringContext(analysis.model, analysis.channels, analysis.normalize_info.bn_scales, seed,
+                                 calibration=calibration)
+        scores = score_groups(context, criterion, groups)
     cost_model = CostModel.of(analysis)
     masked = MaskedModel(analysis, groups)
     batches = list(calibration.take(samples).batches(samples))
@@ -130,13 +136,6 @@ def _checked_ratios(ratios: Sequence[float]) -> list[float]:
     if not ratios or any(not 0 < ratio < 1 for ratio in ratios):
         raise UsageError(f"sensitivity ratios must be in (0, 1), got {list(ratios)}")
     return ratios
-
-
-def _scores(analysis, calibration, criterion: str, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
-    context = ScoringContext(
-        analysis.model, analysis.channels, analysis.normalize_info.bn_scales, extras={"calibration": calibration}
-    )
-    return score_groups(context, criterion, groups)
 
 
 def _group_sensitivity(group, scores, ratios, masked, batches, reference, cost_model) -> GroupSensitivity:
