@@ -41,6 +41,7 @@ from onnx_slim.data.activations import (
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import attr
+from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class _Consumer:
     kept_out: list  # original output-channel indices kept
     bias_tensor: str | None  # where the fitted intercept goes (None: no intercept)
     bias_is_following_add: bool  # MatMul: the intercept is added to the next Add's constant
-    kind: str  # "conv", "rows"
+    kind: str  # CONV_PATCHES or MATRIX_ROWS (ops.specs)
     features: int  # columns of the least-squares system (without the intercept)
     kernel: list  # Conv kernel (from the weight: the attribute is optional)
     targets: list = field(default_factory=list)  # per batch: [S, out] original outputs
@@ -159,13 +160,10 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
         if use.kind != CONSUMER or not touched.intersection(atoms.classes_in(use.layout)):
             continue
         node = nodes[use.node]
-        if node.op_type == "Conv" and attr(node, "group", 1) != 1:
+        spec = WEIGHT_OPS.get(node.op_type)
+        kind = spec.refit_kind(node) if spec is not None else None
+        if kind is None or use.node in found:
             continue
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or use.node in found:
-            continue
-        if node.op_type == "Gemm" and (attr(node, "alpha", 1.0) != 1 or attr(node, "beta", 1.0) != 1
-                                       or attr(node, "transA", 0)):
-            continue  # scaled Gemms are rare; slicing alone stays correct for them
         full = atoms.length(use.layout)
         kept_in = atoms.kept_indices(use.layout, plan)
         removed_in = sorted(set(range(full)) - set(kept_in))
@@ -173,11 +171,10 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
         bias, following = _bias_target(node, pruned, readers)
         if bias == UNUSABLE_BIAS:
             continue
-        kind = "conv" if node.op_type == "Conv" else "rows"
         dims = list(_initializer(original, use.tensor).dims)
-        if kind == "conv" and len(dims) != 4:
+        if kind == CONV_PATCHES and len(dims) != 4:
             continue  # patches are implemented for 2-D convolutions; others keep the slice
-        kernel = dims[2:] if kind == "conv" else []
+        kernel = dims[2:] if kind == CONV_PATCHES else []
         found[use.node] = _Consumer(node, use.tensor, kept_in, removed_in, kept_out, bias, following, kind,
                                     features=len(kept_in) * math.prod(kernel), kernel=kernel)
     order = {node.name: i for i, node in enumerate(pruned.graph.node)}
@@ -194,11 +191,7 @@ def _kept_outputs(analysis, node_name, weight, plan, original) -> list:
 
 
 def _out_channels(node, dims) -> int:
-    if node.op_type == "Conv":
-        return dims[0]
-    if node.op_type == "Gemm":
-        return dims[0] if attr(node, "transB", 0) else dims[1]
-    return dims[1]
+    return dims[WEIGHT_OPS[node.op_type].out_axis(node)]
 
 
 def _bias_target(node, model, readers) -> tuple[str | None, bool]:
@@ -210,7 +203,7 @@ def _bias_target(node, model, readers) -> tuple[str | None, bool]:
         dims = list(initializers[name].dims) if name in initializers else []
         return bool(dims) and dims[-1] == features and math.prod(dims) == features
 
-    if node.op_type in ("Conv", "Gemm"):
+    if WEIGHT_OPS[node.op_type].bias_input is not None:
         if len(node.input) > 2 and node.input[2]:
             return (node.input[2], False) if per_feature(node.input[2]) else (UNUSABLE_BIAS, False)
         return f"{node.name}.refit_bias", False  # created when written
@@ -271,7 +264,7 @@ def _collect_targets(original, consumers, calibration, batch_size, max_samples, 
 
 
 def _accumulate_input_mean(consumer, x, sums, counts) -> None:
-    axis = 1 if consumer.kind == "conv" or consumer.node.op_type == "Gemm" else x.ndim - 1
+    axis = WEIGHT_OPS[consumer.node.op_type].data_channel_axis(consumer.node, x.ndim)
     moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
     total = moved.sum(axis=0)
     sums[consumer.node.name] = total if sums[consumer.node.name] is None else sums[consumer.node.name] + total
@@ -280,12 +273,12 @@ def _accumulate_input_mean(consumer, x, sums, counts) -> None:
 
 def _sample_targets(consumer, y, n_batches, n_samples, budget, rng):
     """About `budget` rows over the whole calibration set, spread evenly over images."""
-    if consumer.kind == "conv":
+    if consumer.kind == CONV_PATCHES:
         images, _, height, width = y.shape
         per_image = max(1, math.ceil(budget / max(n_samples, 1)))
         positions = sample_positions(rng, images, height, width, min(per_image, height * width))
         return positions, conv_output_at(y, positions)
-    rows = y.reshape(-1, y.shape[-1]) if consumer.node.op_type == "MatMul" else y
+    rows = y.reshape(-1, y.shape[-1])  # MatMul reads [..., K]; Gemm's [N, K] is unchanged
     per_batch = max(1, math.ceil(budget / max(n_batches, 1)))
     picked = np.sort(rng.choice(rows.shape[0], size=min(per_batch, rows.shape[0]), replace=False))
     return picked, rows[picked]
@@ -293,7 +286,7 @@ def _sample_targets(consumer, y, n_batches, n_samples, budget, rng):
 
 def _design_rows(consumer, x, positions) -> np.ndarray:
     """Features [S, d] of the pruned layer's input at the sampled positions."""
-    if consumer.kind == "conv":
+    if consumer.kind == CONV_PATCHES:
         node = consumer.node
         kernel = consumer.kernel
         strides, dilations = list(attr(node, "strides", [1, 1])), list(attr(node, "dilations", [1, 1]))
@@ -301,7 +294,7 @@ def _design_rows(consumer, x, positions) -> np.ndarray:
                                   attr(node, "auto_pad", "NOTSET"))
         patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
         return patches.reshape(patches.shape[0], -1)
-    rows = x.reshape(-1, x.shape[-1]) if consumer.node.op_type == "MatMul" else x
+    rows = x.reshape(-1, x.shape[-1])
     return rows[positions]
 
 
@@ -354,7 +347,7 @@ def _add_stats(stats: dict, part: str, design: np.ndarray, targets: np.ndarray) 
 def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
     node = consumer.node
     weight = numpy_helper.to_array(_initializer(pruned, consumer.weight))
-    current = _as_matrix(node, weight)  # [d, out]
+    current = WEIGHT_OPS[node.op_type].as_matrix(node, weight)  # [d, out]
     features = current.shape[0]
     bias_now = _current_bias(pruned, consumer, current.shape[1])
     train, holdout = consumer.stats.get("train"), consumer.stats.get("holdout")
@@ -394,22 +387,6 @@ def _heldout_error(stats, matrix) -> float:
     return float(max(value, 0.0) / energy)
 
 
-def _as_matrix(node, weight) -> np.ndarray:
-    if node.op_type == "Conv":
-        return weight.reshape(weight.shape[0], -1).T.astype(np.float64)
-    if node.op_type == "Gemm" and attr(node, "transB", 0):
-        return weight.T.astype(np.float64)
-    return weight.astype(np.float64)
-
-
-def _from_matrix(node, matrix, shape) -> np.ndarray:
-    if node.op_type == "Conv":
-        return matrix.T.reshape(shape)
-    if node.op_type == "Gemm" and attr(node, "transB", 0):
-        return matrix.T
-    return matrix.reshape(shape)
-
-
 def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
     if consumer.bias_tensor is None:
         return None
@@ -424,8 +401,8 @@ def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
 def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
     """What the removed input channels added on average to each output (all outputs)."""
     means = consumer.input_mean
-    matrix = _as_matrix(node, original_weight)  # [d_full, out_full]
-    if node.op_type == "Conv":
+    matrix = WEIGHT_OPS[node.op_type].as_matrix(node, original_weight)  # [d_full, out_full]
+    if consumer.kind == CONV_PATCHES:
         taps = original_weight.shape[2] * original_weight.shape[3]
         per_channel = matrix.reshape(original_weight.shape[1], taps, -1).sum(axis=1)  # [C_in, out]
         channel_means = means
@@ -440,7 +417,7 @@ def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> Non
     weights_part = matrix[:-1] if consumer.bias_tensor is not None else matrix
     weight_init = _initializer(pruned, consumer.weight)
     dtype = numpy_helper.to_array(weight_init).dtype
-    weight_init.CopyFrom(numpy_helper.from_array(_from_matrix(node, weights_part, weight_shape).astype(dtype), consumer.weight))
+    weight_init.CopyFrom(numpy_helper.from_array(WEIGHT_OPS[node.op_type].from_matrix(node, weights_part, weight_shape).astype(dtype), consumer.weight))
     if consumer.bias_tensor is None:
         return
     intercept = matrix[-1]

@@ -35,6 +35,7 @@ from onnx_slim.data.activations import (
 from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
 SENSITIVITY_FRACTIONS = tuple(round(0.1 * step, 1) for step in range(1, 10))
@@ -209,9 +210,9 @@ def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
     if node.op_type == "Conv" and weight.ndim in (3, 4):
         return _conv_sampler(node, weight)
     if node.op_type in ("Gemm", "MatMul") and weight.ndim == 2:
-        transposed_input = node.op_type == "Gemm" and attr(node, "transA", 0)
+        transposed_input = WEIGHT_OPS[node.op_type].data_channel_axis(node, 2) == 0  # Gemm's transA
         # [L, O]: rows are the input channels the group owns.
-        return _matrix_sampler(np.moveaxis(weight, input_axis, 0), bool(transposed_input))
+        return _matrix_sampler(np.moveaxis(weight, input_axis, 0), transposed_input)
     return None
 
 

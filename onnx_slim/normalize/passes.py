@@ -23,6 +23,7 @@ from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.graph import keep_nodes, names_read_in_subgraphs, opset_version
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
         if any(a.name == "training_mode" and a.i for a in bn.attribute):
             continue
         source = producer.get(bn.input[0])
-        if source is None or source.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+        if source is None or source.op_type not in WEIGHT_OPS or WEIGHT_OPS[source.op_type].bias_input is None:
             continue
         if readers[bn.input[0]] != 1 or bn.input[0] in pinned:
             continue
@@ -216,18 +217,13 @@ def _fold_one(graph, source, bn, initializers, info) -> bool:
     weight_init = initializers[source.input[1]]
     weight = numpy_helper.to_array(weight_init)
     factor = scale / np.sqrt(var + epsilon)
-    if source.op_type == "Conv":
-        out_axis = 0
-    elif source.op_type == "ConvTranspose":
-        if any(a.name == "group" and a.i != 1 for a in source.attribute):
-            return False
-        out_axis = 1
-    else:  # Gemm: output features are axis 1 of B, or axis 0 when transB
-        if any(a.name == "transA" and a.i for a in source.attribute):
-            return False
-        out_axis = 0 if any(a.name == "transB" and a.i for a in source.attribute) else 1
-        if len(source.input) > 2 and source.input[2] and _gemm_bias_not_vector(initializers, source):
-            return False
+    spec = WEIGHT_OPS[source.op_type]
+    if not spec.folds_batchnorm(source):
+        return False
+    out_axis = spec.out_axis(source)
+    if source.op_type == "Gemm" and len(source.input) > 2 and source.input[2] and \
+            _gemm_bias_not_vector(initializers, source):
+        return False
     if weight.shape[out_axis] != factor.size:
         return False
     shape = [1] * weight.ndim

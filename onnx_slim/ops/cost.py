@@ -15,7 +15,8 @@ import onnx
 from onnx import TensorProto
 
 from onnx_slim.ir.model import check_input_shapes, graph_inputs
-from onnx_slim.ir.shapes import infer_shapes, is_static
+from onnx_slim.ir.shapes import infer_shapes
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 # Weights of quantized models are 8-bit integers; int32/int64 tensors are shape constants
@@ -60,59 +61,15 @@ def model_cost(
         shapes, _ = infer_shapes(model, concrete_input_shapes(model, input_shapes))
     cost = ModelCost(params=count_params(model), macs=0)
     for index, node in enumerate(model.graph.node):
-        if node.op_type not in _MAC_COUNTERS:
+        spec = WEIGHT_OPS.get(node.op_type)
+        if spec is None:
             continue
         # Unnamed or duplicate names (models that were not normalized) must not collide.
         key = node.name if node.name and node.name not in cost.node_macs else f"{node.op_type}_{index}"
-        macs = _MAC_COUNTERS[node.op_type](node, shapes)
+        macs = spec.macs(node, shapes)
         if macs is None:
             cost.uncounted.append(key)
             continue
         cost.node_macs[key] = macs
         cost.macs += macs
     return cost
-
-
-def _static(shapes, name):
-    shape = shapes.get(name)
-    return shape if is_static(shape) else None
-
-
-def _conv_macs(node, shapes):
-    output, weight = _static(shapes, node.output[0]), _static(shapes, node.input[1])
-    if output is None or weight is None:
-        return None
-    # Each output element sums over (in_channels / group) * kernel elements.
-    return math.prod(output) * math.prod(weight[1:])
-
-
-def _conv_transpose_macs(node, shapes):
-    data, weight = _static(shapes, node.input[0]), _static(shapes, node.input[1])
-    if data is None or weight is None:
-        return None
-    # Each input element is scattered into (out_channels / group) * kernel outputs.
-    return math.prod(data) * math.prod(weight[1:])
-
-
-def _gemm_macs(node, shapes):
-    a, output = _static(shapes, node.input[0]), _static(shapes, node.output[0])
-    if a is None or output is None:
-        return None
-    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-    inner = a[0] if trans_a else a[1]
-    return math.prod(output) * inner
-
-
-def _matmul_macs(node, shapes):
-    a, output = _static(shapes, node.input[0]), _static(shapes, node.output[0])
-    if a is None or output is None:
-        return None
-    return math.prod(output) * a[-1]
-
-
-_MAC_COUNTERS = {
-    "Conv": _conv_macs,
-    "ConvTranspose": _conv_transpose_macs,
-    "Gemm": _gemm_macs,
-    "MatMul": _matmul_macs,
-}

@@ -8,6 +8,7 @@ from onnx_slim.channels.context import CONSUMER, PARAM, PRODUCER
 from onnx_slim.channels.rules.registry import input_at, rule
 from onnx_slim.channels.space import Layout, repeat_layout
 from onnx_slim.ir.graph import attr
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 
 @rule("Conv")
@@ -80,16 +81,16 @@ def gemm(ctx, node):
     if not ctx.is_const(weight):
         ctx.freeze_inputs(node, "weights are computed at run time")
         return
-    trans_a, trans_b = attr(node, "transA", 0), attr(node, "transB", 0)
+    spec = WEIGHT_OPS["Gemm"]
     tracked = ctx.get(data)
-    if tracked is not None and tracked.axis != (0 if trans_a else 1):
+    if tracked is not None and tracked.axis != spec.data_channel_axis(node, 2):
         ctx.freeze(tracked.layout, node, "channels are not the contracted axis")
         tracked = None
     if tracked is not None:
-        ctx.use(CONSUMER, node, weight, 1 if trans_b else 0, tracked.layout)
-    features = ctx.initializers[weight].dims[0 if trans_b else 1]
+        ctx.use(CONSUMER, node, weight, spec.in_axis(node), tracked.layout)
+    features = ctx.initializers[weight].dims[spec.out_axis(node)]
     layout = ctx.new_layout(features, node)
-    ctx.use(PRODUCER, node, weight, 0 if trans_b else 1, layout)
+    ctx.use(PRODUCER, node, weight, spec.out_axis(node), layout)
     if bias:
         _gemm_bias(ctx, node, bias, features, layout)
     ctx.track(node.output[0], 1, layout)

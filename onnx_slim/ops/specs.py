@@ -1,0 +1,182 @@
+"""What the code knows about each weight-bearing op, in one place.
+
+Every stage that touches a weight asks its op's spec: which weight axis holds
+the output features and which the input features, how many MACs the node does,
+whether its weight reads as a [inputs, outputs] matrix for re-fitting (and how
+to write it back), whether a BatchNormalization after it can fold into it. A new
+weight-bearing op is one entry in `WEIGHT_OPS` plus its channel rule
+(`channels/rules/weights.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Mapping
+
+import numpy as np
+import onnx
+
+from onnx_slim.ir.graph import attr
+from onnx_slim.ir.shapes import is_static
+
+Shapes = Mapping[str, tuple]
+
+CONV_PATCHES = "conv"  # re-fit and thinet sample 2-D patches of the input
+MATRIX_ROWS = "rows"  # re-fit and thinet read input rows against a 2-D weight
+
+
+class WeightOp:
+    """The facts shared by every weight-bearing op; subclasses fill in their own."""
+
+    op_type: ClassVar[str]
+    bias_input: ClassVar[int | None] = 2  # the input index of a per-output bias, if the op has one
+
+    def out_axis(self, node: onnx.NodeProto) -> int:
+        raise NotImplementedError
+
+    def in_axis(self, node: onnx.NodeProto) -> int:
+        raise NotImplementedError
+
+    def data_channel_axis(self, node: onnx.NodeProto, rank: int) -> int:
+        """The axis of the data input whose channels the weight's `in_axis` reads."""
+        return 1
+
+    def macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
+        raise NotImplementedError
+
+    def refit_kind(self, node: onnx.NodeProto) -> str | None:
+        """How the least-squares re-fit reads this node, or None when it keeps the plain slice."""
+        return None
+
+    def as_matrix(self, node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
+        """The weight as a float64 [input features, outputs] matrix (kernel taps inside the features);
+        only for ops with a `refit_kind`."""
+        raise NotImplementedError
+
+    def from_matrix(self, node: onnx.NodeProto, matrix: np.ndarray, shape) -> np.ndarray:
+        """The inverse of `as_matrix` for a weight of `shape`."""
+        raise NotImplementedError
+
+    def folds_batchnorm(self, node: onnx.NodeProto) -> bool:
+        """Whether an inference BatchNormalization right after this node can be folded into its weight."""
+        return False
+
+
+class Conv(WeightOp):
+    op_type = "Conv"
+
+    def out_axis(self, node):
+        return 0
+
+    def in_axis(self, node):
+        return 1
+
+    def macs(self, node, shapes):
+        output, weight = _static(shapes, node.output[0]), _static(shapes, node.input[1])
+        if output is None or weight is None:
+            return None
+        # Each output element sums over (in_channels / group) * kernel elements.
+        return math.prod(output) * math.prod(weight[1:])
+
+    def refit_kind(self, node):
+        return CONV_PATCHES if attr(node, "group", 1) == 1 else None
+
+    def as_matrix(self, node, weight):
+        return weight.reshape(weight.shape[0], -1).T.astype(np.float64)  # [C_in * taps, C_out]
+
+    def from_matrix(self, node, matrix, shape):
+        return matrix.T.reshape(shape)
+
+    def folds_batchnorm(self, node):
+        return True
+
+
+class ConvTranspose(WeightOp):
+    op_type = "ConvTranspose"
+
+    def out_axis(self, node):
+        return 1  # weight is [C_in, C_out / group, *kernel]
+
+    def in_axis(self, node):
+        return 0
+
+    def macs(self, node, shapes):
+        data, weight = _static(shapes, node.input[0]), _static(shapes, node.input[1])
+        if data is None or weight is None:
+            return None
+        # Each input element is scattered into (out_channels / group) * kernel outputs.
+        return math.prod(data) * math.prod(weight[1:])
+
+    def folds_batchnorm(self, node):
+        return attr(node, "group", 1) == 1
+
+
+class Gemm(WeightOp):
+    op_type = "Gemm"
+
+    def out_axis(self, node):
+        return 0 if attr(node, "transB", 0) else 1
+
+    def in_axis(self, node):
+        return 1 if attr(node, "transB", 0) else 0
+
+    def data_channel_axis(self, node, rank):
+        return 0 if attr(node, "transA", 0) else 1  # A is [K, M] when transA
+
+    def macs(self, node, shapes):
+        a, output = _static(shapes, node.input[0]), _static(shapes, node.output[0])
+        if a is None or output is None:
+            return None
+        return math.prod(output) * a[self.data_channel_axis(node, len(a))]
+
+    def refit_kind(self, node):
+        plain = attr(node, "alpha", 1.0) == 1 and attr(node, "beta", 1.0) == 1 and not attr(node, "transA", 0)
+        return MATRIX_ROWS if plain else None  # scaled Gemms are rare; slicing alone stays correct
+
+    def as_matrix(self, node, weight):
+        return (weight.T if attr(node, "transB", 0) else weight).astype(np.float64)
+
+    def from_matrix(self, node, matrix, shape):
+        return matrix.T if attr(node, "transB", 0) else matrix.reshape(shape)
+
+    def folds_batchnorm(self, node):
+        return not attr(node, "transA", 0)
+
+
+class MatMul(WeightOp):
+    """MatMul with a constant 2-D weight: x[..., K] @ W[K, N]."""
+
+    op_type = "MatMul"
+    bias_input = None  # exporters add the bias with a following Add
+
+    def out_axis(self, node):
+        return 1
+
+    def in_axis(self, node):
+        return 0
+
+    def data_channel_axis(self, node, rank):
+        return rank - 1
+
+    def macs(self, node, shapes):
+        a, output = _static(shapes, node.input[0]), _static(shapes, node.output[0])
+        if a is None or output is None:
+            return None
+        return math.prod(output) * a[-1]
+
+    def refit_kind(self, node):
+        return MATRIX_ROWS
+
+    def as_matrix(self, node, weight):
+        return weight.astype(np.float64)
+
+    def from_matrix(self, node, matrix, shape):
+        return matrix.reshape(shape)
+
+
+WEIGHT_OPS: dict[str, WeightOp] = {spec.op_type: spec for spec in (Conv(), ConvTranspose(), Gemm(), MatMul())}
+
+
+def _static(shapes: Shapes, name: str):
+    shape = shapes.get(name)
+    return shape if is_static(shape) else None

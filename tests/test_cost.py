@@ -1,0 +1,63 @@
+"""Params and MACs (ops/cost.py), and the per-op facts they come from (ops/specs.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphs import Graph
+
+from onnx_slim.ops.cost import count_params, model_cost
+from onnx_slim.ops.specs import WEIGHT_OPS
+
+
+def test_macs_per_op_match_hand_counts():
+    g = Graph()
+    x = g.input("x", [2, 3, 8, 8])
+    y = g.conv(x, 4, kernel=3, name="conv")  # 2*4*8*8 outputs, each 3*3*3 MACs
+    up = g.conv_transpose(y, 5, name="up")  # 2*4*8*8 inputs, each scattered into 5*2*2 outputs
+    pooled = g.node("Flatten", [g.gap(up)])
+    fc = g.gemm(pooled, 6, name="fc")  # 2*6 outputs, each 5 MACs
+    out = g.matmul(fc, 7, name="head")  # 2*7 outputs, each 6 MACs
+    cost = model_cost(g.build(out))
+    assert cost.node_macs == {
+        "conv": 2 * 4 * 8 * 8 * 27,
+        "up": 2 * 4 * 8 * 8 * 20,
+        "fc": 2 * 6 * 5,
+        "head": 2 * 7 * 6,
+    }
+    assert cost.macs == sum(cost.node_macs.values()) and not cost.uncounted
+
+
+def test_gemm_with_transposed_input_counts_its_contracted_axis():
+    g = Graph()
+    a = g.input("a", [5, 2])  # [K, M] with transA
+    w = g.weight("w", (5, 3))
+    out = g.node("Gemm", [a, w], "gemm", transA=1)
+    assert model_cost(g.build(out)).node_macs == {"gemm": 2 * 3 * 5}
+
+
+def test_params_count_weights_but_not_shape_constants():
+    g = Graph()
+    x = g.input("x", [1, 3, 4, 4])
+    y = g.conv(x, 2, kernel=1, name="conv")  # 2*3 weights + 2 biases
+    flat = g.node("Reshape", [y, g.ints("target", [1, -1])])
+    assert count_params(g.build(flat)) == 8
+
+
+@pytest.mark.parametrize("op_type, attributes, shape", [
+    ("Conv", {}, (4, 3, 3, 3)),
+    ("Gemm", {"transB": 1}, (6, 5)),
+    ("Gemm", {}, (5, 6)),
+    ("MatMul", {}, (5, 6)),
+])
+def test_weight_matrix_round_trip(op_type, attributes, shape):
+    """as_matrix is [inputs, outputs] with the outputs on the spec's out_axis, and from_matrix undoes it."""
+    from onnx import helper
+
+    node = helper.make_node(op_type, ["x", "w"], ["y"], **attributes)
+    spec = WEIGHT_OPS[op_type]
+    weight = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    matrix = spec.as_matrix(node, weight)
+    assert matrix.shape[1] == shape[spec.out_axis(node)]
+    assert matrix.shape[0] * matrix.shape[1] == weight.size
+    np.testing.assert_array_equal(spec.from_matrix(node, matrix, shape), weight)
