@@ -10,6 +10,7 @@ import onnx
 
 from onnx_slim.errors import OnnxSlimError, VerificationError, first_line
 from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.shapes import is_static
 
 
 def verify_model(
@@ -47,7 +48,7 @@ def reference_output_shapes(
     complete, else by running the original model once."""
     names = [output.name for output in model.graph.output]
     shapes = {name: inferred.get(name) for name in names}
-    if all(shape is not None and all(isinstance(d, int) and d > 0 for d in shape) for shape in shapes.values()):
+    if all(is_static(shape) for shape in shapes.values()):
         return shapes
     outputs = run_session(create_session(model, optimize=False), feeds)
     return {name: tuple(outputs[name].shape) for name in names}

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from onnx_slim.channels.space import AtomTable, Block, FreezeReason, Layout
 from onnx_slim.ir.graph import opset_version
+from onnx_slim.ir.shapes import is_static
 
 PRODUCER, CONSUMER, PARAM = "producer", "consumer", "param"
 
@@ -96,9 +97,7 @@ class AnalysisContext:
 
     def static_shape(self, name: str) -> tuple | None:
         shape = self.shapes.get(name)
-        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-            return None
-        return shape
+        return shape if is_static(shape) else None
 
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnx_slim.ir.graph import attr, opset_version, subgraphs
-from onnx_slim.ir.shapes import infer_shapes
+from onnx_slim.ir.shapes import infer_shapes, is_static
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,16 @@ def _remember_shape(node, shapes, partial_shapes) -> None:
         partial_shapes[node.output[0]] = tuple(dims[slice(start, end)])
 
 
-def _static(dims) -> bool:
-    return all(isinstance(d, int) and d > 0 for d in dims)
-
-
 def _fold_node(node, opset, shapes, constants, small_values, partial_shapes):
     if node.op_type == "Shape":
         dims = partial_shapes.get(node.output[0])
-        return [np.array(dims, dtype=np.int64)] if dims is not None and _static(dims) else None
+        return [np.array(dims, dtype=np.int64)] if dims is not None and is_static(dims) else None
     if node.op_type == "Gather" and node.input[0] in partial_shapes and node.input[1] in constants:
         # Gather(Shape(x), i) of a static dim i, even when other dims of x are dynamic.
         dims = partial_shapes[node.input[0]]
         indices = numpy_helper.to_array(constants[node.input[1]])
         picked = [dims[int(i)] for i in indices.reshape(-1)]
-        if not _static(picked):
+        if not is_static(picked):
             return None
         return [np.array(picked, dtype=np.int64).reshape(indices.shape)]
     inputs = [name for name in node.input if name]
