@@ -271,16 +271,7 @@ def thinet(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndar
     scores rise along the greedy order and mean the same thing in every group.
     The channel never removed gets the error of removing the whole group.
     """
-    calibration = require_calibration(ctx, "thinet")
-    grams = contribution_grams(ctx, calibration, groups)
-    scores = {}
-    for group in groups:
-        gram = grams.combined(group)
-        if gram is not None:
-            order, errors = thinet_greedy(gram)
-            scores[group.id] = _ordered_scores(order, errors)
-    _fall_back_to_l1(ctx, "thinet", groups, scores)
-    return scores
+    return _scores_from_grams(ctx, "thinet", groups, lambda gram: _ordered_scores(*thinet_greedy(gram)))
 
 
 def thinet_greedy(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -323,14 +314,18 @@ def lasso(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarr
     its coefficient turns non-zero (see `lasso_path_scores`): the channels that hit
     zero first as the penalty grows score lowest.
     """
-    calibration = require_calibration(ctx, "lasso")
-    grams = contribution_grams(ctx, calibration, groups)
+    return _scores_from_grams(ctx, "lasso", groups, lasso_path_scores)
+
+
+def _scores_from_grams(ctx: ScoringContext, name: str, groups: list[ChannelGroup], score) -> dict[int, np.ndarray]:
+    """`score(gram)` of each group's combined contribution Gram; l1 where a group has none."""
+    grams = contribution_grams(ctx, require_calibration(ctx, name), groups)
     scores = {}
     for group in groups:
         gram = grams.combined(group)
         if gram is not None:
-            scores[group.id] = lasso_path_scores(gram)
-    _fall_back_to_l1(ctx, "lasso", groups, scores)
+            scores[group.id] = score(gram)
+    _fall_back_to_l1(ctx, name, groups, scores)
     return scores
 
 
