@@ -85,6 +85,54 @@ class ReconstructReport:
 
 
 @dataclass
+class GramStats:
+    """Least-squares statistics of a set of rows: A^T A, A^T Y, ||Y||^2 and how many rows."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    energy: float = 0.0
+    rows: int = 0
+
+    @classmethod
+    def of(cls, design: np.ndarray, targets: np.ndarray) -> GramStats:
+        return cls(design.T @ design, design.T @ targets, float(np.square(targets).sum()), design.shape[0])
+
+    def __iadd__(self, other: GramStats) -> GramStats:
+        self.gram += other.gram
+        self.cross += other.cross
+        self.energy += other.energy
+        self.rows += other.rows
+        return self
+
+    def relative_error(self, matrix: np.ndarray) -> float:
+        """||A W - Y||^2 / ||Y||^2 over these rows."""
+        value = np.sum(matrix * (self.gram @ matrix)) - 2 * np.sum(matrix * self.cross) + self.energy
+        return float(max(value, 0.0) / self.energy)
+
+
+@dataclass
+class FitStats:
+    """A layer's statistics: every HOLDOUT_EVERY-th row is held out to choose among the candidates."""
+
+    train: GramStats | None = None
+    holdout: GramStats | None = None
+    rows_seen: int = 0
+
+    def add(self, design: np.ndarray, targets: np.ndarray) -> None:
+        held = (np.arange(design.shape[0]) + self.rows_seen) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+        self.rows_seen += design.shape[0]
+        self.train = _summed(self.train, GramStats.of(design[~held], targets[~held]))
+        self.holdout = _summed(self.holdout, GramStats.of(design[held], targets[held]))
+
+
+def _summed(total: GramStats | None, part: GramStats) -> GramStats:
+    if total is None:
+        return part
+    total += part
+    return total
+
+
+@dataclass
 class _Consumer:
     """One layer to re-fit, with its geometry and its running statistics."""
 
@@ -101,7 +149,7 @@ class _Consumer:
     targets: list = field(default_factory=list)  # per batch: [S, out] original outputs
     positions: list = field(default_factory=list)  # per batch: conv positions or row indices
     input_mean: np.ndarray | None = None  # original input channel means (bias correction)
-    stats: dict = field(default_factory=dict)
+    stats: FitStats = field(default_factory=FitStats)
 
 
 def reconstruct(
@@ -141,7 +189,7 @@ def reconstruct(
         _accumulate_features(pruned, chunk, calibration, batch_size)
         for consumer in chunk:
             report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
-            consumer.stats.clear()
+            consumer.stats = FitStats()
             consumer.targets.clear()
     report.seconds = round(time.perf_counter() - started, 2)
     return report
@@ -321,24 +369,7 @@ def _flush(consumer, pending: list) -> None:
     pending.clear()
     if consumer.bias_tensor is not None:
         design = np.hstack([design, np.ones((design.shape[0], 1))])
-    offset = consumer.stats.get("rows", 0)
-    holdout = (np.arange(design.shape[0]) + offset) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-    consumer.stats["rows"] = offset + design.shape[0]
-    for part, rows in (("train", ~holdout), ("holdout", holdout)):
-        _add_stats(consumer.stats, part, design[rows], targets[rows])
-
-
-def _add_stats(stats: dict, part: str, design: np.ndarray, targets: np.ndarray) -> None:
-    gram, cross = design.T @ design, design.T @ targets
-    energy = np.square(targets).sum()
-    if part not in stats:
-        stats[part] = [gram, cross, energy, design.shape[0]]
-    else:
-        entry = stats[part]
-        entry[0] += gram
-        entry[1] += cross
-        entry[2] += energy
-        entry[3] += design.shape[0]
+    consumer.stats.add(design, targets)
 
 
 # -- choosing and writing the new weights ------------------------------------------------
@@ -350,9 +381,9 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
     current = WEIGHT_OPS[node.op_type].as_matrix(node, weight)  # [d, out]
     features = current.shape[0]
     bias_now = _current_bias(pruned, consumer, current.shape[1])
-    train, holdout = consumer.stats.get("train"), consumer.stats.get("holdout")
-    layer = LayerFit(node.name, node.op_type, "slice", features, int((train or [0] * 4)[3] + (holdout or [0] * 4)[3]), 0.0)
-    if train is None or holdout is None or holdout[2] == 0:
+    train, holdout = consumer.stats.train, consumer.stats.holdout
+    layer = LayerFit(node.name, node.op_type, "slice", features, consumer.stats.rows_seen, 0.0)
+    if train is None or holdout is None or holdout.energy == 0:
         return layer
 
     def stacked(matrix, bias):
@@ -363,13 +394,13 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
         correction = _mean_contribution(node, original_weight, consumer)
         candidates["bias"] = stacked(current, bias_now + correction[consumer.kept_out])
     if features <= MAX_FEATURES:
-        gram, cross = train[0], train[1]
+        gram, cross = train.gram, train.cross
         scale = ridge * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
         try:
             candidates["fit"] = np.linalg.solve(gram + scale * np.eye(gram.shape[0]), cross)
         except np.linalg.LinAlgError:
             log.debug("ridge solve failed for %s", node.name)
-    errors = {name: _heldout_error(holdout, matrix) for name, matrix in candidates.items()}
+    errors = {name: holdout.relative_error(matrix) for name, matrix in candidates.items()}
     layer.error_slice = errors["slice"]
     layer.error_bias = errors.get("bias")
     layer.error_fit = errors.get("fit")
@@ -378,13 +409,6 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
     if best != "slice":
         _write(pruned, consumer, candidates[best], weight.shape)
     return layer
-
-
-def _heldout_error(stats, matrix) -> float:
-    """||A W - Y||^2 / ||Y||^2 on the held-out rows, from their Gram statistics."""
-    gram, cross, energy, _ = stats
-    value = np.sum(matrix * (gram @ matrix)) - 2 * np.sum(matrix * cross) + energy
-    return float(max(value, 0.0) / energy)
 
 
 def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
@@ -417,7 +441,8 @@ def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> Non
     weights_part = matrix[:-1] if consumer.bias_tensor is not None else matrix
     weight_init = _initializer(pruned, consumer.weight)
     dtype = numpy_helper.to_array(weight_init).dtype
-    weight_init.CopyFrom(numpy_helper.from_array(WEIGHT_OPS[node.op_type].from_matrix(node, weights_part, weight_shape).astype(dtype), consumer.weight))
+    new_weight = WEIGHT_OPS[node.op_type].from_matrix(node, weights_part, weight_shape).astype(dtype)
+    weight_init.CopyFrom(numpy_helper.from_array(new_weight, consumer.weight))
     if consumer.bias_tensor is None:
         return
     intercept = matrix[-1]
