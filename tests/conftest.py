@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from onnx_slim.channels.analysis import analyze
+from onnx_slim.ir.model import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 from onnx_slim.pipeline.prune import prune
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 1) -> dict:
-    """Inputs for every graph input: standard normal floats, random booleans (symbolic dims are 1)."""
-    rng = np.random.default_rng(seed)
-    initializer_names = {init.name for init in model.graph.initializer}
-    feeds = {}
-    for value in model.graph.input:
-        if value.name not in initializer_names:
-            tensor_type = value.type.tensor_type
-            shape = [d.dim_value or 1 for d in tensor_type.shape.dim]
-            dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-            sample = rng.standard_normal(shape)
-            feeds[value.name] = np.asarray(sample > 0 if dtype == np.bool_ else sample.astype(dtype))
-    return feeds
+    """Inputs for every graph input, as the library makes them (symbolic dims made concrete)."""
+    return random_inputs(model, seed=seed)
 
 
 def run(model: onnx.ModelProto, feeds: dict) -> dict:
