@@ -19,7 +19,7 @@ from onnx_slim.data.metrics import agreement
 from onnx_slim.errors import UsageError
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_target_macs, uniform_plan
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 DATA_CRITERIA = ("activation", "thinet", "lasso", "sensitivity")
 
 

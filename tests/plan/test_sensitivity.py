@@ -17,7 +17,7 @@ from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.plan.planner import CostModel, PlanOptions, kept_count, plan_for_target_macs
 from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 RATIOS = (0.1, 0.3, 0.5)
 
 

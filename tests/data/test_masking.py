@@ -15,7 +15,7 @@ from onnx_slim.data.masking import MaskedModel
 from onnx_slim.ir.model import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def pruned_outputs(analysis, plan, feeds):

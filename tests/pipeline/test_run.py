@@ -10,7 +10,7 @@ import onnx
 import pytest
 from test_cli import run_cli
 
-MODELS = Path(__file__).parent.parent / "models"
+MODELS = Path(__file__).parents[2] / "models"
 FAST = ["--runs", "3", "--warmup", "1", "--no-memory", "--quiet"]
 
 

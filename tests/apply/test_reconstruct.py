@@ -11,7 +11,7 @@ from onnx_slim import UsageError, prune
 from onnx_slim.data.calibration import load_calibration
 from onnx_slim.data.evaluate import evaluate
 
-MODELS = Path(__file__).parent.parent / "models"
+MODELS = Path(__file__).parents[2] / "models"
 
 
 def data(model):

@@ -1,0 +1,89 @@
+"""The planner: which channels each group loses, for a ratio or a MACs target, with rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_valid, weight_dims
+from graphs import conv_chain
+from onnx import numpy_helper
+
+from onnx_slim.pipeline.prune import prune
+from onnx_slim.plan.planner import PlanOptions, global_plan, kept_count, uniform_plan
+
+
+@pytest.mark.parametrize("ratio, options, kept", [
+    (0.5, {"round_to": 8}, 8),
+    (0.7, {"round_to": 8}, 8),   # keeps 5, rounded to 8
+    (0.8, {"round_to": 4}, 4),   # keeps 4
+    (0.5, {"min_channels": 12}, 12),
+    (0.9, {"min_channels": 3}, 3),
+    (0.9, {"round_to": 4, "min_channels": 6}, 8),
+])
+def test_round_to_and_min_channels(ratio, options, kept):
+    model = conv_chain((16,))
+    pruned, _ = prune(model, ratio=ratio, **options)
+    assert weight_dims(pruned, "conv1") == (kept, 3, 3, 3)
+    assert weight_dims(pruned, "conv_out") == (2, kept, 3, 3)
+
+
+def test_global_ranking_prunes_where_scores_are_lowest():
+    """conv1 has four near-zero filters, conv2 none: global ranking takes them all from conv1."""
+    model = conv_chain((8, 8))
+    weight = next(i for i in model.graph.initializer if i.name == "conv1_w")
+    value = numpy_helper.to_array(weight).copy()
+    value[[1, 3, 5, 7]] *= 1e-3
+    weight.CopyFrom(numpy_helper.from_array(value, "conv1_w"))
+    uniform, _ = prune(model, ratio=0.25)
+    ranked, _ = prune(model, ratio=0.25, global_ranking=True)
+    assert (weight_dims(uniform, "conv1")[0], weight_dims(uniform, "conv2")[0]) == (6, 6)
+    assert (weight_dims(ranked, "conv1")[0], weight_dims(ranked, "conv2")[0]) == (4, 8)
+
+
+@pytest.mark.parametrize("global_ranking", [False, True])
+def test_target_macs_within_two_percent(global_ranking):
+    model = conv_chain((16, 24, 32, 32, 24, 16), size=8)
+    pruned, report = prune(model, target_macs=0.5, global_ranking=global_ranking)
+    assert abs(report.macs_fraction - 0.5) <= 0.02
+    assert_valid(pruned, model)
+
+
+# -- the planner's own functions ---------------------------------------------------------------
+
+
+class _Group:
+    """The two fields the planner reads of a channel group."""
+
+    def __init__(self, gid: int, channels: int) -> None:
+        self.id = self.root = gid
+        self.channels = channels
+
+
+@pytest.mark.parametrize("channels, remove, options, kept", [
+    (16, 8, PlanOptions(), 8),
+    (16, 16, PlanOptions(), 1),                     # never below one channel
+    (16, 11, PlanOptions(round_to=4), 4),           # keeps 5, nearest multiple of 4
+    (16, 10, PlanOptions(round_to=4), 8),           # keeps 6: halves round up
+    (16, 15, PlanOptions(round_to=4, min_channels=5), 8),
+    (6, 0, PlanOptions(round_to=8), 6),             # never more than the group has
+])
+def test_kept_count(channels, remove, options, kept):
+    assert kept_count(channels, remove, options) == kept
+
+
+def test_uniform_plan_removes_each_groups_lowest_scores():
+    groups = [_Group(0, 4), _Group(1, 6)]
+    scores = {0: np.array([3.0, 1.0, 2.0, 0.5]), 1: np.array([6, 5, 4, 3, 2, 1.0])}
+    assert uniform_plan(groups, scores, 0.5, PlanOptions()) == {0: [1, 3], 1: [3, 4, 5]}
+
+
+def test_uniform_plan_breaks_ties_by_position():
+    groups = [_Group(7, 4)]
+    assert uniform_plan(groups, {7: np.ones(4)}, 0.5, PlanOptions()) == {7: [0, 1]}
+
+
+def test_global_plan_takes_the_lowest_scores_across_groups():
+    groups = [_Group(0, 4), _Group(1, 4)]
+    scores = {0: np.array([0.1, 0.2, 0.3, 5.0]), 1: np.array([4.0, 5.0, 6.0, 7.0])}
+    assert global_plan(groups, scores, 0.25, PlanOptions()) == {0: [0, 1]}
+    assert global_plan(groups, scores, 0.0, PlanOptions()) == {}
