@@ -274,7 +274,7 @@ def pipeline_config(ctx, model, config_path, options):
     """PipelineConfig from defaults < config file < options given on the command line."""
     from click.core import ParameterSource
 
-    from onnx_slim.pipeline.run import config_from_mapping, load_config, sibling_config
+    from onnx_slim.pipeline.config import config_from_mapping, load_config, sibling_config
 
     config_file = config_path or sibling_config(model)
     merged = load_config(config_file) if config_file else {}
