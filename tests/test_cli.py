@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from onnx_slim.cli import main
+from onnx_slim.errors import UsageError
 
 DEMO = Path(__file__).parent.parent / "models" / "digits_cnn.onnx"
 
@@ -160,3 +161,26 @@ def test_target_macs_within_two_percent_with_coarse_rounding(capsys, demo, tmp_p
     assert code == 0
     assert abs(report["macs_after"] / report["macs_before"] - 0.5) <= 0.02
     assert all(group["kept"] % 8 == 0 for group in report["groups"])
+
+
+@pytest.mark.parametrize("shape", ["input=-1,1,16,16", "input=0,1,16,16"])
+def test_input_shape_dims_must_be_concrete(capsys, demo, tmp_path, shape):
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--quiet", "--input-shape", shape)
+    assert code == 2
+    assert stderr.strip() == f"error: bad input shape '{shape}': every dim must be at least 1 (a concrete size)"
+    assert not out.exists()
+
+
+def test_input_shape_dims_must_be_concrete_in_the_api(demo):
+    from onnx_slim.pipeline.prune import prune
+
+    with pytest.raises(UsageError, match=r"--input-shape input=0,1,16,16: every dim must be at least 1"):
+        prune(str(demo), ratio=0.5, input_shapes={"input": [0, 1, 16, 16]})
+
+
+def test_bench_shape_must_name_an_input(capsys, demo):
+    code, _, stderr = run_cli(capsys, "bench", demo, "--runs", "1", "--no-memory", "--quiet",
+                              "--shape", "images=2,1,16,16")
+    assert code == 2
+    assert stderr.strip() == "error: --shape images: the model has no such input (inputs: input)"
