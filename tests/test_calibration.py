@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_slim.data import calibration as calibration_module
+from onnx_slim.data import images as images_module
 from onnx_slim.data.calibration import CalibrationSet, load_calibration
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.runtime import create_session, run_session
@@ -370,13 +370,13 @@ def test_image_folder_decodes_lazily_per_batch(tmp_path, monkeypatch):
     for index in range(10):
         write_image(tmp_path / f"img_{index:02d}.png", solid_image(8, 8, (index * 20, 0, 0)))
     decoded = []
-    original = calibration_module._read_pixels
+    original = images_module._read_pixels
 
     def counting_read_pixels(path, *args):
         decoded.append(path.name)
         return original(path, *args)
 
-    monkeypatch.setattr(calibration_module, "_read_pixels", counting_read_pixels)
+    monkeypatch.setattr(images_module, "_read_pixels", counting_read_pixels)
     calib = load_calibration(tmp_path, image_model(), samples=7)
     assert decoded == []  # loading only checks headers
 
