@@ -184,3 +184,19 @@ def test_bench_shape_must_name_an_input(capsys, demo):
                               "--shape", "images=2,1,16,16")
     assert code == 2
     assert stderr.strip() == "error: --shape images: the model has no such input (inputs: input)"
+
+
+def test_calibration_with_nan_is_one_line_error(capsys, demo, tmp_path):
+    import numpy as np
+
+    data = np.zeros((4, 1, 16, 16), np.float32)
+    data[1, 0, 2, 3] = np.nan
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=data)
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--criterion", "activation",
+                              "--calib", calib, "--quiet")
+    assert code == 1
+    assert stderr.strip() == (f"error: {calib}: input 'input' holds 1 NaN or infinite value, "
+                              "the first at sample 1, index [1, 0, 2, 3]; fix or drop those samples")
+    assert not out.exists()

@@ -19,7 +19,7 @@ import onnx
 
 from onnx_slim.data.arrays import ArraySource, load_npy_folder, load_npz
 from onnx_slim.data.images import CHANNEL_ORDERS, IMAGE_SUFFIXES, LAYOUTS, ImageSource, load_image_folder
-from onnx_slim.data.samples import LoadedSamples, check_sample_counts
+from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_counts
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.model import InputSpec, fixed_batch_size, graph_inputs, load_model, random_inputs
 
@@ -33,10 +33,11 @@ DEFAULT_RANDOM_SAMPLES = 16
 _Source = Union[ArraySource, ImageSource]
 
 
-def _as_source(value) -> _Source:
+def _as_source(name: str, value, origin: str) -> _Source:
     if isinstance(value, (ArraySource, ImageSource)):
-        return value
+        return value  # loaders and subsets hand over checked sources
     array = np.asarray(value)
+    check_finite(array, name, origin)
     return ArraySource(array, array.dtype)
 
 
@@ -57,7 +58,9 @@ class CalibrationSet:
         origin: str = "arrays",
         fixed_batch: int | None = None,
     ):
-        self._sources: dict[str, _Source] = {name: _as_source(value) for name, value in arrays.items()}
+        self._sources: dict[str, _Source] = {
+            name: _as_source(name, value, origin) for name, value in arrays.items()
+        }
         self.labels = None if labels is None else np.asarray(labels)
         self.is_random = is_random
         self.origin = origin

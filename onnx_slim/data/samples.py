@@ -91,6 +91,32 @@ def _check_castable(dtype: np.dtype, spec: InputSpec, where: Path) -> None:
         )
 
 
+def check_finite(values: np.ndarray, name: str, where, first_sample: int = 0) -> None:
+    """Refuse NaN and infinity: criteria and re-fitting would quietly fall back and accuracy
+    collapse. Scans in slices, so a memory-mapped array is never read whole into memory.
+    `first_sample` is the index of `values[0]` in the whole set, for the message."""
+    if not np.issubdtype(values.dtype, np.inexact):
+        return
+    values = values.reshape(1) if values.ndim == 0 else values
+    step = max(1, _FINITE_CHECK_ELEMENTS // max(1, int(np.prod(values.shape[1:]))))
+    count, first = 0, None
+    for start in range(0, len(values), step):
+        bad = ~np.isfinite(values[start:start + step])
+        found = int(np.count_nonzero(bad))
+        if found and first is None:
+            position = np.argwhere(bad)[0]
+            first = [first_sample + start + int(position[0])] + [int(i) for i in position[1:]]
+        count += found
+    if count:
+        raise OnnxSlimError(
+            f"{where}: input '{name}' holds {count} NaN or infinite value{'s' if count > 1 else ''}, "
+            f"the first at sample {first[0]}, index {first}; fix or drop those samples"
+        )
+
+
+_FINITE_CHECK_ELEMENTS = 1 << 22  # ~16 MB of float32 per slice
+
+
 def check_labels(labels: np.ndarray | None, where: Path | None) -> None:
     if labels is None:
         return
