@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -200,3 +202,35 @@ def test_calibration_with_nan_is_one_line_error(capsys, demo, tmp_path):
     assert stderr.strip() == (f"error: {calib}: input 'input' holds 1 NaN or infinite value, "
                               "the first at sample 1, index [1, 0, 2, 3]; fix or drop those samples")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on device; free some space"),
+    (PermissionError(errno.EACCES, "Permission denied"), "permission denied; choose a writable folder"),
+])
+def test_failed_write_names_the_output_in_one_line(capsys, demo, tmp_path, monkeypatch, error, message):
+    from onnx_slim.pipeline import prune as prune_module
+
+    def failing_save(model, path):
+        error.filename = str(path)  # the scratch file the user never asked for
+        raise error
+
+    monkeypatch.setattr(prune_module, "save_model", failing_save)
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--quiet")
+    assert code == 1
+    assert stderr.strip() == f"error: cannot write {out}: {message}"
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(capsys, demo, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, _, stderr = run_cli(capsys, "prune", demo, "-o", folder / "o.onnx", "--ratio", "0.5", "--quiet")
+    finally:
+        folder.chmod(0o755)
+    assert code == 1
+    assert stderr.strip() == f"error: cannot write {folder / 'o.onnx'}: permission denied; choose a writable folder"
