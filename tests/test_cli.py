@@ -234,3 +234,23 @@ def test_read_only_output_folder(capsys, demo, tmp_path):
         folder.chmod(0o755)
     assert code == 1
     assert stderr.strip() == f"error: cannot write {folder / 'o.onnx'}: permission denied; choose a writable folder"
+
+
+def test_weight_shape_that_contradicts_the_graph_is_one_line(capsys, tmp_path):
+    """A Conv weight with fewer input channels than its input carries: refused at analysis."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(str(DEMO))
+    conv = [node for node in model.graph.node if node.op_type == "Conv"][1]
+    weight = next(init for init in model.graph.initializer if init.name == conv.input[1])
+    value = numpy_helper.to_array(weight)
+    weight.CopyFrom(numpy_helper.from_array(np.ones((value.shape[0], 20) + value.shape[2:], np.float32), weight.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", broken, "-o", out, "--ratio", "0.5", "--quiet")
+    assert code == 1
+    assert stderr.strip() == (f"error: node {conv.name} (Conv): weight {weight.name} has 20 channels on axis 1 "
+                              f"but the graph gives it {value.shape[1]}: the model is inconsistent; re-export it")
+    assert not out.exists()
