@@ -254,3 +254,17 @@ def test_weight_shape_that_contradicts_the_graph_is_one_line(capsys, tmp_path):
     assert stderr.strip() == (f"error: node {conv.name} (Conv): weight {weight.name} has 20 channels on axis 1 "
                               f"but the graph gives it {value.shape[1]}: the model is inconsistent; re-export it")
     assert not out.exists()
+
+
+def test_exclude_matching_nothing_and_a_prune_removing_nothing_are_warned(capsys, demo, tmp_path):
+    code, stdout, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "o.onnx", "--ratio", "0.5",
+                                   "--round-to", "1000000", "--exclude", "/nope/*", "--exclude", "/fc/*", "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["channels_removed"] == 0
+    expected = ["--exclude '/nope/*' matches no node",
+                "nothing was removed: the ratio or target, --round-to and --min-channels leave every group whole; "
+                "the model keeps all its channels"]
+    assert report["notes"][:2] == expected
+    assert all(f"warning: {warning}" in stderr for warning in expected)
+    assert "'/fc/*'" not in stderr
