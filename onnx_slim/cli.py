@@ -6,10 +6,12 @@ are one line on stderr (`error: ...`); `--debug` shows the traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 import click
 
@@ -76,6 +78,26 @@ def _floats(text, kind=float):
         return [kind(part) for part in text.replace("x", ",").split(",")]
     except ValueError:
         raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+# Errors of writing the output that the user can fix: a read-only folder, a full disk or quota.
+_WRITE_ERRORS = {
+    errno.EACCES: "choose a writable folder", errno.EPERM: "choose a writable folder",
+    errno.EROFS: "choose a writable folder", errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
+}
+
+
+@contextmanager
+def writing_output(output):
+    """Report a failed write as one line naming the output, not the scratch file it failed on."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        reason = (exc.strerror or os.strerror(exc.errno)).lower()
+        raise OnnxSlimError(f"cannot write {output}: {reason}; {_WRITE_ERRORS[exc.errno]}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,13 +175,14 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation = load_data(eval_path, model, params)
-    report = prune_file(
-        model, output, force=force, progress=console.progress, evaluation=evaluation,
-        ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
-        allocate=allocate, reconstruct=reconstruct, calibration=calibration, batch_size=batch_size,
-        round_to=round_to, min_channels=min_channels, exclude=list(exclude), prune_layernorm=prune_layernorm, seed=seed,
-        input_shapes=parse_input_shapes(input_shapes),
-    )
+    with writing_output(output):
+        report = prune_file(
+            model, output, force=force, progress=console.progress, evaluation=evaluation,
+            ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
+            allocate=allocate, reconstruct=reconstruct, calibration=calibration, batch_size=batch_size,
+            round_to=round_to, min_channels=min_channels, exclude=list(exclude), prune_layernorm=prune_layernorm,
+            seed=seed, input_shapes=parse_input_shapes(input_shapes),
+        )
     data = report.to_dict()
     if as_json:
         click.echo(to_json(data))
@@ -262,7 +285,8 @@ def run(ctx, model, output, config_path, force, as_json, quiet, **options):
     config, config_file = pipeline_config(ctx, model, config_path, options)
     if config_file:
         console.progress(f"config: {config_file}")
-    report = run_pipeline(model, output, config, config_file=config_file, force=force, progress=console.progress)
+    with writing_output(output):
+        report = run_pipeline(model, output, config, config_file=config_file, force=force, progress=console.progress)
     if as_json:
         click.echo(to_json(report))
     else:
@@ -275,7 +299,7 @@ def pipeline_config(ctx, model, config_path, options):
     """PipelineConfig from defaults < config file < options given on the command line."""
     from click.core import ParameterSource
 
-    from onnx_slim.pipeline.run import config_from_mapping, load_config, sibling_config
+    from onnx_slim.pipeline.config import config_from_mapping, load_config, sibling_config
 
     config_file = config_path or sibling_config(model)
     merged = load_config(config_file) if config_file else {}
@@ -318,7 +342,8 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
     console = Console(quiet)
     config, config_file = pipeline_config(ctx, model, config_path, options)
     fractions = _floats(targets)
-    result = run_sweep(model, output, config, fractions, force=force, progress=console.progress)
+    with writing_output(output):
+        result = run_sweep(model, output, config, fractions, force=force, progress=console.progress)
     if as_json:
         click.echo(to_json(result))
     else:
@@ -353,9 +378,10 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
     batches = None if calibration is None or calibration.is_random else calibration.batch_stream(batch_size)
-    report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
-                            per_channel=per_channel, method=method, reduce_range=reduce_range,
-                            exclude=list(exclude), calibration_batch_size=batch_size, force=force)
+    with writing_output(output):
+        report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
+                                per_channel=per_channel, method=method, reduce_range=reduce_range,
+                                exclude=list(exclude), calibration_batch_size=batch_size, force=force)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import onnx
 import pytest
 
 from onnx_slim.cli import main
+from onnx_slim.errors import UsageError
 
 DEMO = Path(__file__).parent.parent / "models" / "digits_cnn.onnx"
 
@@ -160,3 +163,108 @@ def test_target_macs_within_two_percent_with_coarse_rounding(capsys, demo, tmp_p
     assert code == 0
     assert abs(report["macs_after"] / report["macs_before"] - 0.5) <= 0.02
     assert all(group["kept"] % 8 == 0 for group in report["groups"])
+
+
+@pytest.mark.parametrize("shape", ["input=-1,1,16,16", "input=0,1,16,16"])
+def test_input_shape_dims_must_be_concrete(capsys, demo, tmp_path, shape):
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--quiet", "--input-shape", shape)
+    assert code == 2
+    assert stderr.strip() == f"error: bad input shape '{shape}': every dim must be at least 1 (a concrete size)"
+    assert not out.exists()
+
+
+def test_input_shape_dims_must_be_concrete_in_the_api(demo):
+    from onnx_slim.pipeline.prune import prune
+
+    with pytest.raises(UsageError, match=r"--input-shape input=0,1,16,16: every dim must be at least 1"):
+        prune(str(demo), ratio=0.5, input_shapes={"input": [0, 1, 16, 16]})
+
+
+def test_bench_shape_must_name_an_input(capsys, demo):
+    code, _, stderr = run_cli(capsys, "bench", demo, "--runs", "1", "--no-memory", "--quiet",
+                              "--shape", "images=2,1,16,16")
+    assert code == 2
+    assert stderr.strip() == "error: --shape images: the model has no such input (inputs: input)"
+
+
+def test_calibration_with_nan_is_one_line_error(capsys, demo, tmp_path):
+    import numpy as np
+
+    data = np.zeros((4, 1, 16, 16), np.float32)
+    data[1, 0, 2, 3] = np.nan
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=data)
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--criterion", "activation",
+                              "--calib", calib, "--quiet")
+    assert code == 1
+    assert stderr.strip() == (f"error: {calib}: input 'input' holds 1 NaN or infinite value, "
+                              "the first at sample 1, index [1, 0, 2, 3]; fix or drop those samples")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on device; free some space"),
+    (PermissionError(errno.EACCES, "Permission denied"), "permission denied; choose a writable folder"),
+])
+def test_failed_write_names_the_output_in_one_line(capsys, demo, tmp_path, monkeypatch, error, message):
+    from onnx_slim.pipeline import prune as prune_module
+
+    def failing_save(model, path):
+        error.filename = str(path)  # the scratch file the user never asked for
+        raise error
+
+    monkeypatch.setattr(prune_module, "save_model", failing_save)
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--quiet")
+    assert code == 1
+    assert stderr.strip() == f"error: cannot write {out}: {message}"
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(capsys, demo, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, _, stderr = run_cli(capsys, "prune", demo, "-o", folder / "o.onnx", "--ratio", "0.5", "--quiet")
+    finally:
+        folder.chmod(0o755)
+    assert code == 1
+    assert stderr.strip() == f"error: cannot write {folder / 'o.onnx'}: permission denied; choose a writable folder"
+
+
+def test_weight_shape_that_contradicts_the_graph_is_one_line(capsys, tmp_path):
+    """A Conv weight with fewer input channels than its input carries: refused at analysis."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(str(DEMO))
+    conv = [node for node in model.graph.node if node.op_type == "Conv"][1]
+    weight = next(init for init in model.graph.initializer if init.name == conv.input[1])
+    value = numpy_helper.to_array(weight)
+    weight.CopyFrom(numpy_helper.from_array(np.ones((value.shape[0], 20) + value.shape[2:], np.float32), weight.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", broken, "-o", out, "--ratio", "0.5", "--quiet")
+    assert code == 1
+    assert stderr.strip() == (f"error: node {conv.name} (Conv): weight {weight.name} has 20 channels on axis 1 "
+                              f"but the graph gives it {value.shape[1]}: the model is inconsistent; re-export it")
+    assert not out.exists()
+
+
+def test_exclude_matching_nothing_and_a_prune_removing_nothing_are_warned(capsys, demo, tmp_path):
+    code, stdout, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "o.onnx", "--ratio", "0.5",
+                                   "--round-to", "1000000", "--exclude", "/nope/*", "--exclude", "/fc/*", "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["channels_removed"] == 0
+    expected = ["--exclude '/nope/*' matches no node",
+                "nothing was removed: the ratio or target, --round-to and --min-channels leave every group whole; "
+                "the model keeps all its channels"]
+    assert report["notes"][:2] == expected
+    assert all(f"warning: {warning}" in stderr for warning in expected)
+    assert "'/fc/*'" not in stderr

@@ -10,6 +10,7 @@ import onnx
 
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
 from onnx_slim.channels.space import FreezeReason
+from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import infer_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
@@ -87,8 +88,22 @@ def analyze(
     concrete = concrete_input_shapes(proto, input_shapes)
     shapes, _ = infer_shapes(proto, concrete)
     channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
+    _check_weight_shapes(channels, shapes)
     _apply_excludes(channels.groups, exclude)
     return ModelAnalysis(proto, info, channels, model_cost(proto, shapes=shapes), shapes, concrete)
+
+
+def _check_weight_shapes(channels: ChannelAnalysis, shapes: Mapping[str, tuple]) -> None:
+    """A weight axis must be as long as the channels the graph feeds it (a broken export
+    would otherwise fail deep in surgery or onnxruntime)."""
+    for use in channels.context.uses:
+        dims = shapes.get(use.tensor)
+        expected = channels.atoms.length(use.layout)
+        if dims is not None and use.axis < len(dims) and dims[use.axis] != expected:
+            raise InvalidModelError(
+                f"node {use.node} ({use.op_type}): weight {use.tensor} has {dims[use.axis]} channels on axis "
+                f"{use.axis} but the graph gives it {expected}: the model is inconsistent; re-export it"
+            )
 
 
 def _apply_excludes(groups: list[ChannelGroup], patterns: Sequence[str]) -> None:

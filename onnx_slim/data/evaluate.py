@@ -9,6 +9,7 @@ import onnx
 
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.metrics import AgreementAccumulator, accuracy
+from onnx_slim.data.samples import check_finite
 from onnx_slim.ir.model import leading_dim
 from onnx_slim.ir.runtime import create_session, run_session
 
@@ -30,9 +31,13 @@ def evaluate(
     first_output = reference_session.get_outputs()[0].name
     reference_scores, candidate_scores = [], []
     labels = getattr(data, "labels", None)
-    batches = data.batches(batch_size) if isinstance(data, CalibrationSet) else data
+    from_set = isinstance(data, CalibrationSet)  # a set's samples were checked when it was built
+    batches = data.batches(batch_size) if from_set else data
     samples = 0
     for batch in batches:
+        if not from_set:
+            for name, value in batch.items():
+                check_finite(np.asarray(value), name, "evaluation data", samples)
         samples += leading_dim(batch)
         reference = run_session(reference_session, batch)
         produced = run_session(candidate_session, batch)

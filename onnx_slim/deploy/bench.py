@@ -26,7 +26,7 @@ from onnx_slim.data.metrics import agreement as output_agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.model import graph_inputs, leading_dim, load_model, random_inputs
+from onnx_slim.ir.model import check_input_shapes, graph_inputs, leading_dim, load_model, random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 from onnx_slim.ops import cost as cost_module
 
@@ -135,6 +135,8 @@ def benchmark(
     sources, baseline_index = _with_baseline(list(models), baseline)
     entries = [_load_entry(source, index) for index, source in enumerate(sources)]
     _check_same_inputs(entries)
+    # Checked here: random inputs and the MACs count would otherwise ignore a shape for no input.
+    check_input_shapes(entries[baseline_index].model, shapes, option="--shape")
     feeds = _benchmark_feeds(entries[baseline_index].model, data=data, batch=batch, shapes=shapes, seed=seed)
     effective_batch = leading_dim(feeds)
 

@@ -202,21 +202,27 @@ def parse_input_shapes(entries) -> dict[str, list[int]]:
             shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
         except ValueError:
             raise UsageError(f"bad input shape {entry!r}: expected NAME=D1,D2,... e.g. input=1,3,224,224") from None
+        if any(dim < 1 for dim in shapes[name]):
+            raise UsageError(f"bad input shape {entry!r}: every dim must be at least 1 (a concrete size)")
     return shapes
 
 
-def check_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> None:
-    """Given shapes must name real inputs and agree with their rank and static dims."""
+def check_input_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None, option: str = "--input-shape"
+) -> None:
+    """Given shapes must name real inputs, be concrete (dims >= 1) and agree with their rank and static dims."""
     specs = {spec.name: spec for spec in graph_inputs(model)}
     for name, dims in (shapes or {}).items():
         if name not in specs:
-            raise UsageError(f"--input-shape {name}: the model has no such input (inputs: {', '.join(specs)})")
+            raise UsageError(f"{option} {name}: the model has no such input (inputs: {', '.join(specs)})")
+        if any(int(dim) < 1 for dim in dims):
+            raise UsageError(f"{option} {name}={','.join(map(str, dims))}: every dim must be at least 1")
         declared = specs[name].dims
         clash = len(dims) != len(declared) or any(
             isinstance(d, int) and d > 0 and d != given for d, given in zip(declared, dims))
         if clash:
             shown = ",".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in declared)
-            raise UsageError(f"--input-shape {name}={','.join(map(str, dims))} contradicts the model's [{shown}]")
+            raise UsageError(f"{option} {name}={','.join(map(str, dims))} contradicts the model's [{shown}]")
 
 
 def random_inputs(

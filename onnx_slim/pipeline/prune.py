@@ -5,6 +5,7 @@ load -> normalize -> analyze (channel groups) -> score -> plan -> apply -> verif
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
 import time
@@ -155,6 +156,9 @@ def _prune(model, settings: PruneOptions, progress, copy):
                              calibration=settings.calibration, batch_size=settings.batch_size)
     scores = score_groups(context, settings.criterion, groups)
     plan, ratio_used = _plan(analysis, groups, scores, settings, say)
+    warnings = _warnings(proto, settings.exclude, groups, plan)
+    for warning in warnings:
+        say(f"warning: {warning}")
 
     original = load_model(proto) if settings.reconstruct else None  # a copy: surgery edits proto
     say(f"removing channels from {len(plan)} groups")
@@ -175,7 +179,7 @@ def _prune(model, settings: PruneOptions, progress, copy):
         size_before=size_before, size_after=proto.ByteSize(),
         groups_total=len(channels.groups), groups_prunable=len(groups), groups_pruned=len(plan),
         channels_removed=sum(len(removed) for removed in plan.values()),
-        seconds=0.0, notes=list(context.notes),
+        seconds=0.0, notes=warnings + list(context.notes),
         groups=[
             {"id": g.id, "channels": g.channels, "kept": g.channels - len(plan.get(g.root, ()))}
             for g in groups
@@ -186,6 +190,18 @@ def _prune(model, settings: PruneOptions, progress, copy):
     )
     report.seconds = round(time.perf_counter() - started, 3)
     return proto, report, feeds, expected
+
+
+def _warnings(proto: onnx.ModelProto, exclude: Sequence[str], groups, plan: dict) -> list[str]:
+    """What the user asked for that had no effect: an --exclude that matches no node, a prune that removes nothing."""
+    names = [node.name for node in proto.graph.node]
+    warnings = [f"--exclude {pattern!r} matches no node" for pattern in exclude
+                if not any(fnmatch.fnmatchcase(name, pattern) for name in names)]
+    if not plan:
+        why = ("no channel group is prunable (`onnx-slim inspect` says why)" if not groups
+               else "the ratio or target, --round-to and --min-channels leave every group whole")
+        warnings.append(f"nothing was removed: {why}; the model keeps all its channels")
+    return warnings
 
 
 def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) -> tuple[dict, float]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
+import zipfile
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_slim.data import calibration as calibration_module
+from onnx_slim.data import images as images_module
+from onnx_slim.data import samples as samples_module
 from onnx_slim.data.calibration import CalibrationSet, load_calibration
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.runtime import create_session, run_session
@@ -193,6 +197,145 @@ def test_samples_keeps_the_first_n(tmp_path):
     assert len(load_calibration(path, image_model(), samples=100)) == 10
 
 
+def test_npz_single_key_of_another_name_says_which_input_it_fed(tmp_path, caplog):
+    path = tmp_path / "calib.npz"
+    np.savez(path, images=rng_array(4, 3, 8, 8))
+    calib = load_calibration(path, image_model())
+    assert calib.description == "calib.npz (key 'images' -> input 'input'): 4 samples"
+    assert "key 'images' -> input 'input'" in caplog.text
+
+
+def test_uncompressed_npz_is_memory_mapped_not_read(tmp_path):
+    data = rng_array(6, 3, 8, 8)
+    path = tmp_path / "calib.npz"
+    np.savez(path, input=data, labels=np.arange(6))
+    calib = load_calibration(path, image_model())
+    assert isinstance(calib._sources["input"].data, np.memmap)
+    np.testing.assert_array_equal(calib.arrays["input"], data)
+    np.testing.assert_array_equal(calib.labels, np.arange(6))
+
+
+def test_compressed_npz_reads_only_what_the_model_needs(tmp_path, monkeypatch):
+    """Names and shapes come from the members' headers: a bad key or shape is refused before any
+    array is decompressed, and a good archive decompresses only its inputs and labels."""
+    read = []
+    original = np.lib.format.read_array
+
+    def spying_read_array(handle, *args, **kwargs):
+        read.append(handle.name)
+        return original(handle, *args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "read_array", spying_read_array)
+    path = tmp_path / "calib.npz"
+    np.savez_compressed(path, input=rng_array(4, 3, 8, 8), labels=np.arange(4), unused=np.zeros((1000, 1000)))
+    with pytest.raises(OnnxSlimError, match=r"unknown 'unused'"):
+        load_calibration(path, image_model())
+    assert read == []
+    np.savez_compressed(path, input=rng_array(4, 3, 8, 9))
+    with pytest.raises(OnnxSlimError, match=r"expected shape \[N,3,8,8\], got \[4,3,8,9\]"):
+        load_calibration(path, image_model())
+    assert read == []
+    np.savez_compressed(path, input=rng_array(4, 3, 8, 8), labels=np.arange(4))
+    calib = load_calibration(path, image_model())
+    assert sorted(read) == ["input.npy", "labels.npy"]
+    np.testing.assert_array_equal(calib.arrays["input"], rng_array(4, 3, 8, 8))
+
+
+def test_huge_unused_npz_key_is_never_decompressed(tmp_path):
+    """A small compressed .npz with a 128 MB key of zeros: refused without the memory growing."""
+    path = tmp_path / "bomb.npz"
+    elements = 32 * 2**20
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("input.npy", "w") as handle:
+            np.lib.format.write_array(handle, rng_array(4, 3, 8, 8))
+        with archive.open("unused.npy", "w", force_zip64=True) as handle:
+            np.lib.format.write_array_header_2_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (elements,)})
+            chunk = bytes(1 << 22)
+            for _ in range(elements * 4 // len(chunk)):
+                handle.write(chunk)
+    assert path.stat().st_size < 1_000_000
+    script = textwrap.dedent(f"""
+        import resource
+        from onnx import TensorProto, helper
+        from onnx_slim.data.calibration import load_calibration
+        value = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 8, 8])
+        model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["input"], ["out"])], "g", [value], [out]))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            load_calibration({str(path)!r}, model)
+        except Exception as error:
+            print(error)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    message, growth_mb = result.stdout.strip().splitlines()
+    assert "unknown 'unused'" in message
+    assert int(growth_mb) < 32, result.stdout
+
+
+def test_npz_with_object_array_is_refused(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, input=np.array([None, 1], dtype=object))
+    with pytest.raises(OnnxSlimError, match=r"calib\.npz: 'input\.npy' holds Python objects"):
+        load_calibration(path, image_model())
+
+
+# --------------------------------------------------------------------------- NaN and infinity
+
+
+def test_npz_with_nan_and_inf_gives_the_count_and_the_first_position(tmp_path):
+    data = rng_array(6, 3, 8, 8)
+    data[2, 0, 4, 5] = np.nan
+    data[5, 1, 0, 0] = -np.inf
+    path = tmp_path / "calib.npz"
+    np.savez_compressed(path, input=data)
+    with pytest.raises(OnnxSlimError) as error:
+        load_calibration(path, image_model())
+    assert str(error.value) == (
+        f"{path}: input 'input' holds 2 NaN or infinite values, the first at sample 2, index [2, 0, 4, 5]; "
+        "fix or drop those samples"
+    )
+
+
+def test_nan_is_found_across_scan_slices(tmp_path, monkeypatch):
+    monkeypatch.setattr(samples_module, "_FINITE_CHECK_ELEMENTS", 3 * 8 * 8)  # one sample per slice
+    data = rng_array(5, 3, 8, 8)
+    data[3, 2, 7, 7] = np.inf
+    path = tmp_path / "calib.npz"
+    np.savez(path, input=data)
+    with pytest.raises(OnnxSlimError, match=r"holds 1 NaN or infinite value, the first at sample 3, index \[3, 2, 7, 7\]"):
+        load_calibration(path, image_model())
+
+
+def test_npy_files_with_nan_name_the_file_and_the_sample(tmp_path):
+    np.save(tmp_path / "part_a.npy", rng_array(2, 3, 8, 8))
+    bad = rng_array(3, 8, 8)
+    bad[1, 2, 3] = np.nan
+    np.save(tmp_path / "part_b.npy", bad)  # one sample: the third of the set
+    with pytest.raises(OnnxSlimError, match=r"part_b\.npy: input 'input' holds 1 NaN .* at sample 2, index \[2, 1, 2, 3\]"):
+        load_calibration(tmp_path, image_model())
+    (tmp_path / "part_a.npy").unlink()
+    (tmp_path / "part_b.npy").unlink()
+    np.save(tmp_path / "a.npy", np.full((2, 3), np.inf, np.float32))
+    np.save(tmp_path / "b.npy", rng_array(2, 3))
+    with pytest.raises(OnnxSlimError, match=r"a\.npy: input 'a' holds 6 NaN or infinite values, the first at sample 0"):
+        load_calibration(tmp_path, two_input_model())
+
+
+def test_calibration_set_and_evaluation_feeds_refuse_nan(tmp_path):
+    from onnx_slim.data.evaluate import evaluate
+
+    data = rng_array(4, 3)
+    data[1, 2] = np.nan
+    with pytest.raises(OnnxSlimError, match=r"input 'x' holds 1 NaN or infinite value, the first at sample 1"):
+        CalibrationSet({"x": data})
+    model = make_model({"x": (TensorProto.FLOAT, ["N", 3])})
+    feeds = [{"x": rng_array(2, 3)}, {"x": data}]
+    with pytest.raises(OnnxSlimError, match=r"evaluation data: input 'x' holds 1 NaN .* at sample 3, index \[3, 2\]"):
+        evaluate(model, model, feeds)
+
+
 # --------------------------------------------------------------------------- npy folder
 
 
@@ -370,13 +513,13 @@ def test_image_folder_decodes_lazily_per_batch(tmp_path, monkeypatch):
     for index in range(10):
         write_image(tmp_path / f"img_{index:02d}.png", solid_image(8, 8, (index * 20, 0, 0)))
     decoded = []
-    original = calibration_module._read_pixels
+    original = images_module._read_pixels
 
     def counting_read_pixels(path, *args):
         decoded.append(path.name)
         return original(path, *args)
 
-    monkeypatch.setattr(calibration_module, "_read_pixels", counting_read_pixels)
+    monkeypatch.setattr(images_module, "_read_pixels", counting_read_pixels)
     calib = load_calibration(tmp_path, image_model(), samples=7)
     assert decoded == []  # loading only checks headers
 

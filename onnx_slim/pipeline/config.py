@@ -1,0 +1,257 @@
+"""Options of the deployment step: `PipelineConfig`, config files (TOML, or YAML with PyYAML).
+
+Options come from, in rising order of precedence: defaults, a config file, the
+command line. A config named `<model>.slim.toml` next to the model is used when
+no --config is given, so a model can carry its own pipeline settings.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from onnx_slim.errors import UsageError, first_line
+from onnx_slim.ir.model import parse_input_shapes
+
+
+@dataclass
+class PipelineConfig:
+    """Every option of `onnx-slim run`; the keys of a config file."""
+
+    ratio: float | None = None
+    target_macs: float | None = None
+    criterion: str | None = None  # default: thinet with real calibration data, else l1
+    global_ranking: bool = False
+    allocate: str = "uniform"
+    reconstruct: bool | None = None  # default: on with real calibration data
+    round_to: int = 8  # kept channel counts SIMD kernels like (odd counts can be slower than more channels)
+    min_channels: int = 1
+    exclude: list = field(default_factory=list)
+    prune_layernorm: bool = False
+    quantize: str = "auto"  # auto | static | dynamic | none
+    quant_format: str = "qdq"
+    per_channel: bool | None = None
+    calib: str | None = None
+    calib_samples: int | None = None
+    eval: str | None = None
+    batch_size: int = 8
+    input_size: list | None = None
+    mean: list | None = None
+    std: list | None = None
+    layout: str = "nchw"
+    channel_order: str = "rgb"
+    input_shapes: dict = field(default_factory=dict)
+    max_drop: float | None = None
+    min_speedup: float | None = None
+    runs: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    memory: bool = True  # measure each model's peak memory (one subprocess per model)
+    seed: int = 0
+
+    def with_defaults(self) -> PipelineConfig:
+        """Fill the choices that depend on other options."""
+        filled = PipelineConfig(**asdict(self))
+        if filled.ratio is None and filled.target_macs is None:
+            filled.target_macs = 0.5
+        real_data = filled.calib is not None and filled.calib != "random"
+        if filled.criterion is None:
+            filled.criterion = "thinet" if real_data else "l1"
+        if filled.reconstruct is None:
+            filled.reconstruct = real_data
+        if filled.quantize not in ("auto", "static", "dynamic", "none"):
+            raise UsageError(f"quantize must be auto, static, dynamic or none, got {filled.quantize!r}")
+        return filled
+
+
+CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
+
+# What each option must be: the check turns a config file's mistakes into usage errors.
+_NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
+_INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
+_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory", "prune_layernorm"}
+_STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
+
+
+def config_from_mapping(options: dict) -> PipelineConfig:
+    """A PipelineConfig from config-file and command-line values, checked and normalized.
+
+    A None value (an option not given, or a YAML key without a value) keeps the default.
+    """
+    unknown = set(options) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return PipelineConfig(**{key: _coerce(key, value) for key, value in options.items() if value is not None})
+
+
+def _coerce(key: str, value):
+    """`value` checked against what option `key` must be, in its normal form."""
+    if key in _NUMBERS and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return _checked_number(key, float(value))
+    if key in _INTEGERS and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if key in _FLAGS and isinstance(value, bool):
+        return value
+    if key in _STRINGS and isinstance(value, str):
+        return value
+    if key == "exclude":
+        patterns = [value] if isinstance(value, str) else value
+        if isinstance(patterns, (list, tuple)) and all(isinstance(p, str) for p in patterns):
+            return list(patterns)
+    if key == "input_shapes":
+        shapes = _input_shapes(value)
+        if shapes is not None:
+            return shapes
+    if key in ("input_size", "mean", "std"):
+        values = _number_list(key, value)
+        if values is not None:
+            return values
+    raise UsageError(f"option {_option_name(key)}: {value!r} is not {_KIND_WORDS.get(key, 'valid')}")
+
+
+def _checked_number(key: str, value: float) -> float:
+    # nan passes every comparison a gate makes, so it would silently disable the gate.
+    if not math.isfinite(value):
+        raise UsageError(f"option {_option_name(key)}: {value} is not a finite number")
+    if key in _NON_NEGATIVE and value < 0:
+        raise UsageError(f"option {_option_name(key)}: {value} is negative")
+    return value
+
+
+def _input_shapes(value) -> dict | None:
+    """{name: [dims]} from a table of dims (lists or "1,3,224,224"), or NAME=DIMS strings; None if neither."""
+    if isinstance(value, dict):
+        entries = []
+        for name, dims in value.items():
+            if isinstance(dims, str):
+                entries.append(f"{name}={dims}")
+            elif isinstance(dims, (list, tuple)) and all(_is_int(d) for d in dims):
+                entries.append(f"{name}={','.join(str(d) for d in dims)}")
+            else:
+                return None
+        return parse_input_shapes(entries)
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(entry, str) for entry in value):
+        return parse_input_shapes(value)
+    return None
+
+
+def _number_list(key: str, value) -> list | None:
+    """input_size/mean/std as a list ("224,224", "224x224", [0.5, 0.5, 0.5], or one number)."""
+    if isinstance(value, str):
+        parts = value.replace("x", ",").split(",")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        parts = [value, value] if key == "input_size" else [value]
+    else:
+        return None
+    if any(isinstance(part, bool) for part in parts):
+        return None
+    try:
+        return [(int if key == "input_size" else float)(part) for part in parts]
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+_NON_NEGATIVE = {"max_drop", "min_speedup"}
+_KIND_WORDS = {
+    **{key: "a number" for key in _NUMBERS}, **{key: "a whole number" for key in _INTEGERS},
+    **{key: "true or false" for key in _FLAGS}, **{key: "a string" for key in _STRINGS},
+    "exclude": "a node-name pattern or a list of them", "input_shapes": "NAME=DIMS or a table of NAME = [DIMS]",
+    "input_size": "H,W", "mean": "a list of numbers", "std": "a list of numbers",
+}
+# Config files may use the CLI spellings too.
+_ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib"}
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """Options from a TOML or YAML file, checked; relative data paths are taken from the file's folder.
+
+    Every mistake in the file is a UsageError starting with "config PATH: ".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: config file not found")
+    text = _read_text(path)
+    data = _parse_yaml(text, path) if path.suffix in (".yaml", ".yml") else _parse_toml(text, path)
+    if data is None:
+        data = {}  # an empty YAML file
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path}: expected a table of options")
+    options = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise UsageError(f"config {path}: option names must be text, got {key!r}")
+        name = _ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name not in CONFIG_KEYS:
+            raise UsageError(f"{path}: unknown option {key!r}; known: {', '.join(sorted(CONFIG_KEYS))}")
+        try:
+            options[name] = None if value is None else _coerce(name, value)
+        except UsageError as exc:
+            raise UsageError(f"config {path}: {exc}") from None
+    for key in ("calib", "eval"):
+        value = options.get(key)
+        if isinstance(value, str) and value != "random" and not Path(value).is_absolute():
+            options[key] = str(path.parent / value)
+    return options
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"config {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"config {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def _parse_yaml(text: str, path: Path):
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError("YAML configs need PyYAML: pip install pyyaml (or use a .toml config)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # PyYAML's messages span several lines (context, the line, a caret): keep the position and the problem.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or first_line(exc)
+        raise UsageError(f"config {path}: invalid YAML{where}: {problem}") from None
+
+
+def _parse_toml(text: str, path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UsageError("TOML configs need Python 3.11+ or `pip install tomli`") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config {path}: invalid TOML: {first_line(exc)}") from None
+
+
+def sibling_config(model_path: str | os.PathLike) -> Path | None:
+    """`<model>.slim.toml` next to the model, if there is one."""
+    path = Path(model_path)
+    candidate = path.with_name(path.stem + ".slim.toml")
+    return candidate if candidate.is_file() else None

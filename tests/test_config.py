@@ -1,0 +1,127 @@
+"""Pipeline config files and options: every mistake is one usage-error line naming the file or option."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from onnx_slim.cli import main
+from onnx_slim.errors import UsageError
+from onnx_slim.pipeline.config import PipelineConfig, config_from_mapping, load_config
+
+DEMO = Path(__file__).parent.parent / "models" / "digits_cnn.onnx"
+
+
+def run_cli(capsys, *args):
+    """Run the CLI in-process; returns (exit code, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    return done.value.code or 0, capsys.readouterr().err
+
+
+def write(tmp_path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def test_yaml_syntax_error_is_one_line_with_its_position(tmp_path):
+    pytest.importorskip("yaml")
+    path = write(tmp_path, "bad.yaml", "ratio: 0.5\n  bad: [1\n")
+    with pytest.raises(UsageError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"config {path}: invalid YAML at line 2, column 6: ")
+    assert "\n" not in message
+
+
+def test_yaml_integer_key_is_refused(tmp_path):
+    pytest.importorskip("yaml")
+    path = write(tmp_path, "keys.yaml", "1: 2\n")
+    with pytest.raises(UsageError, match=r"keys\.yaml: option names must be text, got 1"):
+        load_config(path)
+
+
+def test_yaml_empty_value_means_the_default(tmp_path):
+    pytest.importorskip("yaml")
+    path = write(tmp_path, "empty.yaml", "round-to:\nexclude:\nratio: 0.3\n")
+    config = config_from_mapping(load_config(path))
+    assert config.round_to == PipelineConfig().round_to and config.exclude == [] and config.ratio == 0.3
+
+
+def test_non_utf8_toml_names_the_file(tmp_path):
+    path = write(tmp_path, "latin1.toml", "ratio = 0.5 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match=r"config .*latin1\.toml: not UTF-8 text \(byte 0xe9 at offset 17\)"):
+        load_config(path)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    path = write(tmp_path, "bad.toml", "ratio = \n")
+    with pytest.raises(UsageError, match=r"config .*bad\.toml: invalid TOML: "):
+        load_config(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("exclude = 5\n", r"option exclude: 5 is not a node-name pattern or a list of them"),
+    ("exclude = ['conv*', 3]\n", r"option exclude: \['conv\*', 3\] is not a node-name pattern or a list of them"),
+    ("input_shapes = 5\n", r"option input-shapes: 5 is not NAME=DIMS"),
+    ("input_shapes = {input = true}\n", r"option input-shapes: \{'input': True\} is not NAME=DIMS"),
+    ("input_shapes = {input = [1, 'x']}\n", r"option input-shapes: .* is not NAME=DIMS"),
+    ("input-shape = ['input=1,x']\n", r"bad input shape 'input=1,x'"),
+    ("input_size = true\n", r"option input-size: True is not H,W"),
+    ("mean = {r = 1}\n", r"option mean: \{'r': 1\} is not a list of numbers"),
+    ("max-drop = nan\n", r"option max-drop: nan is not a finite number"),
+    ("min-speedup = inf\n", r"option min-speedup: inf is not a finite number"),
+    ("max-drop = -1\n", r"option max-drop: -1.0 is negative"),
+])
+def test_wrong_types_in_toml_name_the_file_and_option(tmp_path, content, message):
+    path = write(tmp_path, "slim.toml", content)
+    with pytest.raises(UsageError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"config {path}: ")
+    assert error.match(message)
+
+
+def test_input_shapes_forms_are_normalized(tmp_path):
+    path = write(tmp_path, "slim.toml", "input_shapes = {input = '1,1,16,16'}\n")
+    assert load_config(path)["input_shapes"] == {"input": [1, 1, 16, 16]}
+    assert config_from_mapping({"input_shapes": ["input=2,1,16,16"]}).input_shapes == {"input": [2, 1, 16, 16]}
+    assert config_from_mapping({"exclude": "conv*"}).exclude == ["conv*"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_gate_is_refused(value):
+    with pytest.raises(UsageError, match=r"option max-drop: .* is not a finite number"):
+        config_from_mapping({"max_drop": value})
+
+
+@pytest.mark.parametrize("name, content", [
+    ("bad.yaml", "ratio: 0.5\n  bad: [1\n"),
+    ("bad.toml", "exclude = 5\n"),
+    ("bad.toml", "input_shapes = 5\n"),
+    ("bad.toml", b"ratio = 0.5 # \xff\xfe\n"),
+])
+def test_cli_config_mistakes_exit_2_in_one_line(capsys, tmp_path, name, content):
+    model = tmp_path / "m.onnx"
+    shutil.copy(DEMO, model)
+    config = write(tmp_path, name, content)
+    code, stderr = run_cli(capsys, "run", model, "-o", tmp_path / "out", "--config", config, "--quiet")
+    assert code == 2
+    assert stderr.startswith(f"error: config {config}: ")
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_max_drop_nan_exits_2(capsys, tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(DEMO, model)
+    code, stderr = run_cli(capsys, "run", model, "-o", tmp_path / "out", "--max-drop", "nan", "--quiet")
+    assert code == 2
+    assert stderr.strip() == "error: option max-drop: nan is not a finite number"
+    assert not (tmp_path / "out").exists()
