@@ -11,7 +11,7 @@ from onnx_slim.cli import main
 from onnx_slim.errors import UsageError
 from onnx_slim.pipeline.config import PipelineConfig, config_from_mapping, load_config
 
-DEMO = Path(__file__).parent.parent / "models" / "digits_cnn.onnx"
+DEMO = Path(__file__).parents[2] / "models" / "digits_cnn.onnx"
 
 
 def run_cli(capsys, *args):
