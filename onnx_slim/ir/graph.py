@@ -48,3 +48,22 @@ def keep_nodes(graph: onnx.GraphProto, kept: list[onnx.NodeProto], renamed: dict
                 node.input[index] = renamed[name]
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> int:
+    """Remove initializers no node (at any depth) and no graph output reads; returns how many.
+
+    onnxruntime warns about each one at load time, and they cost file size.
+    """
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input} | names_read_in_subgraphs(graph)
+    read |= {output.name for output in graph.output}
+    unused = {init.name for init in graph.initializer if init.name not in read}
+    if unused:
+        kept = [init for init in graph.initializer if init.name not in unused]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        inputs = [value for value in graph.input if value.name not in unused]  # IR < 4 lists them as inputs
+        del graph.input[:]
+        graph.input.extend(inputs)
+    return len(unused)

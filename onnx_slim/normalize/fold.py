@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from onnx_slim.ir.graph import attr, opset_version, subgraphs
+from onnx_slim.ir.graph import attr, drop_unused_initializers, opset_version, subgraphs
 from onnx_slim.ir.shapes import infer_shapes, is_static
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,5 @@ def remove_dead_nodes(model: onnx.ModelProto) -> int:
     if removed:
         del graph.node[:]
         graph.node.extend(reversed(kept_reversed))
-    unused = [init for init in graph.initializer if init.name not in needed]
-    if unused:
-        names = {init.name for init in unused}
-        kept = [init for init in graph.initializer if init.name not in names]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        inputs = [value for value in graph.input if value.name not in names]
-        del graph.input[:]
-        graph.input.extend(inputs)
+    drop_unused_initializers(model)
     return removed

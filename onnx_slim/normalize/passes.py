@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_slim.errors import InvalidModelError
-from onnx_slim.ir.graph import keep_nodes, names_read_in_subgraphs, opset_version
+from onnx_slim.ir.graph import drop_unused_initializers, keep_nodes, names_read_in_subgraphs, opset_version
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
 from onnx_slim.ops.specs import WEIGHT_OPS
@@ -56,6 +56,7 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     info.shape_nodes_folded = fold_shape_computations(model)
     info.copies_made = _unshare_initializers(model.graph)
     _fold_batchnorms(model.graph, info)
+    drop_unused_initializers(model)  # the folded BatchNormalizations' parameters
     return info
 
 

@@ -295,3 +295,16 @@ def test_normalize_is_idempotent(build):
     twice, info = normalized(once)
     assert twice.SerializeToString() == once.SerializeToString()
     assert (info.copies_made, info.folded_batchnorms, info.constants_lifted) == (0, 0, 0)
+
+
+def test_folded_batchnorm_parameters_are_not_left_behind(tmp_path):
+    """onnxruntime warned 'Removing initializer ... It is not used by any node' for each of them."""
+    g = Graph()
+    h = g.relu(g.bn(g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1"), name="bn"))
+    model = g.build(g.conv(h, 2, name="out"))
+    result, _ = normalized(model)
+    read = {name for node in result.graph.node for name in node.input}
+    assert [init.name for init in result.graph.initializer if init.name not in read] == []
+    pruned, _ = prune(model, ratio=0.5)
+    read = {name for node in pruned.graph.node for name in node.input}
+    assert [init.name for init in pruned.graph.initializer if init.name not in read] == []
