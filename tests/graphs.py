@@ -232,3 +232,53 @@ def conv_chain(widths=(8, 8), in_channels: int = 3, size: int = 8, seed: int = 0
     for index, width in enumerate(widths):
         h = g.relu(g.conv(h, width, name=f"conv{index + 1}"), name=f"relu{index + 1}")
     return g.build(g.conv(h, 2, name="conv_out"))
+
+
+# -- single-purpose models of the activation and patch tests ---------------------------------
+
+
+def conv_relu_model(seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv(4, 3x3, pad 1) -> Relu -> Conv(2, 1x1) -> y; plus Shape(x) -> shape (int64)."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["conv1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv1"], ["relu1"]),
+        helper.make_node("Conv", ["relu1", "w2"], ["y"]),
+        helper.make_node("Shape", ["relu1"], ["relu_shape"]),
+        helper.make_node("Cast", ["relu_shape"], ["shape_float"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8]),
+            helper.make_tensor_value_info("shape_float", TensorProto.FLOAT, [4]),
+        ],
+        [w1, b1, w2],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv_model(in_channels, out_channels, kernel, strides, pads, dilations, seed=0):
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((out_channels, in_channels, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    node = helper.make_node(
+        "Conv", ["x", "w", "b"], ["y"], kernel_shape=list(kernel), strides=list(strides),
+        pads=list(pads), dilations=list(dilations),
+    )
+    graph = helper.make_graph(
+        [node], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weight, bias
+
+
+def random_images(n=3, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)

@@ -31,16 +31,11 @@ from onnx import numpy_helper
 
 from onnx_slim.channels.context import CONSUMER, PRODUCER
 from onnx_slim.channels.groups import ChannelAnalysis
-from onnx_slim.data.activations import (
-    ActivationCapture,
-    conv_input_patches,
-    conv_output_at,
-    explicit_conv_pads,
-    sample_positions,
-)
+from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import attr
+from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,12 @@ from onnx import numpy_helper
 from onnx_slim.channels.groups import ChannelGroup, Member
 from onnx_slim.criteria.registry import ScoringContext, criterion
 from onnx_slim.criteria.weights import l1_norm
-from onnx_slim.data.activations import (
-    ActivationCapture,
-    ChannelStats,
-    conv_input_patches,
-    explicit_conv_pads,
-    sample_positions,
-)
+from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.masking import MaskedModel, masked_agreement
+from onnx_slim.data.statistics import ChannelStats
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr
+from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
 from onnx_slim.ops.specs import WEIGHT_OPS
 
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image

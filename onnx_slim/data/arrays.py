@@ -12,7 +12,13 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from onnx_slim.data.samples import (
-    LABELS_KEY, LoadedSamples, check_finite, check_labels, check_sample_array, checked_samples, match_names,
+    LABELS_KEY,
+    LoadedSamples,
+    check_finite,
+    check_labels,
+    check_sample_array,
+    checked_samples,
+    match_names,
 )
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.model import InputSpec
