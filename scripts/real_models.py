@@ -435,7 +435,8 @@ def build_mtcnn_rnet(wheels: Wheels, out: Path) -> dict:
                                  "(dense5_1 before softmax), the box-regression head dropped"},
         "architecture": "MTCNN RNet: plain CNN, 3 convs (3x3, 3x3, 2x2) with PReLU and max-pool, FC 576->128->2",
         "task": "face / non-face classification of 24x24 crops (MTCNN's refinement stage)",
-        "metric": "top1 (class 1 = face)",
+        "metric": "top1",
+        "metric_definition": "argmax of the 2 logits equals the label (class 1 = face)",
         "input": "input: float32 [N,3,24,24], RGB, (pixel - 127.5) / 128, as facenet_pytorch.detect_face",
         "test_data": f"scikit-image=={PINS['scikit-image']} skimage/data/lfw_subset.npy: 100 LFW faces + 100 "
                      "non-face patches (25x25 gray, 0..1), bilinear to 24x24, gray replicated to RGB",
