@@ -57,8 +57,6 @@ from onnx_slim.ops import cost as cost_module
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RANDOM", "RANDOM_CALIBRATION", "QuantizeReport", "choose_mode", "quantize_model", "quantized_op_counts"]
-
 _MODES = ("auto", "static", "dynamic")
 _FORMATS = ("qdq", "qoperator")
 _METHODS = ("minmax", "entropy", "percentile")
@@ -129,7 +127,7 @@ def quantize_model(
     fnmatch globs on node names kept in float. `measure`: time int8 against
     the float model (`threads` intra-op threads) and report both; False skips it.
     """
-    _check_options(mode, quant_format, method, calibration_batch_size, activation_type)
+    _check_options(mode, quant_format, method, calibration_batch_size, activation_type, threads)
     output = Path(output_path)
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
@@ -221,7 +219,7 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 # --- options and defaults ----------------------------------------------------
 
 
-def _check_options(mode, quant_format, method, calibration_batch_size, activation_type) -> None:
+def _check_options(mode, quant_format, method, calibration_batch_size, activation_type, threads) -> None:
     for name, value, allowed in (
         ("mode", mode, _MODES), ("quant_format", quant_format, _FORMATS), ("method", method, _METHODS),
     ):
@@ -231,6 +229,8 @@ def _check_options(mode, quant_format, method, calibration_batch_size, activatio
         raise UsageError(f"activation_type must be one of {', '.join(_ACTIVATION_TYPES)}; got {activation_type!r}")
     if calibration_batch_size < 1:
         raise UsageError(f"calibration_batch_size must be at least 1, got {calibration_batch_size}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}")
 
 
 def _refuse_quantized(model: onnx.ModelProto) -> None:
