@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from test_cli import run_cli
 from test_quantize import conv_net, eval_batches, matmul_net
 
@@ -20,8 +20,8 @@ from onnx_slim.data.evaluate import evaluate
 from onnx_slim.deploy import quant_opset, quant_speed
 from onnx_slim.deploy.quant_calibration import RANDOM_CALIBRATION_WARNING
 from onnx_slim.deploy.quantize import RANDOM, quantize_model, quantized_op_counts
-from onnx_slim.errors import UsageError
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.errors import InvalidModelError, UsageError
+from onnx_slim.ir.model import check_not_quantized, random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 
 MODELS = Path(__file__).parent.parent / "models"
@@ -251,3 +251,17 @@ def test_quantize_command_keeps_onnxruntime_warnings_off_the_terminal(tmp_path):
 
     assert quiet.stderr == ""
     assert "Axis 1 is out-of-range" in debug.stderr  # the warning exists; only --debug shows it
+
+
+# --- issue 8: one list of quantized ops ------------------------------------------------
+
+
+def test_pruning_and_quantization_agree_on_what_is_quantized():
+    nodes = [helper.make_node("DynamicQuantizeMatMul", ["x", "w", "s"], ["y"], domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph)
+
+    assert quantized_op_counts(model) == {"DynamicQuantizeMatMul": 1}
+    with pytest.raises(InvalidModelError, match="already quantized"):
+        check_not_quantized(model)
