@@ -108,6 +108,9 @@ def cli(ctx, debug):
     """Make exported ONNX models smaller and faster without retraining."""
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from onnx_slim.ir.runtime import quiet_onnxruntime_logs
+
+    quiet_onnxruntime_logs(verbose=debug)
 
 
 @cli.command()
@@ -258,7 +261,10 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
-@click.option("--quantize", type=click.Choice(["auto", "static", "dynamic", "none"]), default="auto", show_default=True)
+@click.option("--quantize", type=click.Choice(["auto", "static", "dynamic", "none"]), default="auto", show_default=True,
+              help="auto: static with real --calib, else dynamic; keeps float if int8 measures slower.")
+@click.option("--measure/--no-measure", "measure_quantized", default=True,
+              help="Time int8 against float before keeping it (default on).")
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data for accuracy/agreement and --max-drop.")
 @click.option("--max-drop", type=float, help="Quality gate: maximum accuracy (or agreement) drop in points.")
@@ -354,34 +360,41 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.option("--mode", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True)
+@click.option("--mode", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
+              help="auto: static with real --calib (dynamic without, or for transformers), and keeps the float "
+                   "model when int8 measures slower; static needs --calib (random: smoke test only).")
 @click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: per channel for static CNNs).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: on CPUs without VNNI).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes matching these globs in float.")
+@click.option("--measure/--no-measure", default=True, help="Time int8 against the float model (default on).")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads for that timing.")
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data: agreement with the float model.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, calib, calib_samples,
-             batch_size, eval_path, seed, force, as_json, quiet, **image_options):
+def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, measure, threads, calib,
+             calib_samples, batch_size, eval_path, seed, force, as_json, quiet, **image_options):
     """Quantize MODEL to int8 with onnxruntime (QDQ by default; static for CNNs, dynamic for transformers)."""
     from onnx_slim.data.evaluate import evaluate
-    from onnx_slim.deploy.quantize import quantize_model
+    from onnx_slim.deploy.quantize import RANDOM, quantize_model
 
     console = Console(quiet)
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
-    batches = None if calibration is None or calibration.is_random else calibration.batch_stream(batch_size)
+    batches = None
+    if calibration is not None:
+        batches = RANDOM if calibration.is_random else calibration.batch_stream(batch_size)
     with writing_output(output):
         report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
-                                exclude=list(exclude), calibration_batch_size=batch_size, force=force)
+                                exclude=list(exclude), calibration_batch_size=batch_size, force=force,
+                                measure=measure, threads=threads)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
@@ -391,7 +404,9 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
         return
     ops = ", ".join(f"{count} {op}" for op, count in sorted(report.quantized_ops.items()))
     click.echo(f"{report.mode} {report.format} quantization ({report.mode_reason}); calibration: {report.calibration}")
-    click.echo(f"size {human_bytes(report.size_before)} -> {human_bytes(report.size_after)}; {ops}")
+    click.echo(report.decision)
+    click.echo(f"size {human_bytes(report.size_before)} -> {human_bytes(report.size_after)}"
+               + (f"; {ops}" if ops else ""))
     for warning in report.warnings:
         click.echo(f"note: {warning}")
     if "evaluation" in data:

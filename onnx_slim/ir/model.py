@@ -25,10 +25,16 @@ ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 # to an external data file next to the model.
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
-_QUANTIZED_OPS = {
-    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
-    "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QGemm",
-}
+# Ops that only quantized models hold; besides these, every QLinear* and *Integer op (see is_quantized_op).
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+    "QGemm", "QAttention", "QEmbedLayerNormalization", "MatMulIntegerToFloat",
+})
+
+
+def is_quantized_op(op_type: str) -> bool:
+    """Q/DQ pairs, QLinear*, *Integer and onnxruntime's dynamic-quantization ops."""
+    return op_type in QUANTIZED_OPS or op_type.startswith("QLinear") or op_type.endswith("Integer")
 
 
 def load_model(source: ModelSource, *, copy: bool = True) -> onnx.ModelProto:
@@ -128,7 +134,7 @@ def _external_tensors(model: onnx.ModelProto):
 
 def check_not_quantized(model: onnx.ModelProto) -> None:
     """Refuse models that are already quantized: pruning must happen on the float model."""
-    found = sorted({node.op_type for node in model.graph.node if node.op_type in _QUANTIZED_OPS})
+    found = sorted({node.op_type for node in model.graph.node if is_quantized_op(node.op_type)})
     if found:
         raise InvalidModelError(
             f"model is already quantized ({', '.join(found)}): prune the float model, then quantize"

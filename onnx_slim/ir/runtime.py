@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping
 
@@ -10,6 +11,35 @@ import onnx
 import onnxruntime as ort
 
 from onnx_slim.errors import OnnxSlimError, first_line
+
+_ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime's log severities
+_ORT_PACKAGE = os.path.dirname(ort.__file__)
+
+
+def quiet_onnxruntime_logs(verbose: bool = False) -> None:
+    """Keep onnxruntime's log below warnings (unless `verbose`): its C++ log and its Python quantization tools.
+
+    Sessions set their own severity (see `create_session`), but the sessions the
+    quantizer and its pre-processing open use the process-wide default logger,
+    and `onnxruntime.quantization` warns through the root Python logger (e.g.
+    "Axis 1 is out-of-range for weight ..."), which a logger name cannot select.
+    """
+    ort.set_default_logger_severity(_ORT_WARNING if verbose else _ORT_ERROR)
+    logging.getLogger("onnxruntime").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    root = logging.getLogger()
+    root.removeFilter(_ONNXRUNTIME_FILTER)
+    if not verbose:
+        root.addFilter(_ONNXRUNTIME_FILTER)
+
+
+class _BelowErrorFromOnnxruntime(logging.Filter):
+    """Drops records below ERROR that onnxruntime's own Python files log straight to the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(_ORT_PACKAGE)
+
+
+_ONNXRUNTIME_FILTER = _BelowErrorFromOnnxruntime()
 
 
 def create_session(

@@ -33,6 +33,7 @@ class PipelineConfig:
     quantize: str = "auto"  # auto | static | dynamic | none
     quant_format: str = "qdq"
     per_channel: bool | None = None
+    measure_quantized: bool = True  # time int8 against float and, with quantize auto, keep the faster
     calib: str | None = None
     calib_samples: int | None = None
     eval: str | None = None
@@ -71,7 +72,7 @@ CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 # What each option must be: the check turns a config file's mistakes into usage errors.
 _NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
-_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory", "prune_layernorm"}
+_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory", "prune_layernorm", "measure_quantized"}
 _STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
 
 

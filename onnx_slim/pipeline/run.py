@@ -23,7 +23,7 @@ from onnx_slim.apply.verify import verify_model
 from onnx_slim.data.calibration import load_calibration
 from onnx_slim.data.evaluate import evaluate, quality_drop_points
 from onnx_slim.deploy.bench import benchmark
-from onnx_slim.deploy.quantize import quantize_model
+from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes, human_count, table
 from onnx_slim.ir.model import load_model, random_inputs
@@ -69,6 +69,9 @@ def run_pipeline(
     held_out = _data(settings, settings.eval, model) if settings.eval else None
     if settings.reconstruct and calibration is None:
         raise UsageError("reconstruct needs calibration data: set calib (a path, or 'random')")
+    if settings.quantize == "static" and calibration is None:  # refused before minutes of pruning, not after
+        raise UsageError("quantize static needs calibration data: set calib (a path; 'random' only for a "
+                         "structure-only smoke test, not for deployment), or use quantize auto or dynamic")
     del model
     created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
@@ -159,13 +162,18 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
         shutil.copyfile(pruned_path, final_path)
         return None
     say(f"quantizing ({settings.quantize})")
+    # Without real data, auto quantizes dynamically and static is refused; only an explicit
+    # `--calib random` calibrates on random data, which the report flags as not for deployment.
     batches = None
-    if calibration is not None and not calibration.is_random:
-        batches = calibration.batch_stream(settings.batch_size)
-    return quantize_model(
+    if calibration is not None:
+        batches = RANDOM if calibration.is_random else calibration.batch_stream(settings.batch_size)
+    report = quantize_model(
         pruned_path, final_path, mode=settings.quantize, calibration=batches,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
+        measure=settings.measure_quantized, threads=settings.threads,
     )
+    say(report.decision)
+    return report
 
 
 def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> None:
@@ -225,7 +233,8 @@ def pipeline_markdown(report: dict) -> str:
     ]
     if report["quantize"]:
         q = report["quantize"]
-        lines.append(f"- quantization: {q['mode']} {q['format']}, calibration: {q['calibration']}")
+        lines.append(f"- quantization: {q['mode']} {q['format']}, calibration: {q['calibration']}; {q['decision']}")
+        lines += [f"- quantization warning: {warning}" for warning in q["warnings"]]
     if prune.get("calibration"):
         lines.append(f"- calibration: {prune['calibration']}")
     for gate in report["gates"]:

@@ -11,7 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.deploy import quantize as quantize_module
 from onnx_slim.deploy.bench import cpu_info
+from onnx_slim.deploy.quant_calibration import RANDOM_CALIBRATION_WARNING
 from onnx_slim.deploy.quantize import (
+    RANDOM,
     RANDOM_CALIBRATION,
     choose_mode,
     quantize_model,
@@ -106,12 +108,12 @@ def producers(model: onnx.ModelProto) -> dict[str, str]:
 def test_static_qdq_conv_model_is_smaller_runs_and_agrees(conv_path, tmp_path):
     output = tmp_path / "conv.int8.onnx"
 
-    report = quantize_model(conv_path, output)
+    report = quantize_model(conv_path, output, calibration=RANDOM, measure=False)
 
     assert (report.mode, report.format, report.method) == ("static", "qdq", "minmax")
     assert report.per_channel  # Conv carries the MACs
     assert report.calibration == RANDOM_CALIBRATION
-    assert report.preprocessed and report.warnings == []
+    assert report.preprocessed and report.warnings == [RANDOM_CALIBRATION_WARNING]
     quantized = onnx.load(str(output))
     onnx.checker.check_model(quantized, full_check=True)
     assert report.quantized_ops == quantized_op_counts(quantized)
@@ -127,7 +129,7 @@ def test_static_qdq_conv_model_is_smaller_runs_and_agrees(conv_path, tmp_path):
 
 def test_cpu_defaults_follow_vnni_detection(conv_path, tmp_path):
     cpu = cpu_info()
-    report = quantize_model(conv_path, tmp_path / "q.onnx")
+    report = quantize_model(conv_path, tmp_path / "q.onnx", calibration=RANDOM, measure=False)
 
     x86 = cpu["machine"].lower() in ("x86_64", "amd64")
     assert report.reduce_range == (x86 and not cpu["vnni"])
@@ -139,7 +141,7 @@ def test_cpu_defaults_follow_vnni_detection(conv_path, tmp_path):
 def test_dynamic_mode_on_matmul_net(matmul_path, tmp_path):
     output = tmp_path / "matmul.int8.onnx"
 
-    report = quantize_model(matmul_path, output)  # auto picks dynamic
+    report = quantize_model(matmul_path, output, measure=False)  # auto picks dynamic
 
     assert report.mode == "dynamic"
     assert report.method is None and report.calibration.startswith("none")
@@ -185,7 +187,8 @@ def test_fixed_batch_model_gets_calibration_and_evaluation_one_sample_at_a_time(
 def test_qoperator_format_and_exclude_keeps_node_float(conv_path, tmp_path):
     output = tmp_path / "q.onnx"
 
-    report = quantize_model(conv_path, output, quant_format="qoperator", exclude=["conv_3", "nothing*"])
+    report = quantize_model(conv_path, output, quant_format="qoperator", exclude=["conv_3", "nothing*"],
+                            calibration=RANDOM, measure=False)
 
     assert report.format == "qoperator"
     assert report.excluded_nodes == ["conv_3"]
@@ -202,7 +205,7 @@ def test_qoperator_format_and_exclude_keeps_node_float(conv_path, tmp_path):
 def test_exclude_in_qdq_leaves_the_weight_float(conv_path, tmp_path):
     output = tmp_path / "q.onnx"
 
-    quantize_model(conv_path, output, exclude=["conv_*3"])
+    quantize_model(conv_path, output, exclude=["conv_*3"], calibration=RANDOM, measure=False)
 
     quantized = onnx.load(str(output))
     produced_by = producers(quantized)
@@ -230,7 +233,7 @@ def test_refuses_output_equal_to_input(conv_path):
 
 def test_refuses_already_quantized_input(conv_path, tmp_path):
     quantized = tmp_path / "q.onnx"
-    quantize_model(conv_path, quantized)
+    quantize_model(conv_path, quantized, calibration=RANDOM, measure=False)
 
     with pytest.raises(InvalidModelError, match="already quantized.*float model"):
         quantize_model(quantized, tmp_path / "qq.onnx")
@@ -278,7 +281,7 @@ def test_preprocessing_failure_falls_back_with_a_warning(conv_path, tmp_path, mo
 
     monkeypatch.setattr(quantize_module, "quant_pre_process", broken_pre_process)
 
-    report = quantize_model(conv_path, tmp_path / "q.onnx")
+    report = quantize_model(conv_path, tmp_path / "q.onnx", calibration=RANDOM, measure=False)
 
     assert not report.preprocessed
     assert any("pre-processing failed" in warning for warning in report.warnings)
@@ -288,7 +291,8 @@ def test_preprocessing_failure_falls_back_with_a_warning(conv_path, tmp_path, mo
 def test_model_proto_input_and_json_report(tmp_path):
     model = conv_net()
 
-    report = quantize_model(model, tmp_path / "q.onnx", method="percentile", per_channel=False)
+    report = quantize_model(model, tmp_path / "q.onnx", method="percentile", per_channel=False,
+                            calibration=RANDOM)
 
     data = json.loads(json.dumps(report.to_dict()))
     assert data["method"] == "percentile" and data["per_channel"] is False
