@@ -14,7 +14,7 @@ from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import infer_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
-from onnx_slim.ops.cost import ModelCost, concrete_input_shapes, model_cost
+from onnx_slim.ops.cost import ModelCost, concrete_input_shapes, count_params, model_cost
 
 
 @dataclass
@@ -84,13 +84,17 @@ def analyze(
 ) -> ModelAnalysis:
     """Normalize a copy of `model` and find its channel groups."""
     proto = load_model(model, copy=copy)
+    # Counted before normalization gives each reader of a shared weight its own copy.
+    params = count_params(proto)
     info = normalize(proto)
     concrete = concrete_input_shapes(proto, input_shapes)
     shapes, _ = infer_shapes(proto, concrete)
     channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
     _check_weight_shapes(channels, shapes)
     _apply_excludes(channels.groups, exclude)
-    return ModelAnalysis(proto, info, channels, model_cost(proto, shapes=shapes), shapes, concrete)
+    cost = model_cost(proto, shapes=shapes)
+    cost.params = params
+    return ModelAnalysis(proto, info, channels, cost, shapes, concrete)
 
 
 def _check_weight_shapes(channels: ChannelAnalysis, shapes: Mapping[str, tuple]) -> None:

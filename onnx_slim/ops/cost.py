@@ -45,9 +45,13 @@ def concrete_input_shapes(
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of the weight initializers: float or 8/4-bit integer (shape constants do not count)."""
+    """Elements of the weight tensors, initializers and `Constant` nodes alike (PaddlePaddle
+    exports keep weights in Constant nodes): float or 8/4-bit integer; shape constants do not
+    count. A tensor read by several nodes counts once."""
+    constants = [attribute.t for node in model.graph.node if node.op_type == "Constant"
+                 for attribute in node.attribute if attribute.name == "value"]
     return sum(
-        math.prod(init.dims) for init in model.graph.initializer if init.data_type in _WEIGHT_TYPES
+        math.prod(tensor.dims) for tensor in [*model.graph.initializer, *constants] if tensor.data_type in _WEIGHT_TYPES
     )
 
 

@@ -61,3 +61,34 @@ def test_weight_matrix_round_trip(op_type, attributes, shape):
     assert matrix.shape[1] == shape[spec.out_axis(node)]
     assert matrix.shape[0] * matrix.shape[1] == weight.size
     np.testing.assert_array_equal(spec.from_matrix(node, matrix, shape), weight)
+
+
+def test_weights_in_constant_nodes_count_as_params():
+    """PaddlePaddle exports keep weights in Constant nodes: the report showed 0 params."""
+    from onnx import helper
+
+    from onnx_slim.channels.analysis import analyze
+
+    g = Graph()
+    x = g.input("x", [1, 3, 8, 8])
+    model = g.build(g.conv(g.relu(g.conv(x, 4, name="conv1")), 2, name="conv2"))
+    expected = count_params(model)
+    constants = [helper.make_node("Constant", [], [init.name], value=init) for init in model.graph.initializer]
+    nodes = constants + list(model.graph.node)
+    del model.graph.initializer[:]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    assert count_params(model) == expected == 4 * 3 * 9 + 4 + 2 * 4 * 9 + 2
+    assert analyze(model).cost.params == expected
+
+
+def test_a_weight_shared_by_several_nodes_counts_once():
+    """An unrolled LSTM reads the same weights at every step; normalization copies them per reader."""
+    from onnx_slim.channels.analysis import analyze
+
+    g = Graph()
+    x = g.input("x", [2, 6])
+    w = g.weight("shared_w", (6, 6))
+    h = g.node("MatMul", [g.node("MatMul", [x, w], "step1"), w], "step2")
+    model = g.build(g.node("MatMul", [h, w], "step3"))
+    assert analyze(model).cost.params == count_params(model) == 36
