@@ -1,0 +1,115 @@
+"""Writing output files safely: build them in a scratch folder, then move them into place.
+
+Outputs are written into a hidden `.onnx_slim.*` folder next to their final
+place, checked there, and renamed into place only when complete, so a failure
+or a signal leaves no half-written file. Renaming replaces a directory entry:
+an existing file (or a hard link to another file) is never written through.
+Without `force` a final name is created exclusively, so two runs racing for the
+same output cannot silently replace each other. Files and folders are created
+with the ordinary modes (0666/0777 less the umask), like any other tool's output.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from onnx_slim.errors import UsageError
+
+SCRATCH_PREFIX = ".onnx_slim."
+
+
+def make_scratch_folder(parent: Path) -> Path:
+    """A new hidden folder in `parent`, with the umask's mode (tempfile would make it 0700)."""
+    while True:
+        candidate = parent / f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
+@contextmanager
+def scratch_folder(parent: Path) -> Iterator[Path]:
+    """A scratch folder in `parent`, removed with whatever is left in it on exit."""
+    folder = make_scratch_folder(parent)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(files: Sequence[Path], folder: Path, *, force: bool) -> list[Path]:
+    """Move finished `files` into `folder` under their names, in the given order.
+
+    With `force` an existing file is replaced (atomically, not written through).
+    Without it each name is created exclusively: if one appeared meanwhile, the
+    files already moved are taken back and a UsageError is raised.
+    """
+    placed: list[Path] = []
+    try:
+        for file in files:
+            target = folder / file.name
+            if force:
+                os.replace(file, target)
+            else:
+                _create_exclusively(file, target)
+            placed.append(target)
+    except FileExistsError as exc:
+        for target in placed:  # created by this call, so ours to remove
+            target.unlink()
+        raise UsageError(f"{exc.filename2 or exc.filename} exists: pass --force to overwrite it") from None
+    return placed
+
+
+def _create_exclusively(file: Path, target: Path) -> None:
+    """Rename `file` to `target` unless `target` exists (a hard link fails on an existing name)."""
+    try:
+        os.link(file, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        # No hard links on this filesystem: reserve the name exclusively, then rename over the reservation.
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(file, target)
+        return
+    file.unlink()  # onnx refuses external data files with several links
+
+
+def publish_text(path: Path, text: str, *, force: bool) -> Path:
+    """Write a text file through a scratch folder (see `publish`)."""
+    with scratch_folder(path.parent) as scratch:
+        (scratch / path.name).write_text(text)
+        publish([scratch / path.name], path.parent, force=force)
+    return path
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns the ones created, deepest first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove the given folders (deepest first) where they are empty: undo `make_folders`."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (someone else's files) or already gone
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or the same inode (a hard link)."""
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist
+        return False
