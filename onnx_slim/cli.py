@@ -1,22 +1,27 @@
 """The `onnx-slim` command: parses options, calls the library, prints.
 
-Exit codes: 0 success, 1 failure, 2 usage error, 3 quality gate failed. Errors
-are one line on stderr (`error: ...`); `--debug` shows the traceback.
+Exit codes: 0 success, 1 failure, 2 usage error, 3 quality gate failed, 130
+interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM). Errors are one line on
+stderr (`error: ...`); `onnx-slim --debug ...` shows the traceback. Only light
+modules are imported here: the heavy ones load inside `main`, once Ctrl-C and
+SIGTERM are handled.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import click
 
 from onnx_slim import __version__
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
-from onnx_slim.ir.model import parse_input_shapes
 
 
 class Console:
@@ -95,6 +100,7 @@ def cli(ctx, debug):
 def inspect(model, input_shapes, as_json, show_all):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
     from onnx_slim.channels.analysis import analyze
+    from onnx_slim.ir.model import parse_input_shapes
 
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), copy=False)
     data = analysis.to_dict()
@@ -144,7 +150,7 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
           calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
           force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from onnx_slim.ir.model import check_output_path
+    from onnx_slim.ir.model import check_output_path, parse_input_shapes
     from onnx_slim.pipeline.prune import prune_file
 
     console = Console(quiet)
@@ -202,6 +208,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
                 input_shapes, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
     from onnx_slim.channels.analysis import analyze
+    from onnx_slim.ir.model import parse_input_shapes
     from onnx_slim.plan.sensitivity import measure_sensitivity
 
     if not calib:
@@ -388,6 +395,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_path, no_memory, seed, as_json, quiet):
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
     from onnx_slim.deploy.bench import benchmark
+    from onnx_slim.ir.model import parse_input_shapes
 
     console = Console(quiet)
     data = None
@@ -400,32 +408,85 @@ def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_pat
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 
 
+class Terminated(BaseException):
+    """SIGTERM (CI timeouts, `timeout`, service managers), raised so cleanup runs as for Ctrl-C."""
+
+
+@contextmanager
+def _signals_unwind():
+    """SIGINT and SIGTERM raise, so every scratch file and new folder is removed on the way out.
+
+    A second signal during that cleanup is ignored, so the cleanup finishes. The
+    previous handlers come back afterwards (main may be called in-process).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def unwind(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+    previous = {signum: signal.signal(signum, unwind) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _debug_requested(args: list[str]) -> bool:
+    """`--debug` among the options before the command name (after it, click refuses it), or ONNX_SLIM_DEBUG=1."""
+    for arg in args:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-"):
+            break
+    return os.environ.get("ONNX_SLIM_DEBUG") == "1"
+
+
 def main(argv=None) -> None:
     """Entry point: one-line errors and the documented exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("ONNX_SLIM_DEBUG") == "1"
+    with _signals_unwind():
+        code = _main(args)
+    if code:
+        sys.exit(code)
+
+
+def _main(args: list[str]) -> int:
+    debug = _debug_requested(args)
     try:
         cli.main(args=args, prog_name="onnx-slim", standalone_mode=False)
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.exceptions.Abort:
+        return done.exit_code
+    except click.exceptions.Abort as abort:
+        # click turns a KeyboardInterrupt into Abort: keep telling interruptions apart.
+        if isinstance(abort.__context__, KeyboardInterrupt):
+            click.echo("error: interrupted", err=True)
+            return 130
         click.echo("error: aborted", err=True)
-        sys.exit(1)
+        return 1
     except click.ClickException as exc:
         if debug:
             raise
         click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+        return 2 if isinstance(exc, click.UsageError) else 1
     except OnnxSlimError as exc:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        return 130
+    except Terminated:
+        click.echo("error: interrupted", err=True)
+        return 143
     except Exception as exc:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
-        sys.exit(1)
+        return 1
+    return 0
