@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 
 import click
 
 from onnx_slim import __version__
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
+from onnx_slim.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, MESSAGE, Terminated, unwind_on_signals
 
 
 class Console:
@@ -408,34 +406,6 @@ def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_pat
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 
 
-class Terminated(BaseException):
-    """SIGTERM (CI timeouts, `timeout`, service managers), raised so cleanup runs as for Ctrl-C."""
-
-
-@contextmanager
-def _signals_unwind():
-    """SIGINT and SIGTERM raise, so every scratch file and new folder is removed on the way out.
-
-    A second signal during that cleanup is ignored, so the cleanup finishes. The
-    previous handlers come back afterwards (main may be called in-process).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def unwind(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
-
-    previous = {signum: signal.signal(signum, unwind) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def _debug_requested(args: list[str]) -> bool:
     """`--debug` among the options before the command name (after it, click refuses it), or ONNX_SLIM_DEBUG=1."""
     for arg in args:
@@ -449,7 +419,7 @@ def _debug_requested(args: list[str]) -> bool:
 def main(argv=None) -> None:
     """Entry point: one-line errors and the documented exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
-    with _signals_unwind():
+    with unwind_on_signals():
         code = _main(args)
     if code:
         sys.exit(code)
@@ -464,8 +434,8 @@ def _main(args: list[str]) -> int:
     except click.exceptions.Abort as abort:
         # click turns a KeyboardInterrupt into Abort: keep telling interruptions apart.
         if isinstance(abort.__context__, KeyboardInterrupt):
-            click.echo("error: interrupted", err=True)
-            return 130
+            click.echo(MESSAGE, err=True)
+            return EXIT_INTERRUPTED
         click.echo("error: aborted", err=True)
         return 1
     except click.ClickException as exc:
@@ -479,11 +449,11 @@ def _main(args: list[str]) -> int:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        return 130
+        click.echo(MESSAGE, err=True)
+        return EXIT_INTERRUPTED
     except Terminated:
-        click.echo("error: interrupted", err=True)
-        return 143
+        click.echo(MESSAGE, err=True)
+        return EXIT_TERMINATED
     except Exception as exc:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise

@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import pytest
@@ -206,10 +208,18 @@ def test_external_data_layout_is_kept_and_counted(capsys, tmp_path):
 # --- 12, 19: signals and --debug ----------------------------------------------------------
 
 
-def start_cli(*args, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "onnx_slim", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@contextmanager
+def started(*command, cwd: Path) -> Iterator[subprocess.Popen]:
+    """A Python subprocess using this checkout; killed if the test leaves it running."""
+    process = subprocess.Popen([sys.executable, *map(str, command)], cwd=cwd,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -222,24 +232,60 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 60) -> None:
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_run_cleans_up_and_exits_128_plus_the_signal(demo, tmp_path, signum, code):
-    process = start_cli("run", demo, "-o", tmp_path / "new" / "out", "--ratio", "0.3", "--runs", "100000",
-                        "--warmup", "0", "--no-memory", "--quantize", "none", cwd=tmp_path)
-    wait_for(lambda: any(p.name.startswith(".onnx_slim.") for p in tmp_path.glob("new/*")), process)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    with started("-m", "onnx_slim", "run", demo, "-o", tmp_path / "new" / "out", "--ratio", "0.3",
+                 "--runs", "100000", "--warmup", "0", "--no-memory", "--quantize", "none", cwd=tmp_path) as process:
+        wait_for(lambda: any(p.name.startswith(".onnx_slim.") for p in tmp_path.glob("new/*")), process)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == code
     assert stderr.strip().splitlines()[-1] == "error: interrupted"
     assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.onnx"]
 
 
+SWALLOWING = """
+import sys, time
+from pathlib import Path
+from onnx_slim import interrupts
+from onnx_slim.ir.files import made_folders, scratch_folder
+
+
+def swallow_forever():  # what native code that clears errors amounts to
+    while True:
+        try:
+            time.sleep(0.01)
+        except BaseException:
+            pass
+
+
+interrupts.WATCHDOG_SECONDS = 0.2
+with interrupts.unwind_on_signals(), made_folders(Path(sys.argv[1]), remove_contents=True):
+    with scratch_folder(Path(sys.argv[1])):
+        try:
+            print("ready", flush=True)
+            swallow_forever()
+        except BaseException:  # raised between two of its statements
+            swallow_forever()
+"""
+
+
+def test_a_signal_whose_exception_is_swallowed_still_cleans_up(tmp_path):
+    with started("-c", SWALLOWING, tmp_path / "made", cwd=tmp_path) as process:
+        assert process.stdout.readline() == "ready\n"
+        assert (tmp_path / "made").is_dir()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stderr.strip()) == (143, "error: interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the imports under way")
 def test_ctrl_c_while_starting_up_is_a_clean_interruption(demo, tmp_path):
-    process = start_cli("inspect", demo, cwd=tmp_path)
-    maps = Path(f"/proc/{process.pid}/maps")
-    wait_for(lambda: "numpy" in maps.read_text(), process)  # the heavy imports are under way
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    with started("-m", "onnx_slim", "inspect", demo, cwd=tmp_path) as process:
+        maps = Path(f"/proc/{process.pid}/maps")
+        wait_for(lambda: "numpy" in maps.read_text(), process)  # the heavy imports are under way
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in stderr and stderr.strip().endswith("error: interrupted")
 

@@ -7,6 +7,10 @@ an existing file (or a hard link to another file) is never written through.
 Without `force` a final name is created exclusively, so two runs racing for the
 same output cannot silently replace each other. Files and folders are created
 with the ordinary modes (0666/0777 less the umask), like any other tool's output.
+
+Scratch folders and folders made for an output are also listed in a registry
+while they are in use, so `abandon` can remove them when the process must stop
+without unwinding (see `onnx_slim.interrupts`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Iterator, Sequence
 from onnx_slim.errors import UsageError
 
 SCRATCH_PREFIX = ".onnx_slim."
+
+# Folders to remove if the process stops without unwinding: path -> remove its contents too.
+_IN_USE: dict[Path, bool] = {}
 
 
 def make_scratch_folder(parent: Path) -> Path:
@@ -38,10 +45,12 @@ def make_scratch_folder(parent: Path) -> Path:
 def scratch_folder(parent: Path) -> Iterator[Path]:
     """A scratch folder in `parent`, removed with whatever is left in it on exit."""
     folder = make_scratch_folder(parent)
+    _IN_USE[folder] = True
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        _IN_USE.pop(folder, None)
 
 
 def publish(files: Sequence[Path], folder: Path, *, force: bool) -> list[Path]:
@@ -89,16 +98,38 @@ def publish_text(path: Path, text: str, *, force: bool) -> Path:
     return path
 
 
-def make_folders(folder: Path) -> list[Path]:
-    """Create `folder` and its missing parents; returns the ones created, deepest first."""
-    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+@contextmanager
+def made_folders(folder: Path, *, remove_contents: bool) -> Iterator[None]:
+    """Create `folder` and its missing parents; remove what was created if the block fails.
+
+    The folders made go again with `remove_contents` (the block filled them with
+    its own results), else only where empty.
+    """
+    made = [path for path in [folder, *folder.parents] if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
-    return missing
+    for path in made:
+        _IN_USE[path] = remove_contents and path == folder
+    try:
+        yield
+    except BaseException:
+        _remove(made)
+        raise
+    finally:
+        for path in made:
+            _IN_USE.pop(path, None)
 
 
-def remove_empty_folders(folders: Sequence[Path]) -> None:
-    """Remove the given folders (deepest first) where they are empty: undo `make_folders`."""
+def abandon() -> None:
+    """Remove every scratch folder and every new output folder still in use, deepest first."""
+    _remove(sorted(_IN_USE, key=lambda path: len(path.parts), reverse=True))
+    _IN_USE.clear()
+
+
+def _remove(folders: Sequence[Path]) -> None:
     for folder in folders:
+        if _IN_USE.get(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
         try:
             folder.rmdir()
         except OSError:

@@ -26,7 +26,7 @@ from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quantize import quantize_model
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes, human_count, table
-from onnx_slim.ir.files import make_folders, publish, remove_empty_folders, same_file, scratch_folder
+from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout, parse_input_shapes, random_inputs
 from onnx_slim.pipeline.prune import prune_file
 
@@ -217,14 +217,10 @@ def run_pipeline(
     if settings.reconstruct and calibration is None:
         raise UsageError("reconstruct needs calibration data: set calib (a path, or 'random')")
     del model
-    created = make_folders(outdir.parent)
-    try:
-        with scratch_folder(outdir.parent) as scratch:
-            report = _run(model_path, scratch, outdir, settings, calibration, held_out, config_file, say, started)
-            _move_result(scratch, outdir, force)
-    except BaseException:
-        remove_empty_folders(created)  # a failed run into new folders leaves nothing behind
-        raise
+    # A failed run leaves nothing behind: no scratch folder, no new parent folder.
+    with made_folders(outdir.parent, remove_contents=False), scratch_folder(outdir.parent) as scratch:
+        report = _run(model_path, scratch, outdir, settings, calibration, held_out, config_file, say, started)
+        _move_result(scratch, outdir, force)
     return report
 
 

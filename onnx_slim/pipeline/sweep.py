@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from onnx_slim.errors import UsageError
 from onnx_slim.formatting import human_bytes, table
-from onnx_slim.ir.files import make_folders, publish, remove_empty_folders, scratch_folder
+from onnx_slim.ir.files import made_folders, publish, scratch_folder
 from onnx_slim.ir.model import Progress
 from onnx_slim.pipeline.run import PipelineConfig, check_outdir, run_pipeline
 
@@ -40,8 +39,7 @@ def run_sweep(
         check_outdir(model_path, folder, force)
     if not force and any((outdir / name).exists() for name in OUTPUT_NAMES):
         raise UsageError(f"{outdir} already holds a sweep: pass --force to overwrite it")
-    created = make_folders(outdir)
-    try:
+    with made_folders(outdir, remove_contents=True):
         points = []
         for target, folder in zip(targets, folders):
             say(f"sweep point: target MACs {target:g}")
@@ -49,11 +47,6 @@ def run_sweep(
             report = run_pipeline(model_path, folder, point_config, force=force, progress=say)
             points.append(_point(target, report))
         return _write_summary(model_path, outdir, points, force)
-    except BaseException:
-        if created:  # created[0] is OUTDIR itself, then the parents made for it
-            shutil.rmtree(created[0], ignore_errors=True)
-            remove_empty_folders(created[1:])
-        raise
 
 
 def point_folder_names(targets: list[float]) -> list[str]:
