@@ -144,7 +144,7 @@ def quantize_model(
         )
     if not outcome.counts:
         report_warnings.append("no node was quantized: the model has no op that onnxruntime quantizes in this mode")
-    save_model(outcome.model, output)
+    save_model(outcome.model, output, force=force)
     for message in report_warnings:
         logger.warning("%s", message)
     return QuantizeReport(
