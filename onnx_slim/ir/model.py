@@ -57,7 +57,11 @@ def load_model(source: ModelSource, *, copy: bool = True) -> onnx.ModelProto:
     if path.stat().st_size == 0:
         raise InvalidModelError(f"{path}: file is empty")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
+        locations = external_locations(model)
+        _remember_locations(path, locations)
+        if locations:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises others
         raise InvalidModelError(
             f"{path}: not a readable ONNX model (truncated or not ONNX?): {first_line(exc)}"
@@ -181,20 +185,38 @@ def external_locations(model: onnx.ModelProto) -> dict[str, str]:
     return locations
 
 
-def _header(path: Path) -> onnx.ModelProto | None:
-    """The model without its external data, or None when it does not load (load_model says why)."""
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception:  # protobuf and onnx raise many kinds; the caller's load_model reports them
-        return None
+# external_locations of the model files read lately, by file signature: the checks before a
+# load, the load and the size report after it then parse a file once between them.
+_LOCATIONS_READ: dict[tuple, dict[str, str]] = {}
+_LOCATIONS_KEPT = 16
+
+
+def _signature(path: Path) -> tuple:
+    status = path.stat()
+    return str(path.resolve()), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _remember_locations(path: Path, locations: dict[str, str]) -> None:
+    _LOCATIONS_READ[_signature(path)] = dict(locations)
+    while len(_LOCATIONS_READ) > _LOCATIONS_KEPT:
+        del _LOCATIONS_READ[next(iter(_LOCATIONS_READ))]
 
 
 def _input_locations(source: ModelSource) -> dict[str, str]:
     """external_locations of a model file (empty for a ModelProto or a file that does not load)."""
     if isinstance(source, onnx.ModelProto):
         return {}
-    header = _header(Path(source))
-    return external_locations(header) if header is not None else {}
+    path = Path(source)
+    try:
+        known = _LOCATIONS_READ.get(_signature(path))
+        if known is not None:
+            return dict(known)
+        header = onnx.load(str(path), load_external_data=False)
+    except Exception:  # missing, a folder, not ONNX...: load_model reports it in its own words
+        return {}
+    locations = external_locations(header)
+    _remember_locations(path, locations)
+    return locations
 
 
 def input_files(source: ModelSource, locations: Mapping[str, str] | None = None) -> list[Path]:
