@@ -294,3 +294,13 @@ def test_debug_after_the_subcommand_is_an_ordinary_usage_error(capsys, demo, tmp
     code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "s.onnx", "--debug")
     assert code == 2
     assert stderr.strip().splitlines() == ["error: No such option '--debug'."]
+
+
+def test_sweep_refuses_an_input_where_its_summary_goes(capsys, tmp_path):
+    outdir = tmp_path / "sweep"
+    outdir.mkdir()
+    model = outdir / "sweep.md"  # read as ONNX: only .json and text suffixes mean another format
+    shutil.copy(DEMO, model)
+    code, _, stderr = run_cli(capsys, "sweep", model, "-o", outdir, "--target-macs", "0.5", "--force", *FAST)
+    assert code == 2 and "would be overwritten" in stderr
+    assert model.read_bytes() == DEMO.read_bytes()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from onnx_slim.errors import UsageError
 from onnx_slim.formatting import human_bytes, table
-from onnx_slim.ir.files import made_folders, publish, scratch_folder
-from onnx_slim.ir.model import Progress
+from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
+from onnx_slim.ir.model import Progress, input_files
 from onnx_slim.pipeline.run import PipelineConfig, check_outdir, run_pipeline
 
 OUTPUT_NAMES = ("sweep.png", "sweep.json", "sweep.md")
@@ -37,7 +37,10 @@ def run_sweep(
     folders = [outdir / name for name in point_folder_names(targets)]
     for folder in folders:
         check_outdir(model_path, folder, force)
-    if not force and any((outdir / name).exists() for name in OUTPUT_NAMES):
+    summary = [outdir / name for name in OUTPUT_NAMES]
+    if any(same_file(path, source) for path in summary for source in input_files(model_path)):
+        raise UsageError(f"the input {model_path} would be overwritten: choose another output folder (-o)")
+    if not force and any(path.exists() for path in summary):
         raise UsageError(f"{outdir} already holds a sweep: pass --force to overwrite it")
     with made_folders(outdir, remove_contents=True):
         points = []
