@@ -30,7 +30,7 @@ SCRATCH_PREFIX = ".onnx_slim."
 _IN_USE: dict[Path, bool] = {}
 
 
-def make_scratch_folder(parent: Path) -> Path:
+def _make_scratch_folder(parent: Path) -> Path:
     """A new hidden folder in `parent`, with the umask's mode (tempfile would make it 0700)."""
     while True:
         candidate = parent / f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
@@ -44,7 +44,7 @@ def make_scratch_folder(parent: Path) -> Path:
 @contextmanager
 def scratch_folder(parent: Path) -> Iterator[Path]:
     """A scratch folder in `parent`, removed with whatever is left in it on exit."""
-    folder = make_scratch_folder(parent)
+    folder = _make_scratch_folder(parent)
     _IN_USE[folder] = True
     try:
         yield folder
@@ -88,14 +88,6 @@ def _create_exclusively(file: Path, target: Path) -> None:
         os.replace(file, target)
         return
     file.unlink()  # onnx refuses external data files with several links
-
-
-def publish_text(path: Path, text: str, *, force: bool) -> Path:
-    """Write a text file through a scratch folder (see `publish`)."""
-    with scratch_folder(path.parent) as scratch:
-        (scratch / path.name).write_text(text)
-        publish([scratch / path.name], path.parent, force=force)
-    return path
 
 
 @contextmanager

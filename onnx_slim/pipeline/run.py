@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
 import onnx
 
 from onnx_slim.apply.verify import verify_model
