@@ -1,103 +1,27 @@
 """The `onnx-slim` command: parses options, calls the library, prints.
 
-Exit codes: 0 success, 1 failure, 2 usage error, 3 quality gate failed. Errors
-are one line on stderr (`error: ...`); `--debug` shows the traceback.
+Exit codes: 0 success, 1 failure, 2 usage error, 3 quality gate failed, 130
+interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM). Errors are one line on
+stderr (`error: ...`); `onnx-slim --debug ...` shows the traceback. Only light
+modules are imported here: the heavy ones load inside `main`, once Ctrl-C and
+SIGTERM are handled.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
-import time
-from contextlib import contextmanager
 
 import click
 
 from onnx_slim import __version__
-from onnx_slim.criteria import criteria_help
+from onnx_slim.cli_options import (
+    Console, CriterionOption, calibration_options, floats, load_data, shape_option, writing_output,
+)
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
-from onnx_slim.ir.model import parse_input_shapes
-
-
-class Console:
-    """Progress on stderr (unless quiet); results on stdout."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.started = time.perf_counter()
-
-    def progress(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"[{time.perf_counter() - self.started:6.1f}s] {message}", err=True)
-
-
-shape_option = click.option(
-    "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-    help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",
-)
-
-
-def calibration_options(function):
-    """--calib and the options that say how to read it (shared by several commands)."""
-    options = [
-        click.option("--calib", metavar="PATH", help="Calibration data: .npz, folder of .npy or images, or 'random'."),
-        click.option("--calib-samples", type=int, help="Use only the first N calibration samples."),
-        click.option("--batch-size", default=8, show_default=True, help="Batch size for calibration runs."),
-        click.option("--input-size", metavar="H,W", help="Image folders: resize to this size (default: the model's)."),
-        click.option("--mean", metavar="R,G,B", help="Image folders: per-channel mean, 0..1 units."),
-        click.option("--std", metavar="R,G,B", help="Image folders: per-channel std, 0..1 units."),
-        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),
-        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def load_data(path, model, params, samples=None):
-    """A CalibrationSet from CLI options, or None without a path."""
-    if not path:
-        return None
-    from onnx_slim.data.calibration import load_calibration
-
-    return load_calibration(
-        path, model, samples=samples, input_size=_floats(params.get("input_size"), int),
-        mean=_floats(params.get("mean")), std=_floats(params.get("std")),
-        layout=params.get("layout", "nchw"), channel_order=params.get("channel_order", "rgb"),
-        seed=params.get("seed", 0),
-    )
-
-
-def _floats(text, kind=float):
-    if not text:
-        return None
-    try:
-        return [kind(part) for part in text.replace("x", ",").split(",")]
-    except ValueError:
-        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-# Errors of writing the output that the user can fix: a read-only folder, a full disk or quota.
-_WRITE_ERRORS = {
-    errno.EACCES: "choose a writable folder", errno.EPERM: "choose a writable folder",
-    errno.EROFS: "choose a writable folder", errno.ENOSPC: "free some space",
-    errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
-}
-
-
-@contextmanager
-def writing_output(output):
-    """Report a failed write as one line naming the output, not the scratch file it failed on."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in _WRITE_ERRORS:
-            raise
-        reason = (exc.strerror or os.strerror(exc.errno)).lower()
-        raise OnnxSlimError(f"cannot write {output}: {reason}; {_WRITE_ERRORS[exc.errno]}") from None
+from onnx_slim.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, MESSAGE, Terminated, unwind_on_signals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,6 +45,7 @@ def cli(ctx, debug):
 def inspect(model, input_shapes, as_json, show_all):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
     from onnx_slim.channels.analysis import analyze
+    from onnx_slim.ir.model import parse_input_shapes
 
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), copy=False)
     data = analysis.to_dict()
@@ -149,8 +74,8 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group, in [0, 1).")
 @click.option("--target-macs", type=float, help="Keep about this fraction of the model's MACs, in (0, 1].")
-@click.option("--criterion", default="l1", show_default=True,
-              help=f"Channel importance: {criteria_help()}.")
+@click.option("--criterion", cls=CriterionOption, default="l1", show_default=True,
+              help="Channel importance: {criteria}.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
               help="With --target-macs: one ratio for all groups, or per-group ratios from measured sensitivity.")
@@ -170,7 +95,7 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
           calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
           force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from onnx_slim.ir.model import check_output_path
+    from onnx_slim.ir.model import check_output_path, parse_input_shapes
     from onnx_slim.pipeline.prune import prune_file
 
     console = Console(quiet)
@@ -229,6 +154,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
                 input_shapes, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
     from onnx_slim.channels.analysis import analyze
+    from onnx_slim.ir.model import parse_input_shapes
     from onnx_slim.plan.sensitivity import measure_sensitivity
 
     if not calib:
@@ -237,7 +163,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
     calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude),
                        prune_layernorm=prune_layernorm, copy=False)
-    levels = _floats(ratios)
+    levels = floats(ratios)
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
     report = measure_sensitivity(analysis, calibration, ratios=levels, criterion=criterion,
@@ -257,7 +183,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
               help="TOML/YAML file with these options (default: MODEL's sibling <name>.slim.toml if present).")
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group.")
 @click.option("--target-macs", type=float, help="Keep about this fraction of MACs (default 0.5).")
-@click.option("--criterion", help=f"Channel importance: {criteria_help()} (default: thinet with --calib, else l1).")
+@click.option("--criterion", cls=CriterionOption,
+              help="Channel importance: {criteria} (default: thinet with --calib, else l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
@@ -347,7 +274,7 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 
     console = Console(quiet)
     config, config_file = pipeline_config(ctx, model, config_path, options)
-    fractions = _floats(targets)
+    fractions = floats(targets)
     with writing_output(output):
         result = run_sweep(model, output, config, fractions, force=force, progress=console.progress)
     if as_json:
@@ -430,6 +357,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_path, no_memory, seed, as_json, quiet):
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
     from onnx_slim.deploy.bench import benchmark
+    from onnx_slim.ir.model import parse_input_shapes
 
     console = Console(quiet)
     data = None
@@ -442,32 +370,57 @@ def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_pat
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 
 
+def _debug_requested(args: list[str]) -> bool:
+    """`--debug` among the options before the command name (after it, click refuses it), or ONNX_SLIM_DEBUG=1."""
+    for arg in args:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-"):
+            break
+    return os.environ.get("ONNX_SLIM_DEBUG") == "1"
+
+
 def main(argv=None) -> None:
     """Entry point: one-line errors and the documented exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("ONNX_SLIM_DEBUG") == "1"
+    with unwind_on_signals():
+        code = _main(args)
+    if code:
+        sys.exit(code)
+
+
+def _main(args: list[str]) -> int:
+    debug = _debug_requested(args)
     try:
         cli.main(args=args, prog_name="onnx-slim", standalone_mode=False)
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.exceptions.Abort:
+        return done.exit_code
+    except click.exceptions.Abort as abort:
+        # click turns a KeyboardInterrupt into Abort: keep telling interruptions apart.
+        if isinstance(abort.__context__, KeyboardInterrupt):
+            click.echo(MESSAGE, err=True)
+            return EXIT_INTERRUPTED
         click.echo("error: aborted", err=True)
-        sys.exit(1)
+        return 1
     except click.ClickException as exc:
         if debug:
             raise
         click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(2 if isinstance(exc, click.UsageError) else 1)
+        return 2 if isinstance(exc, click.UsageError) else 1
     except OnnxSlimError as exc:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        click.echo(MESSAGE, err=True)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        click.echo(MESSAGE, err=True)
+        return EXIT_TERMINATED
     except Exception as exc:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
-        sys.exit(1)
+        return 1
+    return 0

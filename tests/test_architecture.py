@@ -20,7 +20,7 @@ LAYERS = [
     {"apply"},
     {"deploy"},
     {"pipeline"},
-    {"cli", "__init__", "__main__"},
+    {"cli", "cli_options", "interrupts", "__init__", "__main__"},
 ]
 RANK = {stage: rank for rank, stages in enumerate(LAYERS) for stage in stages}
 

@@ -211,11 +211,11 @@ def test_calibration_with_nan_is_one_line_error(capsys, demo, tmp_path):
 def test_failed_write_names_the_output_in_one_line(capsys, demo, tmp_path, monkeypatch, error, message):
     from onnx_slim.pipeline import prune as prune_module
 
-    def failing_save(model, path):
+    def failing_save(model, path, *layout):
         error.filename = str(path)  # the scratch file the user never asked for
         raise error
 
-    monkeypatch.setattr(prune_module, "save_model", failing_save)
+    monkeypatch.setattr(prune_module, "write_model_files", failing_save)
     out = tmp_path / "o.onnx"
     code, _, stderr = run_cli(capsys, "prune", demo, "-o", out, "--ratio", "0.5", "--quiet")
     assert code == 1

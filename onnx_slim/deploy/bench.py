@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -26,11 +26,18 @@ from onnx_slim.data.metrics import agreement as output_agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.model import check_input_shapes, graph_inputs, leading_dim, load_model, random_inputs
+from onnx_slim.ir.model import (
+    ModelSource,
+    check_input_shapes,
+    graph_inputs,
+    leading_dim,
+    load_model,
+    model_file_size,
+    random_inputs,
+)
 from onnx_slim.ir.runtime import create_session, run_session
 from onnx_slim.ops import cost as cost_module
 
-ModelSource = Union[str, os.PathLike, onnx.ModelProto]
 Feeds = Mapping[str, np.ndarray]
 
 PERCENTILES = (50, 90, 95, 99)
@@ -238,7 +245,7 @@ def _load_entry(source: ModelSource, index: int) -> _Entry:
     if isinstance(source, onnx.ModelProto):
         return _Entry(f"<in-memory model {index}>", model, model, model.ByteSize())
     path = os.fspath(source)
-    return _Entry(path, path, model, _file_size_with_external_data(Path(path), model))
+    return _Entry(path, path, model, model_file_size(path))
 
 
 def _with_baseline(models: list[ModelSource], baseline) -> tuple[list[ModelSource], int]:
@@ -267,21 +274,6 @@ def _check_same_inputs(entries: Sequence[_Entry]) -> None:
                 f"models have different inputs: {entries[0].label} takes {expected}, "
                 f"{entry.label} takes {names}; benchmark models of the same network"
             )
-
-
-def _file_size_with_external_data(path: Path, model: onnx.ModelProto) -> int:
-    size = path.stat().st_size
-    if model.ByteSize() <= size:
-        return size
-    # Weights live in external files: count them too (read the light header only).
-    header = onnx.load(str(path), load_external_data=False)
-    locations = {
-        entry.value
-        for tensor in header.graph.initializer
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return size + sum((path.parent / location).stat().st_size for location in locations)
 
 
 def _check_counts(*, runs: int, warmup: int, batch: int, threads: int | None) -> None:

@@ -156,7 +156,7 @@ def quantize_model(
     if decision.warning:
         report_warnings.append(decision.warning)
     written = outcome.model if decision.kept == "int8" else float_model
-    save_model(written, output)
+    save_model(written, output, force=force)
     for message in report_warnings:
         logger.warning("%s", message)
     return QuantizeReport(

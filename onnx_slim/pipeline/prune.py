@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import onnx
 
@@ -22,11 +21,18 @@ from onnx_slim.channels.analysis import ModelAnalysis, analyze
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.model import ModelSource, check_output_path, load_model, random_inputs, save_model
+from onnx_slim.ir.files import publish, scratch_folder
+from onnx_slim.ir.model import (
+    ModelSource,
+    Progress,
+    check_output_path,
+    load_model,
+    model_file_size,
+    random_inputs,
+    write_model_files,
+)
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -142,10 +148,12 @@ def _prune(model, settings: PruneOptions, progress, copy):
     """prune() without the final check; also returns the feeds and expected output shapes."""
     started = time.perf_counter()
     say = progress or (lambda message: None)
-    size_before = _source_size(model)
     say("analyzing channel groups")
+    size_before = model.ByteSize() if isinstance(model, onnx.ModelProto) else None
     analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
                        prune_layernorm=settings.prune_layernorm, copy=copy)
+    if size_before is None:  # a file, known to load now
+        size_before = model_file_size(model)
     proto, channels = analysis.model, analysis.channels
     groups = channels.prunable_groups()
     feeds = random_inputs(proto, shapes=analysis.input_shapes, seed=settings.seed)
@@ -234,43 +242,32 @@ def prune_file(
     evaluation=None,
     **options,
 ) -> PruneReport:
-    """Prune a model file into `output_path`, verifying the written file before it appears.
+    """Prune a model file into `output_path`, verifying the written files before they appear.
 
-    The output is written to a temporary file next to it, checked (full ONNX
-    checker, onnxruntime, output shapes) and only then renamed into place.
-    With `evaluation` (a CalibrationSet of held-out samples) the report gets the
-    pruned model's agreement with the original, and accuracy when labels exist.
+    The output (with data files named after it when the input kept its weights
+    in external files) is written to a scratch folder next to it, checked (full
+    ONNX checker, onnxruntime, output shapes) and only then renamed into place:
+    an existing output is replaced with `force`, otherwise refused, even one
+    that appeared while pruning. With `evaluation` (a CalibrationSet of
+    held-out samples) the report gets the pruned model's agreement with the
+    original, and accuracy when labels exist.
     """
-    check_output_path(input_path, output_path, force)
+    layout = check_output_path(input_path, output_path, force)
     settings = _options(options)
+    output_path = Path(output_path)
     proto, report, feeds, expected = _prune(input_path, settings, progress, copy=False)
     say = progress or (lambda message: None)
-    output_path = Path(output_path)
-    with tempfile.TemporaryDirectory(dir=output_path.parent, prefix=".onnx_slim.") as scratch:
-        candidate = save_model(proto, Path(scratch) / output_path.name)
+    with scratch_folder(output_path.parent) as scratch:
+        files = write_model_files(proto, scratch / output_path.name, layout)
         del proto
+        candidate = files[-1]
         say("verifying the written model")
         verify_model(candidate, feeds, expected)
         if evaluation is not None:
             say(f"evaluating against the original on {evaluation.description}")
             report.evaluation = evaluate(str(input_path), str(candidate), evaluation,
                                          batch_size=max(settings.batch_size, 32))
-        _move_into_place(candidate, output_path)
+        report.size_after = sum(file.stat().st_size for file in files)
+        publish(files, output_path.parent, force=force)
     report.output = str(output_path)
-    report.size_after = output_path.stat().st_size
     return report
-
-
-def _move_into_place(candidate: Path, output_path: Path) -> None:
-    data = candidate.with_name(candidate.name + ".data")
-    if data.exists():
-        os.replace(data, output_path.with_name(output_path.name + ".data"))
-    os.replace(candidate, output_path)
-
-
-def _source_size(model: ModelSource) -> int:
-    if isinstance(model, onnx.ModelProto):
-        return model.ByteSize()
-    path = Path(model)
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0) if path.exists() else 0

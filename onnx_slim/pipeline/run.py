@@ -1,7 +1,9 @@
 """The deployment step: prune -> (re-fit) -> quantize -> verify -> evaluate -> benchmark -> gates.
 
 `run_pipeline` writes OUTDIR/pruned.onnx, OUTDIR/model.onnx (the final model),
-OUTDIR/report.json and OUTDIR/report.md. Options come from, in rising order of
+OUTDIR/report.json and OUTDIR/report.md. They are built in a scratch folder
+beside OUTDIR and moved in only once all are complete, so a failed run leaves
+OUTDIR as it was. Options come from, in rising order of
 precedence: defaults, a config file (TOML, or YAML when PyYAML is installed),
 the command line. A config named `<model>.slim.toml` next to the model is used
 when no --config is given, so a model can carry its own pipeline settings.
@@ -15,7 +17,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import onnx
 
@@ -26,12 +27,10 @@ from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes, human_count, table
-from onnx_slim.ir.model import load_model, random_inputs
+from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
+from onnx_slim.ir.model import Progress, input_files, load_model, output_layout, random_inputs
 from onnx_slim.pipeline.config import PipelineConfig, load_config, sibling_config
 from onnx_slim.pipeline.prune import prune_file
-
-Progress = Callable[[str], None]
-
 
 
 @dataclass
@@ -63,7 +62,7 @@ def run_pipeline(
     say = progress or (lambda message: None)
     settings = config.with_defaults()
     outdir = Path(outdir)
-    _check_outdir(model_path, outdir, force)
+    check_outdir(model_path, outdir, force)
     model = load_model(model_path, copy=False)
     calibration = _data(settings, settings.calib, model) if settings.calib else None
     held_out = _data(settings, settings.eval, model) if settings.eval else None
@@ -73,20 +72,18 @@ def run_pipeline(
         raise UsageError("quantize static needs calibration data: set calib (a path; 'random' only for a "
                          "structure-only smoke test, not for deployment), or use quantize auto or dynamic")
     del model
-    created = not outdir.exists()
-    outdir.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(model_path, outdir, settings, calibration, held_out, config_file, say, started)
-    except BaseException:
-        if created:  # a failed run into a new folder leaves nothing behind
-            shutil.rmtree(outdir, ignore_errors=True)
-        raise
+    # A failed run leaves nothing behind: no scratch folder, no new parent folder.
+    with made_folders(outdir.parent, remove_contents=False), scratch_folder(outdir.parent) as scratch:
+        report = _run(model_path, scratch, outdir, settings, calibration, held_out, config_file, say, started)
+        _move_result(scratch, outdir, force)
+    return report
 
 
-def _run(model_path, outdir: Path, settings: PipelineConfig, calibration, held_out, config_file, say, started):
-    """The stages, once the options, the data and the output folder are known to be good."""
-    pruned_path = outdir / "pruned.onnx"
-    final_path = outdir / "model.onnx"
+def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, calibration, held_out, config_file,
+         say, started):
+    """The stages, writing into `scratch`; the report names the files where they will be, in `outdir`."""
+    pruned_path = scratch / "pruned.onnx"
+    final_path = scratch / "model.onnx"
     say("pruning")
     prune_report = prune_file(
         model_path, pruned_path, force=True, progress=say, evaluation=held_out,
@@ -110,13 +107,18 @@ def _run(model_path, outdir: Path, settings: PipelineConfig, calibration, held_o
         threads=settings.threads, shapes=settings.input_shapes or None, seed=settings.seed,
         data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory,
     )
+    prune_report.output = str(outdir / pruned_path.name)
+    if quantize_report is not None:
+        quantize_report.output_path = str(outdir / final_path.name)
+    for measured, path in zip(bench.models[1:], (pruned_path, final_path)):
+        measured.path = str(outdir / path.name)
     gates = _gates(settings, evaluation, bench)
     report = {
         "model": str(model_path),
         "outdir": str(outdir),
         "config_file": config_file,
         "config": asdict(settings),
-        "outputs": {"model": str(final_path), "pruned": str(pruned_path),
+        "outputs": {"model": str(outdir / "model.onnx"), "pruned": str(outdir / "pruned.onnx"),
                     "report_json": str(outdir / "report.json"), "report_md": str(outdir / "report.md")},
         "prune": prune_report.to_dict(),
         "quantize": quantize_report.to_dict() if quantize_report is not None else None,
@@ -127,26 +129,43 @@ def _run(model_path, outdir: Path, settings: PipelineConfig, calibration, held_o
         "passed": all(gate.passed for gate in gates),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _write_text(outdir / "report.json", json.dumps(report, indent=2, default=str))
-    _write_text(outdir / "report.md", pipeline_markdown(report))
+    (scratch / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (scratch / "report.md").write_text(pipeline_markdown(report))
     return report
 
 
-OUTPUT_NAMES = ("model.onnx", "pruned.onnx", "report.json", "report.md")
+OUTPUT_NAMES = ("pruned.onnx", "model.onnx", "report.json", "report.md")  # the order they are moved in
 
 
-def _check_outdir(model_path, outdir: Path, force: bool) -> None:
-    """Refuse an output folder that is a file, holds the input, or holds a result (without force)."""
+def check_outdir(model_path, outdir: Path, force: bool) -> None:
+    """Refuse an output folder that is a file, would replace the input or a file it reads, or
+    holds a result (without force)."""
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{outdir} is a file: -o takes a folder")
-    source = Path(model_path).resolve()
-    if any(source == (outdir / name).resolve() for name in OUTPUT_NAMES):
+    data_files = output_layout(model_path, outdir / "pruned.onnx").values()
+    written = [outdir / name for name in (*OUTPUT_NAMES, *data_files)]
+    inputs = input_files(model_path)
+    if any(same_file(path, source) for path in written for source in inputs):
         raise UsageError(f"the input {model_path} would be overwritten: choose another output folder (-o)")
-    if (outdir / "model.onnx").exists() and not force:
+    if not force and any(path.exists() for path in written):
         raise UsageError(f"{outdir} already holds a pipeline result: pass --force to overwrite it")
     parent = next((p for p in [outdir, *outdir.parents] if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UsageError(f"{parent} is a file: -o must be a folder path")
+
+
+def _move_result(scratch: Path, outdir: Path, force: bool) -> None:
+    """Move the finished result into `outdir`: the whole folder when there is none yet, else file by
+    file, data files first and the reports last, so no model appears before the files it reads."""
+    if not outdir.exists():
+        try:
+            scratch.rename(outdir)
+            return
+        except OSError:  # someone made the folder meanwhile: move the files into it
+            pass
+    files = sorted(scratch.iterdir(),
+                   key=lambda path: (OUTPUT_NAMES.index(path.name) + 1) if path.name in OUTPUT_NAMES else 0)
+    publish(files, outdir, force=force)
 
 
 def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
@@ -202,12 +221,6 @@ def _gates(settings: PipelineConfig, evaluation, bench) -> list[Gate]:
         gates.append(Gate("min_speedup", settings.min_speedup, speedup, speedup >= settings.min_speedup,
                           f"p50 speedup {speedup:.2f}x (need {settings.min_speedup}x)"))
     return gates
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def pipeline_markdown(report: dict) -> str:

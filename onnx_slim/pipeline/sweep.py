@@ -6,11 +6,14 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from onnx_slim.errors import UsageError
 from onnx_slim.formatting import human_bytes, table
-from onnx_slim.pipeline.run import PipelineConfig, run_pipeline
+from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
+from onnx_slim.ir.model import Progress, input_files
+from onnx_slim.pipeline.run import PipelineConfig, check_outdir, run_pipeline
+
+OUTPUT_NAMES = ("sweep.png", "sweep.json", "sweep.md")
 
 
 def run_sweep(
@@ -20,28 +23,57 @@ def run_sweep(
     targets: list[float],
     *,
     force: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """One pipeline run per target in OUTDIR/macs_<target>/, then sweep.json, sweep.md (and sweep.png)."""
+    """One pipeline run per target in OUTDIR/macs_<target>/, then sweep.json, sweep.md (and sweep.png).
+
+    Every point's folder is checked before the first run; a failed sweep into a
+    new OUTDIR removes it again.
+    """
     if not targets or any(not 0 < t <= 1 for t in targets):
         raise UsageError(f"sweep targets must be MACs fractions in (0, 1], got {targets}")
     say = progress or (lambda message: None)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    points = []
-    for target in targets:
-        say(f"sweep point: target MACs {target:.2f}")
-        point_config = replace(config, target_macs=target, ratio=None, max_drop=None, min_speedup=None)
-        report = run_pipeline(model_path, outdir / f"macs_{target:.2f}", point_config, force=force, progress=say)
-        points.append(_point(target, report))
+    folders = [outdir / name for name in point_folder_names(targets)]
+    for folder in folders:
+        check_outdir(model_path, folder, force)
+    summary = [outdir / name for name in OUTPUT_NAMES]
+    if any(same_file(path, source) for path in summary for source in input_files(model_path)):
+        raise UsageError(f"the input {model_path} would be overwritten: choose another output folder (-o)")
+    if not force and any(path.exists() for path in summary):
+        raise UsageError(f"{outdir} already holds a sweep: pass --force to overwrite it")
+    with made_folders(outdir, remove_contents=True):
+        points = []
+        for target, folder in zip(targets, folders):
+            say(f"sweep point: target MACs {target:g}")
+            point_config = replace(config, target_macs=target, ratio=None, max_drop=None, min_speedup=None)
+            report = run_pipeline(model_path, folder, point_config, force=force, progress=say)
+            points.append(_point(target, report))
+        return _write_summary(model_path, outdir, points, force)
+
+
+def point_folder_names(targets: list[float]) -> list[str]:
+    """`macs_<target>` with two decimals, or as many more as it takes to tell the targets apart."""
+    if len(set(targets)) < len(targets):
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        raise UsageError(f"sweep target(s) {', '.join(f'{t:g}' for t in twice)} given twice")
+    decimals = 2
+    while len({f"{t:.{decimals}f}" for t in targets}) < len(targets):
+        decimals += 1
+    return [f"macs_{t:.{decimals}f}" for t in targets]
+
+
+def _write_summary(model_path, outdir: Path, points: list[dict], force: bool) -> dict:
+    """sweep.md, sweep.json and the plot, moved into OUTDIR together once written."""
     markdown = _markdown(model_path, points)
     outputs = {"json": str(outdir / "sweep.json"), "markdown": str(outdir / "sweep.md")}
-    plot = _plot(points, outdir / "sweep.png")
-    if plot:
-        outputs["plot"] = plot
-    result = {"model": str(model_path), "points": points, "outputs": outputs, "markdown": markdown}
-    (outdir / "sweep.md").write_text(markdown + "\n")
-    (outdir / "sweep.json").write_text(json.dumps(result, indent=2, default=str))
+    with scratch_folder(outdir) as scratch:
+        if _plot(points, scratch / "sweep.png"):
+            outputs["plot"] = str(outdir / "sweep.png")
+        result = {"model": str(model_path), "points": points, "outputs": outputs, "markdown": markdown}
+        (scratch / "sweep.md").write_text(markdown + "\n")
+        (scratch / "sweep.json").write_text(json.dumps(result, indent=2, default=str))
+        publish([scratch / name for name in OUTPUT_NAMES if (scratch / name).exists()], outdir, force=force)
     return result
 
 
@@ -69,13 +101,13 @@ def _markdown(model_path, points: list[dict]) -> str:
         quality = (f"{p['accuracy'] * 100:.2f}%" if p["accuracy"] is not None
                    else f"{p['top1_agreement'] * 100:.2f}% agree" if p["top1_agreement"] is not None
                    else "n/a")
-        rows.append((f"{p['target_macs']:.2f}", f"{p['macs_fraction']:.3f}", human_bytes(p["size_bytes"]),
+        rows.append((f"{p['target_macs']:g}", f"{p['macs_fraction']:.3f}", human_bytes(p["size_bytes"]),
                      f"{p['latency_p50_ms']:.3f}", f"{p['speedup_p50']:.2f}x", quality))
     header = f"# Sweep of {model_path}\n\n"
     return header + table(["target MACs", "MACs kept", "size", "p50 ms", "speedup", "quality"], rows, markdown=True)
 
 
-def _plot(points: list[dict], path: Path) -> str | None:
+def _plot(points: list[dict], path: Path) -> bool:
     """Latency against quality, when matplotlib is installed (the `plot` extra)."""
     try:
         import matplotlib
@@ -83,18 +115,18 @@ def _plot(points: list[dict], path: Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return None
+        return False
     quality = [p["accuracy"] if p["accuracy"] is not None else p["top1_agreement"] or p["cosine"] for p in points]
     if any(q is None for q in quality):
-        return None
+        return False
     figure, axes = plt.subplots(figsize=(5, 3.5))
     axes.plot([p["latency_p50_ms"] for p in points], [q * 100 for q in quality], "o-")
     for p, q in zip(points, quality):
-        axes.annotate(f"{p['target_macs']:.2f}", (p["latency_p50_ms"], q * 100), textcoords="offset points", xytext=(4, 4))
+        axes.annotate(f"{p['target_macs']:g}", (p["latency_p50_ms"], q * 100), textcoords="offset points", xytext=(4, 4))
     axes.set_xlabel("p50 latency (ms)")
     axes.set_ylabel("accuracy (%)" if points[0]["accuracy"] is not None else "agreement (%)")
     axes.set_title("onnx-slim sweep (labels: target MACs)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return str(path)
+    return True

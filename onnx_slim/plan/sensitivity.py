@@ -10,7 +10,7 @@ error per MAC saved are pruned further.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -21,9 +21,8 @@ from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
+from onnx_slim.ir.model import Progress
 from onnx_slim.plan.planner import CostModel, Plan, PlanOptions, uniform_plan
-
-Progress = Callable[[str], None]
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5)
 DEFAULT_SAMPLES = 32

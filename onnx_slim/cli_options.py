@@ -1,0 +1,104 @@
+"""What the commands of `cli.py` share: options, the console, reading data, reporting a failed write.
+
+Light imports only, like `cli.py`: the heavy modules load once the signal handlers are set.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from contextlib import contextmanager
+
+import click
+
+from onnx_slim.errors import OnnxSlimError, UsageError
+
+
+class Console:
+    """Progress on stderr (unless quiet); results on stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.started = time.perf_counter()
+
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"[{time.perf_counter() - self.started:6.1f}s] {message}", err=True)
+
+
+class CriterionOption(click.Option):
+    """`--criterion`, whose help lists the criteria registry when help is shown (the registry
+    imports numpy and onnx, which must not load before the signal handlers)."""
+
+    def get_help_record(self, ctx):
+        from onnx_slim.criteria import criteria_help
+
+        self.help = self.help.format(criteria=criteria_help())
+        return super().get_help_record(ctx)
+
+
+shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+    help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",
+)
+
+
+def calibration_options(function):
+    """--calib and the options that say how to read it (shared by several commands)."""
+    options = [
+        click.option("--calib", metavar="PATH", help="Calibration data: .npz, folder of .npy or images, or 'random'."),
+        click.option("--calib-samples", type=int, help="Use only the first N calibration samples."),
+        click.option("--batch-size", default=8, show_default=True, help="Batch size for calibration runs."),
+        click.option("--input-size", metavar="H,W", help="Image folders: resize to this size (default: the model's)."),
+        click.option("--mean", metavar="R,G,B", help="Image folders: per-channel mean, 0..1 units."),
+        click.option("--std", metavar="R,G,B", help="Image folders: per-channel std, 0..1 units."),
+        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def load_data(path, model, params, samples=None):
+    """A CalibrationSet from CLI options, or None without a path."""
+    if not path:
+        return None
+    from onnx_slim.data.calibration import load_calibration
+
+    return load_calibration(
+        path, model, samples=samples, input_size=floats(params.get("input_size"), int),
+        mean=floats(params.get("mean")), std=floats(params.get("std")),
+        layout=params.get("layout", "nchw"), channel_order=params.get("channel_order", "rgb"),
+        seed=params.get("seed", 0),
+    )
+
+
+def floats(text, kind=float):
+    if not text:
+        return None
+    try:
+        return [kind(part) for part in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+# Errors of writing the output that the user can fix: a read-only folder, a full disk or quota.
+_WRITE_ERRORS = {
+    errno.EACCES: "choose a writable folder", errno.EPERM: "choose a writable folder",
+    errno.EROFS: "choose a writable folder", errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
+}
+
+
+@contextmanager
+def writing_output(output):
+    """Report a failed write as one line naming the output, not the scratch file it failed on."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        reason = (exc.strerror or os.strerror(exc.errno)).lower()
+        raise OnnxSlimError(f"cannot write {output}: {reason}; {_WRITE_ERRORS[exc.errno]}") from None
