@@ -17,7 +17,13 @@ import click
 
 from onnx_slim import __version__
 from onnx_slim.cli_options import (
-    Console, CriterionOption, calibration_options, floats, load_data, shape_option, writing_output,
+    Console,
+    CriterionOption,
+    calibration_options,
+    floats,
+    load_data,
+    shape_option,
+    writing_output,
 )
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
@@ -212,7 +218,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.pass_context
 def run(ctx, model, output, config_path, force, as_json, quiet, **options):
     """The deployment step: prune, re-fit, quantize, verify, benchmark, gate (exit 3 on a failed gate)."""
-    from onnx_slim.pipeline.run import check_gates, run_pipeline
+    from onnx_slim.pipeline.run import run_pipeline
 
     console = Console(quiet)
     config, config_file = pipeline_config(ctx, model, config_path, options)
@@ -221,11 +227,11 @@ def run(ctx, model, output, config_path, force, as_json, quiet, **options):
     with writing_output(output):
         report = run_pipeline(model, output, config, config_file=config_file, force=force, progress=console.progress)
     if as_json:
-        click.echo(to_json(report))
+        click.echo(to_json(report.to_dict()))
     else:
-        click.echo(open(report["outputs"]["report_md"]).read().split("## Benchmark")[0].rstrip())
-        click.echo(f"\nwrote {report['outputs']['model']} and {report['outputs']['report_json']}")
-    check_gates(report)
+        click.echo(report.summary_markdown())
+        click.echo(f"\nwrote {report.outputs.model} and {report.outputs.report_json}")
+    report.check_gates()
 
 
 def pipeline_config(ctx, model, config_path, options):

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import onnx
@@ -25,24 +24,12 @@ from onnx_slim.data.calibration import load_calibration
 from onnx_slim.data.evaluate import evaluate, quality_drop_points
 from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
-from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.formatting import human_bytes, human_count, table
+from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout, random_inputs
-from onnx_slim.pipeline.config import PipelineConfig, load_config, sibling_config
+from onnx_slim.pipeline.config import PipelineConfig
 from onnx_slim.pipeline.prune import prune_file
-
-
-@dataclass
-class Gate:
-    name: str
-    threshold: float
-    value: float | None
-    passed: bool
-    detail: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from onnx_slim.pipeline.report import Gate, PipelineReport, RunOutputs
 
 
 def run_pipeline(
@@ -53,7 +40,7 @@ def run_pipeline(
     config_file: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
-) -> dict:
+) -> PipelineReport:
     """Run the whole step; returns the report (also written to OUTDIR/report.json and .md).
 
     Quality gates are evaluated but not raised: the caller decides (the CLI exits 3).
@@ -112,25 +99,16 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         quantize_report.output_path = str(outdir / final_path.name)
     for measured, path in zip(bench.models[1:], (pruned_path, final_path)):
         measured.path = str(outdir / path.name)
-    gates = _gates(settings, evaluation, bench)
-    report = {
-        "model": str(model_path),
-        "outdir": str(outdir),
-        "config_file": config_file,
-        "config": asdict(settings),
-        "outputs": {"model": str(outdir / "model.onnx"), "pruned": str(outdir / "pruned.onnx"),
-                    "report_json": str(outdir / "report.json"), "report_md": str(outdir / "report.md")},
-        "prune": prune_report.to_dict(),
-        "quantize": quantize_report.to_dict() if quantize_report is not None else None,
-        "evaluation": {"pruned": prune_report.evaluation, "final": evaluation},
-        "bench": bench.to_dict(),
-        "bench_markdown": bench.to_markdown(),
-        "gates": [gate.to_dict() for gate in gates],
-        "passed": all(gate.passed for gate in gates),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    (scratch / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (scratch / "report.md").write_text(pipeline_markdown(report))
+    outputs = RunOutputs(model=str(outdir / "model.onnx"), pruned=str(outdir / "pruned.onnx"),
+                         report_json=str(outdir / "report.json"), report_md=str(outdir / "report.md"))
+    report = PipelineReport(
+        model=str(model_path), outdir=str(outdir), config_file=config_file, config=settings, outputs=outputs,
+        prune=prune_report, quantize=quantize_report, bench=bench,
+        evaluation_pruned=prune_report.evaluation, evaluation_final=evaluation,
+        gates=_gates(settings, evaluation, bench), seconds=round(time.perf_counter() - started, 2),
+    )
+    (scratch / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    (scratch / "report.md").write_text(report.to_markdown())
     return report
 
 
@@ -223,58 +201,3 @@ def _gates(settings: PipelineConfig, evaluation, bench) -> list[Gate]:
     return gates
 
 
-def pipeline_markdown(report: dict) -> str:
-    """The human summary: one row per stage, then gates and settings."""
-    prune, bench = report["prune"], report["bench"]["models"]
-    evaluation = report["evaluation"]
-    quality = {"original": "reference", "pruned": _quality(evaluation["pruned"]), "final": _quality(evaluation["final"])}
-    rows = []
-    for label, entry in zip(("original", "pruned", "final"), bench):
-        rows.append((
-            label, human_count(entry["params"] or 0), human_count(entry["macs"] or 0),
-            human_bytes(entry["size_bytes"]), f"{entry['latency_ms']['p50']:.2f}",
-            f"{entry['speedup']['p50']:.2f}x", quality[label],
-        ))
-    lines = [
-        f"# onnx-slim run: {report['model']}",
-        "",
-        table(["model", "params", "MACs", "size", "p50 ms", "speedup", "quality vs original"], rows, markdown=True),
-        "",
-        f"- pruning: {prune['criterion']}, {prune['groups_pruned']} of {prune['groups_total']} groups, "
-        f"MACs kept {prune['macs_fraction'] * 100:.1f}%"
-        + (f", re-fitted {prune['reconstruction']['layers']} layers" if prune.get("reconstruction") else ""),
-    ]
-    if report["quantize"]:
-        q = report["quantize"]
-        lines.append(f"- quantization: {q['mode']} {q['format']}, calibration: {q['calibration']}; {q['decision']}")
-        lines += [f"- quantization warning: {warning}" for warning in q["warnings"]]
-    if prune.get("calibration"):
-        lines.append(f"- calibration: {prune['calibration']}")
-    for gate in report["gates"]:
-        lines.append(f"- gate {gate['name']}: {'passed' if gate['passed'] else 'FAILED'} ({gate['detail']})")
-    lines += ["", "## Benchmark", "", report["bench_markdown"]]
-    return "\n".join(lines) + "\n"
-
-
-def _quality(evaluation) -> str:
-    if not evaluation:
-        return "not measured (no --eval)"
-    if "accuracy" in evaluation:
-        return (f"accuracy {evaluation['accuracy'] * 100:.2f}% "
-                f"({0.0 - evaluation['accuracy_drop_points']:+.2f} pts)")
-    agreement = evaluation["agreement"]
-    if agreement.get("top1") is not None:
-        return f"top-1 agreement {agreement['top1'] * 100:.2f}%"
-    return f"cosine {agreement['cosine']:.4f}"
-
-
-def check_gates(report: dict) -> None:
-    """Raise QualityGateError (exit 3) naming every failed gate."""
-    from onnx_slim.errors import QualityGateError
-
-    failed = [gate["detail"] for gate in report["gates"] if not gate["passed"]]
-    if failed:
-        raise QualityGateError("quality gate failed: " + "; ".join(failed))
-
-
-__all__ = ["PipelineConfig", "load_config", "run_pipeline", "check_gates", "sibling_config", "OnnxSlimError"]

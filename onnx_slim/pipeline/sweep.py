@@ -11,7 +11,9 @@ from onnx_slim.errors import UsageError
 from onnx_slim.formatting import human_bytes, table
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.model import Progress, input_files
-from onnx_slim.pipeline.run import PipelineConfig, check_outdir, run_pipeline
+from onnx_slim.pipeline.config import PipelineConfig
+from onnx_slim.pipeline.report import PipelineReport
+from onnx_slim.pipeline.run import check_outdir, run_pipeline
 
 OUTPUT_NAMES = ("sweep.png", "sweep.json", "sweep.md")
 
@@ -77,21 +79,21 @@ def _write_summary(model_path, outdir: Path, points: list[dict], force: bool) ->
     return result
 
 
-def _point(target: float, report: dict) -> dict:
-    original, _, final = report["bench"]["models"]
-    evaluation = report["evaluation"]["final"] or {}
+def _point(target: float, report: PipelineReport) -> dict:
+    original, _, final = report.bench.models
+    evaluation = report.evaluation_final or {}
     return {
         "target_macs": target,
-        "macs_fraction": report["prune"]["macs_fraction"],
-        "size_bytes": final["size_bytes"],
-        "latency_p50_ms": final["latency_ms"]["p50"],
-        "original_p50_ms": original["latency_ms"]["p50"],
-        "speedup_p50": final["speedup"]["p50"],
+        "macs_fraction": report.prune.macs_fraction,
+        "size_bytes": final.size_bytes,
+        "latency_p50_ms": final.latency_ms["p50"],
+        "original_p50_ms": original.latency_ms["p50"],
+        "speedup_p50": final.speedup["p50"],
         "accuracy": evaluation.get("accuracy"),
         "accuracy_original": evaluation.get("accuracy_original"),
         "top1_agreement": (evaluation.get("agreement") or {}).get("top1"),
         "cosine": (evaluation.get("agreement") or {}).get("cosine"),
-        "outdir": report["outdir"],
+        "outdir": report.outdir,
     }
 
 

@@ -223,3 +223,15 @@ def test_input_shapes_are_checked_against_the_model(capsys, demo, tmp_path, shap
     code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "o.onnx", "--ratio", "0.5",
                               "--input-shape", shape, "--quiet")
     assert code == 2 and message in stderr
+
+
+def test_the_terminal_summary_is_the_reports_summary(capsys, demo, tmp_path):
+    """The CLI prints from the report object (it used to re-read report.md and split it on a heading)."""
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", out, "--criterion", "l1", *FAST)
+    assert code == 0
+    written = (out / "report.md").read_text()
+    summary, _, benchmark = written.partition("\n\n## Benchmark\n\n")
+    assert stdout.startswith(summary + "\n")
+    assert "| final |" in summary and "speedup (p50)" in benchmark
+    assert json.loads((out / "report.json").read_text())["bench_markdown"].strip() == benchmark.strip()
