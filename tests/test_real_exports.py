@@ -3,6 +3,7 @@ efficientnet_lite0 from the real-model cache (built by scripts/real_models.py, s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,19 @@ def test_bert_encoder_prunes_its_ffn_and_keeps_symbolic_batch_and_sequence():
                                                 ("input_ids", "attention_mask", "token_type_ids")})
         assert run_session(session, feeds)["last_hidden_state"].shape == (batch, sequence, 32)
     assert_lossless(original, 0.5)
+
+
+def _inspect(capsys, *args) -> str:
+    from onnx_slim.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["inspect", *map(str, args)])
+        raise SystemExit(0)
+    assert not done.value.code
+    return capsys.readouterr().out
+
+
+def test_inspect_says_when_shapes_were_measured(capsys):
+    for path, measured in ((BERT, True), (BERT.parent / "digits_cnn.onnx", False)):
+        assert ("measured by one onnxruntime run" in _inspect(capsys, path)) == measured
+        assert json.loads(_inspect(capsys, "--json", path))["shapes_measured"] == measured

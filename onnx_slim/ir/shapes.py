@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -119,6 +120,8 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[
         log.warning("shapes of %d tensors are unknown and onnxruntime could not measure them: %s", len(unknown), exc)
         return ConcreteShapes(shapes, types)
     for name, value in measured.items():
+        if not isinstance(value, np.ndarray):
+            continue  # a sequence or map: no shape to record
         shapes[name] = tuple(value.shape)
         types[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
     return ConcreteShapes(shapes, types, measured=True)

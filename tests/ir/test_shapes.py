@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 from graphs import computed_reshape_encoder, conv_chain
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim.ir.shapes import concrete_shapes, infer_shapes, is_static
 
@@ -27,3 +29,17 @@ def test_sizes_computed_at_run_time_are_measured():
     assert found.types["fc2"] == 1  # float
     # The model itself is untouched: no extra outputs left behind.
     assert [output.name for output in model.graph.output] == ["unflat"]
+
+
+def test_sequence_values_are_skipped_when_measuring():
+    """Only tensors have shapes: a sequence made along the way must not break the measurement."""
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["pieces"], axis=0),
+             helper.make_node("SequenceAt", ["pieces", "first"], ["y"])]
+    graph = helper.make_graph(nodes, "seq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(0, dtype=np.int64), "first")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    found = concrete_shapes(model, {"x": (4, 3)})
+    assert found.measured
+    assert found.shapes["y"] == (1, 3)
+    assert "pieces" not in found.shapes
