@@ -22,6 +22,7 @@ Usage::
 
     python scripts/make_models.py                 # all models into models/
     python scripts/make_models.py --only resnet --only yolov8 --out /tmp/zoo
+    python scripts/make_models.py --bert          # models/bert_torchscript.onnx (needs transformers)
 
 Weights are seeded (``--seed``, default 0): the same seed gives the same
 weights. ``models/README.md`` is rewritten when every architecture is built.
@@ -680,6 +681,75 @@ def make(name: str, out: Path, seed: int) -> list[dict]:
     return rows
 
 
+BERT_FILE = "bert_torchscript.onnx"
+
+
+def make_bert(out: Path, seed: int) -> dict:
+    """A tiny BERT encoder (HF `transformers` `BertModel`, random weights from a config, no
+    hub download) exported by the TorchScript exporter with symbolic batch and sequence.
+
+    Hidden 32, 2 layers, 2 heads, FFN 128, vocabulary 100; eager attention, the classic
+    graph: every `view(b, t, heads, head_dim)` is a Reshape whose target is a Concat of
+    `Gather(Shape(x))` reads and constants, and the position ids are a Slice whose end is
+    read through Shape, so static shape inference leaves the encoder's shapes unknown.
+    Needs `transformers` (``pip install --no-deps transformers regex``, with
+    huggingface_hub, safetensors and tokenizers).
+    """
+    # transformers imports torchvision when it is installed; one built for another torch
+    # fails to import, and the encoder needs none of it.
+    sys.modules.setdefault("torchvision", None)
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=128, type_vocab_size=2)
+    config._attn_implementation = "eager"
+    bert = BertModel(config, add_pooling_layer=False).eval()
+
+    class Encoder(nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    model = Encoder(bert).eval()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    def inputs(batch, sequence, gen):
+        ids = torch.randint(0, 100, (batch, sequence), generator=gen)
+        mask = torch.ones(batch, sequence, dtype=torch.long)
+        mask[:, sequence - sequence // 4:] = 0  # padded tail
+        types = torch.randint(0, 2, (batch, sequence), generator=gen)
+        return ids, mask, types
+
+    path = out / BERT_FILE
+    print(f"exporting {BERT_FILE} ...", flush=True)
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names + ["last_hidden_state"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs(2, 16, torch.Generator().manual_seed(seed)), str(path), dynamo=False,
+                          opset_version=17, input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes=dynamic)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diff = 0.0
+    for batch, sequence in ((2, 16), (1, 7), (3, 33)):
+        feeds = inputs(batch, sequence, torch.Generator().manual_seed(seed + sequence))
+        with torch.no_grad():
+            expected = model(*feeds).numpy()
+        got = session.run(None, dict(zip(names, (t.numpy() for t in feeds))))[0]
+        diff = max(diff, float(np.max(np.abs(got - expected))))
+    print(f"  {path.stat().st_size / 1024:.1f} KB, {len(proto.graph.node)} nodes, max|diff| {diff:.2e} "
+          f"over batch/sequence 2/16, 1/7, 3/33")
+    if diff >= TOL:
+        raise SystemExit(f"error: {BERT_FILE}: onnxruntime differs from torch by {diff:.3g}")
+    return {"file": BERT_FILE, "kb": path.stat().st_size / 1024, "nodes": len(proto.graph.node), "diff": diff}
+
+
 def print_table(rows: list[dict]) -> None:
     w = max(len(r["file"]) for r in rows)
     print()
@@ -772,6 +842,19 @@ Dynamo (`dynamo=True`, opset 20):
   `pkg.torch.onnx.fx_node`, `pkg.torch.onnx.name_scopes`,
   `pkg.onnxscript.rewriter.rule_name`); the script drops only
   `pkg.torch.onnx.stack_trace`, which holds local paths.
+## `bert_torchscript.onnx` (`python scripts/make_models.py --bert`)
+
+A tiny BERT encoder (`transformers` `BertModel` from a config, random seeded
+weights: hidden 32, 2 layers, 2 heads, FFN 128, vocabulary 100, eager
+attention), TorchScript exporter, opset 17, inputs `input_ids`,
+`attention_mask`, `token_type_ids` `[batch, sequence]` int64, output
+`last_hidden_state [batch, sequence, 32]`; checked against torch at
+batch/sequence 2/16, 1/7 and 3/33. Static shape inference loses every shape
+after the position ids (`Slice` of the position buffer whose end is read
+through `Shape`); every `view(b, t, heads, head_dim)` is a `Reshape` whose
+target is `Concat(Unsqueeze(Gather(Shape)), Unsqueeze(Gather(Shape)),
+Constant[-1], Constant[16])`. It is not part of the table above (the full build
+does not rebuild it).
 """
 
 
@@ -819,12 +902,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=sorted(ARCHS), metavar="NAME",
                    help=f"build only this architecture (repeatable): {', '.join(ARCHS)}")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    p.add_argument("--bert", action="store_true",
+                   help=f"build only {BERT_FILE}, a tiny BERT encoder (needs transformers)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
     # the dynamo exporter logs a warning per missing torchvision op
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.bert:
+        make_bert(args.out, args.seed)
+        return 0
     names = args.only or list(ARCHS)
     rows = []
     for name in names:

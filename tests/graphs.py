@@ -234,6 +234,38 @@ def conv_chain(widths=(8, 8), in_channels: int = 3, size: int = 8, seed: int = 0
     return g.build(g.conv(h, 2, name="conv_out"))
 
 
+def computed_reshape_encoder(width: int = 16, hidden: int = 32, out: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """An encoder block as the TorchScript exporter writes it for symbolic batch and sequence.
+
+    x[batch, sequence, width] + positions[:, :sequence] (a Slice whose end is read
+    through Shape, which static inference cannot follow) -> fc1 MatMul + Add -> Relu
+    -> Reshape to [batch * sequence, hidden] -> fc2 Gemm -> Reshape to
+    [batch, sequence, out] -> y. Both Reshape targets are Concats of
+    Gather(Shape(...)) parts and a constant channel count.
+    """
+    g = Graph(seed)
+    x = g.input("x", ["batch", "sequence", width])
+
+    def dim(tensor, index):
+        """Unsqueeze(Gather(Shape(tensor), index)): one dim read at run time, as a 1-D tensor."""
+        name = f"{tensor}_dim{index}_{g._count}"
+        gathered = g.node("Gather", [g.node("Shape", [tensor]), g.ints(f"{name}_index", index)], axis=0)
+        return g.node("Unsqueeze", [gathered, g.ints(f"{name}_axes", [0])])
+
+    positions = g.node("Slice", [g.weight("positions", (1, 128, width)), g.ints("pos_start", [0]),
+                                 dim(x, 1), g.ints("pos_axes", [1])], "positions_slice")
+    h = g.relu(g.add_bias(g.matmul(g.add(x, positions), hidden, name="fc1"), name="fc1_bias"), name="fc1_relu")
+    rows = g.node("Mul", [dim(h, 0), dim(h, 1)], "rows")
+    flat = g.node("Reshape", [h, g.concat([rows, g.ints("hidden", [hidden])], axis=0, name="flat_shape")], "flat")
+    w2 = g.weight("fc2_w", (out, hidden))
+    o = g.node("Gemm", [flat, w2, g.weight("fc2_b", (out,))], "fc2", transB=1)
+    target = g.concat([dim(x, 0), dim(x, 1), g.ints("out", [out])], axis=0, name="unflat_shape")
+    y = g.node("Reshape", [o, target], "unflat")
+    model = g._model([helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "sequence", out])])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 # -- single-purpose models of the activation and patch tests ---------------------------------
 
 

@@ -12,7 +12,7 @@ from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, analyze_cha
 from onnx_slim.channels.space import FreezeReason
 from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.model import ModelSource, load_model
-from onnx_slim.ir.shapes import infer_shapes
+from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
 from onnx_slim.ops.cost import ModelCost, concrete_input_shapes, count_params, model_cost
 
@@ -27,6 +27,14 @@ class ModelAnalysis:
     cost: ModelCost
     shapes: dict
     input_shapes: dict
+    shapes_measured: bool = False  # static inference fell short: shapes come from one onnxruntime run
+
+    @property
+    def shapes_note(self) -> str:
+        if not self.shapes_measured:
+            return ""
+        return ("static shape inference left some shapes unknown (sizes computed at run time); "
+                "all shapes were measured by one onnxruntime run at the input shapes above")
 
     @property
     def groups(self) -> list[ChannelGroup]:
@@ -47,6 +55,7 @@ class ModelAnalysis:
             "params": self.cost.params,
             "macs": self.cost.macs,
             "input_shapes": {name: list(shape) for name, shape in self.input_shapes.items()},
+            "shapes_measured": self.shapes_measured,
             "groups_total": len(self.groups),
             "groups_prunable": len(self.channels.prunable_groups()),
             "prunable_macs_fraction": round(self.prunable_macs_fraction(), 4),
@@ -88,13 +97,14 @@ def analyze(
     params = count_params(proto)
     info = normalize(proto)
     concrete = concrete_input_shapes(proto, input_shapes)
-    shapes, _ = infer_shapes(proto, concrete)
+    found = concrete_shapes(proto, concrete)
+    shapes = found.shapes
     channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
     _check_weight_shapes(channels, shapes)
     _apply_excludes(channels.groups, exclude)
     cost = model_cost(proto, shapes=shapes)
     cost.params = params
-    return ModelAnalysis(proto, info, channels, cost, shapes, concrete)
+    return ModelAnalysis(proto, info, channels, cost, shapes, concrete, found.measured)
 
 
 def _check_weight_shapes(channels: ChannelAnalysis, shapes: Mapping[str, tuple]) -> None:

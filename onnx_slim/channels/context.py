@@ -14,6 +14,7 @@ that axis's layout), static shapes, and constant values. It records:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -78,6 +79,8 @@ class AnalysisContext:
         self.initializers = {init.name: init for init in self.model.graph.initializer}
         self.opset = opset_version(self.model)
         self._small_values: dict[str, np.ndarray] = {}
+        self._producers = {name: node for node in self.model.graph.node for name in node.output}
+        self._readers = Counter(name for node in self.model.graph.node for name in set(node.input))
 
     # -- reading -----------------------------------------------------------
 
@@ -91,6 +94,13 @@ class AnalysisContext:
         if name not in self._small_values:
             self._small_values[name] = numpy_helper.to_array(self.initializers[name])
         return self._small_values[name]
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        return self._producers.get(name)
+
+    def readers(self, name: str) -> int:
+        """How many nodes read `name`."""
+        return self._readers[name]
 
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)

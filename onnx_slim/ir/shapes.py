@@ -1,18 +1,32 @@
-"""Shape inference that stays cheap on large models.
+"""Shape inference that stays cheap on large models, and concrete shapes for analysis.
 
 onnx's shape inference copies the whole model, weights included. It only needs
 the *shapes* of large weights, and the *values* of the small integer tensors that
 steer shapes (Reshape targets, Split sizes, Resize scales...). So it runs on a
 skeleton: the graph, with every large initializer replaced by a graph input of
 the same type and shape.
+
+Static inference gives up where sizes are computed at run time from a symbolic
+dim (an encoder's `view(batch, seq, heads, head_dim)` through Shape/Gather/Concat).
+`concrete_shapes` then measures them: one onnxruntime run at the concrete input
+shapes, with every intermediate tensor made an output.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.runtime import create_session, run_session
+
+log = logging.getLogger(__name__)
 
 # Initializers up to this many elements keep their values in the skeleton.
 _SMALL_TENSOR_ELEMENTS = 64
@@ -79,6 +93,57 @@ def infer_shapes(
         shapes[init.name] = tuple(init.dims)
         types[init.name] = init.data_type
     return shapes, types
+
+
+@dataclass
+class ConcreteShapes:
+    """Shapes and element types of a model's tensors at concrete input shapes."""
+
+    shapes: dict  # name -> shape tuple
+    types: dict  # name -> onnx elem_type
+    measured: bool = False  # some shapes were read from an onnxruntime run
+
+
+def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> ConcreteShapes:
+    """Every tensor's shape at `input_shapes` (one concrete shape per graph input).
+
+    Static inference first; when it leaves some node output without a static
+    shape, one onnxruntime run on random inputs of those shapes measures them all.
+    """
+    shapes, types = infer_shapes(model, input_shapes)
+    unknown = [name for node in model.graph.node for name in node.output if name and not is_static(shapes.get(name))]
+    if not unknown:
+        return ConcreteShapes(shapes, types)
+    try:
+        measured = _measure_shapes(model, input_shapes, types)
+    except OnnxSlimError as exc:
+        log.warning("shapes of %d tensors are unknown and onnxruntime could not measure them: %s", len(unknown), exc)
+        return ConcreteShapes(shapes, types)
+    for name, value in measured.items():
+        if not isinstance(value, np.ndarray):
+            continue  # a sequence or map: no shape to record
+        shapes[name] = tuple(value.shape)
+        types[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
+    return ConcreteShapes(shapes, types, measured=True)
+
+
+def _measure_shapes(model: onnx.ModelProto, input_shapes, types) -> dict:
+    """Every main-graph tensor of one onnxruntime run at `input_shapes`, by name."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {output.name for output in probe.graph.output}
+    for node in probe.graph.node:
+        for name in node.output:
+            if name and name not in outputs:
+                outputs.add(name)
+                if types.get(name):
+                    probe.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
+                else:
+                    probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    # Stale annotations could contradict the measurement; onnxruntime infers its own.
+    del probe.graph.value_info[:]
+    session = create_session(probe, optimize=False)
+    return run_session(session, random_inputs(model, shapes=input_shapes))
 
 
 def is_static(shape: Shape | None) -> bool:

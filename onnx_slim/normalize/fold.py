@@ -23,11 +23,14 @@ from onnx_slim.ir.shapes import infer_shapes, is_static
 
 log = logging.getLogger(__name__)
 
-# Ops evaluated when all their inputs are small constants: shape arithmetic only.
+# Ops evaluated when all their inputs are small constants: shape arithmetic only. The
+# TorchScript exporter writes static "same" padding as a chain of them feeding Pad's pads
+# (ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Reshape -> Cast).
 _FOLDABLE_OPS = {
     "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Cast", "Concat",
     "Gather", "Unsqueeze", "Squeeze", "Reshape", "Slice", "Equal", "Less", "Greater",
     "Where", "Max", "Min", "Identity", "Range", "ReduceProd", "ReduceSum", "Sqrt",
+    "ConstantOfShape", "Transpose",
 }
 _MAX_FOLDED_ELEMENTS = 1024
 
@@ -98,6 +101,8 @@ def _fold_node(node, opset, shapes, constants, small_values, partial_shapes):
                 return None
             small_values[name] = numpy_helper.to_array(init)
         feeds[name] = small_values[name]
+    if not _output_is_small(node, feeds):
+        return None
     try:
         outputs = ReferenceEvaluator(_single_node_graph(node, feeds, opset)).run(None, feeds)
     except Exception as exc:  # an op the reference runtime rejects: leave it
@@ -108,6 +113,17 @@ def _fold_node(node, opset, shapes, constants, small_values, partial_shapes):
     return outputs
 
 
+def _output_is_small(node, feeds) -> bool:
+    """Whether an op that creates a tensor from a few numbers stays small: checked before
+    evaluating, so a constant `ConstantOfShape([100000, 100000])` is never allocated."""
+    if node.op_type == "ConstantOfShape":
+        return int(np.prod(feeds[node.input[0]])) <= _MAX_FOLDED_ELEMENTS
+    if node.op_type == "Range":
+        start, limit, delta = (float(feeds[name]) for name in node.input[:3])
+        return delta != 0 and (limit - start) / delta <= _MAX_FOLDED_ELEMENTS
+    return True
+
+
 def _single_node_graph(node, feeds, opset: int):
     """A one-node model at the model's own opset: an op's signature depends on it
     (Unsqueeze takes `axes` as an attribute before opset 13, as an input after)."""
@@ -116,8 +132,6 @@ def _single_node_graph(node, feeds, opset: int):
     outputs = [helper.make_empty_tensor_value_info(name) for name in node.output]
     graph = helper.make_graph([node], "fold", inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
 
 
 def remove_dead_nodes(model: onnx.ModelProto) -> int:

@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto
 
 from onnx_slim.ir.model import check_input_shapes, graph_inputs
-from onnx_slim.ir.shapes import infer_shapes
+from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.ops.specs import WEIGHT_OPS
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -60,9 +60,9 @@ def model_cost(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     shapes: Mapping[str, tuple] | None = None,
 ) -> ModelCost:
-    """Params and MACs; pass `shapes` (from infer_shapes with concrete inputs) to reuse them."""
+    """Params and MACs; pass `shapes` (from concrete_shapes) to reuse them."""
     if shapes is None:
-        shapes, _ = infer_shapes(model, concrete_input_shapes(model, input_shapes))
+        shapes = concrete_shapes(model, concrete_input_shapes(model, input_shapes)).shapes
     cost = ModelCost(params=count_params(model), macs=0)
     for index, node in enumerate(model.graph.node):
         spec = WEIGHT_OPS.get(node.op_type)

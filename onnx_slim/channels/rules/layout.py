@@ -140,7 +140,7 @@ def reshape(ctx, node):
     if tracked is None:
         return
     in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
-    target = ctx.const(node.input[1])
+    target = _target_entries(ctx, node.input[1])
     if target is None:
         ctx.freeze(tracked.layout, node, "target shape is computed at run time")
         return
@@ -153,13 +153,53 @@ def reshape(ctx, node):
         return
     out_axis, repeat = mapped
     layout = repeat_layout(tracked.layout, repeat)
-    entry = int(target[out_axis]) if out_axis < target.size else -1
+    entry, source = target[out_axis] if out_axis < len(target) else (-1, None)
+    if entry is None:
+        ctx.freeze(tracked.layout, node, "the target's channel count is computed at run time")
+        return
     if entry > 0:
-        ctx.fix(node, [layout], set_const_entry(node.input[1], out_axis, layout))
+        if source != node.input[1] and ctx.readers(node.input[1]) > 1:
+            # Rewriting the shared Concat's constant would resize the other readers too.
+            ctx.freeze(tracked.layout, node, "the computed target shape is shared with other nodes")
+            return
+        ctx.fix(node, [layout], set_const_entry(source, _index_in(target, out_axis), layout))
     elif entry == 0 and out_axis != tracked.axis:
         ctx.freeze(tracked.layout, node, "target copies a dimension from another position")
         return
     ctx.track(node.output[0], out_axis, layout)
+
+
+def _target_entries(ctx, name):
+    """A Reshape target entry by entry: (value, constant holding it), value None where it is
+    computed at run time; None when the entries cannot be told apart.
+
+    Exporters write `view(b, t, c)` as Concat(Gather(Shape(x), 0), Gather(Shape(x), 1), [c]):
+    the channel count sits in a constant input of the Concat, which the rule can rewrite
+    while the batch and sequence stay computed at run time.
+    """
+    value = ctx.const(name)
+    if value is not None:
+        return [(int(v), name) for v in value.reshape(-1)]
+    concat = ctx.producer(name)
+    if concat is None or concat.op_type != "Concat":
+        return None
+    entries = []
+    for part in concat.input:
+        value = ctx.const(part)
+        shape = ctx.static_shape(part)
+        if value is not None:
+            entries += [(int(v), part) for v in value.reshape(-1)]
+        elif shape is not None and len(shape) == 1:
+            entries += [(None, None)] * shape[0]
+        else:
+            return None
+    return entries
+
+
+def _index_in(target, position: int) -> int:
+    """The index of target entry `position` within the constant that holds it."""
+    source = target[position][1]
+    return sum(1 for _, other in target[:position] if other == source)
 
 
 def reshape_channel_axis(in_shape, out_shape, axis) -> tuple[int, int] | None:

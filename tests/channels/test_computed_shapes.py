@@ -1,0 +1,92 @@
+"""Channels through Reshape targets computed at run time (Shape + constants), at symbolic batch and sequence."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from conftest import assert_lossless, assert_valid, group_with, run, zeroed_for_lossless
+from graphs import Graph, computed_reshape_encoder
+
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.pipeline.prune import prune
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_macs_are_counted_at_the_analysis_shapes():
+    analysis = analyze(computed_reshape_encoder(width=16, hidden=32, out=8))
+    assert analysis.shapes_measured
+    assert not analysis.cost.uncounted
+    sequence = 64  # symbolic dims other than the batch default to 64
+    assert analysis.cost.macs == sequence * 16 * 32 + sequence * 32 * 8
+    assert "onnxruntime" in analysis.shapes_note
+
+
+def test_group_follows_a_computed_reshape_and_its_channel_count_is_rewritten():
+    model = computed_reshape_encoder(width=16, hidden=32, out=8)
+    analysis = analyze(model)
+    group = group_with(analysis, "fc1")
+    assert group.prunable, [str(r) for r in group.frozen]
+    assert {"fc1", "fc1_bias", "fc2"} <= set(group.nodes)
+    pruned, _ = prune(model, ratio=0.5)
+    assert_valid(pruned, model)
+    concat = next(node for node in pruned.graph.node if node.name == "flat_shape")
+    values = {init.name: numpy_helper.to_array(init) for init in pruned.graph.initializer}
+    assert [values[name].tolist() for name in concat.input if name in values] == [[16]]
+    # The dynamic parts are still read at run time.
+    assert sum(node.op_type == "Shape" for node in pruned.graph.node) >= 2
+    assert_lossless(model, 0.5)
+
+
+def test_pruned_model_keeps_symbolic_dims_and_runs_at_other_lengths():
+    model = computed_reshape_encoder(width=16, hidden=32, out=8)
+    zeroed, chosen = zeroed_for_lossless(model, 0.5)
+    assert chosen
+    pruned, _ = prune(zeroed, ratio=0.5, criterion="l1")
+    assert _dims(pruned.graph.input[0]) == ["batch", "sequence", 16]
+    assert _dims(pruned.graph.output[0]) == ["batch", "sequence", 8]
+    rng = np.random.default_rng(0)
+    for batch, sequence in ((1, 7), (2, 33)):
+        feeds = {"x": rng.standard_normal((batch, sequence, 16)).astype(np.float32)}
+        expected, actual = run(zeroed, feeds)["unflat"], run(pruned, feeds)["unflat"]
+        assert actual.shape == (batch, sequence, 8)
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def _build(g: Graph, output: str, dims) -> onnx.ModelProto:
+    """The model with `output` declared as `dims` (inference cannot see through computed targets)."""
+    model = g._model([onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, dims)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_channel_count_computed_at_run_time_freezes():
+    """When the channel entry of the target is itself read through Shape, nothing can rewrite it."""
+    g = Graph()
+    x = g.input("x", ["batch", 4, 16])
+    h = g.relu(g.add_bias(g.matmul(x, 32, name="fc1"), name="fc1_bias"))
+    other = g.input("other", ["batch", 4, 32])
+    read = g.node("Slice", [g.node("Shape", [other]), g.ints("from", [1]), g.ints("to", [3])])
+    target = g.concat([g.ints("one", [1]), read], axis=0, name="target")
+    y = g.node("Reshape", [h, target], "reshape")
+    model = _build(g, g.node("MatMul", [y, g.weight("fc2_w", (32, 2))], "fc2"), [1, 4, 2])
+    group = group_with(analyze(model, input_shapes={"x": [1, 4, 16], "other": [1, 4, 32]}), "fc1")
+    assert any("channel count is computed at run time" in reason.reason for reason in group.frozen), group.frozen
+
+
+def test_shared_computed_target_freezes():
+    """One Concat target read by two Reshapes: rewriting it for one would resize the other."""
+    g = Graph()
+    x = g.input("x", ["batch", 16])
+    a = g.relu(g.gemm(x, 8, name="fc_a"))
+    b = g.relu(g.gemm(x, 8, name="fc_b"))
+    batch = g.node("Unsqueeze", [g.node("Gather", [g.node("Shape", [x]), g.ints("zero", 0)], axis=0),
+                                 g.ints("axes", [0])])
+    target = g.concat([batch, g.ints("width", [8])], axis=0, name="target")
+    ra, rb = g.node("Reshape", [a, target], "reshape_a"), g.node("Reshape", [b, target], "reshape_b")
+    head = g.node("Gemm", [g.concat([ra, rb], axis=1), g.weight("head_w", (2, 16))], "head", transB=1)
+    group = group_with(analyze(_build(g, head, ["batch", 2])), "fc_a")
+    assert any("shared with other nodes" in reason.reason for reason in group.frozen), group.frozen
