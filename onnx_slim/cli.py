@@ -366,14 +366,15 @@ def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_pat
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
     from onnx_slim.deploy.bench import benchmark
     from onnx_slim.ir.model import parse_input_shapes
+    from onnx_slim.ir.runtime import SessionSpec
 
     console = Console(quiet)
     data = None
     if data_path:
         data = load_data(data_path, models[0], {"seed": seed}).batches(batch)
     console.progress(f"benchmarking {len(models) + (1 if baseline and baseline not in models else 0)} models, {runs} runs each")
-    report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, threads=threads, batch=batch,
-                       shapes=parse_input_shapes(input_shapes) or None, data=data, seed=seed,
+    report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, session=SessionSpec(threads),
+                       batch=batch, shapes=parse_input_shapes(input_shapes) or None, data=data, seed=seed,
                        measure_memory=not no_memory)
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 

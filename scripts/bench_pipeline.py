@@ -24,8 +24,10 @@ from bench_common import write_report  # noqa: E402
 from resnet50 import build_resnet50  # noqa: E402
 
 from onnx_slim import prune_file  # noqa: E402
-from onnx_slim.deploy.bench import benchmark, cpu_info  # noqa: E402
+from onnx_slim.deploy.bench import benchmark  # noqa: E402
 from onnx_slim.deploy.quantize import quantize_model  # noqa: E402
+from onnx_slim.ir.hardware import cpu_info  # noqa: E402
+from onnx_slim.ir.runtime import SessionSpec  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +47,7 @@ def main() -> None:
         calibration = [{"input": rng.standard_normal((4, 3, 224, 224)).astype(np.float32)} for _ in range(4)]
         quant = quantize_model(models[1], models[2], mode="static", calibration=calibration)
         benches = {
-            threads: benchmark(models, runs=args.runs, warmup=args.warmup, threads=threads,
+            threads: benchmark(models, runs=args.runs, warmup=args.warmup, session=SessionSpec(threads=threads),
                                shapes={"input": [1, 3, 224, 224]}, measure_memory=False)
             for threads in (int(t) for t in args.threads.split(","))
         }

@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.ir.model import random_inputs
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import CHECK, create_session, run_session
 from onnx_slim.pipeline.prune import prune
 
 
@@ -18,7 +18,7 @@ def random_feeds(model: onnx.ModelProto, seed: int = 1) -> dict:
 
 
 def run(model: onnx.ModelProto, feeds: dict) -> dict:
-    return run_session(create_session(model, optimize=False), feeds)
+    return run_session(create_session(model, CHECK), feeds)
 
 
 def assert_valid(pruned: onnx.ModelProto, original: onnx.ModelProto, seed: int = 1) -> dict:

@@ -35,6 +35,7 @@ from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import attr
+from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
@@ -159,6 +160,7 @@ def reconstruct(
     max_samples: int = 16384,
     passes: int | None = None,
     seed: int = 0,
+    session: SessionSpec = SessionSpec(),
     progress: Callable[[str], None] | None = None,
 ) -> ReconstructReport:
     """Re-fit, in `pruned` (modified in place), every consumer whose inputs `plan` sliced.
@@ -175,13 +177,13 @@ def reconstruct(
         say("note: calibration data is random: the re-fit only matches structure, not real statistics")
     rng = np.random.default_rng(seed)
     say(f"re-fit: collecting targets of {len(consumers)} layers from the original model")
-    _collect_targets(original, consumers, calibration, batch_size, max_samples, rng)
+    _collect_targets(original, consumers, calibration, batch_size, max_samples, rng, session)
     chunks = _chunks(consumers, passes)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(_initializer(original, c.weight)) for c in consumers}
     for index, chunk in enumerate(chunks, 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
-        _accumulate_features(pruned, chunk, calibration, batch_size)
+        _accumulate_features(pruned, chunk, calibration, batch_size, session)
         for consumer in chunk:
             report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
             consumer.stats = FitStats()
@@ -285,10 +287,10 @@ def _initializer(model, name) -> onnx.TensorProto:
 # -- statistics ------------------------------------------------------------------------
 
 
-def _collect_targets(original, consumers, calibration, batch_size, max_samples, rng) -> None:
+def _collect_targets(original, consumers, calibration, batch_size, max_samples, rng, session) -> None:
     """One pass of the original model: sampled outputs of each layer, mean of its inputs."""
     names = sorted({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers})
-    capture = ActivationCapture(original, names)
+    capture = ActivationCapture(original, names, session=session)
     batches = list(calibration.batch_ranges(batch_size))
     samples = len(calibration)
     sums = {c.node.name: None for c in consumers}
@@ -341,8 +343,8 @@ def _design_rows(consumer, x, positions) -> np.ndarray:
     return rows[positions]
 
 
-def _accumulate_features(pruned, chunk, calibration, batch_size) -> None:
-    capture = ActivationCapture(pruned, sorted({c.node.input[0] for c in chunk}))
+def _accumulate_features(pruned, chunk, calibration, batch_size, session) -> None:
+    capture = ActivationCapture(pruned, sorted({c.node.input[0] for c in chunk}), session=session)
     pending = {id(c): [] for c in chunk}
     for batch_index, batch in enumerate(calibration.batches(batch_size)):
         values = capture.run(batch)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from onnx_slim.errors import OnnxSlimError, VerificationError, first_line
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import CHECK, create_session, run_session
 from onnx_slim.ir.shapes import is_static
 
 
@@ -27,7 +27,7 @@ def verify_model(
         raise VerificationError(f"pruned model fails the ONNX checker: {first_line(exc)}") from None
     try:
         # A one-off run: skipping graph optimizations makes the session much faster to create.
-        session = create_session(source, optimize=False)
+        session = create_session(source, CHECK)
         outputs = run_session(session, feeds)
     except OnnxSlimError as exc:
         raise VerificationError(f"pruned model does not run: {exc}") from None
@@ -50,5 +50,5 @@ def reference_output_shapes(
     shapes = {name: inferred.get(name) for name in names}
     if all(is_static(shape) for shape in shapes.values()):
         return shapes
-    outputs = run_session(create_session(model, optimize=False), feeds)
+    outputs = run_session(create_session(model, CHECK), feeds)
     return {name: tuple(outputs[name].shape) for name in names}

@@ -124,7 +124,7 @@ def _input_stats(ctx: ScoringContext, calibration, consumers: dict[str, str]) ->
     stats = {tensor: ChannelStats(axis=tracked[tensor].axis) for tensor in tensors}
     if not tensors:
         return stats
-    capture = ActivationCapture(ctx.model, tensors)
+    capture = ActivationCapture(ctx.model, tensors, session=ctx.session)
     for results in capture.iter(calibration.batches(ctx.batch_size)):
         for tensor in tensors:
             stats[tensor].update(results[tensor])
@@ -176,7 +176,7 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
     result = ContributionGrams()
     if not samplers:
         return result
-    capture = ActivationCapture(ctx.model, sorted({nodes[name].input[0] for name in samplers}))
+    capture = ActivationCapture(ctx.model, sorted({nodes[name].input[0] for name in samplers}), session=ctx.session)
     rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}
     for results in capture.iter(calibration.batches(ctx.batch_size)):
         for node_name, sampler in samplers.items():
@@ -418,7 +418,7 @@ def sensitivity(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np
     calibration = require_calibration(ctx, "sensitivity")
     samples = ctx.sensitivity_samples
     batches = list(calibration.take(samples).batches(samples))
-    masked = MaskedModel(ctx.analysis, groups)
+    masked = MaskedModel(ctx.analysis, groups, session=ctx.session)
     reference = [masked.run(batch) for batch in batches]
     weight_scores = l1_norm(ctx, groups)
     scores = {}

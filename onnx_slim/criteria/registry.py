@@ -17,6 +17,7 @@ import onnx
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import UsageError
+from onnx_slim.ir.runtime import SessionSpec
 
 DEFAULT_BATCH = 16  # samples per onnxruntime run of the data-driven criteria
 SENSITIVITY_SAMPLES = 32
@@ -33,6 +34,7 @@ class ScoringContext:
     calibration: CalibrationSet | None = None  # the data-driven criteria need it
     batch_size: int = DEFAULT_BATCH
     sensitivity_samples: int = SENSITIVITY_SAMPLES
+    session: SessionSpec = SessionSpec()  # how the calibration passes run the model
     notes: list = field(default_factory=list)  # what the criterion had to fall back on
     apoz: dict = field(default_factory=dict)  # `activation` leaves group id -> fraction of zeros here
 

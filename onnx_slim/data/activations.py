@@ -15,7 +15,7 @@ from onnx import helper
 
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.model import graph_inputs, load_model
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class ActivationCapture:
     that are graph outputs survive onnxruntime's fusions, so they are safe to ask for.
     """
 
-    def __init__(self, model: onnx.ModelProto, tensor_names: Sequence[str], *, threads: int | None = None):
+    def __init__(self, model: onnx.ModelProto, tensor_names: Sequence[str], *,
+                 session: SessionSpec = SessionSpec()):
         self.tensor_names = list(dict.fromkeys(tensor_names))
         capture_model = load_model(model)  # a copy
         _check_capturable(capture_model, self.tensor_names)
@@ -40,7 +41,7 @@ class ActivationCapture:
         self._echoed = [name for name in self.tensor_names if name in self.input_names]
         extra = [name for name in self.tensor_names if name not in self.input_names and name not in self.output_names]
         _add_graph_outputs(capture_model, extra)
-        self.session = create_session(capture_model, threads=threads)
+        self.session = create_session(capture_model, session)
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model outputs and requested tensors, by name, for one batch of feeds."""

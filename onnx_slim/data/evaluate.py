@@ -11,7 +11,7 @@ from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.metrics import AgreementAccumulator, accuracy
 from onnx_slim.data.samples import check_finite
 from onnx_slim.ir.model import leading_dim
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 
 def evaluate(
@@ -20,13 +20,13 @@ def evaluate(
     data: CalibrationSet | Iterable[Mapping[str, np.ndarray]],
     *,
     batch_size: int = 32,
-    threads: int | None = None,
+    session: SessionSpec = SessionSpec(),
 ) -> dict:
     """Agreement of `candidate` with `original` (top-1, cosine, relative L2, max abs diff)
     and, when `data` is a CalibrationSet with labels, both models' accuracy and the drop
     in points. `data` may also be any iterable of feed dicts."""
-    reference_session = create_session(original, threads=threads)
-    candidate_session = create_session(candidate, threads=threads)
+    reference_session = create_session(original, session)
+    candidate_session = create_session(candidate, session)
     tally = AgreementAccumulator()
     first_output = reference_session.get_outputs()[0].name
     reference_scores, candidate_scores = [], []

@@ -35,7 +35,7 @@ from onnx_slim.channels.analysis import ModelAnalysis
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.channels.space import Layout
 from onnx_slim.data.metrics import AgreementAccumulator
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 MASK_PREFIX = "onnx_slim_mask"
 
@@ -68,7 +68,8 @@ class MaskedModel:
     serves every plan: `run(batch, plan)` feeds the plan's masks.
     """
 
-    def __init__(self, analysis: ModelAnalysis | ChannelAnalysis, groups: list[ChannelGroup], *, threads: int | None = None):
+    def __init__(self, analysis: ModelAnalysis | ChannelAnalysis, groups: list[ChannelGroup], *,
+                 session: SessionSpec = SessionSpec()):
         channels: ChannelAnalysis = getattr(analysis, "channels", analysis)
         self.atoms = channels.atoms
         self.roots = {group.root for group in groups}
@@ -78,7 +79,7 @@ class MaskedModel:
         _insert_masks(model, self.slots)
         self.model = model
         self.output_names = [output.name for output in model.graph.output]
-        self.session = create_session(model, threads=threads)
+        self.session = create_session(model, session)
 
     def feeds_for(self, plan: Mapping[int, list]) -> dict[str, np.ndarray]:
         """Mask inputs for `plan` (class root -> removed channels): 0 where removed, else 1."""

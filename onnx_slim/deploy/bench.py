@@ -35,7 +35,7 @@ from onnx_slim.ir.model import (
     model_file_size,
     random_inputs,
 )
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 from onnx_slim.ops import cost as cost_module
 
 Feeds = Mapping[str, np.ndarray]
@@ -120,7 +120,7 @@ def benchmark(
     baseline: int | str | os.PathLike | None = None,
     runs: int = 50,
     warmup: int = 5,
-    threads: int | None = None,
+    session: SessionSpec = SessionSpec(),
     batch: int = 1,
     shapes: Mapping[str, Sequence[int]] | None = None,
     data: Iterable[Feeds] | None = None,
@@ -138,7 +138,7 @@ def benchmark(
     that). Params and MACs are counted at `shapes` (batch 1 where the batch is
     symbolic). See `measure_peak_memory` for what the memory figure means.
     """
-    _check_counts(runs=runs, warmup=warmup, batch=batch, threads=threads)
+    _check_counts(runs=runs, warmup=warmup, batch=batch)
     sources, baseline_index = _with_baseline(list(models), baseline)
     entries = [_load_entry(source, index) for index, source in enumerate(sources)]
     _check_same_inputs(entries)
@@ -147,12 +147,12 @@ def benchmark(
     feeds = _benchmark_feeds(entries[baseline_index].model, data=data, batch=batch, shapes=shapes, seed=seed)
     effective_batch = leading_dim(feeds)
 
-    sessions, session_ms = zip(*(_timed_session(entry, threads) for entry in entries))
+    sessions, session_ms = zip(*(_timed_session(entry, session) for entry in entries))
     outputs = [run_session(session, feeds) for session in sessions]
     timings = interleaved_timings([_runner(session, feeds) for session in sessions], runs=runs, warmup=warmup)
 
     notes: list[str] = []
-    peak_memory = _peak_memories(entries, feeds, threads, notes) if measure_memory else [None] * len(entries)
+    peak_memory = _peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
     stats = [latency_stats(times) for times in timings]
     results = [
         _model_bench(
@@ -163,7 +163,7 @@ def benchmark(
     ]
     return BenchReport(
         models=results, baseline=entries[baseline_index].label, runs=runs, warmup=warmup,
-        threads=threads, batch=effective_batch, cpu=cpu_info(), notes=notes,
+        threads=session.threads, batch=effective_batch, cpu=cpu_info(), notes=notes,
     )
 
 
@@ -209,7 +209,7 @@ def speedup(baseline_stats: Mapping[str, float], model_stats: Mapping[str, float
     }
 
 
-def measure_peak_memory(model_path: str | os.PathLike, feeds: Feeds, threads: int | None = None) -> int:
+def measure_peak_memory(model_path: str | os.PathLike, feeds: Feeds, session: SessionSpec = SessionSpec()) -> int:
     """Peak resident memory (bytes) that creating a session and running it once adds.
 
     Runs in a fresh process (multiprocessing "spawn"), so nothing of this process
@@ -226,7 +226,7 @@ def measure_peak_memory(model_path: str | os.PathLike, feeds: Feeds, threads: in
     """
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_peak_memory_in_child, os.fspath(model_path), dict(feeds), threads).result()
+        return pool.submit(_peak_memory_in_child, os.fspath(model_path), dict(feeds), session).result()
 
 
 # --- loading -----------------------------------------------------------------
@@ -276,15 +276,13 @@ def _check_same_inputs(entries: Sequence[_Entry]) -> None:
             )
 
 
-def _check_counts(*, runs: int, warmup: int, batch: int, threads: int | None) -> None:
+def _check_counts(*, runs: int, warmup: int, batch: int) -> None:
     if runs < 1:
         raise UsageError(f"runs must be at least 1, got {runs}")
     if warmup < 0:
         raise UsageError(f"warmup must be 0 or more, got {warmup}")
     if batch < 1:
         raise UsageError(f"batch must be at least 1, got {batch}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"threads must be at least 1, got {threads}")
 
 
 # --- inputs and runs ---------------------------------------------------------
@@ -305,9 +303,9 @@ def _benchmark_feeds(model, *, data, batch, shapes, seed) -> dict[str, np.ndarra
 
 
 
-def _timed_session(entry: _Entry, threads: int | None):
+def _timed_session(entry: _Entry, spec: SessionSpec):
     start = time.perf_counter_ns()
-    session = create_session(entry.source, threads=threads)
+    session = create_session(entry.source, spec)
     return session, (time.perf_counter_ns() - start) / 1e6
 
 
@@ -368,7 +366,7 @@ def _params_and_macs(entry: _Entry, shapes, notes: list[str]) -> tuple[int | Non
     return model_cost.params, model_cost.macs
 
 
-def _peak_memories(entries, feeds, threads, notes: list[str]) -> list[int | None]:
+def _peak_memories(entries, feeds, session: SessionSpec, notes: list[str]) -> list[int | None]:
     peaks = []
     with tempfile.TemporaryDirectory(prefix="onnx_slim_bench.") as scratch:
         for index, entry in enumerate(entries):
@@ -378,17 +376,17 @@ def _peak_memories(entries, feeds, threads, notes: list[str]) -> list[int | None
                 path = os.path.join(scratch, f"model_{index}.onnx")
                 onnx.save_model(entry.model, path)
             try:
-                peaks.append(measure_peak_memory(path, feeds, threads))
+                peaks.append(measure_peak_memory(path, feeds, session))
             except Exception as exc:  # a crashed child (e.g. out of memory) should not lose the timings
                 notes.append(f"{entry.label}: peak memory not measured: {exc}")
                 peaks.append(None)
     return peaks
 
 
-def _peak_memory_in_child(model_path: str, feeds: dict, threads: int | None) -> int:
+def _peak_memory_in_child(model_path: str, feeds: dict, spec: SessionSpec) -> int:
     peak_reader = _linux_peak_reader() or _MaxRssReader()
     before = peak_reader.baseline()
-    session = create_session(model_path, threads=threads)
+    session = create_session(model_path, spec)
     run_session(session, feeds)
     return max(0, peak_reader.peak() - before)
 

@@ -8,7 +8,7 @@ from onnx import version_converter
 
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.model import random_inputs
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 PER_CHANNEL_OPSET = 13
 # Converting 11 -> 13 moves attributes to inputs (Split, Squeeze, ReduceSum...) and rewrites
@@ -34,8 +34,8 @@ def convert_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto | N
         return None, f"onnx cannot convert it from opset {opset} to {PER_CHANNEL_OPSET}: {first_line(exc)}"
     feeds = random_inputs(model, batch=1, seed=0)
     try:
-        expected = run_session(create_session(model, optimize=False), feeds)
-        actual = run_session(create_session(converted, optimize=False), feeds)
+        expected = run_session(create_session(model, CHECK), feeds)
+        actual = run_session(create_session(converted, CHECK), feeds)
     except OnnxSlimError as exc:
         return None, f"the conversion from opset {opset} could not be checked: {exc}"
     for name, value in expected.items():

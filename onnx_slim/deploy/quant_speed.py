@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnx_slim.deploy.bench import interleaved_timings, latency_stats
-from onnx_slim.ir.runtime import create_session
+from onnx_slim.ir.runtime import SessionSpec, create_session
 
 MEASURE_RUNS = 20
 MEASURE_WARMUP = 3
@@ -32,7 +32,7 @@ def measure_latency(
     """{"float": stats, "int8": stats} in milliseconds (see `bench.latency_stats`), timed A B A B ..."""
     runners = []
     for model in (float_model, quantized_model):
-        session = create_session(model, threads=threads)
+        session = create_session(model, SessionSpec(threads=threads))
         names = [output.name for output in session.get_outputs()]
         runners.append(lambda session=session, names=names: session.run(names, dict(feeds)))
     float_times, int8_times = interleaved_timings(runners, runs=runs, warmup=warmup)

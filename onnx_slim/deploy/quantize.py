@@ -52,7 +52,7 @@ from onnx_slim.ir.model import (
     random_inputs,
     save_model,
 )
-from onnx_slim.ir.runtime import create_session
+from onnx_slim.ir.runtime import CHECK, create_session
 from onnx_slim.ops import cost as cost_module
 
 logger = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ def _load_and_check(path: Path) -> onnx.ModelProto:
     """The quantized model, refused unless onnxruntime can load it."""
     quantized = onnx.load(str(path))
     try:
-        create_session(quantized, optimize=False)
+        create_session(quantized, CHECK)
     except OnnxSlimError as exc:
         raise OnnxSlimError(f"the quantized model does not load in onnxruntime: {exc}") from None
     return quantized

@@ -1,16 +1,17 @@
-"""onnxruntime sessions, created one way everywhere (CPU, quiet logging)."""
+"""onnxruntime sessions, created one way everywhere from a `SessionSpec`, and quiet logging."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_slim.errors import OnnxSlimError, first_line
+from onnx_slim.errors import OnnxSlimError, UsageError, first_line
 
 _ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime's log severities
 _ORT_PACKAGE = os.path.dirname(ort.__file__)
@@ -42,30 +43,47 @@ class _BelowErrorFromOnnxruntime(logging.Filter):
 _ONNXRUNTIME_FILTER = _BelowErrorFromOnnxruntime()
 
 
-def create_session(
-    model: onnx.ModelProto | str | os.PathLike | bytes,
-    *,
-    threads: int | None = None,
-    optimize: bool = True,
-) -> ort.InferenceSession:
-    """A CPU session for a model given as a path, serialized bytes or a ModelProto.
+@dataclass(frozen=True)
+class SessionSpec:
+    """How an onnxruntime session is made: threads, execution providers, graph optimizations.
 
-    `optimize=False` skips graph optimizations: session creation is faster, which
-    suits one-off verification runs.
+    Built once from the command line or a config and handed to every stage that
+    runs the model (calibration passes, the masked model, evaluation, bench), so
+    they all measure the same thing.
     """
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+    threads: int | None = None  # intra-op threads; None lets onnxruntime choose
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    optimize: bool = True  # False skips graph optimizations: faster to create, for one-off checks
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be at least 1, got {self.threads}")
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.log_severity_level = _ORT_ERROR
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        if not self.optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return options
+
+
+CHECK = SessionSpec(optimize=False)  # one-off verification runs
+
+
+def create_session(
+    model: onnx.ModelProto | str | os.PathLike | bytes, spec: SessionSpec = SessionSpec()
+) -> ort.InferenceSession:
+    """A session for a model given as a path, serialized bytes or a ModelProto."""
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
         model = os.fspath(model)
     try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, spec.session_options(), providers=list(spec.providers))
     except Exception as exc:
         raise OnnxSlimError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
 

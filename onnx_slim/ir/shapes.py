@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.model import random_inputs
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _measure_shapes(model: onnx.ModelProto, input_shapes, types) -> dict:
                     probe.graph.output.append(helper.make_empty_tensor_value_info(name))
     # Stale annotations could contradict the measurement; onnxruntime infers its own.
     del probe.graph.value_info[:]
-    session = create_session(probe, optimize=False)
+    session = create_session(probe, CHECK)
     return run_session(session, random_inputs(model, shapes=input_shapes))
 
 

@@ -31,6 +31,7 @@ from onnx_slim.ir.model import (
     random_inputs,
     write_model_files,
 )
+from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
 
@@ -86,6 +87,7 @@ class PruneOptions:
     seed: int = 0
     input_shapes: Mapping[str, Sequence[int]] | None = None
     calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
+    session: SessionSpec = SessionSpec()  # how calibration passes and evaluation run the model
     reconstruct: bool = False
     batch_size: int = 8
 
@@ -161,7 +163,8 @@ def _prune(model, settings: PruneOptions, progress, copy):
 
     say(f"scoring {len(groups)} prunable groups by {settings.criterion}")
     context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, settings.seed,
-                             calibration=settings.calibration, batch_size=settings.batch_size)
+                             calibration=settings.calibration, batch_size=settings.batch_size,
+                             session=settings.session)
     scores = score_groups(context, settings.criterion, groups)
     plan, ratio_used = _plan(analysis, groups, scores, settings, say)
     warnings = _warnings(proto, settings.exclude, groups, plan)
@@ -174,7 +177,8 @@ def _prune(model, settings: PruneOptions, progress, copy):
     reconstruction = None
     if settings.reconstruct and plan:
         reconstruction = reconstruct(original, proto, channels, plan, settings.calibration,
-                                     batch_size=settings.batch_size, seed=settings.seed, progress=say)
+                                     batch_size=settings.batch_size, seed=settings.seed, session=settings.session,
+                                     progress=say)
     del original
     refresh_shapes(proto)
     deduplicate_initializers(proto)
@@ -222,7 +226,8 @@ def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) 
 
         say("measuring per-group sensitivity on the calibration data")
         sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS,
-                                          criterion=settings.criterion, scores=scores, progress=say)
+                                          criterion=settings.criterion, scores=scores, session=settings.session,
+                                          progress=say)
         ratios = allocate_ratios(sensitivity, cost_model, groups, scores, settings.target_macs, options)
         plan = plan_from_ratios(groups, scores, ratios, options)
         kept = sum(g.channels - len(plan.get(g.root, ())) for g in groups)
@@ -266,7 +271,7 @@ def prune_file(
         if evaluation is not None:
             say(f"evaluating against the original on {evaluation.description}")
             report.evaluation = evaluate(str(input_path), str(candidate), evaluation,
-                                         batch_size=max(settings.batch_size, 32))
+                                         batch_size=max(settings.batch_size, 32), session=settings.session)
         report.size_after = sum(file.stat().st_size for file in files)
         publish(files, output_path.parent, force=force)
     report.output = str(output_path)

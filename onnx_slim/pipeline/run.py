@@ -27,6 +27,7 @@ from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout, random_inputs
+from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.pipeline.config import PipelineConfig
 from onnx_slim.pipeline.prune import prune_file
 from onnx_slim.pipeline.report import Gate, PipelineReport, RunOutputs
@@ -71,6 +72,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     """The stages, writing into `scratch`; the report names the files where they will be, in `outdir`."""
     pruned_path = scratch / "pruned.onnx"
     final_path = scratch / "model.onnx"
+    session = SessionSpec(threads=settings.threads)  # every stage runs the model the same way
     say("pruning")
     prune_report = prune_file(
         model_path, pruned_path, force=True, progress=say, evaluation=held_out,
@@ -78,7 +80,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         global_ranking=settings.global_ranking, allocate=settings.allocate, reconstruct=settings.reconstruct,
         calibration=calibration, batch_size=settings.batch_size, round_to=settings.round_to,
         min_channels=settings.min_channels, exclude=list(settings.exclude),
-        prune_layernorm=settings.prune_layernorm, seed=settings.seed,
+        prune_layernorm=settings.prune_layernorm, seed=settings.seed, session=session,
         input_shapes=settings.input_shapes or None,
     )
     quantize_report = _quantize(settings, pruned_path, final_path, calibration, say)
@@ -87,11 +89,12 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     evaluation = None
     if held_out is not None:
         say(f"evaluating the final model on {held_out.description}")
-        evaluation = evaluate(str(model_path), str(final_path), held_out, batch_size=max(settings.batch_size, 32))
+        evaluation = evaluate(str(model_path), str(final_path), held_out, batch_size=max(settings.batch_size, 32),
+                              session=session)
     say(f"benchmarking original, pruned and final ({settings.runs} interleaved runs each)")
     bench = benchmark(
         [str(model_path), str(pruned_path), str(final_path)], runs=settings.runs, warmup=settings.warmup,
-        threads=settings.threads, shapes=settings.input_shapes or None, seed=settings.seed,
+        session=session, shapes=settings.input_shapes or None, seed=settings.seed,
         data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory,
     )
     prune_report.output = str(outdir / pruned_path.name)
@@ -176,9 +179,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
 def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> None:
     original = load_model(model_path, copy=False)
     feeds = random_inputs(original, shapes=settings.input_shapes or None, seed=settings.seed)
-    from onnx_slim.ir.runtime import create_session, run_session
-
-    reference = run_session(create_session(original, optimize=False), feeds)
+    reference = run_session(create_session(original, CHECK), feeds)
     verify_model(final_path, feeds, {name: value.shape for name, value in reference.items()})
 
 

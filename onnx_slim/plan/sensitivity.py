@@ -22,6 +22,7 @@ from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
 from onnx_slim.ir.model import Progress
+from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.plan.planner import CostModel, Plan, PlanOptions, uniform_plan
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5)
@@ -98,6 +99,7 @@ def measure_sensitivity(
     samples: int = DEFAULT_SAMPLES,
     scores: Mapping[int, np.ndarray] | None = None,
     seed: int = 0,
+    session: SessionSpec = SessionSpec(),
     progress: Progress | None = None,
 ) -> SensitivityReport:
     """Output error of pruning each prunable group alone at each ratio.
@@ -116,10 +118,10 @@ def measure_sensitivity(
     if scores is None:
         say(f"scoring {len(groups)} prunable groups by {criterion}")
         context = ScoringContext(analysis.model, analysis.channels, analysis.normalize_info.bn_scales, seed,
-                                 calibration=calibration)
+                                 calibration=calibration, session=session)
         scores = score_groups(context, criterion, groups)
     cost_model = CostModel.of(analysis)
-    masked = MaskedModel(analysis, groups)
+    masked = MaskedModel(analysis, groups, session=session)
     batches = list(calibration.take(samples).batches(samples))
     reference = [masked.run(batch) for batch in batches]
     report = SensitivityReport(criterion, list(ratios), sum(len(next(iter(b.values()))) for b in batches),

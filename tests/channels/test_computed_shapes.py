@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from conftest import assert_lossless, assert_valid, group_with, run, zeroed_for_lossless
 from graphs import Graph, computed_reshape_encoder
+from onnx import numpy_helper
 
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.pipeline.prune import prune

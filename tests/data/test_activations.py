@@ -10,13 +10,13 @@ from onnx_slim.data import activations as activations_module
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import OnnxSlimError
-from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 
 def test_capture_returns_outputs_and_intermediates():
     model = conv_relu_model()
     x = random_images()
-    capture = ActivationCapture(model, ["conv1", "relu1"], threads=1)
+    capture = ActivationCapture(model, ["conv1", "relu1"], session=SessionSpec(threads=1))
     result = capture.run({"x": x})
 
     reference = run_session(create_session(model), {"x": x})

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_slim.deploy import bench as bench_module
 from onnx_slim.deploy.bench import benchmark, interleaved_timings, latency_stats, speedup
 from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.ir.runtime import SessionSpec
 
 FAST = dict(runs=3, warmup=1, measure_memory=False)
 
@@ -166,7 +167,7 @@ def test_bad_counts_are_usage_errors():
 def test_peak_memory_is_measured_in_a_subprocess(tmp_path):
     path = saved(mlp(width=512), tmp_path / "m.onnx")
 
-    report = benchmark([path], runs=1, warmup=0, threads=1, measure_memory=True)
+    report = benchmark([path], runs=1, warmup=0, session=SessionSpec(threads=1), measure_memory=True)
 
     peak = report.models[0].peak_memory_bytes
     assert isinstance(peak, int) and peak > 0

@@ -235,3 +235,21 @@ def test_the_terminal_summary_is_the_reports_summary(capsys, demo, tmp_path):
     assert stdout.startswith(summary + "\n")
     assert "| final |" in summary and "speedup (p50)" in benchmark
     assert json.loads((out / "report.json").read_text())["bench_markdown"].strip() == benchmark.strip()
+
+
+def test_one_session_spec_reaches_every_stage(capsys, demo, tmp_path, monkeypatch):
+    """--threads is read once: calibration passes, evaluation and the benchmark all get the same spec."""
+    from onnx_slim.ir import runtime
+
+    seen = []
+    real = runtime.SessionSpec.session_options
+
+    def recording(spec):
+        seen.append(spec.threads)
+        return real(spec)
+
+    monkeypatch.setattr(runtime.SessionSpec, "session_options", recording)
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", tmp_path / "out", "--threads", "1", "--json", *FAST)
+    assert code == 0 and json.loads(stdout)["bench"]["threads"] == 1
+    optimized = [threads for threads in seen if threads is not None]
+    assert len(optimized) >= 8 and set(optimized) == {1}  # captures, re-fit, evaluations, timing, bench
