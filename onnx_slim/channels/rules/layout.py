@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from onnx_slim.channels.rules.registry import input_at, rule, set_const_entry
+from onnx_slim.channels.rules.registry import input_at, rule, set_const_entry, tracked_with_rank
 from onnx_slim.channels.space import repeat_layout
 from onnx_slim.ir.graph import attr
 
@@ -92,13 +92,10 @@ def reduce(ctx, node):
 @rule("Softmax", "LogSoftmax", "Hardmax", "LpNormalization", "CumSum")
 def along_axis(ctx, node):
     """Ops that mix values along one axis: harmless unless that axis is the channel axis."""
-    tracked = ctx.get(node.input[0])
-    rank = ctx.rank(node.input[0])
-    if tracked is None:
+    found = tracked_with_rank(ctx, node)
+    if found is None:
         return
-    if rank is None:
-        ctx.freeze(tracked.layout, node, "rank unknown")
-        return
+    tracked, rank = found
     if node.op_type == "CumSum":
         axis_value = ctx.const(input_at(node, 1))
         axes = None if axis_value is None else [int(np.atleast_1d(axis_value)[0]) % rank]

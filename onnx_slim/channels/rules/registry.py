@@ -34,6 +34,19 @@ def unknown_op(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
     ctx.freeze_inputs(node, f"op {node.op_type} is not understood")
 
 
+def tracked_with_rank(ctx: AnalysisContext, node: onnx.NodeProto):
+    """(tracked layout, rank) of input 0; None when it carries no channels, or (after freezing
+    them) when its rank is unknown."""
+    tracked = ctx.get(input_at(node, 0))
+    if tracked is None:
+        return None
+    rank = ctx.rank(node.input[0])
+    if rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
+        return None
+    return tracked, rank
+
+
 def pass_through(ctx: AnalysisContext, node: onnx.NodeProto, outputs=None) -> None:
     """Output channels are input 0's channels, same axis."""
     tracked = ctx.get(input_at(node, 0))

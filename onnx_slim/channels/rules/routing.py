@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from onnx_slim.channels.rules.registry import elementwise_same_axis, input_at, joined_inputs, rule, set_const_entry
+from onnx_slim.channels.rules.registry import (
+    elementwise_same_axis,
+    input_at,
+    joined_inputs,
+    rule,
+    set_const_entry,
+    tracked_with_rank,
+)
 from onnx_slim.ir.graph import attr
 
 
@@ -43,13 +50,10 @@ def concat(ctx, node):
 
 @rule("Split")
 def split(ctx, node):
-    tracked = ctx.get(node.input[0])
-    rank = ctx.rank(node.input[0])
-    if tracked is None:
+    found = tracked_with_rank(ctx, node)
+    if found is None:
         return
-    if rank is None:
-        ctx.freeze(tracked.layout, node, "rank unknown")
-        return
+    tracked, rank = found
     axis = attr(node, "axis", 0) % rank
     if axis != tracked.axis:
         for output in node.output:
@@ -202,13 +206,10 @@ def tile_expand(ctx, node):
 def shape_of(ctx, node):
     """The sizes it returns follow the pruned tensor, so the channel count it reads is
     safe only where nothing uses it: it is tracked as a size carrier (see groups.py)."""
-    tracked = ctx.get(node.input[0])
-    rank = ctx.rank(node.input[0])
-    if tracked is None:
+    found = tracked_with_rank(ctx, node)
+    if found is None:
         return
-    if rank is None:
-        ctx.freeze(tracked.layout, node, "rank unknown")
-        return
+    tracked, rank = found
     start, end = attr(node, "start", 0), attr(node, "end", rank)
     start, end = (start % rank if start < 0 else start), (end % rank if end < 0 else min(end, rank))
     if start <= tracked.axis < end:
