@@ -48,7 +48,9 @@ OURS = {
     "ours_before": dict(bias_correction=False),
     "ours": {},
 }
-VARIANTS = ["ours_before", "ours", "nncf"]
+# nncf: NNCF on the model as given; nncf_pre: on onnxruntime's quant_pre_process output, as quantize_model does.
+NNCF_VARIANTS = ["nncf", "nncf_pre"]
+VARIANTS = ["ours_before", "ours", *NNCF_VARIANTS]
 
 
 def load_split(name: str, split: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -72,15 +74,23 @@ def quantize_ours(name: str, options: dict, target: Path) -> dict:
             "bias_corrected": report.bias_corrected}
 
 
-def quantize_nncf(name: str, target: Path) -> dict:
+def quantize_nncf(name: str, target: Path, preprocess: bool) -> dict:
     import nncf  # the optional peer: pip install -e .[compare]
 
     calib, _ = load_split(name, "calib")
     samples = [{key: value[i:i + 1] for key, value in calib.items()} for i in range(len(next(iter(calib.values()))))]
-    model = onnx.load(str(REAL / name / "model.onnx"))
+    source = REAL / name / "model.onnx"
+    if preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = target.with_suffix(".float.onnx")
+        quant_pre_process(str(source), str(prepared))
+        source = prepared
+    model = onnx.load(str(source))
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     onnx.save(quantized, str(target))
-    return {"nncf": nncf.__version__, "subset_size": len(samples), "defaults": "preset, fast bias correction"}
+    return {"nncf": nncf.__version__, "subset_size": len(samples), "preprocessed": preprocess,
+            "options": "defaults (performance preset, fast bias correction)"}
 
 
 def outputs_of(model_path: Path, feeds: dict[str, np.ndarray], batch_axis: int) -> np.ndarray:
@@ -144,7 +154,7 @@ def bench_model(name: str, variants: list[str]) -> list[dict]:
         row = {"model": name, "variant": variant, "metric": meta["metric"], "samples": len(labels)}
         started = time.perf_counter()
         try:
-            row["details"] = quantize_nncf(name, target) if variant == "nncf" else \
+            row["details"] = quantize_nncf(name, target, variant == "nncf_pre") if variant in NNCF_VARIANTS else \
                 quantize_ours(name, OURS[variant], target)
         except ImportError as exc:
             row["note"] = f"skipped: {exc} (pip install -e .[compare])"
@@ -185,7 +195,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*OURS, "nncf"])
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*OURS, *NNCF_VARIANTS])
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench_quantize"))
     args = parser.parse_args()
     quiet_onnxruntime_logs()

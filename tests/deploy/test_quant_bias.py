@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_slim.cli import main
 from onnx_slim.deploy.quant_bias import correct_biases
 from onnx_slim.deploy.quantize import quantize_model
 from onnx_slim.ir.runtime import create_session, run_session
@@ -101,3 +105,16 @@ def test_one_shot_calibration_iterator_skips_bias_correction_with_a_warning(tmp_
 def test_bias_correction_does_not_apply_to_dynamic_quantization(tmp_path):
     report = quantize_model(depthwise_net(), tmp_path / "q.onnx", mode="dynamic", measure=False)
     assert report.bias_corrected == 0
+
+
+@pytest.mark.parametrize("flag, corrected", [("--bias-correction", 2), ("--no-bias-correction", 0)])
+def test_cli_bias_correction_option_is_honoured(capsys, tmp_path, flag, corrected):
+    model_path, calib = tmp_path / "model.onnx", tmp_path / "calib.npz"
+    onnx.save(depthwise_net(), str(model_path))
+    np.savez(calib, image=np.concatenate([batch["image"] for batch in calibration_batches()]))
+    with pytest.raises(SystemExit) as done:
+        main(["quantize", str(model_path), "-o", str(tmp_path / "q.onnx"), "--mode", "static", "--per-tensor",
+              "--calib", str(calib), "--no-measure", flag, "--json", "--quiet"])
+        raise SystemExit(0)  # main may return instead of exiting
+    assert done.value.code in (0, None)
+    assert json.loads(capsys.readouterr().out)["bias_corrected"] == corrected
