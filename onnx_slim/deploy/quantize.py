@@ -131,7 +131,7 @@ def quantize_model(
     picks the default for this CPU (see the module docstring). `exclude`:
     fnmatch globs on node names kept in float. `measure`: time int8 against
     the float model (`threads` intra-op threads) and report both; False skips it.
-    `bias_correction` (static, real calibration data that can be iterated
+    `bias_correction` (static QDQ, real calibration data that can be iterated
     twice, e.g. a list or a `BatchStream`): shift each Conv/Gemm bias so its
     mean output on the calibration data matches the float layer's.
     """
