@@ -303,6 +303,8 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: on CPUs without VNNI).")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes matching these globs in float.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Static: shift int8 biases so each layer's mean output on --calib matches the float model's.")
 @click.option("--measure/--no-measure", default=True, help="Time int8 against the float model (default on).")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads for that timing.")
 @calibration_options
@@ -311,8 +313,8 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, measure, threads, calib,
-             calib_samples, batch_size, eval_path, seed, force, as_json, quiet, **image_options):
+def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction, measure,
+             threads, calib, calib_samples, batch_size, eval_path, seed, force, as_json, quiet, **image_options):
     """Quantize MODEL to int8 with onnxruntime (QDQ by default; static for CNNs, dynamic for transformers)."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import RANDOM, quantize_model
@@ -329,7 +331,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
         report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
-                                measure=measure, threads=threads)
+                                measure=measure, threads=threads, bias_correction=bias_correction)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")

@@ -12,6 +12,8 @@ per-channel weights for Conv-heavy static models and for dynamic models
 (per-tensor dynamic weights lost accuracy on sentence encoders at the same speed).
 Static quantization needs calibration data: without any, "auto" picks dynamic,
 and random data (`calibration="random"`) only makes a structure-only smoke test.
+Static models get bias correction (`quant_bias`) when the calibration data can
+be read twice.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from onnx_slim.deploy import quant_speed
+from onnx_slim.deploy.quant_bias import correct_biases
 from onnx_slim.deploy.quant_calibration import (
     CALIBRATION_METHODS,
     RANDOM,
@@ -88,6 +91,7 @@ class QuantizeReport:
     decision: str = ""  # why that model was kept
     latency_ms: dict | None = None  # {"float": stats, "int8": stats} as timed, None when not measured
     excluded_nodes: list[str] = field(default_factory=list)
+    bias_corrected: int = 0  # layers whose int32 bias was shifted (`quant_bias`)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -110,6 +114,7 @@ def quantize_model(
     activation_type: str | None = None,
     measure: bool = True,
     threads: int | None = None,
+    bias_correction: bool = True,
 ) -> QuantizeReport:
     """Quantize a float model to int8 and write it (or the float model, if faster) to `output_path` atomically.
 
@@ -126,6 +131,9 @@ def quantize_model(
     picks the default for this CPU (see the module docstring). `exclude`:
     fnmatch globs on node names kept in float. `measure`: time int8 against
     the float model (`threads` intra-op threads) and report both; False skips it.
+    `bias_correction` (static QDQ, real calibration data that can be iterated
+    twice, e.g. a list or a `BatchStream`): shift each Conv/Gemm bias so its
+    mean output on the calibration data matches the float layer's.
     """
     _check_options(mode, quant_format, method, calibration_batch_size, activation_type, threads)
     output = Path(output_path)
@@ -139,6 +147,8 @@ def quantize_model(
     settings = _settings(
         float_model, chosen_mode, quant_format, per_channel, reduce_range, activation_type, method, cpu,
     )
+    settings = replace(settings, bias_correction=_bias_correction(settings, calibration, bias_correction,
+                                                                  report_warnings))
     report_warnings += _ignored_option_warnings(chosen_mode, calibration, activation_type, method)
     to_quantize, settings = _opset_for_per_channel(float_model, settings, report_warnings)
 
@@ -179,6 +189,7 @@ def quantize_model(
         decision=decision.reason,
         latency_ms=latency,
         excluded_nodes=outcome.excluded,
+        bias_corrected=outcome.bias_corrected,
         warnings=report_warnings,
     )
 
@@ -249,6 +260,7 @@ class _Settings:
     per_channel: bool
     reduce_range: bool
     method: str
+    bias_correction: bool = False
 
 
 def _settings(model, mode, quant_format, per_channel, reduce_range, activation_type, method, cpu) -> _Settings:
@@ -266,6 +278,17 @@ def _settings(model, mode, quant_format, per_channel, reduce_range, activation_t
         # Dynamic: onnxruntime's integer ops take per-channel weights at no cost in speed.
         per_channel = mode == "dynamic" or (quant_format == "qdq" and _conv_heavy(model))
     return _Settings(mode, quant_format, activation_type, bool(per_channel), bool(reduce_range), method)
+
+
+def _bias_correction(settings: _Settings, calibration, requested: bool, report_warnings: list[str]) -> bool:
+    """Whether to correct biases: static QDQ on real calibration data that can be read a second time."""
+    if not requested or settings.mode != "static" or settings.format != "qdq" or calibration == RANDOM:
+        return False
+    if iter(calibration) is calibration:  # a one-shot iterator: calibrating consumes it
+        report_warnings.append("bias correction skipped: it reads the calibration data a second time, and this "
+                               "calibration is a one-shot iterator; give a list or a re-iterable stream")
+        return False
+    return True
 
 
 def _ignored_option_warnings(mode: str, calibration, activation_type: str | None, method: str) -> list[str]:
@@ -319,6 +342,7 @@ class _Outcome:
     preprocessed: bool
     excluded: list[str]
     example: dict[str, np.ndarray] | None  # the first calibration batch, to time the models on real inputs
+    bias_corrected: int = 0
 
 
 def _quantize_in_scratch(
@@ -349,8 +373,14 @@ def _quantize_in_scratch(
                 f"{settings.method} calibration keeps every calibration activation in memory (onnxruntime); "
                 "use minmax for large calibration sets"
             )
-    quantized = _load_and_check(quantized_path)
-    return _Outcome(quantized, quantized_op_counts(quantized), calibration_note, preprocessed, excluded, example)
+    quantized = onnx.load(str(quantized_path))
+    corrected = {}
+    if settings.bias_correction:
+        again = calibration_reader(prepared, calibration, calibration_batch_size)
+        corrected = _guarded(correct_biases, quantized, prepared, iter(again.get_next, None))
+    _check_loads(quantized)
+    return _Outcome(quantized, quantized_op_counts(quantized), calibration_note, preprocessed, excluded, example,
+                    len(corrected))
 
 
 def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -426,11 +456,9 @@ def _guarded(step, *args, **kwargs):
         raise OnnxSlimError(f"quantization failed: {first_line(exc)}") from None
 
 
-def _load_and_check(path: Path) -> onnx.ModelProto:
-    """The quantized model, refused unless onnxruntime can load it."""
-    quantized = onnx.load(str(path))
+def _check_loads(quantized: onnx.ModelProto) -> None:
+    """Refuse the quantized model unless onnxruntime can load it."""
     try:
         create_session(quantized, CHECK)
     except OnnxSlimError as exc:
         raise OnnxSlimError(f"the quantized model does not load in onnxruntime: {exc}") from None
-    return quantized
