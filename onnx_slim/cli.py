@@ -318,6 +318,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     """Quantize MODEL to int8 with onnxruntime (QDQ by default; static for CNNs, dynamic for transformers)."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import RANDOM, quantize_model
+    from onnx_slim.ir.runtime import SessionSpec
 
     console = Console(quiet)
     params = {**image_options, "seed": seed}
@@ -331,7 +332,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
         report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
-                                measure=measure, threads=threads, bias_correction=bias_correction)
+                                measure=measure, session=SessionSpec(threads), bias_correction=bias_correction)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")

@@ -34,7 +34,7 @@ from bench_common import write_report  # noqa: E402
 
 from onnx_slim.deploy.bench import interleaved_timings, latency_stats  # noqa: E402
 from onnx_slim.deploy.quantize import quantize_model  # noqa: E402
-from onnx_slim.ir.runtime import create_session, quiet_onnxruntime_logs  # noqa: E402
+from onnx_slim.ir.runtime import SessionSpec, create_session, quiet_onnxruntime_logs  # noqa: E402
 
 REAL = ROOT / ".cache" / "real"
 WORK = ROOT / ".cache" / "bench_quantize"
@@ -130,7 +130,7 @@ def latencies(paths: dict[str, Path], feeds: dict[str, np.ndarray]) -> dict[str,
     one = {key: value[:1] for key, value in feeds.items()}
     runners = []
     for path in paths.values():
-        session = create_session(str(path), threads=1)
+        session = create_session(str(path), SessionSpec(threads=1))
         names = [output.name for output in session.get_outputs()]
         runners.append(lambda session=session, names=names: session.run(names, one))
     timings = interleaved_timings(runners, runs=LATENCY_RUNS, warmup=LATENCY_WARMUP)

@@ -27,14 +27,14 @@ def measure_latency(
     *,
     runs: int = MEASURE_RUNS,
     warmup: int = MEASURE_WARMUP,
-    threads: int | None = None,
+    session: SessionSpec = SessionSpec(),
 ) -> dict[str, dict]:
     """{"float": stats, "int8": stats} in milliseconds (see `bench.latency_stats`), timed A B A B ..."""
     runners = []
     for model in (float_model, quantized_model):
-        session = create_session(model, SessionSpec(threads=threads))
-        names = [output.name for output in session.get_outputs()]
-        runners.append(lambda session=session, names=names: session.run(names, dict(feeds)))
+        timed = create_session(model, session)
+        names = [output.name for output in timed.get_outputs()]
+        runners.append(lambda timed=timed, names=names: timed.run(names, dict(feeds)))
     float_times, int8_times = interleaved_timings(runners, runs=runs, warmup=warmup)
     return {"float": latency_stats(float_times), "int8": latency_stats(int8_times)}
 

@@ -55,7 +55,7 @@ from onnx_slim.ir.model import (
     random_inputs,
     save_model,
 )
-from onnx_slim.ir.runtime import CHECK, create_session
+from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session
 from onnx_slim.ops import cost as cost_module
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def quantize_model(
     force: bool = False,
     activation_type: str | None = None,
     measure: bool = True,
-    threads: int | None = None,
+    session: SessionSpec = SessionSpec(),
     bias_correction: bool = True,
 ) -> QuantizeReport:
     """Quantize a float model to int8 and write it (or the float model, if faster) to `output_path` atomically.
@@ -130,12 +130,12 @@ def quantize_model(
     `per_channel`, `reduce_range`, `activation_type` ("int8"/"uint8"): None
     picks the default for this CPU (see the module docstring). `exclude`:
     fnmatch globs on node names kept in float. `measure`: time int8 against
-    the float model (`threads` intra-op threads) and report both; False skips it.
+    the float model (run as `session` says) and report both; False skips it.
     `bias_correction` (static QDQ, real calibration data that can be iterated
     twice, e.g. a list or a `BatchStream`): shift each Conv/Gemm bias so its
     mean output on the calibration data matches the float layer's.
     """
-    _check_options(mode, quant_format, method, calibration_batch_size, activation_type, threads)
+    _check_options(mode, quant_format, method, calibration_batch_size, activation_type)
     output = Path(output_path)
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
@@ -161,7 +161,7 @@ def quantize_model(
     latency = None
     if measure:
         feeds = _timing_feeds(float_model, outcome.example)
-        latency = quant_speed.measure_latency(float_model, outcome.model, feeds, threads=threads)
+        latency = quant_speed.measure_latency(float_model, outcome.model, feeds, session=session)
     decision = quant_speed.decide(mode, latency)
     if decision.warning:
         report_warnings.append(decision.warning)
@@ -230,7 +230,7 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 # --- options and defaults ----------------------------------------------------
 
 
-def _check_options(mode, quant_format, method, calibration_batch_size, activation_type, threads) -> None:
+def _check_options(mode, quant_format, method, calibration_batch_size, activation_type) -> None:
     for name, value, allowed in (
         ("mode", mode, _MODES), ("quant_format", quant_format, _FORMATS), ("method", method, _METHODS),
     ):
@@ -240,8 +240,6 @@ def _check_options(mode, quant_format, method, calibration_batch_size, activatio
         raise UsageError(f"activation_type must be one of {', '.join(_ACTIVATION_TYPES)}; got {activation_type!r}")
     if calibration_batch_size < 1:
         raise UsageError(f"calibration_batch_size must be at least 1, got {calibration_batch_size}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"threads must be at least 1, got {threads}")
 
 
 def _refuse_quantized(model: onnx.ModelProto) -> None:

@@ -83,7 +83,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         prune_layernorm=settings.prune_layernorm, seed=settings.seed, session=session,
         input_shapes=settings.input_shapes or None,
     )
-    quantize_report = _quantize(settings, pruned_path, final_path, calibration, say)
+    quantize_report = _quantize(settings, pruned_path, final_path, calibration, session, say)
     say("verifying the final model")
     _verify_final(model_path, final_path, settings)
     evaluation = None
@@ -157,7 +157,7 @@ def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
     )
 
 
-def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
+def _quantize(settings, pruned_path: Path, final_path: Path, calibration, session: SessionSpec, say):
     if settings.quantize == "none":
         shutil.copyfile(pruned_path, final_path)
         return None
@@ -170,7 +170,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, say):
     report = quantize_model(
         pruned_path, final_path, mode=settings.quantize, calibration=batches,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
-        measure=settings.measure_quantized, threads=settings.threads,
+        measure=settings.measure_quantized, session=session,
     )
     say(report.decision)
     return report
