@@ -175,7 +175,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
     report = measure_sensitivity(analysis, calibration, ratios=levels, criterion=criterion,
-                                 samples=samples, progress=console.progress)
+                                 samples=samples, seed=seed, progress=console.progress)
     if as_json:
         click.echo(to_json(report.to_dict()))
         return
@@ -210,7 +210,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans.")
 @click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", default=5, show_default=True)
-@click.option("--threads", type=int, help="onnxruntime intra-op threads for the benchmark.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads of every stage (calibration, timing, benchmark).")
 @click.option("--memory/--no-memory", default=True, help="Measure peak memory per model (a subprocess each).")
 @click.option("--seed", default=0, show_default=True)
 @shape_option
@@ -321,6 +321,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     from onnx_slim.ir.runtime import SessionSpec
 
     console = Console(quiet)
+    session = SessionSpec(threads)
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
@@ -332,11 +333,11 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
         report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
-                                measure=measure, session=SessionSpec(threads), bias_correction=bias_correction)
+                                measure=measure, session=session, bias_correction=bias_correction)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
-        data["evaluation"] = evaluate(model, output, evaluation_data)
+        data["evaluation"] = evaluate(model, output, evaluation_data, session=session)
     if as_json:
         click.echo(to_json(data))
         return

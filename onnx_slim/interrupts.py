@@ -3,9 +3,11 @@
 Both raise an exception in the main thread (KeyboardInterrupt, `Terminated`),
 so every `finally` runs and removes its scratch files and new folders. Native
 code can swallow that exception (Cython's module set-up clears errors, for
-one), so a watchdog follows: if the command has not finished unwinding
-`WATCHDOG_SECONDS` later, it removes what `onnx_slim.ir.files` still lists as
-in use and exits at once. Exit codes follow the shell: 128 + the signal.
+one) or keep the main thread busy, so a watchdog thread follows: if the command
+has not finished unwinding `WATCHDOG_SECONDS` later, it removes what
+`onnx_slim.ir.files` still lists as in use and exits at once. (A thread, not
+SIGALRM: a signal handler runs only when the main thread gets back to Python.)
+Exit codes follow the shell: 128 + the signal.
 """
 
 from __future__ import annotations
@@ -39,15 +41,16 @@ def unwind_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    watched = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if hasattr(signal, "setitimer") else [])
-    previous = {signum: signal.getsignal(signum) for signum in watched}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    watchdogs: list[threading.Timer] = []
 
     def unwind(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if hasattr(signal, "setitimer"):
-            signal.signal(signal.SIGALRM, lambda *_: _stop_now(128 + signum))
-            signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
+        watchdog = threading.Timer(WATCHDOG_SECONDS, _stop_now, args=(128 + signum,))
+        watchdog.daemon = True
+        watchdog.start()
+        watchdogs.append(watchdog)
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
     signal.signal(signal.SIGINT, unwind)
@@ -55,8 +58,8 @@ def unwind_on_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        if hasattr(signal, "setitimer"):
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        for watchdog in watchdogs:
+            watchdog.cancel()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_slim.ir.model import leading_dim
-from onnx_slim.ir.runtime import create_session
+from onnx_slim.ir.runtime import SessionSpec, create_session
 
 _CORRECTED_OPS = {"Conv", "Gemm"}
 _PREFIX = "bias_correction/"
@@ -45,6 +45,7 @@ def correct_biases(
     quantized: onnx.ModelProto,
     float_model: onnx.ModelProto,
     batches: Iterable[Mapping[str, np.ndarray]],
+    session: SessionSpec = SessionSpec(),
 ) -> dict[str, float]:
     """Shift the biases of `quantized` in place; return {layer name: largest |shift| of its bias}.
 
@@ -56,12 +57,12 @@ def correct_biases(
     if not layers:
         return {}
     augmented, names = _augmented(quantized, layers)
-    session = create_session(augmented)
+    runner = create_session(augmented, session)
     sums = [np.zeros(layer.weight.shape[0], dtype=np.float64) for layer in layers]
     samples = 0
     for batch in batches:
         count = leading_dim(batch)
-        for total, mean in zip(sums, session.run(names, dict(batch))):
+        for total, mean in zip(sums, runner.run(names, dict(batch))):
             total += mean.astype(np.float64) * count
         samples += count
     if samples == 0:

@@ -155,6 +155,7 @@ def quantize_model(
     with tempfile.TemporaryDirectory(prefix="onnx_slim_quantize.") as scratch:
         outcome = _quantize_in_scratch(
             to_quantize, Path(scratch), settings, exclude, calibration, calibration_batch_size, report_warnings,
+            session,
         )
     if not outcome.counts:
         report_warnings.append("no node was quantized: the model has no op that onnxruntime quantizes in this mode")
@@ -345,6 +346,7 @@ class _Outcome:
 
 def _quantize_in_scratch(
     float_model, scratch: Path, settings: _Settings, exclude, calibration, calibration_batch_size, report_warnings,
+    session: SessionSpec,
 ) -> _Outcome:
     """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere."""
     prepared_path, preprocessed = _preprocess(float_model, scratch, report_warnings)
@@ -375,7 +377,7 @@ def _quantize_in_scratch(
     corrected = {}
     if settings.bias_correction:
         again = calibration_reader(prepared, calibration, calibration_batch_size)
-        corrected = _guarded(correct_biases, quantized, prepared, iter(again.get_next, None))
+        corrected = _guarded(correct_biases, quantized, prepared, iter(again.get_next, None), session)
     _check_loads(quantized)
     return _Outcome(quantized, quantized_op_counts(quantized), calibration_note, preprocessed, excluded, example,
                     len(corrected))

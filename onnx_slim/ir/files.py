@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -58,22 +60,42 @@ def publish(files: Sequence[Path], folder: Path, *, force: bool) -> list[Path]:
 
     With `force` an existing file is replaced (atomically, not written through).
     Without it each name is created exclusively: if one appeared meanwhile, the
-    files already moved are taken back and a UsageError is raised.
+    files already moved are taken back and a UsageError is raised. SIGINT and
+    SIGTERM wait until every file is in place (a few renames), so a signal never
+    leaves a model without the data files it reads, or a result half moved in.
     """
     placed: list[Path] = []
-    try:
-        for file in files:
-            target = folder / file.name
-            if force:
-                os.replace(file, target)
-            else:
-                _create_exclusively(file, target)
-            placed.append(target)
-    except FileExistsError as exc:
-        for target in placed:  # created by this call, so ours to remove
-            target.unlink()
-        raise UsageError(f"{exc.filename2 or exc.filename} exists: pass --force to overwrite it") from None
+    with _signals_held():
+        try:
+            for file in files:
+                target = folder / file.name
+                if force:
+                    os.replace(file, target)
+                else:
+                    _create_exclusively(file, target)
+                placed.append(target)
+        except BaseException as exc:
+            if not force:
+                for target in placed:  # created by this call, so ours to remove
+                    target.unlink()
+            if isinstance(exc, FileExistsError):
+                raise UsageError(f"{exc.filename2 or exc.filename} exists: pass --force to overwrite it") from None
+            raise
     return placed
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay SIGINT and SIGTERM (delivered when the block ends) where the platform allows it."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _create_exclusively(file: Path, target: Path) -> None:

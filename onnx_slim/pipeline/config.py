@@ -184,7 +184,7 @@ def load_config(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: config file not found")
+        raise UsageError(f"config {path}: file not found")
     text = _read_text(path)
     data = _parse_yaml(text, path) if path.suffix in (".yaml", ".yml") else _parse_toml(text, path)
     if data is None:
@@ -197,7 +197,7 @@ def load_config(path: str | os.PathLike) -> dict:
             raise UsageError(f"config {path}: option names must be text, got {key!r}")
         name = _ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
         if name not in CONFIG_KEYS:
-            raise UsageError(f"{path}: unknown option {key!r}; known: {', '.join(sorted(CONFIG_KEYS))}")
+            raise UsageError(f"config {path}: unknown option {key!r}; known: {', '.join(sorted(CONFIG_KEYS))}")
         try:
             options[name] = None if value is None else _coerce(name, value)
         except UsageError as exc:

@@ -169,6 +169,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
         batches = RANDOM if calibration.is_random else calibration.batch_stream(settings.batch_size)
     report = quantize_model(
         pruned_path, final_path, mode=settings.quantize, calibration=batches,
+        calibration_batch_size=settings.batch_size,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session,
     )

@@ -118,7 +118,8 @@ def _plot(points: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    quality = [p["accuracy"] if p["accuracy"] is not None else p["top1_agreement"] or p["cosine"] for p in points]
+    quality = [next((p[key] for key in ("accuracy", "top1_agreement", "cosine") if p[key] is not None), None)
+               for p in points]
     if any(q is None for q in quality):
         return False
     figure, axes = plt.subplots(figsize=(5, 3.5))

@@ -13,10 +13,10 @@ from onnx_slim.ir.graph import attr
 
 @rule("Transpose")
 def transpose(ctx, node):
-    tracked = ctx.get(node.input[0])
-    rank = ctx.rank(node.input[0])
-    if tracked is None or rank is None:
+    found = tracked_with_rank(ctx, node)
+    if found is None:
         return
+    tracked, rank = found
     perm = list(attr(node, "perm", list(reversed(range(rank)))))
     ctx.track(node.output[0], perm.index(tracked.axis), tracked.layout)
 
