@@ -11,9 +11,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.graph import add_graph_outputs
 from onnx_slim.ir.model import graph_inputs, load_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -40,7 +40,7 @@ class ActivationCapture:
         # Graph inputs are echoed from the feeds: no need to route them through the session.
         self._echoed = [name for name in self.tensor_names if name in self.input_names]
         extra = [name for name in self.tensor_names if name not in self.input_names and name not in self.output_names]
-        _add_graph_outputs(capture_model, extra)
+        add_graph_outputs(capture_model, extra, _element_types(capture_model, extra))
         self.session = create_session(capture_model, session)
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -71,20 +71,6 @@ def _check_capturable(model: onnx.ModelProto, names: Sequence[str]) -> None:
                 f"tensor '{name}' is not in the model's main graph (no node produces it); "
                 f"check the name with onnx.load(...).graph.node"
             )
-
-
-def _add_graph_outputs(model: onnx.ModelProto, names: Sequence[str]) -> None:
-    if not names:
-        return
-    element_types = _element_types(model, names)
-    for name in names:
-        elem_type = element_types.get(name)
-        if elem_type:
-            model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
-        else:
-            # onnxruntime infers the type of an untyped output itself.
-            logger.debug("no element type known for %s; adding it untyped", name)
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
 
 
 def _element_types(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:

@@ -149,7 +149,7 @@ def benchmark(
 
     sessions, session_ms = zip(*(_timed_session(entry, session) for entry in entries))
     outputs = [run_session(session, feeds) for session in sessions]
-    timings = interleaved_timings([_runner(session, feeds) for session in sessions], runs=runs, warmup=warmup)
+    timings = interleaved_timings([timed_call(opened, feeds) for opened in sessions], runs=runs, warmup=warmup)
 
     notes: list[str] = []
     peak_memory = _peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
@@ -309,8 +309,8 @@ def _timed_session(entry: _Entry, spec: SessionSpec):
     return session, (time.perf_counter_ns() - start) / 1e6
 
 
-def _runner(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], object]:
-    # Bare session.run: the timed call should hold as little Python as possible.
+def timed_call(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], object]:
+    """One run of `session` on `feeds`, as a call to time: bare session.run, as little Python as possible."""
     output_names = [output.name for output in session.get_outputs()]
     feeds = dict(feeds)
     return lambda: session.run(output_names, feeds)

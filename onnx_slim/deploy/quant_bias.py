@@ -22,8 +22,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import leading_dim
 from onnx_slim.ir.runtime import SessionSpec, create_session
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 _CORRECTED_OPS = {"Conv", "Gemm"}
 _PREFIX = "bias_correction/"
@@ -92,8 +94,8 @@ def _layers(quantized: onnx.ModelProto, float_model: onnx.ModelProto) -> list[_L
         bias_initializer, bias_scale = _bias_storage(node.input[2], producers, initializers)
         if weight is None or bias is None or bias_initializer is None:
             continue
-        if node.op_type == "Gemm" and _attribute(node, "transB", 0) == 0:
-            continue  # weight [K, N]: the output channels are its columns; exported classifiers use transB=1
+        if WEIGHT_OPS[node.op_type].out_axis(node) != 0:
+            continue  # the shift is per weight row: a Gemm without transB keeps its outputs in columns
         layers.append(_Layer(
             node, *_float_source(node.input[0], producers, initializers), numpy_helper.to_array(weight),
             numpy_helper.to_array(bias), bias_initializer, bias_scale,
@@ -138,7 +140,7 @@ def _augmented(quantized: onnx.ModelProto, layers: list[_Layer]) -> tuple[onnx.M
     graph = augmented.graph
     del graph.output[:]
     names = []
-    opset = next((entry.version for entry in augmented.opset_import if entry.domain in ("", "ai.onnx")), 13)
+    opset = opset_version(augmented)
     for index, layer in enumerate(layers):
         prefix = f"{_PREFIX}{index}/"
         mean_name = prefix + "mean"
@@ -183,8 +185,3 @@ def _shift_bias(layer: _Layer, shift: np.ndarray) -> None:
     layer.bias_initializer.CopyFrom(numpy_helper.from_array(corrected, layer.bias_initializer.name))
 
 
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default

@@ -7,6 +7,7 @@ import onnx
 from onnx import version_converter
 
 from onnx_slim.errors import OnnxSlimError, first_line
+from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import random_inputs
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
@@ -16,17 +17,12 @@ PER_CHANNEL_OPSET = 13
 _RTOL, _ATOL = 1e-5, 1e-6
 
 
-def onnx_opset(model: onnx.ModelProto) -> int:
-    """The default-domain opset the model imports."""
-    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
-
-
 def convert_for_per_channel(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
     """(the model at opset 13, note) when the converted model computes the same outputs; else (None, why not).
 
     The check runs both models, without graph optimizations, on one random batch.
     """
-    opset = onnx_opset(model)
+    opset = opset_version(model)
     try:
         converted = version_converter.convert_version(model, PER_CHANNEL_OPSET)
         onnx.checker.check_model(converted)

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from onnx_slim.deploy.bench import interleaved_timings, latency_stats
+from onnx_slim.deploy.bench import interleaved_timings, latency_stats, timed_call
 from onnx_slim.ir.runtime import SessionSpec, create_session
 
 MEASURE_RUNS = 20
@@ -30,11 +30,7 @@ def measure_latency(
     session: SessionSpec = SessionSpec(),
 ) -> dict[str, dict]:
     """{"float": stats, "int8": stats} in milliseconds (see `bench.latency_stats`), timed A B A B ..."""
-    runners = []
-    for model in (float_model, quantized_model):
-        timed = create_session(model, session)
-        names = [output.name for output in timed.get_outputs()]
-        runners.append(lambda timed=timed, names=names: timed.run(names, dict(feeds)))
+    runners = [timed_call(create_session(model, session), feeds) for model in (float_model, quantized_model)]
     float_times, int8_times = interleaved_timings(runners, runs=runs, warmup=warmup)
     return {"float": latency_stats(float_times), "int8": latency_stats(int8_times)}
 

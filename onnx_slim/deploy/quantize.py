@@ -42,11 +42,13 @@ from onnx_slim.deploy.quant_calibration import (
     calibrate,
     calibration_reader,
 )
-from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_channel, onnx_opset
-from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError, first_line
+from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_channel
+from onnx_slim.errors import OnnxSlimError, UsageError, first_line
+from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.hardware import cpu_info
 from onnx_slim.ir.model import (
     ModelSource,
+    check_not_quantized,
     check_output_path,
     fixed_batch_size,
     graph_inputs,
@@ -139,7 +141,7 @@ def quantize_model(
     output = Path(output_path)
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
-    _refuse_quantized(float_model)
+    check_not_quantized(float_model, advice="quantize the float model instead")
 
     cpu = cpu_info()
     report_warnings: list[str] = []
@@ -243,14 +245,6 @@ def _check_options(mode, quant_format, method, calibration_batch_size, activatio
         raise UsageError(f"calibration_batch_size must be at least 1, got {calibration_batch_size}")
 
 
-def _refuse_quantized(model: onnx.ModelProto) -> None:
-    found = quantized_op_counts(model)
-    if found:
-        raise InvalidModelError(
-            f"model is already quantized ({', '.join(found)}); quantize the float model instead"
-        )
-
-
 @dataclass(frozen=True)
 class _Settings:
     mode: str  # "static" or "dynamic"
@@ -305,7 +299,7 @@ def _ignored_option_warnings(mode: str, calibration, activation_type: str | None
 
 def _opset_for_per_channel(model: onnx.ModelProto, settings: _Settings, report_warnings: list[str]):
     """(model to quantize, settings): per-channel QDQ below opset 13 converts the model, or goes per-tensor."""
-    opset = onnx_opset(model)
+    opset = opset_version(model)
     if not (settings.per_channel and settings.format == "qdq" and opset < PER_CHANNEL_OPSET):
         return model, settings
     converted, note = convert_for_per_channel(model)

@@ -67,3 +67,14 @@ def drop_unused_initializers(model: onnx.ModelProto) -> int:
         del graph.input[:]
         graph.input.extend(inputs)
     return len(unused)
+
+
+def add_graph_outputs(model: onnx.ModelProto, names, element_types) -> None:
+    """Expose tensors `names` as extra graph outputs, typed where `element_types` knows them
+    (onnxruntime infers the type of an untyped output itself)."""
+    for name in names:
+        elem_type = element_types.get(name)
+        if elem_type:
+            model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
+        else:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))

@@ -291,13 +291,11 @@ def check_output_path(source: ModelSource, output_path: str | os.PathLike, force
     return layout
 
 
-def check_not_quantized(model: onnx.ModelProto) -> None:
-    """Refuse models that are already quantized: pruning must happen on the float model."""
+def check_not_quantized(model: onnx.ModelProto, advice: str = "prune the float model, then quantize") -> None:
+    """Refuse models that are already quantized: pruning and quantization start from the float model."""
     found = sorted({node.op_type for node in model.graph.node if is_quantized_op(node.op_type)})
     if found:
-        raise InvalidModelError(
-            f"model is already quantized ({', '.join(found)}): prune the float model, then quantize"
-        )
+        raise InvalidModelError(f"model is already quantized ({', '.join(found)}): {advice}")
 
 
 @dataclass(frozen=True)

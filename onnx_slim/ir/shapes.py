@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.graph import add_graph_outputs
 from onnx_slim.ir.model import random_inputs
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
@@ -132,14 +133,8 @@ def _measure_shapes(model: onnx.ModelProto, input_shapes, types) -> dict:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     outputs = {output.name for output in probe.graph.output}
-    for node in probe.graph.node:
-        for name in node.output:
-            if name and name not in outputs:
-                outputs.add(name)
-                if types.get(name):
-                    probe.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
-                else:
-                    probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    intermediates = [name for node in probe.graph.node for name in node.output if name and name not in outputs]
+    add_graph_outputs(probe, dict.fromkeys(intermediates), types)
     # Stale annotations could contradict the measurement; onnxruntime infers its own.
     del probe.graph.value_info[:]
     session = create_session(probe, CHECK)

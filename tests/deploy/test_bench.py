@@ -107,7 +107,7 @@ def test_benchmark_report_shape_speedup_and_self_agreement(tmp_path):
 
 def test_benchmark_interleaves_timed_runs(tmp_path, monkeypatch):
     calls = []
-    make_runner = bench_module._runner
+    make_runner = bench_module.timed_call
 
     def recording_runner(session, feeds):
         run = make_runner(session, feeds)
@@ -116,7 +116,7 @@ def test_benchmark_interleaves_timed_runs(tmp_path, monkeypatch):
         return lambda: (calls.append(label), run())
 
     recording_runners: list[str] = []
-    monkeypatch.setattr(bench_module, "_runner", recording_runner)
+    monkeypatch.setattr(bench_module, "timed_call", recording_runner)
 
     benchmark([mlp(), mlp(seed=1)], runs=3, warmup=2, measure_memory=False)
 
