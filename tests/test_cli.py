@@ -76,7 +76,7 @@ def test_inspect_json(capsys, demo):
 
 @pytest.mark.parametrize("content, message", [
     (b"", "empty"),
-    (b"this is not a model", "not"),
+    (b"this is not a model", "not a readable ONNX model"),
 ])
 def test_bad_inputs_fail_cleanly(capsys, tmp_path, content, message):
     bad = tmp_path / "bad.onnx"

@@ -130,23 +130,19 @@ def _random_samples(model: onnx.ModelProto) -> Iterator[dict[str, np.ndarray]]:
 def rebatched(
     batches: Iterable[Mapping[str, np.ndarray]],
     specs: Sequence[InputSpec],
-    size: int | None,
+    size: int,
     *,
     exact: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Feed dicts with the model's inputs only, cast to its dtypes, `size` samples each.
 
-    `size=None` passes batches through. Holds at most one incoming batch plus
-    one outgoing. With `exact`, a final short batch is dropped (the model takes
+    Holds at most one incoming batch plus one outgoing. With `exact`, a final short batch is dropped (the model takes
     only `size`), otherwise it is yielded.
     """
     pending: list[dict[str, np.ndarray]] = []
     pending_samples = 0
     for batch in batches:
         feeds = _model_feeds(batch, specs)
-        if size is None:
-            yield feeds
-            continue
         pending.append(feeds)
         pending_samples += leading_dim(feeds)
         while pending_samples >= size:

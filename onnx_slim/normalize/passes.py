@@ -192,7 +192,7 @@ def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:
         if any(a.name == "training_mode" and a.i for a in bn.attribute):
             continue
         source = producer.get(bn.input[0])
-        if source is None or source.op_type not in WEIGHT_OPS or WEIGHT_OPS[source.op_type].bias_input is None:
+        if source is None or source.op_type not in WEIGHT_OPS or not WEIGHT_OPS[source.op_type].folds_batchnorm(source):
             continue
         if readers[bn.input[0]] != 1 or bn.input[0] in pinned:
             continue

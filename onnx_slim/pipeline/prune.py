@@ -19,6 +19,7 @@ from onnx_slim.apply.surgery import apply_plan, deduplicate_initializers, refres
 from onnx_slim.apply.verify import reference_output_shapes, verify_model
 from onnx_slim.channels.analysis import ModelAnalysis, analyze
 from onnx_slim.criteria import ScoringContext, score_groups
+from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import publish, scratch_folder
@@ -34,6 +35,7 @@ from onnx_slim.ir.model import (
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
+from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
 
 
 @dataclass
@@ -221,9 +223,6 @@ def _plan(analysis: ModelAnalysis, groups, scores, settings: PruneOptions, say) 
     options = PlanOptions(round_to=settings.round_to, min_channels=settings.min_channels)
     cost_model = CostModel.of(analysis)
     if settings.allocate == "sensitivity":
-        from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
-        from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
-
         say("measuring per-group sensitivity on the calibration data")
         sensitivity = measure_sensitivity(analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS,
                                           criterion=settings.criterion, scores=scores, session=settings.session,
