@@ -52,11 +52,12 @@ def test_target_macs_within_two_percent(global_ranking):
 
 
 class _Group:
-    """The two fields the planner reads of a channel group."""
+    """The fields the planner reads of a channel group."""
 
-    def __init__(self, gid: int, channels: int) -> None:
+    def __init__(self, gid: int, channels: int, blocks: int = 1) -> None:
         self.id = self.root = gid
         self.channels = channels
+        self.blocks = blocks
 
 
 @pytest.mark.parametrize("channels, remove, options, kept", [
