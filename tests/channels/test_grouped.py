@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_lossless, assert_valid, group_with, weight_dims
+from conftest import assert_frozen_groups_kept, assert_lossless, assert_valid, group_with, weight_dims
 from graphs import Graph
 from onnx import numpy_helper
 
@@ -120,6 +120,21 @@ def test_regnet_squeeze_excite_gate_joins_the_grouped_conv_output():
 
 
 # -- what stays frozen -------------------------------------------------------------------------------
+
+
+def test_a_frozen_input_keeps_the_grouped_weight_whole():
+    # dense_in's output is also a model output: its group, and so the grouped conv's
+    # per-group input axis, must stay as they are while the grouped conv's filters go.
+    g = Graph(seed=3)
+    h = g.relu(g.conv(g.input("x", [1, 3, 8, 8]), 16, name="dense_in"))
+    out = g.conv(g.relu(g.conv(h, 12, group=4, name="grouped")), 5, name="dense_out")
+    model = g.build(out, h)
+    analysis = analyze(model)
+    assert not group_with(analysis.channels, "dense_in").prunable
+    pruned, _ = prune(model, ratio=0.5)
+    assert weight_dims(pruned, "grouped") == (8, 4, 3, 3)
+    assert_frozen_groups_kept(analysis, pruned)
+    assert_valid(pruned, model)
 
 
 def test_input_groups_that_cut_a_depthwise_multiplier_run_freeze():
