@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -45,8 +46,9 @@ class ChannelGroup:
     @property
     def blocks(self) -> int:
         """How many channels of a producer's output one channel of the group is: `group`
-        for the channels a grouped Conv ties across its groups, else 1."""
-        return min(Counter(member.use for member in self.producers).values(), default=1)
+        for the channels a grouped Conv ties across its groups, else 1 (the gcd of the
+        producers' counts, should they differ: every count is a multiple of it)."""
+        return math.gcd(*Counter(member.use for member in self.producers).values()) or 1
 
     @property
     def nodes(self) -> list[str]:

@@ -119,6 +119,24 @@ def test_regnet_squeeze_excite_gate_joins_the_grouped_conv_output():
     assert out.blocks == 4 and out.channels == 4
 
 
+def test_grouped_convs_tied_through_a_residual_and_a_concat():
+    # gc3's three input blocks are stem[0:8], stem[8:16] and gc2's output, so one channel
+    # of the joint group is 4 stem filters (gc1's groups) and 2 of gc2 (its own groups).
+    g = Graph(seed=7)
+    h = g.relu(g.conv(g.input("x", ["N", 3, 8, 8]), 16, name="stem"))
+    h = g.relu(g.add(h, g.conv(h, 16, group=4, name="gc1")))
+    h = g.concat([g.relu(g.depthwise(h, name="dw")), g.relu(g.conv(h, 8, group=2, name="gc2"))])
+    model = g.build(g.head(g.relu(g.conv(h, 12, group=3, name="gc3"))))
+    joint = group_with(analyze(model).channels, "stem")
+    assert {m.use.node for m in joint.producers} == {"stem", "gc1", "dw", "gc2"}
+    assert (joint.channels, joint.blocks) == (4, 2)
+    pruned = assert_lossless(model, 0.5)
+    assert [weight_dims(pruned, n)[:2] for n in ("stem", "gc1", "gc2", "gc3")] == [(8, 3), (8, 2), (4, 4), (6, 4)]
+    rounded, _ = prune(model, ratio=0.5, round_to=4)
+    assert weight_dims(rounded, "gc2")[0] % 4 == 0 and weight_dims(rounded, "stem")[0] % 4 == 0
+    assert_valid(rounded, model)
+
+
 # -- what stays frozen -------------------------------------------------------------------------------
 
 

@@ -53,15 +53,9 @@ def _grouped_conv(ctx, node, tracked, weight, group: int) -> Layout:
     many channels as the others: the G input blocks are tied channel by channel (one
     class channel is G tensor channels), and the output is G new atoms tied the same way.
     The returned layout is the output's."""
-    out_channels, in_per_group = ctx.initializers[weight].dims[:2]
+    out_channels = ctx.initializers[weight].dims[0]
     if tracked is not None:
-        blocks = [ctx.atoms.sub_layout(tracked.layout, g * in_per_group, (g + 1) * in_per_group) for g in range(group)]
-        if ctx.length(tracked.layout) != group * in_per_group or None in blocks:
-            ctx.freeze(tracked.layout, node, f"grouped convolution (group={group}): input groups are not whole channels")
-        elif not all(ctx.atoms.unify(blocks[0], block) for block in blocks[1:]):
-            ctx.freeze(tracked.layout, node, f"grouped convolution (group={group}): input groups cannot be tied")
-        else:
-            ctx.use(CONSUMER, node, weight, 1, tracked.layout, blocks=group)
+        _tie_input_groups(ctx, node, tracked.layout, weight, group)
     first = ctx.new_layout(out_channels // group, node)
     layout = first
     for _ in range(1, group):
@@ -69,6 +63,20 @@ def _grouped_conv(ctx, node, tracked, weight, group: int) -> Layout:
         ctx.atoms.unify(first, block)
         layout += block
     return layout
+
+
+def _tie_input_groups(ctx, node, layout: Layout, weight: str, group: int) -> None:
+    in_per_group = ctx.initializers[weight].dims[1]
+    why = f"grouped convolution (group={group})"
+    blocks = None
+    if ctx.length(layout) == group * in_per_group:
+        blocks = [ctx.atoms.sub_layout(layout, g * in_per_group, (g + 1) * in_per_group) for g in range(group)]
+    if blocks is None or None in blocks:
+        ctx.freeze(layout, node, f"{why}: input groups are not whole channels")
+    elif not all(ctx.atoms.unify(blocks[0], block) for block in blocks[1:]):
+        ctx.freeze(layout, node, f"{why}: input groups cannot be tied")
+    else:
+        ctx.use(CONSUMER, node, weight, 1, layout, blocks=group)
 
 
 def _set_group_attribute(node_name: str, layout: Layout):
