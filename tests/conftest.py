@@ -120,4 +120,4 @@ def assert_frozen_groups_kept(analysis, pruned: onnx.ModelProto) -> None:
         if set(atoms.classes_in(use.layout)) <= frozen_roots:
             index = list(nodes[use.node].input).index(use.tensor)
             dims = weight_dims(pruned, use.node, index)
-            assert dims[use.axis] == atoms.length(use.layout), (use.node, use.tensor, use.axis)
+            assert dims[use.axis] == use.axis_length(atoms), (use.node, use.tensor, use.axis)

@@ -53,7 +53,7 @@ def apply_plan(model: onnx.ModelProto, analysis: ChannelAnalysis, plan: Plan) ->
     for use in analysis.context.uses:
         if not touched.intersection(atoms.classes_in(use.layout)):
             continue
-        kept = atoms.kept_indices(use.layout, plan)
+        kept = use.kept_on_axis(atoms, plan)
         previous = kept_by_tensor[use.tensor].get(use.axis)
         if previous is not None and previous != kept:
             raise RuntimeError(f"{use.tensor} axis {use.axis} is sliced two different ways")

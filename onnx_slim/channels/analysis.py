@@ -64,6 +64,7 @@ class ModelAnalysis:
                 {
                     "id": group.id,
                     "channels": group.channels,
+                    "blocks": group.blocks,  # a grouped Conv's groups: each channel is one per group
                     "status": group.status,
                     "prunable": group.prunable,
                     "macs_share": round(self.group_macs(group) / total, 4),
@@ -112,7 +113,7 @@ def _check_weight_shapes(channels: ChannelAnalysis, shapes: Mapping[str, tuple])
     would otherwise fail deep in surgery or onnxruntime)."""
     for use in channels.context.uses:
         dims = shapes.get(use.tensor)
-        expected = channels.atoms.length(use.layout)
+        expected = use.axis_length(channels.atoms)
         if dims is not None and use.axis < len(dims) and dims[use.axis] != expected:
             raise InvalidModelError(
                 f"node {use.node} ({use.op_type}): weight {use.tensor} has {dims[use.axis]} channels on axis "

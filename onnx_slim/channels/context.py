@@ -39,7 +39,12 @@ class Tracked:
 
 @dataclass(frozen=True)
 class Use:
-    """An axis of an initializer whose indices follow `layout`."""
+    """An axis of an initializer whose indices follow `layout`.
+
+    With ``blocks > 1`` the layout is that many equal blocks, tied channel by channel,
+    that all read the same axis: a grouped Conv's input channels, where the weight
+    holds one group's worth (``in_channels / group``) and every group loses the same ones.
+    """
 
     kind: str  # PRODUCER | CONSUMER | PARAM
     node: str
@@ -47,6 +52,18 @@ class Use:
     tensor: str
     axis: int
     layout: Layout
+    blocks: int = 1
+
+    def axis_length(self, atoms: AtomTable) -> int:
+        return atoms.length(self.layout) // self.blocks
+
+    def kept_on_axis(self, atoms: AtomTable, removed: dict) -> list[int]:
+        """The axis indices that survive `removed` (class root -> channels)."""
+        kept = atoms.kept_indices(self.layout, removed)
+        if self.blocks == 1:
+            return kept
+        # The blocks are tied, so the first one says which indices of the axis stay.
+        return [index for index in kept if index < self.axis_length(atoms)]
 
 
 @dataclass
@@ -128,8 +145,8 @@ class AnalysisContext:
     def new_layout(self, size: int, node: onnx.NodeProto) -> Layout:
         return (Block(self.atoms.new_atom(size, node.name)),)
 
-    def use(self, kind: str, node: onnx.NodeProto, tensor: str, axis: int, layout: Layout) -> None:
-        self.uses.append(Use(kind, node.name, node.op_type, tensor, axis, layout))
+    def use(self, kind: str, node: onnx.NodeProto, tensor: str, axis: int, layout: Layout, blocks: int = 1) -> None:
+        self.uses.append(Use(kind, node.name, node.op_type, tensor, axis, layout, blocks))
 
     def fix(self, node: onnx.NodeProto, layouts, apply: Callable) -> None:
         self.fixes.append(Fix(node.name, tuple(layouts), apply))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx
@@ -40,6 +42,13 @@ class ChannelGroup:
     @property
     def prunable(self) -> bool:
         return not self.frozen and bool(self.producers) and self.channels > 1
+
+    @property
+    def blocks(self) -> int:
+        """How many channels of a producer's output one channel of the group is: `group`
+        for the channels a grouped Conv ties across its groups, else 1 (the gcd of the
+        producers' counts, should they differ: every count is a multiple of it)."""
+        return math.gcd(*Counter(member.use for member in self.producers).values()) or 1
 
     @property
     def nodes(self) -> list[str]:

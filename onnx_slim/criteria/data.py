@@ -214,11 +214,13 @@ def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
 
 def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
     """ThiNet on a Conv: random output positions, one random output channel per position;
-    z[s, c] = sum over the kernel of patch[s, c] * W[o_s, c]."""
+    z[s, c] = sum over the kernel of patch[s, c] * W[o_s, c], where input channel c is in
+    o_s's conv group (0 for the other groups' channels)."""
     one_dimensional = weight.ndim == 3
     if one_dimensional:
         weight = weight[:, :, None, :]
     kernel = weight.shape[2:]
+    group = attr(node, "group", 1)
     strides, dilations = attr(node, "strides", [1, 1]), attr(node, "dilations", [1, 1])
     pads, auto_pad = attr(node, "pads", [0, 0, 0, 0]), attr(node, "auto_pad", b"NOTSET")
     if one_dimensional:
@@ -235,7 +237,13 @@ def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
         positions = sample_positions(rng, x.shape[0], out_h, out_w, POSITIONS_PER_IMAGE)
         patches = conv_input_patches(x, positions, kernel, strides, padding, dilations).astype(np.float64)
         outputs = rng.integers(0, weight.shape[0], size=len(positions))
-        return np.einsum("sckl,sckl->sc", patches, weight[outputs])
+        samples, in_per_group = len(positions), weight.shape[1]
+        own_group = outputs // (weight.shape[0] // group)
+        per_group = patches.reshape(samples, group, in_per_group, *kernel)
+        z = np.zeros((samples, group, in_per_group))
+        z[np.arange(samples), own_group] = np.einsum(
+            "sckl,sckl->sc", per_group[np.arange(samples), own_group], weight[outputs])
+        return z.reshape(samples, group * in_per_group)
     return sample
 
 

@@ -29,12 +29,29 @@ class PlanOptions:
 
 def kept_count(channels: int, remove: int, options: PlanOptions) -> int:
     """Channels a group keeps when asked to remove `remove` of `channels`, after rounding."""
-    keep = max(channels - remove, options.min_channels, 1)
-    if options.round_to > 1:
-        floor_keep = options.round_to * math.ceil(options.min_channels / options.round_to)
-        nearest = options.round_to * math.floor(keep / options.round_to + 0.5)  # halves round up
-        keep = max(nearest, floor_keep)
+    step, floor_keep = _rounding_step(options)
+    keep = max(channels - remove, floor_keep)
+    if step > 1:
+        keep = max(step * math.floor(keep / step + 0.5), floor_keep)  # halves round up
     return min(keep, channels)
+
+
+def _rounding_step(options: PlanOptions) -> tuple[int, int]:
+    """(step between allowed kept counts, fewest channels to keep)."""
+    floor_keep = max(options.min_channels, 1)
+    if options.round_to > 1:
+        floor_keep = options.round_to * math.ceil(floor_keep / options.round_to)
+    return max(options.round_to, 1), floor_keep
+
+
+def group_options(options: PlanOptions, group: ChannelGroup) -> PlanOptions:
+    """`options` for one group: `round_to` and `min_channels` count the channels of the
+    producers' outputs, so where one group channel is several of them (a grouped Conv's
+    groups lose the same channels each), a finer step on the group already satisfies them."""
+    if group.blocks == 1:
+        return options
+    return PlanOptions(round_to=options.round_to // math.gcd(options.round_to, group.blocks),
+                       min_channels=math.ceil(options.min_channels / group.blocks))
 
 
 def _lowest(scores: np.ndarray, count: int) -> list[int]:
@@ -46,7 +63,7 @@ def uniform_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options
     """Remove the same fraction of channels from every group."""
     plan = {}
     for group in groups:
-        keep = kept_count(group.channels, int(group.channels * ratio + 1e-9), options)
+        keep = kept_count(group.channels, int(group.channels * ratio + 1e-9), group_options(options, group))
         if keep < group.channels:
             plan[group.root] = _lowest(scores[group.id], group.channels - keep)
     return plan
@@ -64,7 +81,7 @@ def global_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options:
     plan = {}
     for group in groups:
         below = int((scores[group.id] <= threshold).sum())
-        keep = kept_count(group.channels, below, options)
+        keep = kept_count(group.channels, below, group_options(options, group))
         if keep < group.channels:
             plan[group.root] = _lowest(scores[group.id], group.channels - keep)
     return plan
@@ -155,15 +172,12 @@ def plan_for_target_macs(
 
 def _step_towards(groups, scores, plan: Plan, target: float, options: PlanOptions, cost: CostModel) -> Plan:
     """Greedily move single groups by one rounding step while that brings the MACs closer to target."""
-    step = max(options.round_to, 1)
-    floor_keep = max(options.min_channels, 1)
-    if options.round_to > 1:
-        floor_keep = options.round_to * math.ceil(floor_keep / options.round_to)
     plan = dict(plan)
     current = abs(cost.macs_after(plan) / cost.macs - target)
     for _ in range(4 * len(groups) + 8):
         candidates = []
         for group in groups:
+            step, floor_keep = _rounding_step(group_options(options, group))
             removed = len(plan.get(group.root, ()))
             for change in (step, -step):
                 count = removed + change

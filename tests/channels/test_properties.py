@@ -44,7 +44,7 @@ def add_block(g: Graph, h: str, kind: str, draw) -> str:
         first = draw(st.integers(1, channels - 1))
         head, tail = g.slice(h, 0, first), g.slice(h, first, channels)
         return g.concat([g.relu(g.conv(tail, draw(widths))), head])
-    if kind == "grouped" and channels % 2 == 0:  # a general grouped conv freezes its input
+    if kind == "grouped" and channels % 2 == 0:  # both conv groups lose the same channels
         return g.relu(g.conv(h, 2 * draw(st.integers(2, 4)), group=2))
     if kind in ("grouped", "chain"):
         return g.relu(g.conv(h, draw(widths)))

@@ -130,7 +130,8 @@ def test_depthwise_conv_passes_the_group_through(multiplier):
     assert onnx.helper.get_attribute_value(next(a for a in dw.attribute if a.name == "group")) == 4
 
 
-def test_general_grouped_conv_freezes_its_input():
+def test_general_grouped_conv_removes_the_same_channels_from_each_group():
+    # One group channel is one channel of each conv group (tests/channels/test_grouped.py).
     g = Graph()
     h = trunk(g)
     h = g.relu(g.conv(h, 8, group=2, name="grouped"))
@@ -138,8 +139,8 @@ def test_general_grouped_conv_freezes_its_input():
     model = finish(g, h)
     check_rule(
         model,
-        [("conv1", 8, "grouped", "grouped convolution"), ("conv3", 8)],
-        {("conv1", 1): (8, 3, 3, 3), ("grouped", 1): (8, 4, 3, 3), ("conv3", 1): (4, 8, 3, 3)},
+        [("conv1", 4), ("grouped", 4), ("conv3", 8)],
+        {("conv1", 1): (4, 3, 3, 3), ("grouped", 1): (4, 2, 3, 3), ("conv3", 1): (4, 4, 3, 3)},
     )
 
 

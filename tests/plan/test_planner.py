@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_valid, weight_dims
-from graphs import conv_chain
+from graphs import Graph, conv_chain
 from onnx import numpy_helper
 
 from onnx_slim.pipeline.prune import prune
@@ -52,11 +52,12 @@ def test_target_macs_within_two_percent(global_ranking):
 
 
 class _Group:
-    """The two fields the planner reads of a channel group."""
+    """The fields the planner reads of a channel group."""
 
-    def __init__(self, gid: int, channels: int) -> None:
+    def __init__(self, gid: int, channels: int, blocks: int = 1) -> None:
         self.id = self.root = gid
         self.channels = channels
+        self.blocks = blocks
 
 
 @pytest.mark.parametrize("channels, remove, options, kept", [
@@ -87,3 +88,41 @@ def test_global_plan_takes_the_lowest_scores_across_groups():
     scores = {0: np.array([0.1, 0.2, 0.3, 5.0]), 1: np.array([4.0, 5.0, 6.0, 7.0])}
     assert global_plan(groups, scores, 0.25, PlanOptions()) == {0: [0, 1]}
     assert global_plan(groups, scores, 0.0, PlanOptions()) == {}
+
+
+# -- groups spread over a grouped Conv's groups ---------------------------------------------------
+
+
+@pytest.mark.parametrize("channels, blocks, options, ratio, kept", [
+    (4, 32, PlanOptions(round_to=8), 0.3, 3),    # 96 tensor channels: already a multiple of 8
+    (16, 2, PlanOptions(round_to=8), 0.3, 12),   # steps of 4 group channels = 8 tensor channels
+    (16, 2, PlanOptions(round_to=8), 0.7, 4),    # keeps 5, nearest multiple of 4
+    (8, 4, PlanOptions(min_channels=16), 0.9, 4),  # at least 16 tensor channels = 4 per group
+])
+def test_rounding_counts_the_tensor_channels_of_grouped_groups(channels, blocks, options, ratio, kept):
+    plan = uniform_plan([_Group(0, channels, blocks)], {0: np.arange(channels, dtype=float)}, ratio, options)
+    assert channels - len(plan.get(0, ())) == kept
+
+
+def grouped_chain(groups: int = 4):
+    """x -> dense(32) -> relu -> grouped(32, group) -> relu -> dense(2) -> y."""
+    g = Graph(seed=1)
+    h = g.relu(g.conv(g.input("x", [1, 3, 8, 8]), 32, name="dense_in"))
+    h = g.relu(g.conv(h, 32, group=groups, name="grouped"))
+    return g.build(g.conv(h, 2, name="dense_out"))
+
+
+@pytest.mark.parametrize("settings", [
+    {"ratio": 0.3}, {"ratio": 0.6, "round_to": 8}, {"ratio": 0.6, "round_to": 16},
+    {"target_macs": 0.4, "round_to": 8}, {"target_macs": 0.3, "global_ranking": True},
+])
+def test_grouped_conv_channel_counts_stay_divisible_by_group(settings):
+    model = grouped_chain()
+    pruned, _ = prune(model, **settings)
+    filters_in, _, _, _ = weight_dims(pruned, "dense_in")
+    filters, in_per_group, _, _ = weight_dims(pruned, "grouped")
+    assert filters_in == 4 * in_per_group and filters % 4 == 0
+    assert filters_in < 32 and filters < 32
+    round_to = settings.get("round_to", 1)
+    assert filters_in % round_to == 0 and filters % round_to == 0
+    assert_valid(pruned, model)

@@ -33,9 +33,11 @@ def conv(ctx, node):
             return
         layout = repeat_layout(tracked.layout, out_channels // group)
         ctx.fix(node, [tracked.layout], _set_group_attribute(node.name, tracked.layout))
+    elif out_channels % group == 0:
+        layout = _grouped_conv(ctx, node, tracked, weight, group)
     else:
         if tracked is not None:
-            ctx.freeze(tracked.layout, node, f"grouped convolution (group={group})")
+            ctx.freeze(tracked.layout, node, f"{out_channels} filters do not divide into group={group}")
         return
     ctx.use(PRODUCER, node, weight, 0, layout)
     if bias and ctx.is_const(bias):
@@ -43,6 +45,38 @@ def conv(ctx, node):
     elif bias:
         ctx.freeze(layout, node, "bias is computed at run time")
     ctx.track(node.output[0], 1, layout)
+
+
+def _grouped_conv(ctx, node, tracked, weight, group: int) -> Layout:
+    """A grouped Conv (1 < group < channels): input block g feeds output block g only, and
+    the weight's input axis holds one block. `group` stays, so every group must keep as
+    many channels as the others: the G input blocks are tied channel by channel (one
+    class channel is G tensor channels), and the output is G new atoms tied the same way.
+    The returned layout is the output's."""
+    out_channels = ctx.initializers[weight].dims[0]
+    if tracked is not None:
+        _tie_input_groups(ctx, node, tracked.layout, weight, group)
+    first = ctx.new_layout(out_channels // group, node)
+    layout = first
+    for _ in range(1, group):
+        block = ctx.new_layout(out_channels // group, node)
+        ctx.atoms.unify(first, block)
+        layout += block
+    return layout
+
+
+def _tie_input_groups(ctx, node, layout: Layout, weight: str, group: int) -> None:
+    in_per_group = ctx.initializers[weight].dims[1]
+    why = f"grouped convolution (group={group})"
+    blocks = None
+    if ctx.length(layout) == group * in_per_group:
+        blocks = [ctx.atoms.sub_layout(layout, g * in_per_group, (g + 1) * in_per_group) for g in range(group)]
+    if blocks is None or None in blocks:
+        ctx.freeze(layout, node, f"{why}: input groups are not whole channels")
+    elif not all(ctx.atoms.unify(blocks[0], block) for block in blocks[1:]):
+        ctx.freeze(layout, node, f"{why}: input groups cannot be tied")
+    else:
+        ctx.use(CONSUMER, node, weight, 1, layout, blocks=group)
 
 
 def _set_group_attribute(node_name: str, layout: Layout):
