@@ -157,3 +157,17 @@ def test_option_off_leaves_the_model_byte_identical_and_on_needs_data():
     assert on.SerializeToString() != plain.SerializeToString()
     with pytest.raises(UsageError, match="--correct-statistics needs calibration data"):
         prune(model, ratio=0.5, correct_statistics=True)
+
+
+def test_cli_flag_reports_the_correction(tmp_path):
+    from click.testing import CliRunner
+
+    from onnx_slim.cli import cli
+
+    model_path, calib_path = tmp_path / "m.onnx", tmp_path / "calib.npz"
+    onnx.save(conv_net(), str(model_path))
+    np.savez(calib_path, x=np.random.default_rng(0).standard_normal((24, 3, 8, 8)).astype(np.float32))
+    result = CliRunner().invoke(cli, ["prune", str(model_path), "-o", str(tmp_path / "out.onnx"), "--ratio", "0.5",
+                                      "--calib", str(calib_path), "--correct-statistics", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "statistics corrected in" in result.output
