@@ -88,6 +88,8 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
               help="With --target-macs: one ratio for all groups, or per-group ratios from measured sensitivity.")
 @click.option("--reconstruct", is_flag=True, help="Re-fit the layers after removed channels by least squares (needs --calib).")
+@click.option("--correct-statistics/--no-correct-statistics", default=False, show_default=True,
+              help="Match each later layer's per-channel output mean and spread to the original's (needs --calib).")
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data (.npz, with optional labels) to measure agreement and accuracy.")
 @click.option("--round-to", default=1, show_default=True, help="Kept channel counts are multiples of this.")
@@ -99,8 +101,8 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, calib,
-          calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
+def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, correct_statistics,
+          calib, calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
           force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.model import check_output_path, parse_input_shapes
@@ -115,8 +117,9 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
         report = prune_file(
             model, output, force=force, progress=console.progress, evaluation=evaluation,
             ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
-            allocate=allocate, reconstruct=reconstruct, calibration=calibration, batch_size=batch_size,
-            round_to=round_to, min_channels=min_channels, exclude=list(exclude), prune_layernorm=prune_layernorm,
+            allocate=allocate, reconstruct=reconstruct, correct_statistics=correct_statistics,
+            calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
+            exclude=list(exclude), prune_layernorm=prune_layernorm,
             seed=seed, input_shapes=parse_input_shapes(input_shapes),
         )
     data = report.to_dict()
@@ -127,6 +130,9 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
     if report.reconstruction:
         methods = ", ".join(f"{count} {name}" for name, count in report.reconstruction["methods"].items())
         click.echo(f"re-fitted {report.reconstruction['layers']} layers ({methods})")
+    if report.statistics:
+        click.echo(f"statistics corrected in {report.statistics['corrected']} of {report.statistics['layers']} layers "
+                   f"({report.statistics['unchanged']} kept as they were)")
     if report.evaluation:
         click.echo(evaluation_line(report.evaluation))
     for note in report.notes:

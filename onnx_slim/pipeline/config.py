@@ -26,6 +26,7 @@ class PipelineConfig:
     global_ranking: bool = False
     allocate: str = "uniform"
     reconstruct: bool | None = None  # default: on with real calibration data
+    correct_statistics: bool = False  # match later layers' per-channel output statistics (needs calib)
     round_to: int = 8  # kept channel counts SIMD kernels like (odd counts can be slower than more channels)
     min_channels: int = 1
     exclude: list = field(default_factory=list)
@@ -72,7 +73,8 @@ CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 # What each option must be: the check turns a config file's mistakes into usage errors.
 _NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
-_FLAGS = {"global_ranking", "reconstruct", "per_channel", "memory", "prune_layernorm", "measure_quantized"}
+_FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", "memory", "prune_layernorm",
+          "measure_quantized"}
 _STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
 
 

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import onnx
 
 from onnx_slim.apply.reconstruct import reconstruct
+from onnx_slim.apply.statistics_correction import correct_statistics
 from onnx_slim.apply.surgery import apply_plan, deduplicate_initializers, refresh_shapes
 from onnx_slim.apply.verify import reference_output_shapes, verify_model
 from onnx_slim.channels.analysis import ModelAnalysis, analyze
@@ -61,6 +62,7 @@ class PruneReport:
     allocate: str = "uniform"
     calibration: str | None = None
     reconstruction: dict | None = None
+    statistics: dict | None = None  # statistics correction: layers corrected / kept as they were
     evaluation: dict | None = None
 
     @property
@@ -91,6 +93,8 @@ class PruneOptions:
     calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
     session: SessionSpec = SessionSpec()  # how calibration passes and evaluation run the model
     reconstruct: bool = False
+    # After surgery and re-fit: match each later layer's per-channel output mean and spread to the original's.
+    correct_statistics: bool = False
     batch_size: int = 8
 
     def validate(self) -> None:
@@ -110,8 +114,10 @@ class PruneOptions:
             raise UsageError(f"allocate must be uniform or sensitivity, got {self.allocate!r}")
         if self.allocate == "sensitivity" and self.target_macs is None:
             raise UsageError("--allocate sensitivity needs --target-macs")
-        if (self.reconstruct or self.allocate == "sensitivity") and self.calibration is None:
-            what = "--reconstruct" if self.reconstruct else "--allocate sensitivity"
+        if (self.reconstruct or self.correct_statistics or self.allocate == "sensitivity") \
+                and self.calibration is None:
+            what = ("--reconstruct" if self.reconstruct else "--correct-statistics" if self.correct_statistics
+                    else "--allocate sensitivity")
             raise UsageError(f"{what} needs calibration data: pass --calib PATH (or --calib random)")
 
 
@@ -173,7 +179,8 @@ def _prune(model, settings: PruneOptions, progress, copy):
     for warning in warnings:
         say(f"warning: {warning}")
 
-    original = load_model(proto) if settings.reconstruct else None  # a copy: surgery edits proto
+    # a copy: surgery edits proto
+    original = load_model(proto) if settings.reconstruct or settings.correct_statistics else None
     say(f"removing channels from {len(plan)} groups")
     apply_plan(proto, channels, plan)
     reconstruction = None
@@ -181,6 +188,11 @@ def _prune(model, settings: PruneOptions, progress, copy):
         reconstruction = reconstruct(original, proto, channels, plan, settings.calibration,
                                      batch_size=settings.batch_size, seed=settings.seed, session=settings.session,
                                      progress=say)
+    statistics = None
+    if settings.correct_statistics and plan:
+        statistics = correct_statistics(original, proto, channels, plan, settings.calibration,
+                                        batch_size=settings.batch_size, seed=settings.seed,
+                                        session=settings.session, progress=say)
     del original
     refresh_shapes(proto)
     deduplicate_initializers(proto)
@@ -201,6 +213,7 @@ def _prune(model, settings: PruneOptions, progress, copy):
         allocate=settings.allocate,
         calibration=settings.calibration.description if settings.calibration is not None else None,
         reconstruction=reconstruction.to_dict() if reconstruction is not None else None,
+        statistics=statistics.to_dict() if statistics is not None else None,
     )
     report.seconds = round(time.perf_counter() - started, 3)
     return proto, report, feeds, expected

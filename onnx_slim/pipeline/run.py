@@ -54,8 +54,9 @@ def run_pipeline(
     model = load_model(model_path, copy=False)
     calibration = _data(settings, settings.calib, model) if settings.calib else None
     held_out = _data(settings, settings.eval, model) if settings.eval else None
-    if settings.reconstruct and calibration is None:
-        raise UsageError("reconstruct needs calibration data: set calib (a path, or 'random')")
+    for key in ("reconstruct", "correct_statistics"):
+        if getattr(settings, key) and calibration is None:
+            raise UsageError(f"{key} needs calibration data: set calib (a path, or 'random')")
     if settings.quantize == "static" and calibration is None:  # refused before minutes of pruning, not after
         raise UsageError("quantize static needs calibration data: set calib (a path; 'random' only for a "
                          "structure-only smoke test, not for deployment), or use quantize auto or dynamic")
@@ -78,6 +79,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         model_path, pruned_path, force=True, progress=say, evaluation=held_out,
         ratio=settings.ratio, target_macs=settings.target_macs, criterion=settings.criterion,
         global_ranking=settings.global_ranking, allocate=settings.allocate, reconstruct=settings.reconstruct,
+        correct_statistics=settings.correct_statistics,
         calibration=calibration, batch_size=settings.batch_size, round_to=settings.round_to,
         min_channels=settings.min_channels, exclude=list(settings.exclude),
         prune_layernorm=settings.prune_layernorm, seed=settings.seed, session=session,

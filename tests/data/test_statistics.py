@@ -22,6 +22,7 @@ def test_channel_stats_nchw_over_batches_matches_numpy():
     everything = np.concatenate(batches)
     np.testing.assert_allclose(stats.mean_abs, np.abs(everything).mean(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(stats.mean, everything.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(stats.variance, everything.var(axis=(0, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(stats.apoz, (everything == 0).mean(axis=(0, 2, 3)))
     assert stats.count == 9 * 4 * 3
     assert stats.apoz[2] > stats.apoz[0]
