@@ -29,11 +29,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.channels.context import CONSUMER, PRODUCER
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
+from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
-from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import attr
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 MAX_FEATURES = 8192
 HOLDOUT_EVERY = 5  # every 5th sampled row is held out to choose between candidates
 DEFAULT_MAX_PASSES = 12
-UNUSABLE_BIAS = "<not per-feature>"  # a bias the fit cannot rewrite: the layer keeps its slice
 
 
 @dataclass
@@ -180,7 +179,7 @@ def reconstruct(
     _collect_targets(original, consumers, calibration, batch_size, max_samples, rng, session)
     chunks = _chunks(consumers, passes)
     report.passes = len(chunks)
-    original_weights = {c.weight: numpy_helper.to_array(_initializer(original, c.weight)) for c in consumers}
+    original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
     for index, chunk in enumerate(chunks, 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
         _accumulate_features(pruned, chunk, calibration, batch_size, session)
@@ -199,7 +198,7 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
     atoms = analysis.atoms
     touched = set(plan)
     nodes = {node.name: node for node in pruned.graph.node}
-    readers = _readers(pruned)
+    readers = readers_of(pruned)
     found: dict[str, _Consumer] = {}
     for use in analysis.context.uses:
         if use.kind != CONSUMER or not touched.intersection(atoms.classes_in(use.layout)):
@@ -212,11 +211,11 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
         full = atoms.length(use.layout)
         kept_in = atoms.kept_indices(use.layout, plan)
         removed_in = sorted(set(range(full)) - set(kept_in))
-        kept_out = _kept_outputs(analysis, use.node, use.tensor, plan, original)
-        bias, following = _bias_target(node, pruned, readers)
+        kept_out = kept_outputs(analysis, use.node, use.tensor, plan, original)
+        bias, following = bias_target(node, pruned, readers)
         if bias == UNUSABLE_BIAS:
             continue
-        dims = list(_initializer(original, use.tensor).dims)
+        dims = list(initializer(original, use.tensor).dims)
         if kind == CONV_PATCHES and len(dims) != 4:
             continue  # patches are implemented for 2-D convolutions; others keep the slice
         kernel = dims[2:] if kind == CONV_PATCHES else []
@@ -226,46 +225,8 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
     return sorted(found.values(), key=lambda c: order[c.node.name])
 
 
-def _kept_outputs(analysis, node_name, weight, plan, original) -> list:
-    for use in analysis.context.uses:
-        if use.kind == PRODUCER and use.node == node_name and use.tensor == weight:
-            return analysis.atoms.kept_indices(use.layout, plan)
-    dims = _initializer(original, weight).dims
-    node = next(n for n in original.graph.node if n.name == node_name)
-    return list(range(_out_channels(node, dims)))
 
 
-def _out_channels(node, dims) -> int:
-    return dims[WEIGHT_OPS[node.op_type].out_axis(node)]
-
-
-def _bias_target(node, model, readers) -> tuple[str | None, bool]:
-    """Where a fitted intercept can live: the node's bias, or the constant of the Add after a MatMul."""
-    initializers = {init.name: init for init in model.graph.initializer}
-    features = _out_channels(node, _initializer(model, node.input[1]).dims)
-
-    def per_feature(name):  # only [N] or [1, ..., N] can take a per-feature intercept
-        dims = list(initializers[name].dims) if name in initializers else []
-        return bool(dims) and dims[-1] == features and math.prod(dims) == features
-
-    if WEIGHT_OPS[node.op_type].bias_input is not None:
-        if len(node.input) > 2 and node.input[2]:
-            return (node.input[2], False) if per_feature(node.input[2]) else (UNUSABLE_BIAS, False)
-        return f"{node.name}.refit_bias", False  # created when written
-    following = readers.get(node.output[0], [])
-    if len(following) == 1 and following[0].op_type == "Add":
-        others = [name for name in following[0].input if name != node.output[0]]
-        if len(others) == 1 and per_feature(others[0]):
-            return others[0], True
-    return None, False
-
-
-def _readers(model) -> dict:
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
 
 
 def _chunks(consumers: list, passes: int | None) -> list[list]:
@@ -276,12 +237,6 @@ def _chunks(consumers: list, passes: int | None) -> list[list]:
     size = math.ceil(len(consumers) / count)
     return [consumers[i:i + size] for i in range(0, len(consumers), size)]
 
-
-def _initializer(model, name) -> onnx.TensorProto:
-    for init in model.graph.initializer:
-        if init.name == name:
-            return init
-    raise OnnxSlimError(f"initializer {name} not found")
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -374,7 +329,7 @@ def _flush(consumer, pending: list) -> None:
 
 def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
     node = consumer.node
-    weight = numpy_helper.to_array(_initializer(pruned, consumer.weight))
+    weight = numpy_helper.to_array(initializer(pruned, consumer.weight))
     current = WEIGHT_OPS[node.op_type].as_matrix(node, weight)  # [d, out]
     features = current.shape[0]
     bias_now = _current_bias(pruned, consumer, current.shape[1])
@@ -416,7 +371,7 @@ def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
     names = {init.name for init in pruned.graph.initializer}
     if consumer.bias_tensor not in names:
         return np.zeros(outputs)
-    return numpy_helper.to_array(_initializer(pruned, consumer.bias_tensor)).astype(np.float64).reshape(-1)
+    return numpy_helper.to_array(initializer(pruned, consumer.bias_tensor)).astype(np.float64).reshape(-1)
 
 
 def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
@@ -436,7 +391,7 @@ def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
 def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> None:
     node = consumer.node
     weights_part = matrix[:-1] if consumer.bias_tensor is not None else matrix
-    weight_init = _initializer(pruned, consumer.weight)
+    weight_init = initializer(pruned, consumer.weight)
     dtype = numpy_helper.to_array(weight_init).dtype
     new_weight = WEIGHT_OPS[node.op_type].from_matrix(node, weights_part, weight_shape).astype(dtype)
     weight_init.CopyFrom(numpy_helper.from_array(new_weight, consumer.weight))
@@ -445,11 +400,11 @@ def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> Non
     intercept = matrix[-1]
     names = {init.name for init in pruned.graph.initializer}
     if consumer.bias_is_following_add:
-        init = _initializer(pruned, consumer.bias_tensor)
+        init = initializer(pruned, consumer.bias_tensor)
         base = numpy_helper.to_array(init)
         init.CopyFrom(numpy_helper.from_array((base + intercept.reshape(base.shape)).astype(base.dtype), init.name))
     elif consumer.bias_tensor in names:
-        init = _initializer(pruned, consumer.bias_tensor)
+        init = initializer(pruned, consumer.bias_tensor)
         shape = numpy_helper.to_array(init).shape
         init.CopyFrom(numpy_helper.from_array(intercept.reshape(shape).astype(dtype), init.name))
     else:

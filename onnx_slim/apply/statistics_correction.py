@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.reconstruct import UNUSABLE_BIAS, _bias_target, _initializer, _kept_outputs, _readers
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
@@ -147,7 +147,7 @@ def _layers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> tuple[li
     shrunk = {name for name, tracked in analysis.context.tracked.items()
               if name not in constants and touched.intersection(atoms.classes_in(tracked.layout))}
     shared = _shared_weights(original)
-    readers = _readers(pruned)
+    readers = readers_of(pruned)
     original_tensors = {output for node in original.graph.node for output in node.output}
     changed: set[str] = set()  # tensors whose values may differ from the original's
     depth: dict[str, int] = {}  # tensor -> level of the deepest candidate layer upstream
@@ -178,10 +178,10 @@ def _layer(node, original, pruned, analysis, plan, readers, original_tensors, le
     if node.op_type == "Gemm" and attr(node, "beta", 1.0) == 0:
         return None  # the bias is ignored: nowhere to write the shift
     weight = node.input[1]
-    kept_out = _kept_outputs(analysis, node.name, weight, plan, original)
-    if len(kept_out) != _initializer(pruned, weight).dims[spec.out_axis(node)]:
+    kept_out = kept_outputs(analysis, node.name, weight, plan, original)
+    if len(kept_out) != initializer(pruned, weight).dims[spec.out_axis(node)]:
         return None
-    bias, following = _bias_target(node, pruned, readers)
+    bias, following = bias_target(node, pruned, readers)
     if bias is None or bias == UNUSABLE_BIAS:
         return None
     tensor = readers[node.output[0]][0].output[0] if following else node.output[0]
@@ -325,7 +325,7 @@ def _write(pruned, layer: _Layer, scale: np.ndarray, shift: np.ndarray) -> None:
     """y' = scale * y + shift per output channel: the weight's channels scaled, the bias moved."""
     node = layer.node
     spec = WEIGHT_OPS[node.op_type]
-    weight_init = _initializer(pruned, layer.weight)
+    weight_init = initializer(pruned, layer.weight)
     weight = numpy_helper.to_array(weight_init)
     out_axis = spec.out_axis(node)
     shape = [1] * weight.ndim
@@ -336,7 +336,7 @@ def _write(pruned, layer: _Layer, scale: np.ndarray, shift: np.ndarray) -> None:
     beta = attr(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0
     names = {init.name for init in pruned.graph.initializer}
     if layer.bias_tensor in names:
-        init = _initializer(pruned, layer.bias_tensor)
+        init = initializer(pruned, layer.bias_tensor)
         bias = numpy_helper.to_array(init)
         new = bias.astype(np.float64).reshape(-1) * scale + shift / beta
         init.CopyFrom(numpy_helper.from_array(new.reshape(bias.shape).astype(bias.dtype), init.name))

@@ -1,0 +1,65 @@
+"""What the layer-wise passes after surgery share: which output channels a layer kept, where a
+layer's intercept can live, who reads a tensor, an initializer by name."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from onnx_slim.channels.context import PRODUCER
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ops.specs import WEIGHT_OPS
+
+UNUSABLE_BIAS = "<not per-feature>"  # a bias that cannot take a per-output intercept: the layer keeps its slice
+
+
+def kept_outputs(analysis, node_name, weight, plan, original) -> list:
+    """The original output-channel indices a layer keeps under `plan` (all of them if it is no producer)."""
+    for use in analysis.context.uses:
+        if use.kind == PRODUCER and use.node == node_name and use.tensor == weight:
+            return analysis.atoms.kept_indices(use.layout, plan)
+    dims = initializer(original, weight).dims
+    node = next(n for n in original.graph.node if n.name == node_name)
+    return list(range(out_channels(node, dims)))
+
+
+def out_channels(node, dims) -> int:
+    return dims[WEIGHT_OPS[node.op_type].out_axis(node)]
+
+
+def bias_target(node, model, readers) -> tuple[str | None, bool]:
+    """Where a fitted intercept can live: the node's bias, or the constant of the Add after a MatMul."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    features = out_channels(node, initializer(model, node.input[1]).dims)
+
+    def per_feature(name):  # only [N] or [1, ..., N] can take a per-feature intercept
+        dims = list(initializers[name].dims) if name in initializers else []
+        return bool(dims) and dims[-1] == features and math.prod(dims) == features
+
+    if WEIGHT_OPS[node.op_type].bias_input is not None:
+        if len(node.input) > 2 and node.input[2]:
+            return (node.input[2], False) if per_feature(node.input[2]) else (UNUSABLE_BIAS, False)
+        return f"{node.name}.refit_bias", False  # created when written
+    following = readers.get(node.output[0], [])
+    if len(following) == 1 and following[0].op_type == "Add":
+        others = [name for name in following[0].input if name != node.output[0]]
+        if len(others) == 1 and per_feature(others[0]):
+            return others[0], True
+    return None, False
+
+
+def readers_of(model) -> dict:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def initializer(model, name) -> onnx.TensorProto:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init
+    raise OnnxSlimError(f"initializer {name} not found")
