@@ -51,7 +51,7 @@ def cli(ctx, debug):
 def inspect(model, input_shapes, as_json, show_all):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
     from onnx_slim.channels.analysis import analyze
-    from onnx_slim.ir.model import parse_input_shapes
+    from onnx_slim.ir.inputs import parse_input_shapes
 
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), copy=False)
     data = analysis.to_dict()
@@ -105,7 +105,8 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
           calib, calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
           force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from onnx_slim.ir.model import check_output_path, parse_input_shapes
+    from onnx_slim.ir.inputs import parse_input_shapes
+    from onnx_slim.ir.model import check_output_path
     from onnx_slim.pipeline.prune import prune_file
 
     console = Console(quiet)
@@ -168,7 +169,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
                 input_shapes, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
     from onnx_slim.channels.analysis import analyze
-    from onnx_slim.ir.model import parse_input_shapes
+    from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.plan.sensitivity import measure_sensitivity
 
     if not calib:
@@ -375,7 +376,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_path, no_memory, seed, as_json, quiet):
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
     from onnx_slim.deploy.bench import benchmark
-    from onnx_slim.ir.model import parse_input_shapes
+    from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.runtime import SessionSpec
 
     console = Console(quiet)

@@ -7,7 +7,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_slim.channels.analysis import analyze
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 from onnx_slim.pipeline.prune import prune
 

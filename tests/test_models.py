@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from onnx_slim.channels.analysis import analyze
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 from onnx_slim.pipeline.prune import prune
 

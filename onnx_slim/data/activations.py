@@ -14,7 +14,8 @@ import onnx
 
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import add_graph_outputs
-from onnx_slim.ir.model import graph_inputs, load_model
+from onnx_slim.ir.inputs import graph_inputs
+from onnx_slim.ir.model import load_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 logger = logging.getLogger(__name__)

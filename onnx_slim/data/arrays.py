@@ -21,7 +21,7 @@ from onnx_slim.data.samples import (
     match_names,
 )
 from onnx_slim.errors import OnnxSlimError, first_line
-from onnx_slim.ir.model import InputSpec
+from onnx_slim.ir.inputs import InputSpec
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from onnx_slim.data.arrays import ArraySource, load_npy_folder, load_npz
 from onnx_slim.data.images import CHANNEL_ORDERS, IMAGE_SUFFIXES, LAYOUTS, ImageSource, load_image_folder
 from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_counts
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.ir.model import InputSpec, fixed_batch_size, graph_inputs, load_model, random_inputs
+from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, random_inputs
+from onnx_slim.ir.model import load_model
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import onnx
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.metrics import AgreementAccumulator, accuracy
 from onnx_slim.data.samples import check_finite
-from onnx_slim.ir.model import leading_dim
+from onnx_slim.ir.inputs import leading_dim
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from onnx_slim.data.samples import LoadedSamples, checked_samples, format_dims, static_dim
 from onnx_slim.errors import OnnxSlimError, UsageError, first_line
-from onnx_slim.ir.model import InputSpec
+from onnx_slim.ir.inputs import InputSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 LAYOUTS = ("nchw", "nhwc")

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from onnx_slim.errors import OnnxSlimError
-from onnx_slim.ir.model import InputSpec
+from onnx_slim.ir.inputs import InputSpec
 
 LABELS_KEY = "labels"
 

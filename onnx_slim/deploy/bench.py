@@ -26,15 +26,8 @@ from onnx_slim.data.metrics import agreement as output_agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.model import (
-    ModelSource,
-    check_input_shapes,
-    graph_inputs,
-    leading_dim,
-    load_model,
-    model_file_size,
-    random_inputs,
-)
+from onnx_slim.ir.inputs import check_input_shapes, graph_inputs, leading_dim, random_inputs
+from onnx_slim.ir.model import ModelSource, load_model, model_file_size
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 from onnx_slim.ops import cost as cost_module
 

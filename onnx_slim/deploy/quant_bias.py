@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.model import leading_dim
+from onnx_slim.ir.inputs import leading_dim
 from onnx_slim.ir.runtime import SessionSpec, create_session
 from onnx_slim.ops.specs import WEIGHT_OPS
 

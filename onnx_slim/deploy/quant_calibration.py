@@ -22,7 +22,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.model import InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs
+from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from onnx import version_converter
 
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 PER_CHANNEL_OPSET = 13

@@ -46,15 +46,13 @@ from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_chan
 from onnx_slim.errors import OnnxSlimError, UsageError, first_line
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.hardware import cpu_info
+from onnx_slim.ir.inputs import fixed_batch_size, graph_inputs, random_inputs
 from onnx_slim.ir.model import (
     ModelSource,
     check_not_quantized,
     check_output_path,
-    fixed_batch_size,
-    graph_inputs,
     is_quantized_op,
     load_model,
-    random_inputs,
     save_model,
 )
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session

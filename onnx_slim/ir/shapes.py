@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import add_graph_outputs
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
-from onnx_slim.ir.model import check_input_shapes, graph_inputs
+from onnx_slim.ir.inputs import check_input_shapes, graph_inputs
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.ops.specs import WEIGHT_OPS
 

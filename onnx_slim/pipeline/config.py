@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from onnx_slim.errors import UsageError, first_line
-from onnx_slim.ir.model import parse_input_shapes
+from onnx_slim.ir.inputs import parse_input_shapes
 
 
 @dataclass

@@ -24,15 +24,8 @@ from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import publish, scratch_folder
-from onnx_slim.ir.model import (
-    ModelSource,
-    Progress,
-    check_output_path,
-    load_model,
-    model_file_size,
-    random_inputs,
-    write_model_files,
-)
+from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.model import ModelSource, Progress, check_output_path, load_model, model_file_size, write_model_files
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs

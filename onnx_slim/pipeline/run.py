@@ -26,7 +26,8 @@ from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
-from onnx_slim.ir.model import Progress, input_files, load_model, output_layout, random_inputs
+from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.model import Progress, input_files, load_model, output_layout
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.pipeline.config import PipelineConfig
 from onnx_slim.pipeline.prune import prune_file

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import group_with
+from graphs import Graph
 from onnx import numpy_helper
 
-from graphs import Graph
-from conftest import group_with
 from onnx_slim import UsageError, prune
 from onnx_slim.apply.statistics_correction import correct_statistics
 from onnx_slim.apply.surgery import apply_plan

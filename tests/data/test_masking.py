@@ -12,7 +12,7 @@ from graphs import Graph
 from onnx_slim.apply.surgery import apply_plan, refresh_shapes
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.data.masking import MaskedModel
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

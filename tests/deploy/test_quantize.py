@@ -20,7 +20,7 @@ from onnx_slim.deploy.quantize import (
     quantized_op_counts,
 )
 from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError
-from onnx_slim.ir.model import random_inputs
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 
 

@@ -22,7 +22,8 @@ from onnx_slim.deploy.quant_calibration import RANDOM_CALIBRATION_WARNING
 from onnx_slim.deploy.quantize import RANDOM, quantize_model, quantized_op_counts
 from onnx_slim.errors import InvalidModelError, UsageError
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.model import check_not_quantized, random_inputs
+from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.ir.runtime import create_session, run_session
 
 MODELS = Path(__file__).parents[2] / "models"

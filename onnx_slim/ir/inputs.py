@@ -1,0 +1,128 @@
+"""A model's inputs: their specs (names, dims, dtypes), concrete shapes for analysis, random feeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnx_slim.errors import UsageError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: name, dims (int, or str for a symbolic dim, or None), numpy dtype."""
+
+    name: str
+    dims: tuple
+    dtype: np.dtype
+
+    def concrete_shape(self, default_batch: int = 1, default_dim: int = 64) -> tuple[int, ...]:
+        """Dims with symbolic ones replaced: the first by `default_batch`, others by `default_dim`."""
+        shape = []
+        for axis, dim in enumerate(self.dims):
+            if isinstance(dim, int) and dim > 0:
+                shape.append(dim)
+            else:
+                shape.append(default_batch if axis == 0 else default_dim)
+        return tuple(shape)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The real inputs of the graph (initializers listed as inputs are left out)."""
+    initializer_names = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializer_names:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        specs.append(InputSpec(value.name, tuple(dims), np.dtype(dtype)))
+    return specs
+
+
+def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
+    """The leading dim when every input fixes it to the same number, else None (free batch)."""
+    leading = {spec.dims[0] if spec.dims else None for spec in specs}
+    if len(leading) == 1:
+        (dim,) = leading
+        if isinstance(dim, int) and dim > 0:
+            return dim
+    return None
+
+
+def leading_dim(feeds: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch of feeds: the leading dimension of the first input (1 for a scalar)."""
+    first = np.asarray(next(iter(feeds.values())))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def parse_input_shapes(entries) -> dict[str, list[int]]:
+    """`NAME=1,3,224,224` entries -> {NAME: [1, 3, 224, 224]}."""
+    shapes = {}
+    for entry in entries or ():
+        name, sep, dims = str(entry).partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
+        except ValueError:
+            raise UsageError(f"bad input shape {entry!r}: expected NAME=D1,D2,... e.g. input=1,3,224,224") from None
+        if any(dim < 1 for dim in shapes[name]):
+            raise UsageError(f"bad input shape {entry!r}: every dim must be at least 1 (a concrete size)")
+    return shapes
+
+
+def check_input_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None, option: str = "--input-shape"
+) -> None:
+    """Given shapes must name real inputs, be concrete (dims >= 1) and agree with their rank and static dims."""
+    specs = {spec.name: spec for spec in graph_inputs(model)}
+    for name, dims in (shapes or {}).items():
+        if name not in specs:
+            raise UsageError(f"{option} {name}: the model has no such input (inputs: {', '.join(specs)})")
+        if any(int(dim) < 1 for dim in dims):
+            raise UsageError(f"{option} {name}={','.join(map(str, dims))}: every dim must be at least 1")
+        declared = specs[name].dims
+        clash = len(dims) != len(declared) or any(
+            isinstance(d, int) and d > 0 and d != given for d, given in zip(declared, dims))
+        if clash:
+            shown = ",".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in declared)
+            raise UsageError(f"{option} {name}={','.join(map(str, dims))} contradicts the model's [{shown}]")
+
+
+def random_inputs(
+    model: onnx.ModelProto,
+    *,
+    batch: int = 1,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Random feeds shaped like the model's inputs (symbolic dims made concrete).
+
+    `shapes` overrides the shape of named inputs. Floats are standard normal,
+    integers small non-negative values (valid as token ids or indices).
+    """
+    rng = np.random.default_rng(seed)
+    shapes = dict(shapes or {})
+    feeds = {}
+    for spec in graph_inputs(model):
+        shape = tuple(shapes.get(spec.name) or spec.concrete_shape(default_batch=batch))
+        if np.issubdtype(spec.dtype, np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+    return feeds
