@@ -154,6 +154,7 @@ def build_models():
 
         def forward(self, x):
             n, t, c = x.shape
+
             def split(z):
                 return z.reshape(n, t, self.heads, self.hd).transpose(1, 2)  # [N,H,T,hd]
             q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))

@@ -225,10 +225,6 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
     return sorted(found.values(), key=lambda c: order[c.node.name])
 
 
-
-
-
-
 def _chunks(consumers: list, passes: int | None) -> list[list]:
     """`passes` topological chunks; by default one per layer, at most DEFAULT_MAX_PASSES
     (each pass runs the pruned model over the calibration set once)."""
@@ -236,7 +232,6 @@ def _chunks(consumers: list, passes: int | None) -> list[list]:
     count = max(1, min(count, len(consumers)))
     size = math.ceil(len(consumers) / count)
     return [consumers[i:i + size] for i in range(0, len(consumers), size)]
-
 
 
 # -- statistics ------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from onnx_slim.ops import cost as cost_module
 Feeds = Mapping[str, np.ndarray]
 
 PERCENTILES = (50, 90, 95, 99)
+
+
 @dataclass
 class ModelBench:
     """Measurements of one model. Latencies in milliseconds."""
@@ -292,8 +294,6 @@ def _benchmark_feeds(model, *, data, batch, shapes, seed) -> dict[str, np.ndarra
     if missing:
         raise UsageError(f"benchmark data lacks model inputs {missing} (it has {sorted(first)})")
     return {spec.name: np.asarray(first[spec.name]).astype(spec.dtype, copy=False) for spec in specs}
-
-
 
 
 def _timed_session(entry: _Entry, spec: SessionSpec):

@@ -48,6 +48,7 @@ def test_refit_model_follows_the_original_better_than_the_slice_on_held_out_data
     refitted_error = evaluate(cnn, refitted, test)["agreement"]["rel_l2"]
     assert refitted_error < 0.5 * sliced_error
 
+
 def test_matmul_consumers_of_a_transformer_mlp():
     model = onnx.load(str(MODELS / "digits_mlp.onnx"))
     calibration, test = data(model)

@@ -56,14 +56,14 @@ def pass_through(ctx: AnalysisContext, node: onnx.NodeProto, outputs=None) -> No
         ctx.track(name, tracked.axis, tracked.layout)
 
 
-
-
 def set_const_entry(tensor_name: str, index: int, layout: Layout):
     def apply(editor, kept_length):
         values = editor.value(tensor_name).copy()
         values[index] = kept_length(layout)
         editor.set_value(tensor_name, values)
     return apply
+
+
 def joined_inputs(ctx, node):
     """(output, its rank, the inputs, the tracked ones) of a node joining several inputs;
     None when nothing is tracked or (after freezing the inputs) the rank is unknown."""
@@ -77,6 +77,8 @@ def joined_inputs(ctx, node):
         ctx.freeze_inputs(node, "output rank unknown")
         return None
     return output, rank, inputs, tracked
+
+
 def elementwise_same_axis(ctx, node, tracked_list):
     """Tie the channel layouts of inputs that are joined along another axis."""
     axes = {t.axis for t in tracked_list}

@@ -44,10 +44,6 @@ def concat(ctx, node):
         elementwise_same_axis(ctx, node, list(tracked.values()))
 
 
-
-
-
-
 @rule("Split")
 def split(ctx, node):
     found = tracked_with_rank(ctx, node)
