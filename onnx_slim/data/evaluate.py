@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -25,11 +25,23 @@ def evaluate(
     """Agreement of `candidate` with `original` (top-1, cosine, relative L2, max abs diff)
     and, when `data` is a CalibrationSet with labels, both models' accuracy and the drop
     in points. `data` may also be any iterable of feed dicts."""
+    return evaluate_all(original, [candidate], data, batch_size=batch_size, session=session)[0]
+
+
+def evaluate_all(
+    original: onnx.ModelProto | str,
+    candidates: Sequence[onnx.ModelProto | str],
+    data: CalibrationSet | Iterable[Mapping[str, np.ndarray]],
+    *,
+    batch_size: int = 32,
+    session: SessionSpec = SessionSpec(),
+) -> list[dict]:
+    """`evaluate` for several candidates in one pass over the data (the original runs once)."""
     reference_session = create_session(original, session)
-    candidate_session = create_session(candidate, session)
-    tally = AgreementAccumulator()
+    candidate_sessions = [create_session(candidate, session) for candidate in candidates]
+    tallies = [AgreementAccumulator() for _ in candidates]
     first_output = reference_session.get_outputs()[0].name
-    reference_scores, candidate_scores = [], []
+    reference_scores, candidate_scores = [], [[] for _ in candidates]
     labels = getattr(data, "labels", None)
     from_set = isinstance(data, CalibrationSet)  # a set's samples were checked when it was built
     batches = data.batches(batch_size) if from_set else data
@@ -40,19 +52,22 @@ def evaluate(
                 check_finite(np.asarray(value), name, "evaluation data", samples)
         samples += leading_dim(batch)
         reference = run_session(reference_session, batch)
-        produced = run_session(candidate_session, batch)
-        tally.update(reference, produced)
         if labels is not None:
             reference_scores.append(reference[first_output])
-            candidate_scores.append(produced[first_output])
-    result = {"samples": samples, "agreement": tally.result()}
+        for candidate_session, tally, scores in zip(candidate_sessions, tallies, candidate_scores):
+            produced = run_session(candidate_session, batch)
+            tally.update(reference, produced)
+            if labels is not None:
+                scores.append(produced[first_output])
+    results = [{"samples": samples, "agreement": tally.result()} for tally in tallies]
     if labels is not None:
         seen = np.asarray(labels)[:samples]  # a fixed-batch model may skip a last partial batch
         before = accuracy(np.concatenate(reference_scores), seen)
-        after = accuracy(np.concatenate(candidate_scores), seen)
-        result.update(accuracy_original=round(before, 4), accuracy=round(after, 4),
-                      accuracy_drop_points=round((before - after) * 100, 2))
-    return result
+        for result, scores in zip(results, candidate_scores):
+            after = accuracy(np.concatenate(scores), seen)
+            result.update(accuracy_original=round(before, 4), accuracy=round(after, 4),
+                          accuracy_drop_points=round((before - after) * 100, 2))
+    return results
 
 
 def quality_drop_points(evaluation: dict) -> float:

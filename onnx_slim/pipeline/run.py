@@ -21,7 +21,7 @@ import onnx
 
 from onnx_slim.apply.verify import verify_model
 from onnx_slim.data.calibration import load_calibration
-from onnx_slim.data.evaluate import evaluate, quality_drop_points
+from onnx_slim.data.evaluate import evaluate_all, quality_drop_points
 from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import UsageError
@@ -77,7 +77,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     session = SessionSpec(threads=settings.threads)  # every stage runs the model the same way
     say("pruning")
     prune_report = prune_file(
-        model_path, pruned_path, force=True, progress=say, evaluation=held_out,
+        model_path, pruned_path, force=True, progress=say,
         ratio=settings.ratio, target_macs=settings.target_macs, criterion=settings.criterion,
         global_ranking=settings.global_ranking, allocate=settings.allocate, reconstruct=settings.reconstruct,
         correct_statistics=settings.correct_statistics,
@@ -89,11 +89,13 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     quantize_report = _quantize(settings, pruned_path, final_path, calibration, session, say)
     say("verifying the final model")
     _verify_final(model_path, final_path, settings)
-    evaluation = None
-    if held_out is not None:
-        say(f"evaluating the final model on {held_out.description}")
-        evaluation = evaluate(str(model_path), str(final_path), held_out, batch_size=max(settings.batch_size, 32),
-                              session=session)
+    if held_out is not None:  # the pruned and final models in one pass, the original run once
+        say(f"evaluating the pruned and final models on {held_out.description}")
+        prune_report.evaluation, evaluation = evaluate_all(
+            str(model_path), [str(pruned_path), str(final_path)], held_out,
+            batch_size=max(settings.batch_size, 32), session=session)
+    else:
+        evaluation = None
     say(f"benchmarking original, pruned and final ({settings.runs} interleaved runs each)")
     bench = benchmark(
         [str(model_path), str(pruned_path), str(final_path)], runs=settings.runs, warmup=settings.warmup,
