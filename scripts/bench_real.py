@@ -359,7 +359,7 @@ PEER_NOTES = [
     "one non-singleton axis are turned into parameters so that Torch-Pruning prunes them with their channels.",
     "BN statistics re-estimation: not possible on these models. None of the four ONNX files contains a "
     "BatchNormalization (the TorchScript exporter folded it into the convs; the captcha model's own export "
-    "left it as Mul/Add constants), so onnx2torch creates no BatchNorm module to re-calibrate.",
+    "left it as per-channel Mul and Add constants after each conv), so onnx2torch creates no BatchNorm module to re-calibrate.",
 ]
 ONNX_SLIM_FINDINGS = [
     "efficientnet_lite0 collapses under `l1` at every target, even a 5% uniform ratio (cosine 0.006 with the "
@@ -401,9 +401,12 @@ def markdown(rows, methods, targets, command: str) -> str:
         for method in methods:
             lines.append(f"| {method} | " + " | ".join(_cost_cell(_find(rows, model, method, t)) for t in targets) + " |")
         lines.append("")
+        cells_by_error: dict[str, list[str]] = {}
         for row in subset:
             if "error" in row:
-                notes.append(f"- {model}, {row['method']}, {row['target']:.0%}: {row['error']}")
+                cells_by_error.setdefault(row["error"], []).append(f"{row['method']} {row['target']:.0%}")
+        for error, cells in cells_by_error.items():
+            notes.append(f"- {model} ({', '.join(cells)}): {error}")
         conversion = [r["conversion_cosine"] for r in subset if "conversion_cosine" in r]
         if conversion:
             notes.append(f"- {model}: the onnx2torch conversion agrees with onnxruntime at cosine "
@@ -418,7 +421,8 @@ def markdown(rows, methods, targets, command: str) -> str:
     lines += ["## The peer: how Torch-Pruning was run", "", *(f"- {note}" for note in PEER_NOTES), "",
               "## Found in onnx_slim while building this benchmark (not fixed here)", "",
               *(f"- {note}" for note in ONNX_SLIM_FINDINGS), "",
-              f"Wall time of the run (sum of its cells): {total / 60:.1f} min on 2 shared cores.", ""]
+              f"Wall time of the run (sum of its cells): {total / 60:.1f} min on 2 cores shared with other "
+              "work: the times above include that contention.", ""]
     return "\n".join(lines)
 
 
