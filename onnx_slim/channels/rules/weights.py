@@ -39,7 +39,12 @@ def conv(ctx, node):
         if tracked is not None:
             ctx.freeze(tracked.layout, node, f"{out_channels} filters do not divide into group={group}")
         return
-    ctx.use(PRODUCER, node, weight, 0, layout)
+    _produce_channels(ctx, node, weight, 0, bias, layout)
+
+
+def _produce_channels(ctx, node, weight: str, axis: int, bias: str, layout: Layout) -> None:
+    """The node's filters (weight `axis`) and bias make `layout`, on axis 1 of its output."""
+    ctx.use(PRODUCER, node, weight, axis, layout)
     if bias and ctx.is_const(bias):
         ctx.use(PARAM, node, bias, 0, layout)
     elif bias:
@@ -101,12 +106,7 @@ def conv_transpose(ctx, node):
     if tracked is not None:
         ctx.use(CONSUMER, node, weight, 0, tracked.layout)
     layout = ctx.new_layout(ctx.initializers[weight].dims[1], node)
-    ctx.use(PRODUCER, node, weight, 1, layout)
-    if bias and ctx.is_const(bias):
-        ctx.use(PARAM, node, bias, 0, layout)
-    elif bias:
-        ctx.freeze(layout, node, "bias is computed at run time")
-    ctx.track(node.output[0], 1, layout)
+    _produce_channels(ctx, node, weight, 1, bias, layout)
 
 
 @rule("Gemm")
