@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -69,9 +70,7 @@ class ReconstructReport:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        methods = {}
-        for layer in self.layers:
-            methods[layer.method] = methods.get(layer.method, 0) + 1
+        methods = dict(Counter(layer.method for layer in self.layers))
         return {"layers": len(self.layers), "methods": methods, "passes": self.passes}
 
     def to_dict(self) -> dict:

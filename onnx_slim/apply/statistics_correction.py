@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -70,9 +71,7 @@ class StatisticsReport:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        methods = {}
-        for layer in self.layers:
-            methods[layer.method] = methods.get(layer.method, 0) + 1
+        methods = dict(Counter(layer.method for layer in self.layers))
         corrected = sum(layer.method != "none" for layer in self.layers)
         return {"layers": len(self.layers), "corrected": corrected, "unchanged": len(self.layers) - corrected,
                 "methods": methods, "passes": self.passes}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from onnx_slim.deploy.quant_calibration import (
 )
 from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_channel
 from onnx_slim.errors import OnnxSlimError, UsageError, first_line
+from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.hardware import cpu_info
 from onnx_slim.ir.inputs import fixed_batch_size, graph_inputs, random_inputs
@@ -152,9 +152,10 @@ def quantize_model(
     report_warnings += _ignored_option_warnings(chosen_mode, calibration, activation_type, method)
     to_quantize, settings = _opset_for_per_channel(float_model, settings, report_warnings)
 
-    with tempfile.TemporaryDirectory(prefix="onnx_slim_quantize.") as scratch:
+    # Beside the output (not /tmp): the same filesystem, and cleaned up on a signal like every scratch folder.
+    with scratch_folder(output.parent) as scratch:
         outcome = _quantize_in_scratch(
-            to_quantize, Path(scratch), settings, exclude, calibration, calibration_batch_size, report_warnings,
+            to_quantize, scratch, settings, exclude, calibration, calibration_batch_size, report_warnings,
             session,
         )
     if not outcome.counts:
@@ -341,8 +342,7 @@ def _quantize_in_scratch(
     session: SessionSpec,
 ) -> _Outcome:
     """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere."""
-    prepared_path, preprocessed = _preprocess(float_model, scratch, report_warnings)
-    prepared = onnx.load(str(prepared_path))
+    prepared_path, prepared, preprocessed = _preprocess(float_model, scratch, report_warnings)
     # Match after pre-processing: its fusions can remove nodes the patterns name.
     excluded = _excluded_nodes(prepared, exclude, report_warnings)
     quantized_path = scratch / "quantized.onnx"
@@ -384,8 +384,12 @@ def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None)
     return {name: array[:1] for name, array in example.items()}
 
 
-def _preprocess(model: onnx.ModelProto, scratch: Path, report_warnings: list[str]) -> tuple[Path, bool]:
-    """Shape inference + basic optimization as onnxruntime recommends; the float model if that fails."""
+def _preprocess(
+    model: onnx.ModelProto, scratch: Path, report_warnings: list[str]
+) -> tuple[Path, onnx.ModelProto, bool]:
+    """Shape inference + basic optimization as onnxruntime recommends; the float model if that fails.
+
+    Returns where the model to quantize is, the model itself, and whether it was pre-processed."""
     float_path = scratch / "float.onnx"
     save_model(model, float_path)
     preprocessed_path = scratch / "preprocessed.onnx"
@@ -395,15 +399,15 @@ def _preprocess(model: onnx.ModelProto, scratch: Path, report_warnings: list[str
     for skip_symbolic in (False, True):
         try:
             quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
-            onnx.load(str(preprocessed_path), load_external_data=False)
+            prepared = onnx.load(str(preprocessed_path))
         except Exception as exc:
             failure = failure or exc
             continue
         if skip_symbolic:
             logger.info("symbolic shape inference skipped: %s", first_line(failure))
-        return preprocessed_path, True
+        return preprocessed_path, prepared, True
     report_warnings.append(f"pre-processing failed, quantizing the model as given: {first_line(failure)}")
-    return float_path, False
+    return float_path, model, False
 
 
 def _excluded_nodes(model: onnx.ModelProto, patterns: Sequence[str], report_warnings: list[str]) -> list[str]:
