@@ -41,11 +41,11 @@ class ModelAnalysis:
         return self.channels.groups
 
     def group_macs(self, group: ChannelGroup) -> int:
-        return sum(self.cost.node_macs.get(node, 0) for node in _weighted_nodes(group))
+        return sum(self.cost.node_macs.get(node, 0) for node in self._shrinking_nodes(group))
 
     def prunable_macs_fraction(self) -> float:
         """Share of the MACs in nodes that a prunable group can shrink."""
-        nodes = {node for group in self.channels.prunable_groups() for node in _weighted_nodes(group)}
+        nodes = {node for group in self.channels.prunable_groups() for node in self._shrinking_nodes(group)}
         total = self.cost.macs
         return sum(self.cost.node_macs.get(node, 0) for node in nodes) / total if total else 0.0
 
@@ -80,8 +80,11 @@ class ModelAnalysis:
         }
 
 
-def _weighted_nodes(group: ChannelGroup) -> set[str]:
-    return {member.use.node for member in group.producers + group.consumers}
+    def _shrinking_nodes(self, group: ChannelGroup) -> set[str]:
+        """The weight-bearing nodes of `group`, and the MatMuls between activations it scales."""
+        atoms, scaled = self.channels.atoms, self.channels.context.scaled
+        nodes = {member.use.node for member in group.producers + group.consumers}
+        return nodes | {node for node, layout in scaled.items() if group.root in set(atoms.classes_in(layout))}
 
 
 def analyze(

@@ -51,6 +51,12 @@ class ChannelGroup:
         return math.gcd(*Counter(member.use for member in self.producers).values()) or 1
 
     @property
+    def unit(self) -> int:
+        """How many consecutive channels of a producer's output one channel of the group is:
+        a head's D features for attention heads, else 1."""
+        return math.gcd(*(member.repeat for member in self.producers)) or 1
+
+    @property
     def nodes(self) -> list[str]:
         seen = {}
         for member in self.producers + self.consumers + self.params:
