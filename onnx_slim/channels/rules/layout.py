@@ -134,7 +134,10 @@ def flatten(ctx, node):
 @rule("Reshape")
 def reshape(ctx, node):
     tracked = ctx.get(node.input[0])
+    carrier = ctx.size_carriers.get(input_at(node, 1))
     if tracked is None:
+        if carrier is not None:
+            ctx.freeze(carrier[0], node, "reads the channel count through Shape")
         return
     in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
     target = _target_entries(ctx, node.input[1])
@@ -153,11 +156,15 @@ def reshape(ctx, node):
         if heads is None:
             return
         out_axis, layout = heads
+    if carrier is not None and not _carries_own_count(ctx, carrier, out_axis, layout):
+        ctx.freeze(carrier[0], node, "reads the channel count through Shape")
+        ctx.freeze(tracked.layout, node, "the target's channel count is read from another tensor")
+        return
     entry, source = target[out_axis] if out_axis < len(target) else (-1, None)
-    if entry is None:
+    if entry is None and carrier is None:
         ctx.freeze(tracked.layout, node, "the target's channel count is computed at run time")
         return
-    if entry > 0:
+    if entry is not None and entry > 0:
         if source != node.input[1] and ctx.readers(node.input[1]) > 1:
             # Rewriting the shared Concat's constant would resize the other readers too.
             ctx.freeze(tracked.layout, node, "the computed target shape is shared with other nodes")
@@ -167,6 +174,13 @@ def reshape(ctx, node):
         ctx.freeze(tracked.layout, node, "target copies a dimension from another position")
         return
     ctx.track(node.output[0], out_axis, layout)
+
+
+def _carries_own_count(ctx, carrier, out_axis: int, layout) -> bool:
+    """Whether a target read through Shape puts the channel count exactly where this reshape's
+    channels land, and of the same channels: after pruning it then reads the kept count."""
+    carried, index = carrier
+    return index == out_axis and ctx.atoms.unify(carried, layout)
 
 
 def split_heads(ctx, node, tracked, in_shape, out_shape):
