@@ -3,6 +3,8 @@ inputs, every head count in a Reshape target follows; batch and sequence stay sy
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -13,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_slim.apply.surgery import apply_plan, refresh_shapes
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.data.masking import MaskedModel
-from onnx_slim.plan.planner import CostModel
 from onnx_slim.pipeline.prune import prune
+from onnx_slim.plan.planner import CostModel
 
 WIDTH, HEADS, HEAD_DIM = 32, 4, 8
 
@@ -202,3 +204,44 @@ def test_heads_that_straddle_a_slice_of_the_projection_stay_frozen():
     pruned, report = prune(model, ratio=0.5)
     assert weight_dims(pruned, "q") == (WIDTH, WIDTH)
     assert weight_dims(pruned, "out") == (WIDTH, WIDTH)
+
+
+MODELS = Path(__file__).parent.parent.parent / "models"
+
+
+@pytest.mark.parametrize("name", ["transformer_torchscript", "transformer_dynamo", "vit_torchscript", "vit_dynamo"])
+def test_heads_of_both_exporters_prune_and_equal_the_masked_original(name):
+    """Hand-written attention and timm's fused qkv with scaled_dot_product_attention, as
+    TorchScript and dynamo export them (scripts/make_models.py): every block's heads are one
+    prunable group, and removing heads 0 and 2 gives the masked original's outputs."""
+    model = onnx.load(str(MODELS / f"{name}.onnx"))
+    analysis = analyze(model)
+    heads = [group for group in analysis.channels.prunable_groups() if group.unit > 1]
+    assert [(group.channels, group.unit) for group in heads] == [(4, 8), (4, 8)]
+    plan = {group.root: [0, 2] for group in heads}
+    masked = MaskedModel(analysis, heads)
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    rng = np.random.default_rng(0)
+    (tokens,) = [value for value in model.graph.input]
+    fixed = [d.dim_value for d in tokens.type.tensor_type.shape.dim[1:]]
+    for batch in (1, 3):
+        feeds = {tokens.name: rng.standard_normal((batch, *fixed)).astype(np.float32)}
+        (actual,) = run(analysis.model, feeds).values()
+        (expected,) = masked.run(feeds, plan).values()
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_channel_count_carried_into_another_tensors_target_freezes():
+    """Shape(q)[2:] concatenated into the Reshape target of the input would resize the input
+    after pruning: the count may only come back to q's own channels."""
+    g = Graph(seed=2)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    q = _linear(g, x, WIDTH, "q")
+    count = g.node("Slice", [g.node("Shape", [q], "q_shape"), g.ints("from", [2]), g.ints("to", [3])], "q_count")
+    flat = g.node("Reshape", [x, g.concat([g.ints("rows", [-1]), count], axis=0, name="flat_shape")], "flat")
+    back = g.node("Reshape", [flat, _target(g, x, "back_shape", [WIDTH])], "back")
+    model = _model(g, g.add(_linear(g, q, WIDTH, "out"), back, name="residual"))
+    group = group_with(analyze(model).channels, "q")
+    assert any(reason.node == "flat" and "through Shape" in reason.reason for reason in group.frozen), group.frozen
