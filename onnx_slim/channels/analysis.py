@@ -65,6 +65,7 @@ class ModelAnalysis:
                     "id": group.id,
                     "channels": group.channels,
                     "blocks": group.blocks,  # a grouped Conv's groups: each channel is one per group
+                    "unit": group.unit,  # producer channels per group channel: an attention head's D
                     "status": group.status,
                     "prunable": group.prunable,
                     "macs_share": round(self.group_macs(group) / total, 4),

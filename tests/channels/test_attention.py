@@ -131,6 +131,7 @@ def test_q_k_v_and_the_output_projection_form_one_group_of_heads():
     group = group_with(analysis.channels, "q")
     assert group.prunable, [str(reason) for reason in group.frozen]
     assert (group.channels, group.unit) == (HEADS, HEAD_DIM)
+    assert analysis.to_dict()["groups"][group.id]["unit"] == HEAD_DIM  # inspect --json says so
     assert {m.use.node for m in group.producers} == {"q", "k", "v"}
     assert {m.use.node for m in group.consumers} == {"out"}
     assert {m.use.node for m in group.params} == {"q_bias", "k_bias", "v_bias"}
