@@ -488,6 +488,55 @@ class Transformer(nn.Module):
         return self.head(x.mean(dim=1))
 
 
+class FusedAttention(nn.Module):
+    """timm's ViT attention: one qkv Linear viewed as [B, N, 3, H, D], permuted and unbound,
+    then `scaled_dot_product_attention` (the exporters write its scale as a Mul on q and k)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.h = heads
+        self.d = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = FusedAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """Patch embedding (4x4 Conv on 16x16 -> 16 tokens), position embedding, 2 blocks, mean, Linear."""
+
+    def __init__(self, dim=32, heads=4, hidden=64, depth=2, num_classes=10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, kernel_size=4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 16, dim) * 0.02)
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads, hidden) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.blocks(x)).mean(dim=1))
+
+
 # --------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------
@@ -537,6 +586,12 @@ ARCHS: dict[str, Arch] = {
             "Transformer: Linear embed, 2 pre-norm encoder blocks (4-head hand-written attention, "
             "MLP 32->128->32 GELU), LayerNorm, mean over tokens, Linear",
             "MatMul on 3-D inputs, head Reshape/Transpose, Softmax, LayerNorm, GELU, ReduceMean",
+        ),
+        Arch(
+            "vit", ViT, (1, 3, 16, 16),
+            "ViT (timm-style): 4x4 patch Conv, position embedding, 2 pre-norm blocks with a fused qkv "
+            "Linear (4 heads) and scaled_dot_product_attention, MLP 32->64->32, LayerNorm, mean, Linear",
+            "qkv Reshape [B, N, 3, H, D] + Transpose + Gather per part, q and k scaled by Mul, Softmax",
         ),
     ]
 }
@@ -877,6 +932,9 @@ FILE_NOTES = {
                                "de-duplicated `k.bias`",
     "transformer_dynamo": "`MatMul` + `Add`; one `Reshape [-1, 16, 4, 8]` initializer shared by 6 nodes; "
                           "`Gelu`; `k.bias` shared",
+    "vit_torchscript": "flatten as `Reshape` to `Concat(Slice(Shape), [-1])`; SDPA scale from `Shape(q)`",
+    "vit_dynamo": "unbind = `Slice` + `Squeeze`; kᵀ through `Reshape [-1, N, D]` and back to "
+                  "`Concat(Slice(Shape(k)), ...)`",
 }
 
 

@@ -61,7 +61,10 @@ def test_bert_encoder_macs_are_counted_at_the_analysis_shapes():
     assert analysis.cost.macs == 2 * tokens * per_token
     ffn_groups = [group for group in analysis.channels.prunable_groups() if group.channels == ffn]
     assert len(ffn_groups) == 2
-    assert analysis.prunable_macs_fraction() == pytest.approx(0.5)
+    # Two heads of 16 per layer: q, k, v and the output projection, and the attention MatMuls.
+    head_groups = [group for group in analysis.channels.prunable_groups() if group.channels == 2]
+    assert [group.unit for group in head_groups] == [16, 16]
+    assert analysis.prunable_macs_fraction() == pytest.approx(1.0)
 
 
 def test_bert_encoder_prunes_its_ffn_and_keeps_symbolic_batch_and_sequence():

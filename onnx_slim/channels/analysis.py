@@ -41,11 +41,11 @@ class ModelAnalysis:
         return self.channels.groups
 
     def group_macs(self, group: ChannelGroup) -> int:
-        return sum(self.cost.node_macs.get(node, 0) for node in _weighted_nodes(group))
+        return sum(self.cost.node_macs.get(node, 0) for node in self._shrinking_nodes(group))
 
     def prunable_macs_fraction(self) -> float:
         """Share of the MACs in nodes that a prunable group can shrink."""
-        nodes = {node for group in self.channels.prunable_groups() for node in _weighted_nodes(group)}
+        nodes = {node for group in self.channels.prunable_groups() for node in self._shrinking_nodes(group)}
         total = self.cost.macs
         return sum(self.cost.node_macs.get(node, 0) for node in nodes) / total if total else 0.0
 
@@ -65,6 +65,7 @@ class ModelAnalysis:
                     "id": group.id,
                     "channels": group.channels,
                     "blocks": group.blocks,  # a grouped Conv's groups: each channel is one per group
+                    "unit": group.unit,  # producer channels per group channel: an attention head's D
                     "status": group.status,
                     "prunable": group.prunable,
                     "macs_share": round(self.group_macs(group) / total, 4),
@@ -80,8 +81,11 @@ class ModelAnalysis:
         }
 
 
-def _weighted_nodes(group: ChannelGroup) -> set[str]:
-    return {member.use.node for member in group.producers + group.consumers}
+    def _shrinking_nodes(self, group: ChannelGroup) -> set[str]:
+        """The weight-bearing nodes of `group`, and the MatMuls between activations it scales."""
+        atoms, scaled = self.channels.atoms, self.channels.context.scaled
+        nodes = {member.use.node for member in group.producers + group.consumers}
+        return nodes | {node for node, layout in scaled.items() if group.root in set(atoms.classes_in(layout))}
 
 
 def analyze(

@@ -9,7 +9,9 @@ that axis's layout), static shapes, and constant values. It records:
   parameter such as a bias or a PRelu slope);
 - *fixes*: integers elsewhere in the graph that state a channel count (Split
   sizes, Reshape targets, a depthwise Conv's `group`), rewritten after pruning;
-- *freezes*: layouts that must never be pruned, with the reason.
+- *freezes*: layouts that must never be pruned, with the reason;
+- *scaled* nodes: compute without weights whose cost follows a layout (attention's
+  q·kᵀ and probabilities·v per head), for the MACs counts.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class AnalysisContext:
     fixes: list = field(default_factory=list)
     # Shape outputs that hold a channel count: name -> (layout, index of that count)
     size_carriers: dict = field(default_factory=dict)
+    # Weightless compute nodes whose MACs shrink with a layout's kept channels: name -> layout
+    # (attention's MatMuls between activations, by the heads they keep)
+    scaled: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.initializers = {init.name: init for init in self.model.graph.initializer}

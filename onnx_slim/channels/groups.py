@@ -51,6 +51,12 @@ class ChannelGroup:
         return math.gcd(*Counter(member.use for member in self.producers).values()) or 1
 
     @property
+    def unit(self) -> int:
+        """How many consecutive channels of a producer's output one channel of the group is:
+        a head's D features for attention heads, else 1."""
+        return math.gcd(*(member.repeat for member in self.producers)) or 1
+
+    @property
     def nodes(self) -> list[str]:
         seen = {}
         for member in self.producers + self.consumers + self.params:
@@ -90,13 +96,18 @@ def analyze_channels(model: onnx.ModelProto, shapes: dict, *, prune_layernorm: b
         tracked = ctx.get(output.name)
         if tracked is not None:
             ctx.freeze(tracked.layout, f"output {output.name}", "feeds a model output")
+        if output.name in ctx.size_carriers:
+            ctx.freeze(ctx.size_carriers[output.name][0], f"output {output.name}", "the output holds the channel count")
     return ChannelAnalysis(ctx, _collect_groups(ctx))
 
 
 def _check_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
     """A channel count read through Shape must not flow anywhere (e.g. into a Reshape
     target for another tensor): after pruning it would carry the new count there.
-    Gathering only other entries (the batch size, the sequence length) is harmless."""
+    Gathering only other entries (the batch size, the sequence length) is harmless.
+    Slices and Concats of shape tensors carry the count along to a Reshape target, which
+    the Reshape rule accepts where the count lands on the same channels (the dynamo
+    exporter's kᵀ in scaled_dot_product_attention: [B, H] read back from k's shape)."""
     for name in node.input:
         carrier = ctx.size_carriers.get(name)
         if carrier is None:
@@ -106,19 +117,46 @@ def _check_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
             indices = ctx.const(node.input[1])
             if indices is not None and index not in {int(i) for i in indices.reshape(-1)}:
                 continue
-        if node.op_type == "Slice" and name == node.input[0] and _slice_skips(ctx, node, index):
+        if node.op_type == "Slice" and name == node.input[0]:
+            bounds = _slice_bounds(ctx, node)
+            if bounds is not None and not bounds[0] <= index < bounds[1]:
+                continue
+            if bounds is not None:
+                ctx.size_carriers[node.output[0]] = (layout, index - bounds[0])
+                continue
+        if node.op_type == "Concat" and _carry_through_concat(ctx, node, name, carrier):
             continue
+        if node.op_type == "Reshape" and name == node.input[1]:
+            continue  # the Reshape rule checks where the count lands
         ctx.freeze(layout, node, "reads the channel count through Shape")
 
 
-def _slice_skips(ctx: AnalysisContext, node: onnx.NodeProto, index: int) -> bool:
-    """Whether a Slice of a 1-D shape tensor leaves out entry `index`."""
+def _slice_bounds(ctx: AnalysisContext, node: onnx.NodeProto) -> tuple[int, int] | None:
+    """[start, stop) of a Slice of a 1-D shape tensor with constant bounds and no step."""
     starts, ends = ctx.const(node.input[1]), ctx.const(node.input[2])
     length = (ctx.static_shape(node.input[0]) or (None,))[0]
     if starts is None or ends is None or length is None or len(node.input) > 4 and node.input[4]:
-        return False
+        return None
     start, stop, _ = slice(int(starts[0]), int(ends[0])).indices(length)
-    return not start <= index < stop
+    return start, stop
+
+
+def _carry_through_concat(ctx: AnalysisContext, node: onnx.NodeProto, name: str, carrier) -> bool:
+    """Carry a channel count into a Concat of 1-D shape tensors; False when it cannot follow
+    (several counts in one Concat, or a part of unknown length before it)."""
+    layout, index = carrier
+    if sum(1 for part in node.input if part in ctx.size_carriers) > 1:
+        return False
+    offset = 0
+    for part in node.input:
+        if part == name:
+            ctx.size_carriers[node.output[0]] = (layout, offset + index)
+            return True
+        shape = ctx.static_shape(part)
+        if shape is None or len(shape) != 1:
+            return False
+        offset += shape[0]
+    return False
 
 
 def _freeze_subgraph_reads(ctx: AnalysisContext, node: onnx.NodeProto) -> None:

@@ -6,6 +6,11 @@ channel axis of a tensor is made of atoms: a sequence of blocks, each block one
 atom whose every channel covers ``repeat`` consecutive indices (1 for a plain
 channel axis; H*W after a Flatten from NCHW).
 
+A class can be *coarsened*: its channels then come in units of several
+consecutive indices that are removed together (an attention head: the D
+features of one head in the q, k and v projections). Each atom records its
+unit; `expand` folds it into the blocks' `repeat`.
+
 Ops tie atoms together (a residual Add ties the two branches' atoms), which is a
 union-find over atoms: a *class* of tied atoms is one prunable channel group,
 all of whose atoms have the same size; removing channel ``i`` of the class
@@ -49,7 +54,8 @@ class AtomTable:
     """All atoms of a model and the union-find over the leaf atoms."""
 
     def __init__(self) -> None:
-        self.sizes: list[int] = []
+        self.sizes: list[int] = []  # channels of each atom
+        self.units: list[int] = []  # indices of a layout one channel of each atom covers (a head's D)
         self.children: dict[int, tuple[int, int]] = {}
         self.origins: list[str] = []  # the node that created each atom
         self._parent: list[int] = []
@@ -58,11 +64,12 @@ class AtomTable:
 
     # -- atoms and classes -------------------------------------------------
 
-    def new_atom(self, size: int, origin: str) -> int:
+    def new_atom(self, size: int, origin: str, unit: int = 1) -> int:
         if size <= 0:
             raise ValueError(f"atom of size {size}")
         atom = len(self.sizes)
         self.sizes.append(size)
+        self.units.append(unit)
         self.origins.append(origin)
         self._parent.append(atom)
         self._members[atom] = [atom]
@@ -124,8 +131,8 @@ class AtomTable:
         old_members = self._members.pop(root)
         lows, highs = [], []
         for atom in old_members:
-            low = self.new_atom(position, self.origins[atom])
-            high = self.new_atom(size - position, self.origins[atom])
+            low = self.new_atom(position, self.origins[atom], self.units[atom])
+            high = self.new_atom(size - position, self.origins[atom], self.units[atom])
             self.children[atom] = (low, high)
             lows.append(low)
             highs.append(high)
@@ -138,14 +145,46 @@ class AtomTable:
         for atom in old_members:
             self._parent[atom] = atom
 
+    def coarsen(self, leaf: int, factor: int) -> bool:
+        """Make every `factor` consecutive channels of `leaf`'s class one channel (removed
+        together); False, changing nothing, when the class's size is not a multiple of it."""
+        members = self.members(leaf)
+        if self.sizes[members[0]] % factor:
+            return False
+        for atom in members:
+            self.sizes[atom] //= factor
+            self.units[atom] *= factor
+        return True
+
+    def split_units(self, layout: Layout, unit: int, origin: str) -> Layout | None:
+        """The layout of the outer axis when `layout`'s axis is split into [length / unit, unit]
+        (a Reshape from H*D features to H heads of D): channel i of the result is the indices
+        [i*unit, (i+1)*unit) of `layout`. Classes are coarsened until their channels cover
+        whole units, and each is tied to a new atom (from `origin`) on the outer axis.
+        None when a unit would straddle two classes or part of a channel."""
+        while True:  # coarsening a class also changes its other blocks in the layout
+            blocks = self.expand(layout)
+            fine = next((block for block in blocks if block.repeat % unit), None)
+            if fine is None:
+                break
+            if unit % fine.repeat or not self.coarsen(fine.atom, unit // fine.repeat):
+                return None
+        outer = []
+        for block in blocks:
+            atom = self.new_atom(self.sizes[block.atom], origin)
+            self.union(atom, block.atom)
+            outer.append(Block(atom, block.repeat // unit))
+        return tuple(outer)
+
     # -- layouts -----------------------------------------------------------
 
     def expand(self, layout: Layout) -> list[Block]:
-        """The layout with every atom resolved to its current leaves."""
-        return [Block(leaf, block.repeat) for block in layout for leaf in self.leaves(block.atom)]
+        """The layout with every atom resolved to its current leaves, whose units are folded
+        into `repeat`: a block's channel covers `repeat` consecutive indices."""
+        return [Block(leaf, block.repeat * self.units[leaf]) for block in layout for leaf in self.leaves(block.atom)]
 
     def length(self, layout: Layout) -> int:
-        return sum(self.sizes[block.atom] * block.repeat for block in layout)
+        return sum(self.sizes[block.atom] * self.units[block.atom] * block.repeat for block in layout)
 
     def boundaries(self, layout: Layout) -> set[int]:
         positions, offset = set(), 0

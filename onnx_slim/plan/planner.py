@@ -47,11 +47,22 @@ def _rounding_step(options: PlanOptions) -> tuple[int, int]:
 def group_options(options: PlanOptions, group: ChannelGroup) -> PlanOptions:
     """`options` for one group: `round_to` and `min_channels` count the channels of the
     producers' outputs, so where one group channel is several of them (a grouped Conv's
-    groups lose the same channels each), a finer step on the group already satisfies them."""
-    if group.blocks == 1:
+    groups lose the same channels each; an attention head is D of them), a finer step on
+    the group already satisfies them."""
+    width = group.blocks * group.unit
+    if width == 1:
         return options
-    return PlanOptions(round_to=options.round_to // math.gcd(options.round_to, group.blocks),
-                       min_channels=math.ceil(options.min_channels / group.blocks))
+    return PlanOptions(round_to=options.round_to // math.gcd(options.round_to, width),
+                       min_channels=math.ceil(options.min_channels / width))
+
+
+def removed_for_ratio(group: ChannelGroup, ratio: float) -> int:
+    """Group channels to remove for `ratio`: plain channels round down; whole units (attention
+    heads) round to the nearest, a half kept, as `--round-to` rounds (one head of two is 50%:
+    rounding 30% down would never remove a head)."""
+    if group.unit == 1:
+        return int(group.channels * ratio + 1e-9)
+    return max(math.ceil(group.channels * ratio - 0.5 - 1e-9), 0)
 
 
 def _lowest(scores: np.ndarray, count: int) -> list[int]:
@@ -63,7 +74,7 @@ def uniform_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options
     """Remove the same fraction of channels from every group."""
     plan = {}
     for group in groups:
-        keep = kept_count(group.channels, int(group.channels * ratio + 1e-9), group_options(options, group))
+        keep = kept_count(group.channels, removed_for_ratio(group, ratio), group_options(options, group))
         if keep < group.channels:
             plan[group.root] = _lowest(scores[group.id], group.channels - keep)
     return plan
@@ -89,7 +100,8 @@ def global_plan(groups: list[ChannelGroup], scores: dict, ratio: float, options:
 
 class CostModel:
     """Predicts the MACs a plan leaves: each node's MACs shrink with the kept fraction of
-    its weight's sliced axes (reports count the pruned model itself afterwards)."""
+    its weight's sliced axes, or of the heads it carries (attention's MatMuls between
+    activations); reports count the pruned model itself afterwards."""
 
     def __init__(self, analysis: ChannelAnalysis, node_macs: dict) -> None:
         self.atoms = analysis.atoms
@@ -101,6 +113,8 @@ class CostModel:
         for node in analysis.context.model.graph.node:
             if node.name in node_macs and len(node.input) > 1 and node.input[1] in self.axis_layouts:
                 self.node_weight[node.name] = node.input[1]
+        # Attention's MatMuls between activations shrink with the heads they keep.
+        self.node_layouts = {name: layout for name, layout in analysis.context.scaled.items() if name in node_macs}
         self.macs = sum(node_macs.values())
 
     @classmethod
@@ -118,6 +132,9 @@ class CostModel:
         removed = sum(
             macs * (1 - self._fraction(self.node_weight[name], plan))
             for name, macs in self.node_macs.items() if name in self.node_weight
+        ) + sum(
+            self.node_macs[name] * (1 - self.atoms.kept_length(layout, plan) / self.atoms.length(layout))
+            for name, layout in self.node_layouts.items()
         )
         return int(round(self.macs - removed))
 

@@ -756,11 +756,23 @@ def test_flatten_with_negative_axis_into_transposed_gemm():
     check_rule(model, [], {("fc", 1): (16, 5)})
 
 
-def test_reshape_that_splits_channels_freezes():
+def test_reshape_that_mixes_channels_freezes():
     g = Graph()
-    h = g.reshape(trunk(g), [1, 2, 4, 64], name="regroup")
+    h = g.reshape(trunk(g), [1, 4, 128], name="regroup")  # rows of two channels' pixels each
     model = g.build(g.reshape(h, [1, 512], name="back"))
     check_frozen(model, "conv1", 8, "regroup", "splits or mixes channels")
+
+
+def test_reshape_that_splits_channels_into_units_prunes_whole_units():
+    """[1, 8, 8, 8] -> [1, 2, 4, 64] splits the 8 channels into 2 units of 4 (as heads of a
+    transformer): the units are the group's channels, removed 4 channels at a time."""
+    g = Graph()
+    h = g.reshape(trunk(g), [1, 2, 4, 64], name="regroup")
+    model = g.build(g.conv(g.reshape(h, [1, 8, 8, 8], name="back"), 3, name="conv_out"))
+    group = expect_group(analyze(model), "conv1", 2)
+    assert group.unit == 4
+    pruned = assert_lossless(model, 0.5)
+    assert weight_dims(pruned, "conv1")[0] == weight_dims(pruned, "conv_out")[1] == 4
 
 
 def test_transpose_to_nhwc_then_matmul():

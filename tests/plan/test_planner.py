@@ -54,10 +54,11 @@ def test_target_macs_within_two_percent(global_ranking):
 class _Group:
     """The fields the planner reads of a channel group."""
 
-    def __init__(self, gid: int, channels: int, blocks: int = 1) -> None:
+    def __init__(self, gid: int, channels: int, blocks: int = 1, unit: int = 1) -> None:
         self.id = self.root = gid
         self.channels = channels
         self.blocks = blocks
+        self.unit = unit
 
 
 @pytest.mark.parametrize("channels, remove, options, kept", [
@@ -102,6 +103,23 @@ def test_global_plan_takes_the_lowest_scores_across_groups():
 def test_rounding_counts_the_tensor_channels_of_grouped_groups(channels, blocks, options, ratio, kept):
     plan = uniform_plan([_Group(0, channels, blocks)], {0: np.arange(channels, dtype=float)}, ratio, options)
     assert channels - len(plan.get(0, ())) == kept
+
+
+@pytest.mark.parametrize("heads, ratio, kept", [
+    (2, 0.3, 1),    # 0.6 heads: the nearest is one (rounding down would never remove a head)
+    (2, 0.25, 2),   # half a head: kept
+    (12, 0.3, 8),   # 3.6 heads -> 4
+    (2, 0.9, 1),    # never below one head
+])
+def test_heads_round_to_the_nearest_whole_head(heads, ratio, kept):
+    plan = uniform_plan([_Group(0, heads, unit=16)], {0: np.arange(heads, dtype=float)}, ratio, PlanOptions())
+    assert heads - len(plan.get(0, ())) == kept
+
+
+def test_round_to_counts_the_features_of_a_head():
+    """round_to=8 on heads of 16 features: every whole head already satisfies it."""
+    plan = uniform_plan([_Group(0, 4, unit=16)], {0: np.arange(4, dtype=float)}, 0.5, PlanOptions(round_to=8))
+    assert plan == {0: [0, 1]}
 
 
 def grouped_chain(groups: int = 4):

@@ -134,7 +134,10 @@ def flatten(ctx, node):
 @rule("Reshape")
 def reshape(ctx, node):
     tracked = ctx.get(node.input[0])
+    carrier = ctx.size_carriers.get(input_at(node, 1))
     if tracked is None:
+        if carrier is not None:
+            ctx.freeze(carrier[0], node, "reads the channel count through Shape")
         return
     in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
     target = _target_entries(ctx, node.input[1])
@@ -145,16 +148,23 @@ def reshape(ctx, node):
         ctx.freeze(tracked.layout, node, "shapes not static")
         return
     mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
-    if mapped is None:
-        ctx.freeze(tracked.layout, node, f"reshape {list(in_shape)} -> {list(out_shape)} splits or mixes channels")
+    if mapped is not None:
+        out_axis, repeat = mapped
+        layout = repeat_layout(tracked.layout, repeat)
+    else:
+        heads = split_heads(ctx, node, tracked, in_shape, out_shape)
+        if heads is None:
+            return
+        out_axis, layout = heads
+    if carrier is not None and not _carries_own_count(ctx, carrier, out_axis, layout):
+        ctx.freeze(carrier[0], node, "reads the channel count through Shape")
+        ctx.freeze(tracked.layout, node, "the target's channel count is read from another tensor")
         return
-    out_axis, repeat = mapped
-    layout = repeat_layout(tracked.layout, repeat)
     entry, source = target[out_axis] if out_axis < len(target) else (-1, None)
-    if entry is None:
+    if entry is None and carrier is None:
         ctx.freeze(tracked.layout, node, "the target's channel count is computed at run time")
         return
-    if entry > 0:
+    if entry is not None and entry > 0:
         if source != node.input[1] and ctx.readers(node.input[1]) > 1:
             # Rewriting the shared Concat's constant would resize the other readers too.
             ctx.freeze(tracked.layout, node, "the computed target shape is shared with other nodes")
@@ -164,6 +174,62 @@ def reshape(ctx, node):
         ctx.freeze(tracked.layout, node, "target copies a dimension from another position")
         return
     ctx.track(node.output[0], out_axis, layout)
+
+
+def _carries_own_count(ctx, carrier, out_axis: int, layout) -> bool:
+    """Whether a target read through Shape puts the channel count exactly where this reshape's
+    channels land, and of the same channels: after pruning it then reads the kept count."""
+    carried, index = carrier
+    return index == out_axis and ctx.atoms.unify(carried, layout)
+
+
+def split_heads(ctx, node, tracked, in_shape, out_shape):
+    """(heads axis, its layout) of a reshape that splits the channel axis into [..., heads, D]
+    (attention's view(b, t, heads, head_dim), or timm's (b, t, 3, heads, head_dim) of a fused qkv).
+
+    Heads are the unit: the channels' classes are coarsened so that the D features of a head
+    go together. Axes before the heads axis (the 3 of q, k, v) cut the channels into parts
+    that are tied head by head, so each part loses the same heads. None, after freezing, when
+    the reshape is not such a split or the heads do not line up with the channels' classes.
+    """
+    split = reshape_split_axes(in_shape, out_shape, tracked.axis)
+    if split is None:
+        ctx.freeze(tracked.layout, node, f"reshape {list(in_shape)} -> {list(out_shape)} splits or mixes channels")
+        return None
+    heads_axis, parts, unit = split
+    size = ctx.length(tracked.layout) // parts
+    pieces = [ctx.atoms.sub_layout(tracked.layout, i * size, (i + 1) * size) for i in range(parts)]
+    outer = None if None in pieces else [ctx.atoms.split_units(piece, unit, node.name) for piece in pieces]
+    if outer is None or None in outer:
+        ctx.freeze(tracked.layout, node, f"heads of {unit} channels do not line up with the channel groups")
+        return None
+    if not all(ctx.atoms.unify(outer[0], other) for other in outer[1:]):
+        ctx.freeze(tracked.layout, node, f"the {parts} parts split into heads cannot be tied head by head")
+        return None
+    return heads_axis, outer[0]
+
+
+def reshape_split_axes(in_shape, out_shape, axis) -> tuple[int, int, int] | None:
+    """(heads axis, parts, D) when a reshape splits channel axis `axis` into consecutive output
+    axes [parts..., heads, D]: the last of them is one head's D features, the one before it the
+    heads, any before that (the 3 of a fused qkv) parts. None for any other reshape."""
+    outer, channels = math.prod(in_shape[:axis]), in_shape[axis]
+    first, accumulated = 0, 1
+    while first < len(out_shape) and accumulated < outer:
+        accumulated *= out_shape[first]
+        first += 1
+    if accumulated != outer or channels <= 1:
+        return None
+    while first < len(out_shape) and out_shape[first] == 1:
+        first += 1
+    last, covered = first, 1
+    while last < len(out_shape) and covered < channels:
+        covered *= out_shape[last]
+        last += 1
+    if covered != channels or last - first < 2:
+        return None
+    heads_axis = last - 2
+    return heads_axis, math.prod(out_shape[first:heads_axis]), out_shape[last - 1]
 
 
 def _target_entries(ctx, name):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from onnx_slim.channels.context import CONSUMER, PARAM, PRODUCER
+from onnx_slim.channels.rules.attention import matmul_of_activations
 from onnx_slim.channels.rules.registry import input_at, rule
 from onnx_slim.channels.space import Layout, repeat_layout
 from onnx_slim.ir.graph import attr
@@ -144,8 +145,11 @@ def _gemm_bias(ctx, node, bias, features, layout):
 def matmul(ctx, node):
     data, weight = node.input
     data_rank = ctx.rank(data)
+    if not ctx.is_const(weight) and not ctx.is_const(data):
+        matmul_of_activations(ctx, node)
+        return
     if not ctx.is_const(weight) or len(ctx.initializers[weight].dims) != 2 or data_rank is None:
-        ctx.freeze_inputs(node, "MatMul without a constant 2-D weight (e.g. between activations)")
+        ctx.freeze_inputs(node, "MatMul without a constant 2-D weight")
         return
     tracked = ctx.get(data)
     if tracked is not None and tracked.axis != data_rank - 1:

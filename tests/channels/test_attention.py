@@ -1,0 +1,248 @@
+"""Whole attention heads: q, k and v lose the same heads, the output projection the matching
+inputs, every head count in a Reshape target follows; batch and sequence stay symbolic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import group_with, run, weight_dims
+from graphs import Graph
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_slim.apply.surgery import apply_plan, refresh_shapes
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.data.masking import MaskedModel
+from onnx_slim.pipeline.prune import prune
+from onnx_slim.plan.planner import CostModel
+
+WIDTH, HEADS, HEAD_DIM = 32, 4, 8
+
+
+def _dim(g: Graph, tensor: str, index: int) -> str:
+    """Unsqueeze(Gather(Shape(tensor), index)): one dim read at run time, as the TorchScript exporter writes it."""
+    name = f"{tensor}_dim{index}_{g._count}"
+    gathered = g.node("Gather", [g.node("Shape", [tensor]), g.ints(f"{name}_index", index)], axis=0)
+    return g.node("Unsqueeze", [gathered, g.ints(f"{name}_axes", [0])])
+
+
+def _target(g: Graph, x: str, name: str, dims) -> str:
+    """[batch, sequence, *dims], batch and sequence read from `x` at run time."""
+    return g.concat([_dim(g, x, 0), _dim(g, x, 1), g.ints(f"{name}_dims", dims)], axis=0, name=name)
+
+
+def _linear(g: Graph, x: str, features: int, name: str, in_features: int = WIDTH) -> str:
+    """MatMul + Add, as the exporters write a Linear on 3-D input (sizes given: inference
+    cannot see through the computed targets)."""
+    projected = g.node("MatMul", [x, g.weight(f"{name}_w", (in_features, features))], name)
+    return g.node("Add", [projected, g.weight(f"{name}_bias_b", (features,))], f"{name}_bias")
+
+
+def _attention(g: Graph, q: str, k: str, v: str, x: str, name: str = "attn") -> str:
+    """softmax(q kᵀ / sqrt(D)) v on [B, H, S, D] inputs, heads merged back to [B, S, H*D]."""
+    scores = g.node("MatMul", [q, g.node("Transpose", [k], f"{name}_kt", perm=[0, 1, 3, 2])], f"{name}_scores")
+    scaled = g.node("Mul", [scores, g.const(f"{name}_scale_value", np.float32(HEAD_DIM ** -0.5))], f"{name}_scale")
+    probabilities = g.node("Softmax", [scaled], f"{name}_softmax", axis=-1)
+    context = g.node("MatMul", [probabilities, v], f"{name}_context")
+    merged = g.node("Transpose", [context], f"{name}_merge_t", perm=[0, 2, 1, 3])
+    return g.node("Reshape", [merged, _target(g, x, f"{name}_merge_shape", [HEADS * HEAD_DIM])], f"{name}_merge")
+
+
+def _model(g: Graph, y: str) -> onnx.ModelProto:
+    """Static inference cannot follow the computed targets: the output is declared."""
+    output = helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "sequence", WIDTH])
+    model = g._model([output])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def bert_attention() -> onnx.ModelProto:
+    """BERT self-attention as TorchScript exports it: separate q, k, v projections (MatMul + Add),
+    each viewed as [B, S, H, D] through a target computed from Shape, then the output projection
+    and the residual."""
+    g = Graph(seed=4)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    heads = []
+    for part in ("q", "k", "v"):
+        projected = _linear(g, x, HEADS * HEAD_DIM, part)
+        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [HEADS, HEAD_DIM])], f"{part}_heads")
+        heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
+    out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
+    return _model(g, g.add(out, x, name="residual"))
+
+
+def fused_qkv_attention(style: str) -> onnx.ModelProto:
+    """One qkv projection [3*H*D], split into q, k, v either as timm does (a 5-D view
+    [B, S, 3, H, D], permuted, then a Gather per part) or by a Split of the features, each
+    part viewed as [B, S, H, D] with a constant target (0 copies batch and sequence)."""
+    g = Graph(seed=6)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    qkv = _linear(g, x, 3 * HEADS * HEAD_DIM, "qkv")
+    if style == "timm":
+        split = g.node("Reshape", [qkv, _target(g, x, "qkv_shape", [3, HEADS, HEAD_DIM])], "qkv_heads")
+        parts = g.node("Transpose", [split], "qkv_t", perm=[2, 0, 3, 1, 4])  # [3, B, H, S, D]
+        heads = [g.node("Gather", [parts, g.ints(f"pick{i}_index", i)], f"pick{i}", axis=0) for i in range(3)]
+    else:
+        thirds = g.split(qkv, [HEADS * HEAD_DIM] * 3, axis=2, name="qkv_split")
+        shape = [0, 0, HEADS, HEAD_DIM]
+        heads = [g.node("Transpose", [g.reshape(part, shape, name=f"{p}_heads")], f"{p}_t", perm=[0, 2, 1, 3])
+                 for p, part in zip("qkv", thirds)]
+    out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
+    return _model(g, g.add(out, x, name="residual"))
+
+
+def _feeds(batch: int, sequence: int, seed: int = 0) -> dict:
+    return {"x": np.random.default_rng(seed).standard_normal((batch, sequence, WIDTH)).astype(np.float32)}
+
+
+def _prune_heads(model: onnx.ModelProto, producer: str, heads: list[int]):
+    """(pruned model, masked model with the same plan, plan): `heads` removed from `producer`'s group."""
+    analysis = analyze(model)
+    group = group_with(analysis.channels, producer)
+    plan = {group.root: heads}
+    masked = MaskedModel(analysis, [group])  # built before surgery edits the analyzed model
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    return analysis.model, masked, plan
+
+
+def _assert_equals_masked(pruned: onnx.ModelProto, masked: MaskedModel, plan: dict) -> None:
+    """At two batch sizes and sequence lengths, the pruned model gives the original's outputs
+    with the removed heads zeroed in front of the output projection."""
+    for batch, sequence in ((1, 7), (3, 20)):
+        feeds = _feeds(batch, sequence)
+        actual = run(pruned, feeds)["residual"]
+        assert actual.shape == (batch, sequence, WIDTH)
+        np.testing.assert_allclose(actual, masked.run(feeds, plan)["residual"], rtol=1e-5, atol=1e-5)
+
+
+def _constant_of(model: onnx.ModelProto, node_name: str) -> list:
+    """The constant input values of a Concat (the computed target's fixed entries) or a Reshape."""
+    node = next(n for n in model.graph.node if n.name == node_name)
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return [values[name].tolist() for name in node.input if name in values]
+
+
+def test_q_k_v_and_the_output_projection_form_one_group_of_heads():
+    analysis = analyze(bert_attention())
+    group = group_with(analysis.channels, "q")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert (group.channels, group.unit) == (HEADS, HEAD_DIM)
+    assert analysis.to_dict()["groups"][group.id]["unit"] == HEAD_DIM  # inspect --json says so
+    assert {m.use.node for m in group.producers} == {"q", "k", "v"}
+    assert {m.use.node for m in group.consumers} == {"out"}
+    assert {m.use.node for m in group.params} == {"q_bias", "k_bias", "v_bias"}
+    # The attention MatMuls shrink with the heads too: their MACs are the group's.
+    shrinking = analysis.group_macs(group)
+    weights = 4 * 64 * WIDTH * WIDTH  # q, k, v, out at the default sequence of 64
+    assert shrinking == weights + 2 * 64 * 64 * WIDTH
+    cost = CostModel.of(analysis)
+    assert cost.macs - cost.macs_after({group.root: [0, 1]}) == shrinking // 2
+
+
+def test_pruned_heads_equal_the_masked_original_at_any_batch_and_sequence():
+    pruned, masked, plan = _prune_heads(bert_attention(), "q", [1, 3])
+    kept = 2 * HEAD_DIM
+    assert weight_dims(pruned, "q") == weight_dims(pruned, "k") == weight_dims(pruned, "v") == (WIDTH, kept)
+    assert weight_dims(pruned, "q_bias") == (kept,)
+    assert weight_dims(pruned, "out") == (kept, WIDTH)
+    for part in "qkv":  # the head count of every computed target follows; D stays
+        assert _constant_of(pruned, f"{part}_shape") == [[2, HEAD_DIM]]
+    assert _constant_of(pruned, "attn_merge_shape") == [[kept]]
+    assert [d.dim_param for d in pruned.graph.input[0].type.tensor_type.shape.dim[:2]] == ["batch", "sequence"]
+    _assert_equals_masked(pruned, masked, plan)
+
+
+def test_the_removed_heads_are_whole_heads_of_q_k_and_v():
+    model = bert_attention()
+    pruned, _, _ = _prune_heads(model, "q", [1, 3])
+    original = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    after = {init.name: numpy_helper.to_array(init) for init in pruned.graph.initializer}
+    kept = list(range(0, HEAD_DIM)) + list(range(2 * HEAD_DIM, 3 * HEAD_DIM))
+    np.testing.assert_array_equal(after["k_w"], original["k_w"][:, kept])
+    np.testing.assert_array_equal(after["out_w"], original["out_w"][kept, :])
+
+
+@pytest.mark.parametrize("style", ["timm", "split"])
+def test_fused_qkv_loses_the_same_heads_in_each_third(style):
+    model = fused_qkv_attention(style)
+    analysis = analyze(model)
+    group = group_with(analysis.channels, "qkv")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert (group.channels, group.unit) == (HEADS, HEAD_DIM)
+    pruned, masked, plan = _prune_heads(model, "qkv", [0, 2])
+    assert weight_dims(pruned, "qkv") == (WIDTH, 3 * 2 * HEAD_DIM)
+    assert weight_dims(pruned, "out") == (2 * HEAD_DIM, WIDTH)
+    if style == "timm":
+        assert _constant_of(pruned, "qkv_shape") == [[3, 2, HEAD_DIM]]
+    else:
+        assert _constant_of(pruned, "q_heads") == [[0, 0, 2, HEAD_DIM]]
+    _assert_equals_masked(pruned, masked, plan)
+
+
+def test_heads_that_straddle_a_slice_of_the_projection_stay_frozen():
+    """12 of q's 32 features are also read by a Slice: a head of 8 cannot follow that cut."""
+    g = Graph(seed=4)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    heads = []
+    for part in ("q", "k", "v"):
+        projected = _linear(g, x, HEADS * HEAD_DIM, part)
+        if part == "q":
+            side = g.node("Slice", [projected, g.ints("side_start", [0]), g.ints("side_end", [12]),
+                                    g.ints("side_axes", [2])], "side")
+        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [HEADS, HEAD_DIM])], f"{part}_heads")
+        heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
+    out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
+    side_out = _linear(g, side, WIDTH, "side_proj", in_features=12)
+    model = _model(g, g.add(g.add(out, side_out, name="join"), x, name="residual"))
+    analysis = analyze(model)
+    frozen = [group for group in analysis.groups if any(m.use.node == "q" for m in group.producers)]
+    reasons = [str(reason) for group in frozen for reason in group.frozen]
+    assert any("q_heads" in reason and "do not line up" in reason for reason in reasons), reasons
+    pruned, report = prune(model, ratio=0.5)
+    assert weight_dims(pruned, "q") == (WIDTH, WIDTH)
+    assert weight_dims(pruned, "out") == (WIDTH, WIDTH)
+
+
+MODELS = Path(__file__).parent.parent.parent / "models"
+
+
+@pytest.mark.parametrize("name", ["transformer_torchscript", "transformer_dynamo", "vit_torchscript", "vit_dynamo"])
+def test_heads_of_both_exporters_prune_and_equal_the_masked_original(name):
+    """Hand-written attention and timm's fused qkv with scaled_dot_product_attention, as
+    TorchScript and dynamo export them (scripts/make_models.py): every block's heads are one
+    prunable group, and removing heads 0 and 2 gives the masked original's outputs."""
+    model = onnx.load(str(MODELS / f"{name}.onnx"))
+    analysis = analyze(model)
+    heads = [group for group in analysis.channels.prunable_groups() if group.unit > 1]
+    assert [(group.channels, group.unit) for group in heads] == [(4, 8), (4, 8)]
+    plan = {group.root: [0, 2] for group in heads}
+    masked = MaskedModel(analysis, heads)
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    rng = np.random.default_rng(0)
+    (tokens,) = [value for value in model.graph.input]
+    fixed = [d.dim_value for d in tokens.type.tensor_type.shape.dim[1:]]
+    for batch in (1, 3):
+        feeds = {tokens.name: rng.standard_normal((batch, *fixed)).astype(np.float32)}
+        (actual,) = run(analysis.model, feeds).values()
+        (expected,) = masked.run(feeds, plan).values()
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_channel_count_carried_into_another_tensors_target_freezes():
+    """Shape(q)[2:] concatenated into the Reshape target of the input would resize the input
+    after pruning: the count may only come back to q's own channels."""
+    g = Graph(seed=2)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    q = _linear(g, x, WIDTH, "q")
+    count = g.node("Slice", [g.node("Shape", [q], "q_shape"), g.ints("from", [2]), g.ints("to", [3])], "q_count")
+    flat = g.node("Reshape", [x, g.concat([g.ints("rows", [-1]), count], axis=0, name="flat_shape")], "flat")
+    back = g.node("Reshape", [flat, _target(g, x, "back_shape", [WIDTH])], "back")
+    model = _model(g, g.add(_linear(g, q, WIDTH, "out"), back, name="residual"))
+    group = group_with(analyze(model).channels, "q")
+    assert any(reason.node == "flat" and "through Shape" in reason.reason for reason in group.frozen), group.frozen
