@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnx_slim.apply.surgery import deduplicate_initializers
 from onnx_slim.errors import first_line
-from onnx_slim.ir.graph import names_read_in_subgraphs
+from onnx_slim.ir.graph import names_read_in_subgraphs, subgraphs
 from onnx_slim.ir.model import is_quantized_op
 
 # Protobuf refuses a message over 2 GiB, and folding serializes the graph for onnxruntime.
@@ -110,7 +110,32 @@ def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPr
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     cleaned = gs.export_onnx(graph, do_type_check=False)
     _keep_model_fields(model, cleaned)
+    _hoist_outer_initializers(model.graph, cleaned.graph)
     return cleaned
+
+
+def _hoist_outer_initializers(original: onnx.GraphProto, cleaned: onnx.GraphProto) -> None:
+    """Put outer initializers back in the outer graph: graphsurgeon's export copies an outer initializer that
+    only If/Loop bodies read into every body that reads it (one copy per branch: the file grows)."""
+    outer = {tensor.name for tensor in original.initializer}
+    present = {tensor.name for tensor in cleaned.initializer}
+    for body in _bodies(cleaned):
+        kept = []
+        for tensor in body.initializer:
+            if tensor.name not in outer:
+                kept.append(tensor)
+            elif tensor.name not in present:
+                cleaned.initializer.append(tensor)
+                present.add(tensor.name)
+        del body.initializer[:]
+        body.initializer.extend(kept)
+
+
+def _bodies(graph: onnx.GraphProto):
+    for node in graph.node:
+        for body in subgraphs(node):
+            yield body
+            yield from _bodies(body)
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
