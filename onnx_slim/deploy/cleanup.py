@@ -104,7 +104,7 @@ def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPr
             # Never larger than the largest weight: folding an Expand or Tile must not bloat the file.
             graph.fold_constants(size_threshold=max(weight_bytes, default=0) or None,
                                  should_exclude_node=lambda node: is_quantized_op(node.op)
-                                 or node.domain not in ("", "ai.onnx"))
+                                 or node.domain not in (None, "", "ai.onnx"))
         except Exception as exc:  # graphsurgeon's own failures; the unfolded graph is still valid
             notes.append(f"constant folding skipped: {first_line(exc)}")
     graph.cleanup(remove_unused_graph_inputs=False).toposort()

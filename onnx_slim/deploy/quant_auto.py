@@ -83,7 +83,9 @@ def check_and_score(
             raise VerificationError(f"{candidate.label} changed output {name}'s shape: "
                                     f"{list(value.shape)} -> {list(outputs[name].shape)}")
     floats = {name: value for name, value in reference.items() if np.issubdtype(value.dtype, np.floating)}
-    candidate.agreement = agreement(floats, {name: outputs[name] for name in floats}) if floats else None
+    # float16 outputs (fp16 without float32 io) compare in the reference's precision
+    compared = {name: outputs[name].astype(value.dtype) for name, value in floats.items()}
+    candidate.agreement = agreement(floats, compared) if floats else None
 
 
 @dataclass(frozen=True)

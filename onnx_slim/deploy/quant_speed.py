@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnx_slim.deploy.bench import interleaved_timings, latency_stats, timed_call
+from onnx_slim.ir.inputs import feeds_for
 from onnx_slim.ir.runtime import SessionSpec, create_session
 
 MEASURE_RUNS = 20
@@ -27,7 +28,9 @@ def measure_latencies(
     warmup: int = MEASURE_WARMUP,
     session: SessionSpec = SessionSpec(),
 ) -> dict[str, dict]:
-    """{name: stats} in milliseconds (see `bench.latency_stats`) for every model, timed A B C A B C ..."""
-    runners = [timed_call(create_session(model, session), feeds) for model in models.values()]
+    """{name: stats} in milliseconds (see `bench.latency_stats`) for every model, timed A B C A B C ...
+
+    Each model gets `feeds` in the float type it declares (a float16 model without float32 inputs)."""
+    runners = [timed_call(create_session(model, session), feeds_for(model, feeds)) for model in models.values()]
     timings = interleaved_timings(runners, runs=runs, warmup=warmup)
     return {name: latency_stats(times) for name, times in zip(models, timings)}

@@ -44,7 +44,7 @@ from onnx_slim.deploy.quant_int8 import (
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.inputs import fixed_batch_size, graph_inputs, random_inputs
+from onnx_slim.ir.inputs import feeds_for, fixed_batch_size, graph_inputs, random_inputs
 from onnx_slim.ir.model import ModelSource, check_not_quantized, check_output_path, load_model, save_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -330,7 +330,7 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
     kept = []
     for candidate in candidates:
         try:
-            outputs = run_session(create_session(candidate.model, session), feeds)
+            outputs = run_session(create_session(candidate.model, session), feeds_for(candidate.model, feeds))
             check_and_score(candidate, reference, outputs)
         except OnnxSlimError as exc:
             if not auto:
