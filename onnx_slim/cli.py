@@ -17,6 +17,8 @@ import click
 
 from onnx_slim import __version__
 from onnx_slim.cli_options import (
+    CLEANUP_OPTION,
+    QUANTIZE_CHOICES,
     Console,
     CriterionOption,
     calibration_options,
@@ -96,14 +98,15 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
 @click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans (not lossless).")
+@CLEANUP_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
 @shape_option
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, correct_statistics,
-          calib, calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, seed, input_shapes,
-          force, as_json, quiet, **image_options):
+          calib, calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, cleanup, seed,
+          input_shapes, force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
@@ -120,7 +123,7 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
             ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
             allocate=allocate, reconstruct=reconstruct, correct_statistics=correct_statistics,
             calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
-            exclude=list(exclude), prune_layernorm=prune_layernorm,
+            exclude=list(exclude), prune_layernorm=prune_layernorm, cleanup=cleanup,
             seed=seed, input_shapes=parse_input_shapes(input_shapes),
         )
     data = report.to_dict()
@@ -203,10 +206,11 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
-@click.option("--quantize", type=click.Choice(["auto", "static", "dynamic", "none"]), default="auto", show_default=True,
-              help="auto: static with real --calib, else dynamic; keeps float if int8 measures slower.")
+@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="auto", show_default=True,
+              help="auto: the fastest of the modes that apply whose outputs agree; float if none is faster.")
 @click.option("--measure/--no-measure", "measure_quantized", default=True,
               help="Time int8 against float before keeping it (default on).")
+@CLEANUP_OPTION
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data for accuracy/agreement and --max-drop.")
 @click.option("--max-drop", type=float, help="Quality gate: maximum accuracy (or agreement) drop in points.")
@@ -270,7 +274,7 @@ def pipeline_config(ctx, model, config_path, options):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--criterion")
 @click.option("--reconstruct/--no-reconstruct", default=None)
-@click.option("--quantize", type=click.Choice(["auto", "static", "dynamic", "none"]), default="auto", show_default=True)
+@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="auto", show_default=True)
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH")
 @click.option("--runs", default=30, show_default=True)
@@ -302,9 +306,11 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.option("--mode", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
-              help="auto: static with real --calib (dynamic without, or for transformers), and keeps the float "
-                   "model when int8 measures slower; static needs --calib (random: smoke test only).")
+@click.option("--mode", type=click.Choice(["auto", "static", "dynamic", "int4", "fp16"]), default="auto",
+              show_default=True,
+              help="auto: makes static (with --calib), dynamic, int4 (MatMul weights) and fp16 (GPU provider), keeps "
+                   "the fastest whose outputs agree (cosine >= 0.99), or float if none is faster; static needs "
+                   "--calib (random: smoke test only).")
 @click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: per channel for static CNNs).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
@@ -312,7 +318,12 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Keep nodes matching these globs in float.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Static: shift int8 biases so each layer's mean output on --calib matches the float model's.")
-@click.option("--measure/--no-measure", default=True, help="Time int8 against the float model (default on).")
+@click.option("--block-size", default=32, show_default=True, help="int4: weight rows per scale (a power of two >= 16).")
+@click.option("--symmetric/--asymmetric", default=True, show_default=True, help="int4: without or with zero points.")
+@click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
+              help="fp16: graph inputs and outputs stay float32.")
+@CLEANUP_OPTION
+@click.option("--measure/--no-measure", default=True, help="Time the candidates against the float model (default on).")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads for that timing.")
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data: agreement with the float model.")
@@ -320,9 +331,10 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction, measure,
-             threads, calib, calib_samples, batch_size, eval_path, seed, force, as_json, quiet, **image_options):
-    """Quantize MODEL to int8 with onnxruntime (QDQ by default; static for CNNs, dynamic for transformers)."""
+def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction, block_size,
+             symmetric, keep_io_types, cleanup, measure, threads, calib, calib_samples, batch_size, eval_path, seed, force,
+             as_json, quiet, **image_options):
+    """Quantize MODEL with onnxruntime: int8 (static QDQ or dynamic), int4 MatMul weights or float16."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import RANDOM, quantize_model
     from onnx_slim.ir.runtime import SessionSpec
@@ -340,7 +352,8 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
         report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
-                                measure=measure, session=session, bias_correction=bias_correction)
+                                measure=measure, session=session, bias_correction=bias_correction,
+                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
@@ -350,7 +363,14 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
         return
     ops = ", ".join(f"{count} {op}" for op, count in sorted(report.quantized_ops.items()))
     click.echo(f"{report.mode} {report.format} quantization ({report.mode_reason}); calibration: {report.calibration}")
+    for candidate in report.candidates if len(report.candidates) > 1 else ():
+        measured = f"p50 {candidate['p50_ms']:.3f} ms, " if candidate["p50_ms"] is not None else ""
+        cosine = "n/a" if candidate["cosine"] is None else f"{candidate['cosine']:.4f}"
+        click.echo(f"candidate {candidate['mode']}: {measured}cosine {cosine}"
+                   + ("" if candidate["agrees"] else " (disagrees)"))
     click.echo(report.decision)
+    if report.cleanup:
+        click.echo(f"clean-up: {report.cleanup['nodes_before']} -> {report.cleanup['nodes_after']} nodes")
     click.echo(f"size {human_bytes(report.size_before)} -> {human_bytes(report.size_after)}"
                + (f"; {ops}" if ops else ""))
     for warning in report.warnings:

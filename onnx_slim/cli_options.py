@@ -43,6 +43,13 @@ shape_option = click.option(
     help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",
 )
 
+# `run --quantize`: the modes of `quantize --mode`, or none (pipeline/config.py checks config files the same way).
+QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
+CLEANUP_OPTION = click.option(
+    "--cleanup/--no-cleanup", default=True, show_default=True,
+    help="Clean the written model: bypass Identity chains, fold constant subgraphs, merge duplicated constants.",
+)
+
 
 def calibration_options(function):
     """--calib and the options that say how to read it (shared by several commands)."""

@@ -62,6 +62,13 @@ def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
     return None
 
 
+def feeds_for(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` with each float input cast to the float type the model declares (e.g. float16 inputs)."""
+    dtypes = {spec.name: spec.dtype for spec in graph_inputs(model)}
+    return {name: value.astype(dtypes[name]) if name in dtypes and np.issubdtype(dtypes[name], np.floating)
+            and value.dtype != dtypes[name] else value for name, value in feeds.items()}
+
+
 def leading_dim(feeds: Mapping[str, np.ndarray]) -> int:
     """Samples in a batch of feeds: the leading dimension of the first input (1 for a scalar)."""
     first = np.asarray(next(iter(feeds.values())))

@@ -30,6 +30,7 @@ _INLINE_LIMIT = 1024
 
 # Ops that only quantized models hold; besides these, every QLinear* and *Integer op (see is_quantized_op).
 QUANTIZED_OPS = frozenset({
+    "MatMulNBits", "GatherBlockQuantized",  # int4 (and other n-bit) weights
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
     "QGemm", "QAttention", "QEmbedLayerNormalization", "MatMulIntegerToFloat",
 })

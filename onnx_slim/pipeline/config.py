@@ -15,6 +15,8 @@ from pathlib import Path
 from onnx_slim.errors import UsageError, first_line
 from onnx_slim.ir.inputs import parse_input_shapes
 
+QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
+
 
 @dataclass
 class PipelineConfig:
@@ -31,10 +33,11 @@ class PipelineConfig:
     min_channels: int = 1
     exclude: list = field(default_factory=list)
     prune_layernorm: bool = False
-    quantize: str = "auto"  # auto | static | dynamic | none
+    quantize: str = "auto"  # auto | static | dynamic | int4 | fp16 | none
     quant_format: str = "qdq"
     per_channel: bool | None = None
     measure_quantized: bool = True  # time int8 against float and, with quantize auto, keep the faster
+    cleanup: bool = True  # the clean-up pass on the pruned and quantized models
     calib: str | None = None
     calib_samples: int | None = None
     eval: str | None = None
@@ -63,8 +66,8 @@ class PipelineConfig:
             filled.criterion = "thinet" if real_data else "l1"
         if filled.reconstruct is None:
             filled.reconstruct = real_data
-        if filled.quantize not in ("auto", "static", "dynamic", "none"):
-            raise UsageError(f"quantize must be auto, static, dynamic or none, got {filled.quantize!r}")
+        if filled.quantize not in QUANTIZE_CHOICES:
+            raise UsageError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {filled.quantize!r}")
         return filled
 
 
@@ -74,7 +77,7 @@ CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 _NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
 _FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", "memory", "prune_layernorm",
-          "measure_quantized"}
+          "measure_quantized", "cleanup"}
 _STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
 
 

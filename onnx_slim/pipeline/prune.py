@@ -22,6 +22,7 @@ from onnx_slim.channels.analysis import ModelAnalysis, analyze
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
 from onnx_slim.data.evaluate import evaluate
+from onnx_slim.deploy.cleanup import clean_model
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import publish, scratch_folder
 from onnx_slim.ir.inputs import random_inputs
@@ -57,6 +58,7 @@ class PruneReport:
     reconstruction: dict | None = None
     statistics: dict | None = None  # statistics correction: layers corrected / kept as they were
     evaluation: dict | None = None
+    cleanup: dict | None = None  # what the final clean-up removed (`deploy.cleanup`)
 
     @property
     def macs_fraction(self) -> float:
@@ -89,6 +91,7 @@ class PruneOptions:
     # After surgery and re-fit: match each later layer's per-channel output mean and spread to the original's.
     correct_statistics: bool = False
     batch_size: int = 8
+    cleanup: bool = True  # the final clean-up pass (`deploy.cleanup`): Identity chains, constant subgraphs...
 
     def validate(self) -> None:
         if (self.ratio is None) == (self.target_macs is None):
@@ -189,6 +192,9 @@ def _prune(model, settings: PruneOptions, progress, copy):
     del original
     refresh_shapes(proto)
     deduplicate_initializers(proto)
+    cleaned = None
+    if settings.cleanup:
+        proto, cleaned = clean_model(proto)
     after = model_cost(proto, input_shapes=analysis.input_shapes)
     report = PruneReport(
         criterion=settings.criterion, ratio=ratio_used if settings.target_macs is None else round(ratio_used, 4),
@@ -207,6 +213,7 @@ def _prune(model, settings: PruneOptions, progress, copy):
         calibration=settings.calibration.description if settings.calibration is not None else None,
         reconstruction=reconstruction.to_dict() if reconstruction is not None else None,
         statistics=statistics.to_dict() if statistics is not None else None,
+        cleanup=cleaned.to_dict() if cleaned is not None else None,
     )
     report.seconds = round(time.perf_counter() - started, 3)
     return proto, report, feeds, expected

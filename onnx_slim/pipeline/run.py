@@ -84,7 +84,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         calibration=calibration, batch_size=settings.batch_size, round_to=settings.round_to,
         min_channels=settings.min_channels, exclude=list(settings.exclude),
         prune_layernorm=settings.prune_layernorm, seed=settings.seed, session=session,
-        input_shapes=settings.input_shapes or None,
+        input_shapes=settings.input_shapes or None, cleanup=settings.cleanup,
     )
     quantize_report = _quantize(settings, pruned_path, final_path, calibration, session, say)
     say("verifying the final model")
@@ -176,7 +176,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
         pruned_path, final_path, mode=settings.quantize, calibration=batches,
         calibration_batch_size=settings.batch_size,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
-        measure=settings.measure_quantized, session=session,
+        measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,
     )
     say(report.decision)
     return report

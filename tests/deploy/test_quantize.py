@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim.data.evaluate import evaluate
-from onnx_slim.deploy import quantize as quantize_module
+from onnx_slim.deploy import quant_int8
 from onnx_slim.deploy.bench import cpu_info
 from onnx_slim.deploy.quant_calibration import RANDOM_CALIBRATION_WARNING
 from onnx_slim.deploy.quantize import (
@@ -279,7 +279,7 @@ def test_preprocessing_failure_falls_back_with_a_warning(conv_path, tmp_path, mo
     def broken_pre_process(*args, **kwargs):
         raise RuntimeError("symbolic shape inference exploded")
 
-    monkeypatch.setattr(quantize_module, "quant_pre_process", broken_pre_process)
+    monkeypatch.setattr(quant_int8, "quant_pre_process", broken_pre_process)
 
     report = quantize_model(conv_path, tmp_path / "q.onnx", calibration=RANDOM, measure=False)
 

@@ -108,14 +108,16 @@ def test_opset11_conversion_failure_falls_back_to_per_tensor(tmp_path, monkeypat
 
 
 def fake_latency(float_p50: float, int8_p50: float):
-    def measure_latency(float_model, quantized_model, feeds, **options):
-        assert set(feeds) == {"image"}
-        return {"float": {"p50": float_p50, "mean": float_p50}, "int8": {"p50": int8_p50, "mean": int8_p50}}
-    return measure_latency
+    """Every candidate (static, dynamic...) measures int8_p50, the float model float_p50."""
+    def measure_latencies(models, feeds, **options):
+        assert set(feeds) == {"image"} and list(models)[0] == "float"
+        return {name: {"p50": float_p50 if name == "float" else int8_p50, "mean": float_p50 if name == "float"
+                       else int8_p50} for name in models}
+    return measure_latencies
 
 
 def test_auto_keeps_the_float_model_when_int8_is_slower(tmp_path, monkeypatch):
-    monkeypatch.setattr(quant_speed, "measure_latency", fake_latency(2.0, 3.0))
+    monkeypatch.setattr(quant_speed, "measure_latencies", fake_latency(2.0, 3.0))
     source = tmp_path / "conv.onnx"
     onnx.save(conv_net(), str(source))
 
@@ -131,7 +133,7 @@ def test_auto_keeps_the_float_model_when_int8_is_slower(tmp_path, monkeypatch):
 
 
 def test_auto_keeps_int8_when_faster(tmp_path, monkeypatch):
-    monkeypatch.setattr(quant_speed, "measure_latency", fake_latency(3.0, 1.5))
+    monkeypatch.setattr(quant_speed, "measure_latencies", fake_latency(3.0, 1.5))
 
     report = quantize_model(conv_net(), tmp_path / "q.onnx", calibration=calibration(conv_net()))
 
@@ -140,7 +142,7 @@ def test_auto_keeps_int8_when_faster(tmp_path, monkeypatch):
 
 
 def test_explicit_mode_keeps_int8_but_warns_when_slower(tmp_path, monkeypatch):
-    monkeypatch.setattr(quant_speed, "measure_latency", fake_latency(2.0, 3.0))
+    monkeypatch.setattr(quant_speed, "measure_latencies", fake_latency(2.0, 3.0))
 
     report = quantize_model(conv_net(), tmp_path / "q.onnx", mode="static", calibration=calibration(conv_net()))
 
@@ -153,7 +155,7 @@ def test_no_measure_keeps_int8_unmeasured(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("measured although measure=False")
 
-    monkeypatch.setattr(quant_speed, "measure_latency", must_not_run)
+    monkeypatch.setattr(quant_speed, "measure_latencies", must_not_run)
 
     report = quantize_model(conv_net(), tmp_path / "q.onnx", calibration=calibration(conv_net()), measure=False)
 

@@ -1,0 +1,119 @@
+"""The final clean-up: Identity chains, constant subgraphs and duplicated constants go; outputs, names,
+symbolic dims, opsets and quantization nodes stay."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from test_quantize import conv_net
+
+from onnx_slim.deploy.cleanup import clean_model
+from onnx_slim.deploy.quantize import quantize_model
+from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.runtime import create_session, run_session
+
+
+def cluttered_model() -> onnx.ModelProto:
+    """x -> Identity -> Identity -> Relu; + (a constant subgraph: Constant * 2); + two equal bias copies."""
+    bias = np.arange(4, dtype=np.float32)
+    nodes = [
+        helper.make_node("Identity", ["x"], ["x1"], name="id1"),
+        helper.make_node("Identity", ["x1"], ["x2"], name="id2"),
+        helper.make_node("Relu", ["x2"], ["r"], name="relu"),
+        helper.make_node("Constant", [], ["c"], name="const", value=numpy_helper.from_array(bias + 1, "c")),
+        helper.make_node("Mul", ["c", "two"], ["c2"], name="scale_const"),
+        helper.make_node("Add", ["r", "c2"], ["a"], name="add_folded"),
+        helper.make_node("Add", ["a", "bias_a"], ["b"], name="add_a"),
+        helper.make_node("Add", ["b", "bias_b"], ["y"], name="add_b"),
+    ]
+    graph = helper.make_graph(
+        nodes, "cluttered",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(bias, "bias_a"),
+         numpy_helper.from_array(bias.copy(), "bias_b"), numpy_helper.from_array(bias, "unused")],
+        value_info=[helper.make_tensor_value_info("dangling", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    return model
+
+
+def test_cleanup_removes_identity_chain_constant_subgraph_and_duplicates_and_keeps_outputs():
+    model = cluttered_model()
+
+    cleaned, report = clean_model(model)
+
+    assert [node.op_type for node in cleaned.graph.node] == ["Relu", "Add", "Add", "Add"]
+    assert report.identities_bypassed == 2 and report.duplicates_merged == 1
+    assert report.removed_ops == {"Constant": 1, "Identity": 2, "Mul": 1}
+    assert (report.nodes_before, report.nodes_after) == (8, 4)
+    names = {tensor.name for tensor in cleaned.graph.initializer}
+    assert "unused" not in names and len({"bias_a", "bias_b"} & names) == 1
+    assert "dangling" not in {value.name for value in cleaned.graph.value_info}
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    np.testing.assert_array_equal(run_session(create_session(cleaned), feeds)["y"],
+                                  run_session(create_session(model), feeds)["y"])
+    onnx.checker.check_model(cleaned, full_check=True)
+
+
+def test_cleanup_keeps_names_symbolic_dims_opset_and_ir_version():
+    model = cluttered_model()
+
+    cleaned, _ = clean_model(model)
+
+    assert [value.name for value in cleaned.graph.input] == ["x"]
+    assert [value.name for value in cleaned.graph.output] == ["y"]
+    for value in (cleaned.graph.input[0], cleaned.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert cleaned.ir_version == 7 and [(o.domain, o.version) for o in cleaned.opset_import] == [("", 13)]
+    assert model.graph.node[0].op_type == "Identity"  # the input model is not modified
+
+
+def test_cleanup_never_folds_the_dequantization_of_int8_weights(tmp_path):
+    quantize_model(conv_net(), tmp_path / "q.onnx", mode="static", calibration="random", measure=False,
+                   cleanup=False)
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+
+    cleaned, _ = clean_model(quantized)
+
+    def dequantizes(model):
+        return sum(node.op_type == "DequantizeLinear" for node in model.graph.node)
+    assert dequantizes(cleaned) == dequantizes(quantized) > 0
+    int8 = [t for t in cleaned.graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8) == 3  # the three Conv weights stay int8
+
+
+def test_an_outer_weight_read_only_in_if_branches_stays_one_outer_initializer():
+    weight = numpy_helper.from_array(np.ones((4,), np.float32), "w")
+
+    def branch(name):
+        add = helper.make_node("Add", ["x", "w"], [f"{name}_y"], name=f"{name}_add")
+        return helper.make_graph([add], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [4])])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"), else_branch=branch("else"))], "if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    cleaned, _ = clean_model(model)
+
+    assert [tensor.name for tensor in cleaned.graph.initializer] == ["w"]
+    assert all(not body.initializer for body in (a.g for a in cleaned.graph.node[0].attribute))
+    feeds = {"x": np.arange(4, dtype=np.float32), "cond": np.array(True)}
+    np.testing.assert_array_equal(run_session(create_session(cleaned), feeds)["y"], np.arange(4) + 1)
+
+
+def test_quantize_and_prune_report_the_cleanup(tmp_path):
+    from onnx_slim.pipeline.prune import prune
+
+    report = quantize_model(conv_net(), tmp_path / "q.onnx", calibration="random", measure=False)
+    assert report.cleanup["nodes_after"] <= report.cleanup["nodes_before"]
+    _, pruned = prune(conv_net(), ratio=0.5)
+    assert pruned.cleanup is not None and pruned.cleanup["nodes_after"] == pruned.cleanup["nodes_before"]
+    _, unclean = prune(conv_net(), ratio=0.5, cleanup=False)
+    assert unclean.cleanup is None
+    assert random_inputs(conv_net())  # the helper graph is unchanged by either call

@@ -1,0 +1,78 @@
+"""`--mode auto` keeps the candidate the measurement favours, among those that agree with the float model."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from test_quantize import matmul_net
+
+from onnx_slim.deploy import quant_auto, quant_speed
+from onnx_slim.deploy import quantize as quantize_module
+from onnx_slim.deploy.quantize import quantize_model
+from onnx_slim.ir.inputs import random_inputs
+
+
+def timer(p50_by_model: dict[str, float]):
+    """A measure_latencies that reports the given p50 per model name ("float", "static", "dynamic", "int4")."""
+    def measure_latencies(models, feeds, **options):
+        assert list(models)[0] == "float"
+        return {name: {"p50": p50_by_model[name], "mean": p50_by_model[name]} for name in models}
+    return measure_latencies
+
+
+def calibration():
+    return [random_inputs(matmul_net(), batch=8, seed=seed) for seed in range(3)]
+
+
+@pytest.mark.parametrize("fastest", ["static", "dynamic", "int4"])
+def test_auto_keeps_the_candidate_measured_fastest(tmp_path, monkeypatch, fastest):
+    latencies = {"float": 5.0, "static": 3.0, "dynamic": 3.0, "int4": 3.0, fastest: 1.0}
+    monkeypatch.setattr(quant_speed, "measure_latencies", timer(latencies))
+
+    report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
+
+    assert [c["mode"] for c in report.candidates] == ["static", "dynamic", "int4"]
+    assert all(c["agrees"] and c["cosine"] >= quant_auto.AGREEMENT_COSINE for c in report.candidates)
+    assert {c["mode"]: c["p50_ms"] for c in report.candidates} == {m: latencies[m] for m in ("static", "dynamic", "int4")}
+    assert report.mode == fastest and report.kept == ("int4" if fastest == "int4" else "int8")
+    assert report.decision.startswith(f"kept {report.kept}") and "5.00x faster" in report.decision
+    assert report.latency_ms == {"float": {"p50": 5.0, "mean": 5.0}, report.kept: {"p50": 1.0, "mean": 1.0}}
+    written = onnx.load(str(tmp_path / "q.onnx"))
+    op_types = {node.op_type for node in written.graph.node}
+    expected = {"static": "QuantizeLinear", "dynamic": "DynamicQuantizeLinear", "int4": "MatMulNBits"}[fastest]
+    assert expected in op_types
+
+
+def test_a_faster_candidate_that_disagrees_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(quant_speed, "measure_latencies",
+                        timer({"float": 5.0, "static": 2.0, "dynamic": 3.0, "int4": 1.0}))
+    real_check = quantize_module.check_and_score
+
+    def int4_breaks(candidate, reference, outputs):
+        real_check(candidate, reference, outputs)
+        if candidate.mode == "int4":
+            candidate.agreement = {**candidate.agreement, "cosine": 0.9}
+
+    monkeypatch.setattr(quantize_module, "check_and_score", int4_breaks)
+
+    report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
+
+    assert report.mode == "static" and report.kept == "int8"
+    rows = {c["mode"]: c for c in report.candidates}
+    assert rows["int4"]["agrees"] is False and rows["int4"]["p50_ms"] == 1.0
+    assert "fastest of 2 agreeing (cosine >= 0.99)" in report.decision
+    assert "int4 p50 1.000 ms, cosine 0.9000" in report.decision
+
+
+def test_no_candidate_faster_keeps_the_float_model_and_lists_them_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(quant_speed, "measure_latencies", timer({"float": 1.0, "dynamic": 1.5, "int4": 1.2}))
+    source = tmp_path / "mm.onnx"
+    onnx.save(matmul_net(), str(source))
+
+    report = quantize_model(source, tmp_path / "q.onnx")
+
+    assert report.kept == "float" and report.mode == "int4"  # the best that lost is described
+    assert report.decision.startswith("kept the float model: int4 is 1.20x slower")
+    assert "also tried int8 (dynamic) p50 1.500 ms" in report.decision
+    assert "static int8: no calibration data" in report.skipped
+    assert onnx.load(str(tmp_path / "q.onnx")).SerializeToString() == onnx.load(str(source)).SerializeToString()
