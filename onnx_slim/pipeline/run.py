@@ -100,7 +100,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     bench = benchmark(
         [str(model_path), str(pruned_path), str(final_path)], runs=settings.runs, warmup=settings.warmup,
         session=session, shapes=settings.input_shapes or None, seed=settings.seed,
-        data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory,
+        data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory, progress=say,
     )
     prune_report.output = str(outdir / pruned_path.name)
     if quantize_report is not None:
