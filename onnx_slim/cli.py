@@ -24,6 +24,8 @@ from onnx_slim.cli_options import (
     calibration_options,
     floats,
     load_data,
+    provider_options,
+    session_spec,
     shape_option,
     writing_output,
 )
@@ -101,25 +103,27 @@ def inspect(model, input_shapes, as_json, show_all):
 @CLEANUP_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
 @shape_option
+@provider_options
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, correct_statistics,
           calib, calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, cleanup, seed,
-          input_shapes, force, as_json, quiet, **image_options):
+          input_shapes, providers, provider_options, force, as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
     from onnx_slim.pipeline.prune import prune_file
 
-    console = Console(quiet)
+    console = Console(quiet, bars=not as_json)
+    session = session_spec(providers=providers, provider_options=provider_options)
     check_output_path(model, output, force)
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation = load_data(eval_path, model, params)
     with writing_output(output):
         report = prune_file(
-            model, output, force=force, progress=console.progress, evaluation=evaluation,
+            model, output, force=force, progress=console, evaluation=evaluation, session=session,
             ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
             allocate=allocate, reconstruct=reconstruct, correct_statistics=correct_statistics,
             calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
@@ -165,11 +169,12 @@ def evaluation_line(evaluation: dict) -> str:
 @click.option("--exclude", multiple=True, metavar="PATTERN")
 @click.option("--prune-layernorm", is_flag=True, help="Also measure groups a LayerNormalization spans.")
 @shape_option
+@provider_options
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samples, exclude, prune_layernorm,
-                input_shapes, seed, as_json, quiet, **image_options):
+                input_shapes, providers, provider_options, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
     from onnx_slim.channels.analysis import analyze
     from onnx_slim.ir.inputs import parse_input_shapes
@@ -177,7 +182,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 
     if not calib:
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
-    console = Console(quiet)
+    console = Console(quiet, bars=not as_json)
+    session = session_spec(providers=providers, provider_options=provider_options)
     calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude),
                        prune_layernorm=prune_layernorm, copy=False)
@@ -185,7 +191,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
     report = measure_sensitivity(analysis, calibration, ratios=levels, criterion=criterion,
-                                 samples=samples, seed=seed, progress=console.progress)
+                                 samples=samples, seed=seed, session=session, progress=console)
     if as_json:
         click.echo(to_json(report.to_dict()))
         return
@@ -222,6 +228,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--threads", type=int, help="onnxruntime intra-op threads of every stage (calibration, timing, benchmark).")
+@provider_options
 @click.option("--memory/--no-memory", default=True, help="Measure peak memory per model (a subprocess each).")
 @click.option("--seed", default=0, show_default=True)
 @shape_option
@@ -233,12 +240,12 @@ def run(ctx, model, output, config_path, force, as_json, quiet, **options):
     """The deployment step: prune, re-fit, quantize, verify, benchmark, gate (exit 3 on a failed gate)."""
     from onnx_slim.pipeline.run import run_pipeline
 
-    console = Console(quiet)
+    console = Console(quiet, bars=not as_json)
     config, config_file = pipeline_config(ctx, model, config_path, options)
     if config_file:
         console.progress(f"config: {config_file}")
     with writing_output(output):
-        report = run_pipeline(model, output, config, config_file=config_file, force=force, progress=console.progress)
+        report = run_pipeline(model, output, config, config_file=config_file, force=force, progress=console)
     if as_json:
         click.echo(to_json(report.to_dict()))
     else:
@@ -280,6 +287,7 @@ def pipeline_config(ctx, model, config_path, options):
 @click.option("--runs", default=30, show_default=True)
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--threads", type=int)
+@provider_options
 @click.option("--memory/--no-memory", default=True)
 @click.option("--seed", default=0, show_default=True)
 @shape_option
@@ -291,11 +299,11 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
     """Run the pipeline at several MACs targets; write a table (and a plot with matplotlib)."""
     from onnx_slim.pipeline.sweep import run_sweep
 
-    console = Console(quiet)
+    console = Console(quiet, bars=not as_json)
     config, config_file = pipeline_config(ctx, model, config_path, options)
     fractions = floats(targets)
     with writing_output(output):
-        result = run_sweep(model, output, config, fractions, force=force, progress=console.progress)
+        result = run_sweep(model, output, config, fractions, force=force, progress=console)
     if as_json:
         click.echo(to_json(result))
     else:
@@ -325,6 +333,7 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @CLEANUP_OPTION
 @click.option("--measure/--no-measure", default=True, help="Time the candidates against the float model (default on).")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads for that timing.")
+@provider_options
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data: agreement with the float model.")
 @click.option("--seed", default=0, show_default=True)
@@ -332,15 +341,14 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction, block_size,
-             symmetric, keep_io_types, cleanup, measure, threads, calib, calib_samples, batch_size, eval_path, seed, force,
-             as_json, quiet, **image_options):
+             symmetric, keep_io_types, cleanup, measure, threads, providers, provider_options, calib, calib_samples,
+             batch_size, eval_path, seed, force, as_json, quiet, **image_options):
     """Quantize MODEL with onnxruntime: int8 (static QDQ or dynamic), int4 MatMul weights or float16."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import RANDOM, quantize_model
-    from onnx_slim.ir.runtime import SessionSpec
 
-    console = Console(quiet)
-    session = SessionSpec(threads)
+    console = Console(quiet, bars=not as_json)
+    session = session_spec(threads, providers, provider_options)
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
@@ -386,6 +394,10 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 @click.option("--runs", default=50, show_default=True)
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@provider_options
+@click.option("--include-copies", is_flag=True,
+              help="On a GPU provider, time copying inputs to the device and outputs back too "
+                   "(default: they stay on the device, bound once, and only the model is timed).")
 @click.option("--batch", default=1, show_default=True, help="Batch size of the random inputs.")
 @click.option("--shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shape (repeatable).")
 @click.option("--data", "data_path", metavar="PATH", help="Inputs from data (.npz...) instead of random ones.")
@@ -393,20 +405,21 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def bench(models, baseline, runs, warmup, threads, batch, input_shapes, data_path, no_memory, seed, as_json, quiet):
+def bench(models, baseline, runs, warmup, threads, providers, provider_options, include_copies, batch, input_shapes,
+          data_path, no_memory, seed, as_json, quiet):
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
     from onnx_slim.deploy.bench import benchmark
     from onnx_slim.ir.inputs import parse_input_shapes
-    from onnx_slim.ir.runtime import SessionSpec
 
-    console = Console(quiet)
+    console = Console(quiet, bars=not as_json)
+    session = session_spec(threads, providers, provider_options)
     data = None
     if data_path:
         data = load_data(data_path, models[0], {"seed": seed}).batches(batch)
     console.progress(f"benchmarking {len(models) + (1 if baseline and baseline not in models else 0)} models, {runs} runs each")
-    report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, session=SessionSpec(threads),
+    report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, session=session,
                        batch=batch, shapes=parse_input_shapes(input_shapes) or None, data=data, seed=seed,
-                       measure_memory=not no_memory)
+                       measure_memory=not no_memory, include_copies=include_copies, progress=console)
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import time
 from contextlib import contextmanager
 
@@ -16,15 +17,55 @@ from onnx_slim.errors import OnnxSlimError, UsageError
 
 
 class Console:
-    """Progress on stderr (unless quiet); results on stdout."""
+    """Progress on stderr (unless quiet); results on stdout.
 
-    def __init__(self, quiet: bool = False) -> None:
+    Implements `ir.progress.Progress`: `say` prints a timestamped line; `steps` draws a
+    bar with count and time left when stderr is a terminal and `bars` is on (off for
+    --json), and prints nothing more otherwise, so logs of pipelines keep their lines.
+    """
+
+    def __init__(self, quiet: bool = False, bars: bool = True, stream=None) -> None:
         self.quiet = quiet
         self.started = time.perf_counter()
+        self.stream = stream  # None: stderr at the time of writing (tests swap it)
+        self.bars = bars and not quiet and _is_terminal(stream if stream is not None else sys.stderr)
+        self._bar = None  # the bar on screen, if any
 
-    def progress(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"[{time.perf_counter() - self.started:6.1f}s] {message}", err=True)
+    def say(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self._bar is not None:  # a line in the middle of a bar: clear the bar's line, redraw it after
+            click.echo("\r\033[K", file=self.stream, err=True, nl=False)
+        click.echo(f"[{time.perf_counter() - self.started:6.1f}s] {message}", file=self.stream, err=True)
+        if self._bar is not None:
+            self._bar.render_progress()
+
+    progress = say
+    __call__ = say
+
+    @contextmanager
+    def steps(self, label: str, total: int):
+        if not self.bars or total < 1 or self._bar is not None:  # one bar at a time: an inner loop goes uncounted
+            yield _ignore_steps
+            return
+        stream = self.stream if self.stream is not None else sys.stderr
+        with click.progressbar(length=total, label=label, file=stream, show_eta=True, show_pos=True) as bar:
+            self._bar = bar
+            try:
+                yield lambda steps=1: bar.update(steps)
+            finally:
+                self._bar = None
+
+
+def _ignore_steps(steps: int = 1) -> None:
+    pass
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class CriterionOption(click.Option):
@@ -66,6 +107,28 @@ def calibration_options(function):
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def provider_options(function):
+    """--provider and --provider-option (every command that opens onnxruntime sessions)."""
+    options = [
+        click.option("--provider", "providers", multiple=True, metavar="NAME",
+                     help="onnxruntime execution provider, in preference order (repeatable or a comma list): "
+                          "cpu, cuda, tensorrt, openvino, dml, coreml, rocm... or the full name; "
+                          "the CPU is always the last fallback."),
+        click.option("--provider-option", "provider_options", multiple=True, metavar="[PROVIDER:]KEY=VALUE",
+                     help="An option of a provider (default: the first), e.g. cuda:device_id=1 (repeatable)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def session_spec(threads=None, providers=(), provider_options=()):
+    """The SessionSpec every stage of a command runs with; an unavailable provider is a usage error."""
+    from onnx_slim.ir.runtime import SessionSpec
+
+    return SessionSpec.of(threads, providers, provider_options)
 
 
 def load_data(path, model, params, samples=None):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import onnx
+import onnxruntime as ort
 import pytest
 
 from onnx_slim.cli import main
@@ -268,3 +269,31 @@ def test_exclude_matching_nothing_and_a_prune_removing_nothing_are_warned(capsys
     assert report["notes"][:2] == expected
     assert all(f"warning: {warning}" in stderr for warning in expected)
     assert "'/fc/*'" not in stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["bench", "{model}"],
+    ["prune", "{model}", "-o", "{out}.onnx", "--ratio", "0.5"],
+    ["sensitivity", "{model}", "--calib", "random"],
+    ["quantize", "{model}", "-o", "{out}.onnx", "--mode", "dynamic"],
+    ["run", "{model}", "-o", "{out}"],
+    ["sweep", "{model}", "-o", "{out}"],
+])
+def test_an_unavailable_provider_is_one_line_listing_the_available_ones(capsys, demo, tmp_path, command):
+    missing = next(name for name in ort.get_all_providers() if name not in ort.get_available_providers())
+    short = missing.removesuffix("ExecutionProvider").lower()
+    args = [arg.format(model=demo, out=tmp_path / "out") for arg in command]
+
+    code, stdout, stderr = run_cli(capsys, *args, "--provider", f"cpu,{short}", "--quiet")
+
+    assert code == 2 and stdout == ""
+    assert stderr == (f"error: execution provider {missing} is not available in this onnxruntime "
+                      f"({ort.__version__}); available: {', '.join(ort.get_available_providers())}\n")
+    assert sorted(os.listdir(tmp_path)) == ["demo.onnx"]
+
+
+def test_bench_on_the_cpu_provider_names_it(capsys, demo):
+    code, stdout, _ = run_cli(capsys, "bench", demo, "--provider", "CPUExecutionProvider", "--runs", "2",
+                              "--no-memory", "--json", "--quiet")
+    assert code == 0
+    assert json.loads(stdout)["providers"] == ["CPUExecutionProvider"]

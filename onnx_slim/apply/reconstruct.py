@@ -36,6 +36,7 @@ from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.ir.graph import attr
+from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
@@ -179,7 +180,7 @@ def reconstruct(
     chunks = _chunks(consumers, passes)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
-    for index, chunk in enumerate(chunks, 1):
+    for index, chunk in enumerate(counted(progress, "re-fit layers", chunks, size=len), 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
         _accumulate_features(pruned, chunk, calibration, batch_size, session)
         for consumer in chunk:

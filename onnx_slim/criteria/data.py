@@ -125,7 +125,7 @@ def _input_stats(ctx: ScoringContext, calibration, consumers: dict[str, str]) ->
     if not tensors:
         return stats
     capture = ActivationCapture(ctx.model, tensors, session=ctx.session)
-    for results in capture.iter(calibration.batches(ctx.batch_size)):
+    for results in capture.iter(calibration.batch_stream(ctx.batch_size), ctx.progress, "scoring batches"):
         for tensor in tensors:
             stats[tensor].update(results[tensor])
     return stats
@@ -178,7 +178,7 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
         return result
     capture = ActivationCapture(ctx.model, sorted({nodes[name].input[0] for name in samplers}), session=ctx.session)
     rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}
-    for results in capture.iter(calibration.batches(ctx.batch_size)):
+    for results in capture.iter(calibration.batch_stream(ctx.batch_size), ctx.progress, "scoring batches"):
         for node_name, sampler in samplers.items():
             z = sampler(results[nodes[node_name].input[0]], rngs[node_name])
             _accumulate(result, node_name, members_at[node_name], z)

@@ -17,6 +17,7 @@ import onnx
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.errors import UsageError
+from onnx_slim.ir.progress import Reporter
 from onnx_slim.ir.runtime import SessionSpec
 
 DEFAULT_BATCH = 16  # samples per onnxruntime run of the data-driven criteria
@@ -35,6 +36,7 @@ class ScoringContext:
     batch_size: int = DEFAULT_BATCH
     sensitivity_samples: int = SENSITIVITY_SAMPLES
     session: SessionSpec = SessionSpec()  # how the calibration passes run the model
+    progress: Reporter | None = None  # counts the batches of calibration passes
     notes: list = field(default_factory=list)  # what the criterion had to fall back on
     apoz: dict = field(default_factory=dict)  # `activation` leaves group id -> fraction of zeros here
 

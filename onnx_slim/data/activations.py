@@ -16,6 +16,7 @@ from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import add_graph_outputs
 from onnx_slim.ir.inputs import graph_inputs
 from onnx_slim.ir.model import load_model
+from onnx_slim.ir.progress import Reporter, counted
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,13 @@ class ActivationCapture:
             results[name] = np.asarray(batch[name])
         return results
 
-    def iter(self, batches: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-        """`run` over a stream of batches, one result at a time."""
-        for batch in batches:
+    def iter(
+        self, batches: Iterable[Mapping[str, np.ndarray]], progress: Reporter | None = None,
+        label: str = "calibration batches",
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """`run` over a stream of batches, one result at a time; `progress` counts them when
+        `batches` has a length (a list, `CalibrationSet.batch_stream`)."""
+        for batch in counted(progress, label, batches):
             yield self.run(batch)
 
 

@@ -112,6 +112,11 @@ class CalibrationSet:
                 return
             yield start, stop
 
+    def batch_count(self, batch_size: int) -> int:
+        """How many batches `batches(batch_size)` yields (a model's fixed batch drops a short last one)."""
+        size = self._effective_batch_size(batch_size)
+        return len(self) // size if self.fixed_batch else -(-len(self) // size)
+
     def take(self, n: int) -> CalibrationSet:
         """The first `n` samples (all of them if there are fewer)."""
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
@@ -161,6 +166,10 @@ class BatchStream:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.calibration.batches(self.batch_size)
+
+    def __len__(self) -> int:
+        """How many batches an iteration yields (a progress bar's total)."""
+        return self.calibration.batch_count(self.batch_size)
 
 
 def load_calibration(

@@ -1,39 +1,42 @@
-"""Latency benchmark of one or more models on the same inputs, with onnxruntime on the CPU.
+"""Latency benchmark of one or more models on the same inputs, with onnxruntime on any execution provider.
 
 Timed runs of several models are interleaved (A B A B ...) after every model's
 warm-up, so drift of the machine (other processes, frequency scaling, thermal
-limits) falls on all models alike; speedups compare like with like.
+limits) falls on all models alike; speedups compare like with like. On a GPU
+provider the inputs and outputs stay on the device (see `timing.timed_call`).
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import sys
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnx_slim.data.metrics import agreement as output_agreement
+from onnx_slim.deploy.memory import peak_memories
+from onnx_slim.deploy.timing import (  # quant_speed and scripts time sessions with these through this module
+    DEVICE_WARMUP,
+    interleaved_timings,
+    latency_stats,
+    speedup,
+    timed_call,
+    timed_session,
+)
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes
 from onnx_slim.ir.hardware import cpu_info
 from onnx_slim.ir.inputs import check_input_shapes, graph_inputs, leading_dim, random_inputs
 from onnx_slim.ir.model import ModelSource, load_model, model_file_size
-from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
+from onnx_slim.ir.progress import Reporter, as_progress
+from onnx_slim.ir.runtime import SessionSpec, run_session
 from onnx_slim.ops import cost as cost_module
 
 Feeds = Mapping[str, np.ndarray]
-
-PERCENTILES = (50, 90, 95, 99)
 
 
 @dataclass
@@ -79,6 +82,11 @@ class BenchReport:
     batch: int
     cpu: dict
     notes: list[str] = field(default_factory=list)  # agreement skipped, memory not measured...
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])  # the sessions' own list
+    device: str = "cpu"  # where the timed runs' inputs and outputs live: "cpu" or e.g. "cuda:0"
+    include_copies: bool = False  # on a device: host-device copies timed too
+    agreement_inputs: str = "random"  # "random" or "data": what the agreement with the baseline is computed on
+    agreement_samples: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -89,24 +97,50 @@ class BenchReport:
             "threads": self.threads,
             "batch": self.batch,
             "cpu": dict(self.cpu),
+            "providers": list(self.providers),
+            "device": self.device,
+            "include_copies": self.include_copies,
+            "agreement_inputs": self.agreement_inputs,
+            "agreement_samples": self.agreement_samples,
             "notes": list(self.notes),  # why an agreement or a memory figure is missing
         }
 
-    def to_markdown(self) -> str:
-        """A Markdown table, one row per model, then the setup and any notes."""
+    def to_markdown(self, data_option: str = "--data") -> str:
+        """A Markdown table, one row per model, then the setup, what agreement is computed on, and any notes.
+
+        `data_option` is the option that gives real inputs, for the hint under random-input agreement."""
+        random = self.agreement_inputs == "random"
+        agreement = "| cosine (random inputs) | top-1 (random inputs) |" if random else "| cosine | top-1 |"
         header = (
             "| model | mean ms | p50 ms | p90 ms | p99 ms | samples/s | speedup (p50) | session ms "
-            "| size | params | MACs | peak memory | cosine | top-1 |"
+            "| size | params | MACs | peak memory " + agreement
         )
         rule = "|" + "---|" * (header.count("|") - 1)
         rows = [_markdown_row(model) for model in self.models]
-        setup = (
-            f"baseline `{self.baseline}`; {self.runs} runs after {self.warmup} warm-up, batch {self.batch}, "
-            f"threads {self.threads or 'default'}; CPU {self.cpu.get('processor') or self.cpu.get('machine')}"
-        )
-        lines = [header, rule, *rows, "", setup]
+        lines = [header, rule, *rows, "", self._setup_line(), "", f"- {self.agreement_line(data_option)}"]
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
+
+    def agreement_line(self, data_option: str = "--data") -> str:
+        """What the agreement columns are computed on, and, for random inputs, how little they say."""
+        plural = "s" if self.agreement_samples != 1 else ""
+        if self.agreement_inputs == "random":
+            return (f"agreement with the baseline on {self.agreement_samples} random-input sample{plural}: "
+                    f"says little about a model "
+                    f"(a pruned or quantized model can agree on real data and not on noise); "
+                    f"pass {data_option} for real agreement")
+        return f"agreement with the baseline on {self.agreement_samples} sample{plural} of the data (the timed batch)"
+
+    def _setup_line(self) -> str:
+        where = f"CPU {self.cpu.get('processor') or self.cpu.get('machine')}"
+        if self.device != "cpu":
+            copies = ("host-device copies timed (--include-copies)" if self.include_copies
+                      else "inputs and outputs bound on the device, host-device copies not timed")
+            where = f"device {self.device} ({copies}); host {where}"
+        return (
+            f"baseline `{self.baseline}`; {self.runs} runs after {self.warmup} warm-up, batch {self.batch}, "
+            f"threads {self.threads or 'default'}; providers {', '.join(self.providers)}; {where}"
+        )
 
 
 def benchmark(
@@ -121,6 +155,8 @@ def benchmark(
     data: Iterable[Feeds] | None = None,
     seed: int = 0,
     measure_memory: bool = True,
+    include_copies: bool = False,
+    progress: Reporter | None = None,
 ) -> BenchReport:
     """Time `models` on the same inputs and compare each with the baseline.
 
@@ -131,7 +167,10 @@ def benchmark(
     agreement with the baseline), `warmup` untimed runs, then `runs` timed
     runs interleaved with the other models' (all sessions stay open for
     that). Params and MACs are counted at `shapes` (batch 1 where the batch is
-    symbolic). See `measure_peak_memory` for what the memory figure means.
+    symbolic). See `memory.measure_peak_memory` for what the memory figure means.
+    On a provider with device memory (`session.device`), warm-up is at least
+    DEVICE_WARMUP runs and the timed runs leave inputs and outputs on the device
+    unless `include_copies`. `progress` counts the timed runs.
     """
     _check_counts(runs=runs, warmup=warmup, batch=batch)
     sources, baseline_index = _with_baseline(list(models), baseline)
@@ -142,12 +181,19 @@ def benchmark(
     feeds = _benchmark_feeds(entries[baseline_index].model, data=data, batch=batch, shapes=shapes, seed=seed)
     effective_batch = leading_dim(feeds)
 
-    sessions, session_ms = zip(*(_timed_session(entry, session) for entry in entries))
-    outputs = [run_session(session, feeds) for session in sessions]
-    timings = interleaved_timings([timed_call(opened, feeds) for opened in sessions], runs=runs, warmup=warmup)
+    device = session.device
+    if device is not None:
+        warmup = max(warmup, DEVICE_WARMUP)
+    sessions, session_ms = zip(*(timed_session(entry.source, session) for entry in entries))
+    outputs = [run_session(opened, feeds) for opened in sessions]
+    runners = [timed_call(opened, feeds, device, include_copies) for opened in sessions]
+    with as_progress(progress).steps("timing", runs * len(runners)) as advance:
+        timings = interleaved_timings(runners, runs=runs, warmup=warmup, advance=advance)
 
     notes: list[str] = []
-    peak_memory = _peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
+    peak_memory = peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
+    if measure_memory and device is not None:
+        notes.append(f"peak memory is the host's; memory on {device[0]}:{device[1]} is not measured")
     stats = [latency_stats(times) for times in timings]
     results = [
         _model_bench(
@@ -159,69 +205,10 @@ def benchmark(
     return BenchReport(
         models=results, baseline=entries[baseline_index].label, runs=runs, warmup=warmup,
         threads=session.threads, batch=effective_batch, cpu=cpu_info(), notes=notes,
+        providers=list(sessions[0].get_providers()), device="cpu" if device is None else f"{device[0]}:{device[1]}",
+        include_copies=include_copies and device is not None,
+        agreement_inputs="random" if data is None else "data", agreement_samples=effective_batch,
     )
-
-
-def interleaved_timings(
-    runners: Sequence[Callable[[], object]],
-    *,
-    runs: int,
-    warmup: int,
-    clock: Callable[[], int] = time.perf_counter_ns,
-) -> list[list[float]]:
-    """Milliseconds of `runs` calls of each runner: all warm-ups first, then A B A B ... rounds.
-
-    `clock` returns nanoseconds (injectable for tests).
-    """
-    for runner in runners:
-        for _ in range(warmup):
-            runner()
-    timings: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for index, runner in enumerate(runners):
-            start = clock()
-            runner()
-            timings[index].append((clock() - start) / 1e6)
-    return timings
-
-
-def latency_stats(latencies_ms: Sequence[float]) -> dict:
-    """mean, min, max and the p50/p90/p95/p99 percentiles (numpy's linear interpolation)."""
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    if values.size == 0:
-        raise UsageError("no latencies to summarize: runs must be at least 1")
-    stats = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
-    for percentile, value in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
-        stats[f"p{percentile}"] = float(value)
-    return stats
-
-
-def speedup(baseline_stats: Mapping[str, float], model_stats: Mapping[str, float]) -> dict:
-    """Baseline latency / model latency, on the mean and on the median (p50)."""
-    return {
-        "mean": _ratio(baseline_stats["mean"], model_stats["mean"]),
-        "p50": _ratio(baseline_stats["p50"], model_stats["p50"]),
-    }
-
-
-def measure_peak_memory(model_path: str | os.PathLike, feeds: Feeds, session: SessionSpec = SessionSpec()) -> int:
-    """Peak resident memory (bytes) that creating a session and running it once adds.
-
-    Runs in a fresh process (multiprocessing "spawn"), so nothing of this process
-    counts. Once the child has imported onnxruntime and received the inputs, it
-    takes its resident size as the baseline, builds the session, runs once and
-    reports how far its peak resident size rose above that baseline. On Linux the
-    peak is first reset (`/proc/self/clear_refs`) and read from `VmHWM`, so the
-    peak of the child's own imports does not hide a small model; elsewhere it is
-    the growth of `ru_maxrss`, which can under-count models smaller than that
-    import peak. The figure covers the model bytes onnxruntime reads, its
-    weights after graph optimization and the arena of one run: a high-water
-    mark, not what the session keeps afterwards, and allocator caching can move
-    it by a few MB from one measurement to the next.
-    """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_peak_memory_in_child, os.fspath(model_path), dict(feeds), session).result()
 
 
 # --- loading -----------------------------------------------------------------
@@ -296,23 +283,6 @@ def _benchmark_feeds(model, *, data, batch, shapes, seed) -> dict[str, np.ndarra
     return {spec.name: np.asarray(first[spec.name]).astype(spec.dtype, copy=False) for spec in specs}
 
 
-def _timed_session(entry: _Entry, spec: SessionSpec):
-    start = time.perf_counter_ns()
-    session = create_session(entry.source, spec)
-    return session, (time.perf_counter_ns() - start) / 1e6
-
-
-def timed_call(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], object]:
-    """One run of `session` on `feeds`, as a call to time: bare session.run, as little Python as possible."""
-    output_names = [output.name for output in session.get_outputs()]
-    feeds = dict(feeds)
-    return lambda: session.run(output_names, feeds)
-
-
-def _ratio(baseline_ms: float, model_ms: float) -> float:
-    return baseline_ms / model_ms if model_ms > 0 else math.inf
-
-
 # --- derived measurements ----------------------------------------------------
 
 
@@ -357,73 +327,6 @@ def _params_and_macs(entry: _Entry, shapes, notes: list[str]) -> tuple[int | Non
     if model_cost.uncounted:
         notes.append(f"{entry.label}: MACs leave out {len(model_cost.uncounted)} nodes of unknown shape")
     return model_cost.params, model_cost.macs
-
-
-def _peak_memories(entries, feeds, session: SessionSpec, notes: list[str]) -> list[int | None]:
-    peaks = []
-    with tempfile.TemporaryDirectory(prefix="onnx_slim_bench.") as scratch:
-        for index, entry in enumerate(entries):
-            path = entry.source
-            if isinstance(path, onnx.ModelProto):
-                # The child loads from a file either way, so in-memory models are measured alike.
-                path = os.path.join(scratch, f"model_{index}.onnx")
-                onnx.save_model(entry.model, path)
-            try:
-                peaks.append(measure_peak_memory(path, feeds, session))
-            except Exception as exc:  # a crashed child (e.g. out of memory) should not lose the timings
-                notes.append(f"{entry.label}: peak memory not measured: {exc}")
-                peaks.append(None)
-    return peaks
-
-
-def _peak_memory_in_child(model_path: str, feeds: dict, spec: SessionSpec) -> int:
-    peak_reader = _linux_peak_reader() or _MaxRssReader()
-    before = peak_reader.baseline()
-    session = create_session(model_path, spec)
-    run_session(session, feeds)
-    return max(0, peak_reader.peak() - before)
-
-
-class _LinuxPeakReader:
-    """Resident size and its high-water mark from /proc/self/status, with the mark reset at start."""
-
-    def baseline(self) -> int:
-        Path("/proc/self/clear_refs").write_text("5")  # "5" resets the peak RSS to the current RSS
-        return self._status_bytes("VmRSS")
-
-    def peak(self) -> int:
-        return self._status_bytes("VmHWM")
-
-    @staticmethod
-    def _status_bytes(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-        raise OSError(f"{key} missing from /proc/self/status")
-
-
-class _MaxRssReader:
-    """Growth of getrusage's ru_maxrss: the fallback where /proc cannot reset the peak."""
-
-    def baseline(self) -> int:
-        return self.peak()
-
-    def peak(self) -> int:
-        import resource  # POSIX only; imported here so the module loads everywhere
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # Linux reports kilobytes, macOS bytes.
-        return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _linux_peak_reader() -> _LinuxPeakReader | None:
-    reader = _LinuxPeakReader()
-    try:
-        reader.baseline()
-        reader.peak()
-    except OSError:
-        return None
-    return reader
 
 
 # --- Markdown ----------------------------------------------------------------

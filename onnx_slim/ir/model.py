@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Union
+from typing import Iterator, Mapping, Union
 
 import onnx
 
 from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError, first_line
 from onnx_slim.ir.files import publish, same_file, scratch_folder
+from onnx_slim.ir.progress import Reporter
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
-Progress = Callable[[str], None]  # receives one-line progress messages
+Progress = Reporter  # what stages take as `progress`: a plain message callable or an ir.progress.Progress
 
 # Protobuf cannot serialize a single message over 2 GiB; past this size weights go
 # to an external data file next to the model.

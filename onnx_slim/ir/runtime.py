@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_slim.errors import OnnxSlimError, UsageError, first_line
+from onnx_slim.ir.providers import CPU, DEVICE_OF, parse_provider_options, provider_arguments, resolve_providers
 
 _ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime's log severities
 _ORT_PACKAGE = os.path.dirname(ort.__file__)
@@ -53,12 +54,32 @@ class SessionSpec:
     """
 
     threads: int | None = None  # intra-op threads; None lets onnxruntime choose
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    providers: tuple[str, ...] = (CPU,)  # onnxruntime's names, in preference order (see ir.providers)
     optimize: bool = True  # False skips graph optimizations: faster to create, for one-off checks
+    provider_options: tuple = ()  # ((provider, ((key, value), ...)), ...), as ir.providers parses them
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be at least 1, got {self.threads}")
+
+    @classmethod
+    def of(cls, threads: int | None = None, providers=None, provider_options=None) -> SessionSpec:
+        """A spec from command-line or config values: provider names short or full, checked
+        against this onnxruntime; `provider_options` as `[PROVIDER:]KEY=VALUE` strings."""
+        resolved = resolve_providers(providers)
+        return cls(threads, resolved, provider_options=parse_provider_options(provider_options, resolved))
+
+    @property
+    def device(self) -> tuple[str, int] | None:
+        """(OrtValue device name, device id) when the preferred provider runs on a device
+        whose memory inputs can be bound to; None for the CPU and providers without one."""
+        name = DEVICE_OF.get(self.providers[0])
+        if name is None:
+            return None
+        device_id = dict(dict(self.provider_options).get(self.providers[0], ())).get("device_id", "0")
+        if not str(device_id).isdigit():
+            raise UsageError(f"provider option device_id must be a whole number, got {device_id!r}")
+        return name, int(device_id)
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -83,9 +104,20 @@ def create_session(
     elif isinstance(model, os.PathLike):
         model = os.fspath(model)
     try:
-        return ort.InferenceSession(model, spec.session_options(), providers=list(spec.providers))
+        providers = provider_arguments(spec.providers, {name: dict(pairs) for name, pairs in spec.provider_options})
+        session = ort.InferenceSession(model, spec.session_options(), providers=providers)
     except Exception as exc:
         raise OnnxSlimError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
+    # A GPU build lists CUDA as available even where its libraries are missing; the session then
+    # quietly runs on the CPU, and every figure would be the CPU's under the GPU's name. (A provider
+    # this build does not have at all is refused earlier, by the command line's check.)
+    available = ort.get_available_providers()
+    missing = [name for name in spec.providers if name in available and name not in session.get_providers()]
+    if missing:
+        raise OnnxSlimError(f"onnxruntime could not start {', '.join(missing)} (the session has "
+                            f"{', '.join(session.get_providers())}): check its libraries (CUDA, cuDNN, TensorRT "
+                            f"versions); `onnx-slim --debug` shows onnxruntime's log")
+    return session
 
 
 def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

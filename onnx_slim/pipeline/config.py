@@ -53,6 +53,8 @@ class PipelineConfig:
     runs: int = 50
     warmup: int = 5
     threads: int | None = None
+    providers: list = field(default_factory=list)  # execution providers in preference order (ir.providers)
+    provider_options: list = field(default_factory=list)  # "[PROVIDER:]KEY=VALUE" strings
     memory: bool = True  # measure each model's peak memory (one subprocess per model)
     seed: int = 0
 
@@ -102,7 +104,7 @@ def _coerce(key: str, value):
         return value
     if key in _STRINGS and isinstance(value, str):
         return value
-    if key == "exclude":
+    if key in ("exclude", "providers", "provider_options"):
         patterns = [value] if isinstance(value, str) else value
         if isinstance(patterns, (list, tuple)) and all(isinstance(p, str) for p in patterns):
             return list(patterns)
@@ -175,11 +177,13 @@ _NON_NEGATIVE = {"max_drop", "min_speedup"}
 _KIND_WORDS = {
     **{key: "a number" for key in _NUMBERS}, **{key: "a whole number" for key in _INTEGERS},
     **{key: "true or false" for key in _FLAGS}, **{key: "a string" for key in _STRINGS},
-    "exclude": "a node-name pattern or a list of them", "input_shapes": "NAME=DIMS or a table of NAME = [DIMS]",
+    "exclude": "a node-name pattern or a list of them",
+    "providers": "a provider name or a list of them", "provider_options": "KEY=VALUE or a list of them", "input_shapes": "NAME=DIMS or a table of NAME = [DIMS]",
     "input_size": "H,W", "mean": "a list of numbers", "std": "a list of numbers",
 }
 # Config files may use the CLI spellings too.
-_ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib"}
+_ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib",
+            "provider": "providers", "provider_option": "provider_options"}
 
 
 def load_config(path: str | os.PathLike) -> dict:

@@ -168,7 +168,7 @@ def _prune(model, settings: PruneOptions, progress, copy):
     say(f"scoring {len(groups)} prunable groups by {settings.criterion}")
     context = ScoringContext(proto, channels, analysis.normalize_info.bn_scales, settings.seed,
                              calibration=settings.calibration, batch_size=settings.batch_size,
-                             session=settings.session)
+                             session=settings.session, progress=say)
     scores = score_groups(context, settings.criterion, groups)
     plan, ratio_used = _plan(analysis, groups, scores, settings, say)
     warnings = _warnings(proto, settings.exclude, groups, plan)

@@ -74,7 +74,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     """The stages, writing into `scratch`; the report names the files where they will be, in `outdir`."""
     pruned_path = scratch / "pruned.onnx"
     final_path = scratch / "model.onnx"
-    session = SessionSpec(threads=settings.threads)  # every stage runs the model the same way
+    session = SessionSpec.of(settings.threads, settings.providers, settings.provider_options)  # same for every stage
     say("pruning")
     prune_report = prune_file(
         model_path, pruned_path, force=True, progress=say,
@@ -100,7 +100,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     bench = benchmark(
         [str(model_path), str(pruned_path), str(final_path)], runs=settings.runs, warmup=settings.warmup,
         session=session, shapes=settings.input_shapes or None, seed=settings.seed,
-        data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory,
+        data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory, progress=say,
     )
     prune_report.output = str(outdir / pruned_path.name)
     if quantize_report is not None:

@@ -22,6 +22,7 @@ from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
 from onnx_slim.ir.model import Progress
+from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.plan.planner import CostModel, Plan, PlanOptions, uniform_plan
 
@@ -118,7 +119,7 @@ def measure_sensitivity(
     if scores is None:
         say(f"scoring {len(groups)} prunable groups by {criterion}")
         context = ScoringContext(analysis.model, analysis.channels, analysis.normalize_info.bn_scales, seed,
-                                 calibration=calibration, session=session)
+                                 calibration=calibration, session=session, progress=progress)
         scores = score_groups(context, criterion, groups)
     cost_model = CostModel.of(analysis)
     masked = MaskedModel(analysis, groups, session=session)
@@ -126,7 +127,7 @@ def measure_sensitivity(
     reference = [masked.run(batch) for batch in batches]
     report = SensitivityReport(criterion, list(ratios), sum(len(next(iter(b.values()))) for b in batches),
                                cost_model.macs)
-    for index, group in enumerate(groups, 1):
+    for index, group in enumerate(counted(progress, "sensitivity trials", groups), 1):
         say(f"sensitivity of group {group.id} ({index}/{len(groups)})")
         report.groups.append(_group_sensitivity(group, scores, ratios, masked, batches, reference, cost_model))
     return report

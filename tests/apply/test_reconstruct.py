@@ -6,6 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from recording import RecordingProgress
 
 from onnx_slim import UsageError, prune
 from onnx_slim.data.calibration import load_calibration
@@ -138,3 +139,16 @@ def test_matmul_followed_by_a_scalar_add_keeps_its_slice_intercept_free():
     pruned, report = prune(model, ratio=0.5, calibration=calibration, reconstruct=True)
     assert {layer["node"] for layer in report.reconstruction["per_layer"]} == {"mm2", "mm3"}
     onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_scoring_and_refit_passes_are_counted_to_their_totals(cnn):
+    calibration, _ = data(cnn)
+    recorder = RecordingProgress()
+
+    _, report = prune(cnn, ratio=0.4, criterion="thinet", calibration=calibration.take(40), reconstruct=True,
+                      batch_size=16, progress=recorder)
+
+    assert recorder.steps_done["scoring batches"] == [3, 3]  # 40 samples in batches of 16
+    layers = report.reconstruction["layers"]
+    assert layers > 0 and recorder.steps_done["re-fit layers"] == [layers, layers]
+    assert any(line.startswith("re-fit pass 1/") for line in recorder.lines)  # the lines are still there

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from graphs import conv_model, conv_relu_model, random_images
+from recording import RecordingProgress
 
 from onnx_slim.data import activations as activations_module
 from onnx_slim.data.activations import ActivationCapture
@@ -90,3 +91,13 @@ def test_capture_streams_one_batch_at_a_time():
     assert consumed == [2, 2, 1]
 
 
+
+
+def test_iterating_a_batch_stream_counts_its_batches():
+    calibration = CalibrationSet({"x": random_images(n=10)})
+    recorder = RecordingProgress()
+
+    results = list(ActivationCapture(conv_relu_model(), ["relu1"]).iter(calibration.batch_stream(4), recorder))
+
+    assert len(results) == 3 and calibration.batch_count(4) == 3
+    assert recorder.steps_done == {"calibration batches": [3, 3]}

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -77,7 +79,9 @@ def test_benchmark_report_shape_speedup_and_self_agreement(tmp_path):
     report = benchmark([wide, narrow, mlp(width=256)], batch=2, **FAST)
 
     data = json.loads(json.dumps(report.to_dict()))
-    assert set(data) == {"models", "baseline", "runs", "warmup", "threads", "batch", "cpu", "notes"}
+    assert set(data) == {"models", "baseline", "runs", "warmup", "threads", "batch", "cpu", "notes", "providers",
+                         "device", "include_copies", "agreement_inputs", "agreement_samples"}
+    assert (data["providers"], data["device"], data["include_copies"]) == (["CPUExecutionProvider"], "cpu", False)
     assert (data["baseline"], data["runs"], data["warmup"], data["batch"]) == (wide, 3, 1, 2)
     assert set(data["models"][0]) == {
         "path", "latency_ms", "throughput", "session_ms", "peak_memory_bytes", "size_bytes",
@@ -109,8 +113,8 @@ def test_benchmark_interleaves_timed_runs(tmp_path, monkeypatch):
     calls = []
     make_runner = bench_module.timed_call
 
-    def recording_runner(session, feeds):
-        run = make_runner(session, feeds)
+    def recording_runner(session, feeds, *where):
+        run = make_runner(session, feeds, *where)
         label = f"model{len(recording_runners)}"
         recording_runners.append(label)
         return lambda: (calls.append(label), run())
@@ -173,3 +177,64 @@ def test_peak_memory_is_measured_in_a_subprocess(tmp_path):
     assert isinstance(peak, int) and peak > 0
     assert report.threads == 1
     assert report.cpu["logical_cores"] == os.cpu_count()
+
+
+def test_agreement_on_random_inputs_is_labeled_as_such():
+    report = benchmark([mlp(), mlp(seed=1)], batch=3, **FAST)
+
+    assert (report.agreement_inputs, report.agreement_samples) == ("random", 3)
+    markdown = report.to_markdown()
+    assert "| cosine (random inputs) | top-1 (random inputs) |" in markdown.splitlines()[0]
+    assert "- agreement with the baseline on 3 random-input samples: says little about a model" in markdown
+    assert "pass --data for real agreement" in markdown
+
+
+def test_agreement_on_data_says_how_many_samples():
+    data = [{"x": np.ones((4, 16), dtype=np.float32)}]
+
+    report = benchmark([mlp(), mlp(seed=1)], data=data, **FAST)
+
+    assert report.to_dict()["agreement_inputs"] == "data" and report.to_dict()["agreement_samples"] == 4
+    markdown = report.to_markdown()
+    assert markdown.splitlines()[0].endswith("| cosine | top-1 |")
+    assert "- agreement with the baseline on 4 samples of the data" in markdown
+    assert "random" not in markdown
+
+
+def test_the_setup_line_names_the_providers():
+    markdown = benchmark([mlp()], **FAST).to_markdown()
+
+    assert "providers CPUExecutionProvider; CPU " in markdown
+
+
+def test_timed_runs_advance_a_progress_count():
+    counted = []
+
+    class Counting:
+        def say(self, message):
+            pass
+
+        __call__ = say
+
+        @contextlib.contextmanager
+        def steps(self, label, total):
+            counted.append(total)
+            yield lambda steps=1: counted.append(steps)
+
+    benchmark([mlp(), mlp(seed=1)], progress=Counting(), runs=3, warmup=0, measure_memory=False)
+
+    assert counted[0] == 6 and sum(counted[1:]) == 6  # 3 rounds of 2 models
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs CUDA")
+def test_cuda_bench_binds_inputs_and_outputs_on_the_device():
+    session = SessionSpec.of(providers=["cuda"])
+
+    report = benchmark([mlp(), mlp(seed=1)], session=session, **FAST)
+    copies = benchmark([mlp()], session=session, include_copies=True, **FAST)
+
+    assert report.device == "cuda:0" and report.providers[0] == "CUDAExecutionProvider"
+    assert report.warmup >= 10  # a device warms up longer
+    assert report.models[0].agreement["cosine"] == pytest.approx(1.0)
+    assert "host-device copies not timed" in report.to_markdown()
+    assert copies.include_copies and "copies timed" in copies.to_markdown()

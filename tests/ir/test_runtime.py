@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from graphs import conv_chain
 
-from onnx_slim.errors import UsageError
+from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.ir import runtime
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session
 
 
@@ -20,3 +21,43 @@ def test_the_spec_sets_threads_providers_and_optimization():
 def test_threads_below_one_are_refused():
     with pytest.raises(UsageError, match="threads must be at least 1"):
         SessionSpec(threads=0)
+
+
+def test_a_spec_from_options_hands_providers_and_their_options_to_onnxruntime(monkeypatch):
+    made = []
+    real = runtime.ort.InferenceSession
+
+    def recording(model, options, providers):
+        made.append(providers)
+        return real(model, options, providers=providers)
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", recording)
+    spec = SessionSpec.of(threads=1, providers=["cpu"], provider_options=["use_arena=0"])
+
+    create_session(conv_chain((4,)), spec)
+
+    assert spec.providers == ("CPUExecutionProvider",) and spec.device is None
+    assert made == [[("CPUExecutionProvider", {"use_arena": "0"})]]
+
+
+def test_a_gpu_spec_names_its_device():
+    spec = SessionSpec(providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+                       provider_options=(("CUDAExecutionProvider", (("device_id", "1"),)),))
+    assert spec.device == ("cuda", 1)
+    assert SessionSpec(providers=("TensorrtExecutionProvider", "CPUExecutionProvider")).device == ("cuda", 0)
+
+
+def test_a_provider_onnxruntime_could_not_start_is_an_error_not_a_silent_cpu_run(monkeypatch):
+    class FellBack:  # what a GPU build does when the CUDA libraries are missing
+        def __init__(self, model, options, providers):
+            pass
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(runtime.ort, "InferenceSession", FellBack)
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    spec = SessionSpec(providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+
+    with pytest.raises(OnnxSlimError, match="could not start CUDAExecutionProvider .*has CPUExecutionProvider"):
+        create_session(conv_chain((4,)), spec)

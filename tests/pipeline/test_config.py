@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from onnx_slim.cli import main
@@ -124,4 +125,24 @@ def test_cli_max_drop_nan_exits_2(capsys, tmp_path):
     code, stderr = run_cli(capsys, "run", model, "-o", tmp_path / "out", "--max-drop", "nan", "--quiet")
     assert code == 2
     assert stderr.strip() == "error: option max-drop: nan is not a finite number"
+    assert not (tmp_path / "out").exists()
+
+
+def test_providers_in_a_config_file_take_either_spelling(tmp_path):
+    assert load_config(write(tmp_path, "a.toml", 'provider = "cuda,cpu"\n'))["providers"] == ["cuda,cpu"]
+    options = load_config(write(tmp_path, "b.toml", 'providers = ["tensorrt", "cuda"]\n'
+                                                    'provider-options = ["device_id=1"]\n'))
+    assert config_from_mapping(options).providers == ["tensorrt", "cuda"]
+    assert config_from_mapping(options).provider_options == ["device_id=1"]
+
+
+def test_an_unavailable_provider_in_the_config_stops_the_run_before_it_starts(capsys, tmp_path):
+    missing = next(name for name in ort.get_all_providers() if name not in ort.get_available_providers())
+    model = tmp_path / "m.onnx"
+    shutil.copy(DEMO, model)
+    config = write(tmp_path, "c.toml", f'providers = ["{missing}"]\n')
+    code, stderr = run_cli(capsys, "run", model, "-o", tmp_path / "out", "--config", config, "--quiet")
+    assert code == 2
+    assert stderr.startswith(f"error: execution provider {missing} is not available")
+    assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

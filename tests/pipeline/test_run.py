@@ -253,3 +253,22 @@ def test_one_session_spec_reaches_every_stage(capsys, demo, tmp_path, monkeypatc
     assert code == 0 and json.loads(stdout)["bench"]["threads"] == 1
     optimized = [threads for threads in seen if threads is not None]
     assert len(optimized) >= 8 and set(optimized) == {1}  # captures, re-fit, evaluations, timing, bench
+
+
+def test_without_eval_data_the_report_marks_agreement_as_random_input_only(capsys, demo, tmp_path):
+    config = tmp_path / "bare.toml"
+    config.write_text("quantize = \"none\"\n")  # no calib, no eval
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, "run", demo, "-o", out, "--config", config, "--provider", "cpu", "--json",
+                              *FAST)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["bench"]["agreement_inputs"] == "random" and report["bench"]["agreement_samples"] == 1
+    assert report["bench"]["providers"] == ["CPUExecutionProvider"]
+    written = (out / "report.md").read_text()
+    summary, _, benchmark = written.partition("\n\n## Benchmark\n\n")
+    assert "not measured (no --eval)" in summary
+    assert benchmark.startswith("Quality is the summary's 'quality vs original'")
+    assert "| cosine (random inputs) | top-1 (random inputs) |" in benchmark
+    assert "on 1 random-input sample: says little about a model" in benchmark
+    assert "pass --eval for real agreement" in benchmark and "--data" not in benchmark

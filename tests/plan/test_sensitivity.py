@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recording import RecordingProgress
 
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.criteria import ScoringContext, score_groups
@@ -155,3 +156,14 @@ def test_sensitivity_orders_channels_by_the_callers_seed_and_scores(digits):
     seeded = score_groups(ScoringContext(analysis.model, analysis.channels, seed=3), "random", groups)
     assert measured(seed=3) == measured(scores=seeded)
     assert measured(seed=3) != measured(seed=0)
+
+
+def test_trials_are_counted_one_per_group(digits):
+    analysis, calibration, _ = digits
+    recorder = RecordingProgress()
+
+    measure_sensitivity(analysis, calibration, ratios=(0.5,), samples=8, progress=recorder)
+
+    groups = len(analysis.channels.prunable_groups())
+    assert recorder.steps_done == {"sensitivity trials": [groups, groups]}
+    assert recorder.lines[-1] == f"sensitivity of group {analysis.channels.prunable_groups()[-1].id} ({groups}/{groups})"

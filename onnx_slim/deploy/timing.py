@@ -1,0 +1,121 @@
+"""Timing runs of onnxruntime sessions: one call per run, interleaved across models, summarized.
+
+On a provider with its own device memory (CUDA, TensorRT, DirectML) a run is
+timed with its inputs already on the device and its outputs left there (I/O
+binding), so what is timed is the model and not host-device copies, unless
+`include_copies` asks for those too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_slim.errors import UsageError
+from onnx_slim.ir.progress import Advance
+from onnx_slim.ir.runtime import SessionSpec, create_session
+
+Feeds = Mapping[str, np.ndarray]
+
+PERCENTILES = (50, 90, 95, 99)
+# The first runs on a GPU pick kernels (cuDNN's algorithm search, TensorRT's engine build)
+# and raise the clocks: a device gets at least this many untimed runs.
+DEVICE_WARMUP = 10
+
+
+def interleaved_timings(
+    runners: Sequence[Callable[[], object]],
+    *,
+    runs: int,
+    warmup: int,
+    clock: Callable[[], int] = time.perf_counter_ns,
+    advance: Advance | None = None,
+) -> list[list[float]]:
+    """Milliseconds of `runs` calls of each runner: all warm-ups first, then A B A B ... rounds.
+
+    `clock` returns nanoseconds (injectable for tests); `advance(len(runners))` is
+    called after each round (a progress bar), outside the timed calls.
+    """
+    for runner in runners:
+        for _ in range(warmup):
+            runner()
+    timings: list[list[float]] = [[] for _ in runners]
+    for _ in range(runs):
+        for index, runner in enumerate(runners):
+            start = clock()
+            runner()
+            timings[index].append((clock() - start) / 1e6)
+        if advance is not None:
+            advance(len(runners))
+    return timings
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict:
+    """mean, min, max and the p50/p90/p95/p99 percentiles (numpy's linear interpolation)."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    if values.size == 0:
+        raise UsageError("no latencies to summarize: runs must be at least 1")
+    stats = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+    for percentile, value in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+        stats[f"p{percentile}"] = float(value)
+    return stats
+
+
+def speedup(baseline_stats: Mapping[str, float], model_stats: Mapping[str, float]) -> dict:
+    """Baseline latency / model latency, on the mean and on the median (p50)."""
+    return {
+        "mean": _ratio(baseline_stats["mean"], model_stats["mean"]),
+        "p50": _ratio(baseline_stats["p50"], model_stats["p50"]),
+    }
+
+
+def _ratio(baseline_ms: float, model_ms: float) -> float:
+    return baseline_ms / model_ms if model_ms > 0 else math.inf
+
+
+def timed_session(
+    source: str | os.PathLike | onnx.ModelProto, spec: SessionSpec
+) -> tuple[ort.InferenceSession, float]:
+    """A session and the milliseconds it took to create."""
+    start = time.perf_counter_ns()
+    session = create_session(source, spec)
+    return session, (time.perf_counter_ns() - start) / 1e6
+
+
+def timed_call(
+    session: ort.InferenceSession,
+    feeds: Feeds,
+    device: tuple[str, int] | None = None,
+    include_copies: bool = False,
+) -> Callable[[], object]:
+    """One run of `session` on `feeds`, as a call to time, with as little Python as possible.
+
+    Without `device` (the CPU), or with `include_copies`, it is a bare
+    `session.run` on host arrays: on a device provider onnxruntime then copies
+    inputs in and outputs out on every run. With `device` (OrtValue device
+    name, id) the inputs are copied to the device once, here, and the outputs
+    are bound to the device, so a run moves no data between host and device.
+    """
+    if device is None or include_copies:
+        output_names = [output.name for output in session.get_outputs()]
+        feeds = dict(feeds)
+        return lambda: session.run(output_names, feeds)
+    name, device_id = device
+    binding = session.io_binding()
+    for input_name, value in feeds.items():
+        binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value),
+                                                                                 name, device_id))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, name, device_id)
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the run is over when its outputs are, not when it is queued
+
+    return run
