@@ -22,6 +22,7 @@ from onnx_slim.channels.analysis import analyze
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
 from onnx_slim.errors import UsageError
+from onnx_slim.formatting import table
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.model import load_model, model_file_size
 from onnx_slim.ir.runtime import SessionSpec
@@ -70,6 +71,47 @@ class PruneReport:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["macs_fraction"] = round(self.macs_fraction, 4)
         return data
+
+    def choice_lines(self) -> list[str]:
+        """What was measured to choose the model: the rounding, the search, the speedup next to the MACs."""
+        lines = []
+        if self.rounding and self.rounding["candidates"]:
+            timed = ", ".join(f"{c['round_to']}: {c['latency_ms']:.3g} ms" for c in self.rounding["candidates"])
+            lines.append(f"rounding: round-to {self.rounding['chosen']}, measured fastest ({timed}; "
+                         f"original {self.rounding['original_ms']:.3g} ms)")
+        search = self.search
+        if search and search["kind"] == "latency":
+            lines.append(f"latency search: budget {search['budget_ms']:g} ms, original {search['original_ms']:.3g} ms, "
+                         f"{len(search['candidates'])} candidates timed"
+                         + (f", kept MACs {search['chosen_macs_fraction']:.3f} at {search['chosen_ms']:.3g} ms"
+                            if "chosen_ms" in search else ""))
+        elif search:
+            chosen = next(c for c in search["candidates"] if c["chosen"])
+            lines.append(f"quality search: max drop {search['max_drop']:g} points, {len(search['candidates'])} "
+                         f"candidates evaluated, kept MACs {chosen['macs_fraction']:.3f} (drop {chosen['drop']:.2f})")
+        if search and search.get("note"):
+            lines.append(f"search: {search['note']}")
+        if self.latency_ms:
+            lines.append(f"measured p50 {self.latency_ms['pruned']:.3g} ms against {self.latency_ms['original']:.3g} ms "
+                         f"for the original: {self.latency_ms['speedup']:.2f}x faster at "
+                         f"{self.macs_fraction * 100:.1f}% of the MACs")
+        return lines
+
+    def search_markdown(self) -> str:
+        """The candidates a search measured, one row each ("" without a search)."""
+        if not self.search:
+            return ""  # a search that measured nothing (the original already met the budget) has no rows too
+        rows = self.search["candidates"]
+        if self.search["kind"] == "latency":
+            header = ["target MACs", "MACs kept", "round-to", "p50 ms", "in budget window", "chosen"]
+            cells = [(f"{r['target_macs']:.3f}", f"{r['macs_fraction']:.3f}", r["round_to"], f"{r['latency_ms']:.4g}",
+                      "yes" if r["within_budget"] else "no", "yes" if r["chosen"] else "") for r in rows]
+        else:
+            header = ["target MACs", "MACs kept", "metric", "drop (points)", "within max drop", "chosen"]
+            cells = [(f"{r['target_macs']:.3f}", f"{r['macs_fraction']:.3f}",
+                      f"{r['metric']['name']} {r['metric']['value']:.4f}", f"{r['drop']:.2f}",
+                      "yes" if r["passed"] else "no", "yes" if r["chosen"] else "") for r in rows]
+        return table(header, cells, markdown=True) if cells else ""
 
 
 @dataclass(frozen=True)

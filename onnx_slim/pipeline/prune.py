@@ -14,7 +14,7 @@ from onnx_slim.apply.verify import verify_model
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.ir.files import publish, scratch_folder
 from onnx_slim.ir.model import ModelSource, Progress, check_output_path, write_model_files
-from onnx_slim.pipeline.candidates import AUTO, Choice, PruneOptions, PruneReport, Pruner
+from onnx_slim.pipeline.candidates import AUTO, Choice, PruneOptions, Pruner, PruneReport
 from onnx_slim.pipeline.rounding import choose_rounding
 from onnx_slim.pipeline.search import search_latency, search_macs
 

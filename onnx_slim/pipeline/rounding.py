@@ -17,7 +17,7 @@ from onnx_slim.pipeline.candidates import Candidate, Pruner
 
 ROUNDINGS = (1, 8, 16, 32)
 TIE = 0.03  # within 3% of the fastest counts as a tie: timing noise on a busy machine is about that
-MACS_SLACK = 0.03  # a rounding whose plan misses the MACs by more is not the same model size
+MACS_SLACK = 0.02  # a rounding whose plan misses the target MACs by more is not the model asked for
 
 
 def plan_key(plan: dict) -> tuple:
@@ -33,14 +33,11 @@ def choose_rounding(pruner: Pruner, *, target_macs: float | None = None,
     ratio keeps. Returns the candidate, the rounding report and the latencies
     (original, chosen, speedup), or None for them when nothing is removed.
     """
-    reference = pruner.plan(ratio=ratio, round_to=1) if ratio is not None else None
-    if reference is not None:
+    reference = pruner.plan(ratio=ratio, target_macs=target_macs, round_to=1)  # exact counts
+    if ratio is not None:
         target_macs = reference.macs_fraction
-    candidates, notes = [], []
-    for step in ROUNDINGS:
-        if reference is not None and step == 1:
-            candidates.append(reference)
-            continue
+    candidates, notes = [reference], []
+    for step in ROUNDINGS[1:]:
         try:
             candidate = pruner.plan(target_macs=target_macs, round_to=step)
         except OnnxSlimError as exc:  # the target is out of reach at this rounding
@@ -51,10 +48,9 @@ def choose_rounding(pruner: Pruner, *, target_macs: float | None = None,
                          f"{target_macs:.3f}")
             continue
         candidates.append(candidate)
-    if not candidates or not any(candidate.plan for candidate in candidates):
-        exact = candidates[0] if candidates else pruner.plan(target_macs=target_macs, round_to=1)
-        return exact, {"chosen": exact.round_to, "candidates": [], "notes": notes + ["nothing to remove: no "
-                                                                                    "rounding timed"]}, None
+    if not any(candidate.plan for candidate in candidates):
+        return reference, {"chosen": 1, "candidates": [], "notes": notes + ["nothing to remove: no rounding timed"]}, \
+            None
     unique = {}
     for candidate in candidates:
         unique.setdefault(plan_key(candidate.plan), candidate)
@@ -74,7 +70,7 @@ def choose_rounding(pruner: Pruner, *, target_macs: float | None = None,
         "runs": timing.RUNS,
         "notes": notes,
     }
-    pruner.say(f"round-to {chosen.round_to}: {chosen_ms:.2f} ms against {original_ms:.2f} ms for the original")
+    pruner.say(f"round-to {chosen.round_to}: {chosen_ms:.3g} ms against {original_ms:.3g} ms for the original")
     return chosen, report, latencies(original_ms, chosen_ms)
 
 

@@ -26,10 +26,10 @@ class _Point:
     candidate: Candidate
     latency_ms: float
 
-    def to_dict(self, budget: float) -> dict:
+    def to_dict(self, budget: float, chosen: bool) -> dict:
         return {"target_macs": round(self.target, 4), "macs_fraction": round(self.candidate.macs_fraction, 4),
                 "round_to": self.candidate.round_to, "latency_ms": round(self.latency_ms, 4),
-                "within_budget": WINDOW * budget <= self.latency_ms <= budget}
+                "within_budget": _within(self, budget), "chosen": chosen}
 
 
 def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
@@ -45,7 +45,7 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
     report = {"kind": "latency", "budget_ms": budget_ms, "window_ms": [round(WINDOW * budget_ms, 4), budget_ms],
               "original_ms": round(original_ms, 4), "runs": timing.RUNS, "candidates": []}
     if original_ms <= budget_ms:
-        report["note"] = f"the original already runs in {original_ms:.2f} ms: nothing removed"
+        report["note"] = f"the original already runs in {original_ms:.3g} ms: nothing removed"
         pruner.say(report["note"])
         return Choice(pruner.plan(ratio=0.0), search=report, latency_ms=latencies(original_ms, original_ms))
     target = (1 + WINDOW) / 2 * budget_ms
@@ -73,12 +73,12 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
             break
         tried.add(plan_key(candidate.plan))
         (measured,) = timing.p50_latencies([pruner.pruned_copy(candidate)], pruner.timing_inputs, settings.session)
-        pruner.say(f"latency search: MACs {candidate.macs_fraction:.3f} -> {measured:.2f} ms "
+        pruner.say(f"latency search: MACs {candidate.macs_fraction:.3f} -> {measured:.3g} ms "
                    f"(budget {budget_ms:g} ms)")
         points.append(_Point(fraction, candidate, measured))
-    report["candidates"] = [point.to_dict(budget_ms) for point in points]
-    report["round_to"] = round_to
     chosen = _chosen(points, budget_ms)
+    report["candidates"] = [point.to_dict(budget_ms, point is chosen) for point in points]
+    report["round_to"] = round_to
     if chosen is None:
         fastest = min(points, key=lambda point: point.latency_ms)
         reached = (f"the smallest model pruning allows (MACs {smallest:.3f} of the original, --round-to {round_to}, "
@@ -86,7 +86,7 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
                    + RESOLUTION else f"the fastest of {len(points)} candidates (MACs "
                    f"{fastest.candidate.macs_fraction:.3f})")
         raise OnnxSlimError(f"target latency {budget_ms:g} ms is out of reach: {reached} runs in "
-                            f"{fastest.latency_ms:.2f} ms (original {original_ms:.2f} ms, {_threads(settings.session)})")
+                            f"{fastest.latency_ms:.3g} ms (original {original_ms:.3g} ms, {_threads(settings.session)})")
     if not _within(chosen, budget_ms):
         report["note"] = (f"no candidate landed in [{WINDOW:g}, 1] x budget in {len(points)} tries: kept the "
                           f"least pruned one under the budget")
@@ -140,7 +140,9 @@ def _secant(a: tuple[float, float], b: tuple[float, float], target: float) -> fl
 
 
 def _threads(session) -> str:
-    return f"{session.threads} thread(s)" if session.threads else "onnxruntime's default threads"
+    if not session.threads:
+        return "onnxruntime's default threads"
+    return f"{session.threads} thread" + ("s" if session.threads > 1 else "")
 
 
 # --- target_macs="auto": the smallest model within max_drop -------------------------------------
@@ -180,11 +182,13 @@ def search_macs(pruner: Pruner) -> Choice:
         passed = drop <= max_drop
         tried[key] = passed
         curve.append({"target_macs": round(fraction, 4), "macs_fraction": round(candidate.macs_fraction, 4),
-                      "metric": _metric(result), "drop": drop, "passed": passed})
+                      "metric": _metric(result), "drop": drop, "passed": passed, "chosen": False})
         pruner.say(f"quality search: MACs {candidate.macs_fraction:.3f} -> drop {drop:.2f} points "
                    f"({'within' if passed else 'over'} {max_drop:g})")
         if passed and (best is None or candidate.macs_fraction < best[0].macs_fraction):
             best = (candidate, built)
+            for point in curve:
+                point["chosen"] = point is curve[-1]
         return passed
 
     passing, failing = 1.0, None
@@ -202,8 +206,9 @@ def search_macs(pruner: Pruner) -> Choice:
         passing, failing = (middle, failing) if passed else (passing, middle)
     report = {"kind": "quality", "max_drop": max_drop, "data": data.description, "round_to": round_to,
               "candidates": curve,
-              "note": "each candidate was pruned and re-fitted with the final settings and evaluated on the "
-                      "held-out data; the re-fit collects its calibration targets again for every candidate"}
+              "note": "each candidate was built with the final settings and evaluated on the held-out data"
+                      + ("; the re-fit collects its calibration targets from the original again for every candidate"
+                         if settings.reconstruct else "")}
     if best is None:
         least = max(curve, key=lambda point: point["macs_fraction"])
         raise OnnxSlimError(f"no pruned model keeps the drop within {max_drop:g} points: the least pruned "
