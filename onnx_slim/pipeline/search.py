@@ -36,12 +36,15 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
     """The least-pruned candidate whose measured p50 on the pruner's session is in [0.95, 1] x budget.
 
     Secant steps on the MACs fraction, kept inside the bracket of the closest too-slow and
-    too-fast candidates (bisection when a step would leave it). Candidates are timed after
-    surgery only: a re-fit changes weights, not latency, so it runs once, on the choice.
+    too-fast candidates (bisection when a step would leave it). Each candidate is timed
+    interleaved with the original, and its latency is its speedup over the original applied to
+    the original's p50 (timed once, twice as long). Candidates are timed after surgery only: a
+    re-fit changes weights, not latency, so it runs once, on the choice.
     """
     settings = pruner.settings
     pruner.say(f"latency search: timing the original on {_threads(settings.session)}")
-    (original_ms,) = timing.p50_latencies([pruner.model], pruner.timing_inputs, settings.session)
+    (original_ms,) = timing.p50_latencies([pruner.model], pruner.timing_inputs, settings.session,
+                                          runs=2 * timing.RUNS)
     report = {"kind": "latency", "budget_ms": budget_ms, "window_ms": [round(WINDOW * budget_ms, 4), budget_ms],
               "original_ms": round(original_ms, 4), "runs": timing.RUNS, "candidates": []}
     if original_ms <= budget_ms:
@@ -55,8 +58,8 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
         guess = max(guess, pruner.smallest_fraction(1))
         first, rounding, _ = choose_rounding(pruner, target_macs=guess)
         round_to = first.round_to
-        chosen_ms = next(c["latency_ms"] for c in rounding["candidates"] if c["round_to"] == round_to)
-        points = [_Point(guess, first, chosen_ms)]
+        timed = [original_ms / c["speedup"] for c in rounding["candidates"] if c["round_to"] == round_to]
+        points = [_Point(guess, first, timed[0])] if timed else []  # none timed: nothing to remove
     else:
         round_to, points = settings.round_to, []
     smallest = pruner.smallest_fraction(round_to)
@@ -72,7 +75,11 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
         if plan_key(candidate.plan) in tried:  # rounding lands on a plan already timed
             break
         tried.add(plan_key(candidate.plan))
-        (measured,) = timing.p50_latencies([pruner.pruned_copy(candidate)], pruner.timing_inputs, settings.session)
+        # Timed interleaved with the original and scaled to its reference p50: load from other
+        # processes while this candidate runs slows both alike instead of misplacing the candidate.
+        original_now, candidate_ms = timing.p50_latencies([pruner.model, pruner.pruned_copy(candidate)],
+                                                          pruner.timing_inputs, settings.session)
+        measured = candidate_ms * original_ms / original_now
         pruner.say(f"latency search: MACs {candidate.macs_fraction:.3f} -> {measured:.3g} ms "
                    f"(budget {budget_ms:g} ms)")
         points.append(_Point(fraction, candidate, measured))
@@ -168,13 +175,13 @@ def search_macs(pruner: Pruner) -> Choice:
     curve, tried = [], {}
     best: tuple[Candidate, Built] | None = None
 
-    def measure(fraction: float) -> bool | None:
-        """Build and evaluate the candidate at `fraction`; whether it passed (None: a plan already tried)."""
+    def measure(fraction: float) -> tuple[bool, bool]:
+        """Build and evaluate the candidate at `fraction`: (whether it passed, whether its plan was new)."""
         nonlocal best
         candidate = pruner.plan(target_macs=fraction, round_to=round_to)
         key = plan_key(candidate.plan)
-        if key in tried:
-            return None
+        if key in tried:  # rounding lands on a plan already evaluated
+            return tried[key], False
         built = pruner.build(candidate)
         result = evaluate(pruner.model, built.model, data, batch_size=max(settings.batch_size, 32),
                           session=settings.session)
@@ -189,19 +196,19 @@ def search_macs(pruner: Pruner) -> Choice:
             best = (candidate, built)
             for point in curve:
                 point["chosen"] = point is curve[-1]
-        return passed
+        return passed, True
 
     passing, failing = 1.0, None
     for fraction in [step for step in STEPS if step > smallest + RESOLUTION] + [smallest]:
-        passed = measure(fraction)
-        if passed is False:
+        passed, _ = measure(fraction)
+        if not passed:
             failing = fraction
             break
         passing = fraction
     for _ in range(BISECTIONS if failing is not None else 0):
         middle = (passing + failing) / 2
-        passed = measure(middle)
-        if passed is None:
+        passed, new = measure(middle)
+        if not new:
             break
         passing, failing = (middle, failing) if passed else (passing, middle)
     report = {"kind": "quality", "max_drop": max_drop, "data": data.description, "round_to": round_to,

@@ -197,3 +197,8 @@ def test_auto_macs_end_to_end_on_the_demo_model(capsys, tmp_path):
     assert all(point["macs_fraction"] >= chosen["macs_fraction"] for point in curve if point["passed"])
     assert report["evaluation"]["accuracy_drop_points"] <= 2.0  # measured again on the written model
     assert abs(report["macs_fraction"] - chosen["macs_fraction"]) < 0.01
+
+
+def test_latency_search_on_a_model_with_nothing_prunable_is_a_clear_error(chain, affine_clock):
+    with pytest.raises(OnnxSlimError, match=r"target latency 6 ms is out of reach: the smallest model .*MACs 1\.000"):
+        prune(chain, target_latency=6.0, round_to="auto", exclude=["*"])
