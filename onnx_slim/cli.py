@@ -21,6 +21,7 @@ from onnx_slim.cli_options import (
     QUANTIZE_CHOICES,
     Console,
     CriterionOption,
+    NumberOrAuto,
     calibration_options,
     floats,
     load_data,
@@ -85,7 +86,12 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the pruned model.")
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group, in [0, 1).")
-@click.option("--target-macs", type=float, help="Keep about this fraction of the model's MACs, in (0, 1].")
+@click.option("--target-macs", type=NumberOrAuto(float),
+              help="Keep about this fraction of the model's MACs, in (0, 1]; auto: the smallest model whose drop "
+                   "on --eval stays within --max-drop.")
+@click.option("--target-latency", type=float, metavar="MS",
+              help="Prune until the model's measured p50 (batch 1, --threads) is within 5% under this many ms.")
+@click.option("--max-drop", type=float, help="With --target-macs auto: largest accuracy (or agreement) drop, points.")
 @click.option("--criterion", cls=CriterionOption, default="l1", show_default=True,
               help="Channel importance: {criteria}.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
@@ -96,8 +102,10 @@ def inspect(model, input_shapes, as_json, show_all):
               help="Match each later layer's per-channel output mean and spread to the original's (needs --calib).")
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data (.npz, with optional labels) to measure agreement and accuracy.")
-@click.option("--round-to", default=1, show_default=True, help="Kept channel counts are multiples of this.")
+@click.option("--round-to", type=NumberOrAuto(int), default="auto", show_default=True,
+              help="Kept channel counts are multiples of this; auto times 1, 8, 16, 32 and keeps the fastest.")
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads of calibration runs and timing.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
 @click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans (not lossless).")
 @CLEANUP_OPTION
@@ -107,16 +115,17 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate, reconstruct, correct_statistics,
-          calib, calib_samples, batch_size, eval_path, round_to, min_channels, exclude, prune_layernorm, cleanup, seed,
-          input_shapes, providers, provider_options, force, as_json, quiet, **image_options):
+def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate, reconstruct,
+          correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads, exclude,
+          prune_layernorm, cleanup, seed, input_shapes, providers, provider_options, force, as_json, quiet,
+          **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
     from onnx_slim.pipeline.prune import prune_file
 
     console = Console(quiet, bars=not as_json)
-    session = session_spec(providers=providers, provider_options=provider_options)
+    session = session_spec(threads, providers, provider_options)
     check_output_path(model, output, force)
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
@@ -129,6 +138,7 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
             calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
             exclude=list(exclude), prune_layernorm=prune_layernorm, cleanup=cleanup,
             seed=seed, input_shapes=parse_input_shapes(input_shapes),
+            target_latency=target_latency, max_drop=max_drop, eval_data=evaluation,
         )
     data = report.to_dict()
     if as_json:
@@ -143,6 +153,10 @@ def prune(model, output, ratio, target_macs, criterion, global_ranking, allocate
                    f"({report.statistics['unchanged']} kept as they were)")
     if report.evaluation:
         click.echo(evaluation_line(report.evaluation))
+    for line in report.choice_lines():
+        click.echo(line)
+    if report.search:
+        click.echo(report.search_markdown())
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(f"\nwrote {output} ({human_bytes(report.size_after)}) in {report.seconds:.1f}s")
@@ -206,7 +220,10 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML/YAML file with these options (default: MODEL's sibling <name>.slim.toml if present).")
 @click.option("--ratio", type=float, help="Fraction of channels to remove from every prunable group.")
-@click.option("--target-macs", type=float, help="Keep about this fraction of MACs (default 0.5).")
+@click.option("--target-macs", type=NumberOrAuto(float),
+              help="Keep about this fraction of MACs (default 0.5); auto: the smallest model within --max-drop.")
+@click.option("--target-latency", type=float, metavar="MS",
+              help="Prune until the pruned model's measured p50 is within 5% under this many ms.")
 @click.option("--criterion", cls=CriterionOption,
               help="Channel importance: {criteria} (default: thinet with --calib, else l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
@@ -219,9 +236,11 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @CLEANUP_OPTION
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data for accuracy/agreement and --max-drop.")
-@click.option("--max-drop", type=float, help="Quality gate: maximum accuracy (or agreement) drop in points.")
+@click.option("--max-drop", type=float,
+              help="Quality gate: maximum accuracy (or agreement) drop in points; the budget of --target-macs auto.")
 @click.option("--min-speedup", type=float, help="Quality gate: minimum p50 latency speedup of the final model.")
-@click.option("--round-to", default=8, show_default=True, help="Kept channel counts are multiples of this.")
+@click.option("--round-to", type=NumberOrAuto(int), default="auto", show_default=True,
+              help="Kept channel counts are multiples of this; auto times 1, 8, 16, 32 and keeps the fastest.")
 @click.option("--min-channels", default=1, show_default=True)
 @click.option("--exclude", multiple=True, metavar="PATTERN")
 @click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans.")
@@ -263,10 +282,11 @@ def pipeline_config(ctx, model, config_path, options):
     config_file = config_path or sibling_config(model)
     merged = load_config(config_file) if config_file else {}
     given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    # --ratio and --target-macs are one choice: either on the command line replaces the config's.
-    if given & {"ratio", "target_macs"}:
-        merged.pop("ratio", None)
-        merged.pop("target_macs", None)
+    # --ratio, --target-macs and --target-latency are one choice: any on the command line replaces the config's.
+    targets = {"ratio", "target_macs", "target_latency"}
+    if given & targets:
+        for name in targets:
+            merged.pop(name, None)
     for name, value in options.items():
         key = "eval" if name == "eval_path" else name
         if name in given or key not in merged:

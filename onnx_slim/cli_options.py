@@ -79,6 +79,23 @@ class CriterionOption(click.Option):
         return super().get_help_record(ctx)
 
 
+class NumberOrAuto(click.ParamType):
+    """A number of `kind`, or the word `auto` (a value measured for you)."""
+
+    def __init__(self, kind=float) -> None:
+        self.kind = kind
+        self.name = "auto|" + ("integer" if kind is int else "number")
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, self.kind) and not isinstance(value, bool)):
+            return value
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither {'a whole number' if self.kind is int else 'a number'} nor 'auto'",
+                      param, ctx)
+
+
 shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
     help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",

@@ -36,7 +36,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], markdown: bool = Fal
 
 
 def before_after_table(report: dict, markdown: bool = False) -> str:
-    """Params, MACs, file size and groups, before and after pruning."""
+    """Params, MACs (and the measured p50 latency, when there is one), file size and groups, before and after."""
     def change(before, after):
         return f"{(after - before) / before * 100:+.1f}%" if before else "n/a"
 
@@ -45,6 +45,12 @@ def before_after_table(report: dict, markdown: bool = False) -> str:
          change(report["params_before"], report["params_after"])),
         ("MACs", human_count(report["macs_before"]), human_count(report["macs_after"]),
          change(report["macs_before"], report["macs_after"])),
+    ]
+    latency = report.get("latency_ms")
+    if latency:  # measured when the rounding or a latency search timed the model
+        rows.append(("p50 latency", f"{latency['original']:.3g} ms", f"{latency['pruned']:.3g} ms",
+                     f"{latency['speedup']:.2f}x faster"))
+    rows += [
         ("file size", human_bytes(report["size_before"]), human_bytes(report["size_after"]),
          change(report["size_before"], report["size_after"])),
         ("groups pruned", "", f"{report['groups_pruned']} of {report['groups_total']}", ""),

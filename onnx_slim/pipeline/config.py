@@ -23,13 +23,16 @@ class PipelineConfig:
     """Every option of `onnx-slim run`; the keys of a config file."""
 
     ratio: float | None = None
-    target_macs: float | None = None
+    target_macs: float | str | None = None  # a fraction, or "auto": the smallest model within max_drop on eval
+    target_latency: float | None = None  # ms: prune until the pruned model's measured p50 is in [0.95, 1] x this
     criterion: str | None = None  # default: thinet with real calibration data, else l1
     global_ranking: bool = False
     allocate: str = "uniform"
     reconstruct: bool | None = None  # default: on with real calibration data
     correct_statistics: bool = False  # match later layers' per-channel output statistics (needs calib)
-    round_to: int = 8  # kept channel counts SIMD kernels like (odd counts can be slower than more channels)
+    # Kept channel counts are multiples of this; "auto" times 1, 8, 16 and 32 on the session and keeps the
+    # fastest (odd counts can run slower than more channels, and the best multiple depends on the hardware).
+    round_to: int | str = "auto"
     min_channels: int = 1
     exclude: list = field(default_factory=list)
     prune_layernorm: bool = False
@@ -61,8 +64,14 @@ class PipelineConfig:
     def with_defaults(self) -> PipelineConfig:
         """Fill the choices that depend on other options."""
         filled = PipelineConfig(**asdict(self))
-        if filled.ratio is None and filled.target_macs is None:
+        given = [name for name in ("ratio", "target_macs", "target_latency") if getattr(filled, name) is not None]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(_option_name(name) for name in given)} are alternatives: give one")
+        if not given:
             filled.target_macs = 0.5
+        if filled.target_macs == "auto" and (filled.max_drop is None or filled.eval is None):
+            raise UsageError("target-macs auto needs max-drop (the largest drop allowed, in points) and eval "
+                             "(held-out data to measure each candidate on)")
         real_data = filled.calib is not None and filled.calib != "random"
         if filled.criterion is None:
             filled.criterion = "thinet" if real_data else "l1"
@@ -76,7 +85,8 @@ class PipelineConfig:
 CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 
 # What each option must be: the check turns a config file's mistakes into usage errors.
-_NUMBERS = {"ratio", "target_macs", "max_drop", "min_speedup"}
+_NUMBERS = {"ratio", "target_macs", "target_latency", "max_drop", "min_speedup"}
+_AUTO = {"target_macs", "round_to"}  # may also be "auto": measured for the model
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
 _FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", "memory", "prune_layernorm",
           "measure_quantized", "cleanup"}
@@ -96,6 +106,8 @@ def config_from_mapping(options: dict) -> PipelineConfig:
 
 def _coerce(key: str, value):
     """`value` checked against what option `key` must be, in its normal form."""
+    if key in _AUTO and value == "auto":
+        return value
     if key in _NUMBERS and not isinstance(value, bool) and isinstance(value, (int, float)):
         return _checked_number(key, float(value))
     if key in _INTEGERS and not isinstance(value, bool) and isinstance(value, int):
@@ -173,13 +185,14 @@ def _option_name(key: str) -> str:
     return key.replace("_", "-")
 
 
-_NON_NEGATIVE = {"max_drop", "min_speedup"}
+_NON_NEGATIVE = {"max_drop", "min_speedup", "target_latency"}
 _KIND_WORDS = {
     **{key: "a number" for key in _NUMBERS}, **{key: "a whole number" for key in _INTEGERS},
     **{key: "true or false" for key in _FLAGS}, **{key: "a string" for key in _STRINGS},
     "exclude": "a node-name pattern or a list of them",
     "providers": "a provider name or a list of them", "provider_options": "KEY=VALUE or a list of them", "input_shapes": "NAME=DIMS or a table of NAME = [DIMS]",
     "input_size": "H,W", "mean": "a list of numbers", "std": "a list of numbers",
+    "target_macs": "a number or 'auto'", "round_to": "a whole number or 'auto'",
 }
 # Config files may use the CLI spellings too.
 _ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib",

@@ -75,8 +75,10 @@ class PipelineReport:
         }
 
     def to_markdown(self) -> str:
-        """report.md: the summary, then the benchmark table."""
-        return f"{self.summary_markdown()}\n\n## Benchmark\n\n{self._bench_markdown()}\n"
+        """report.md: the summary, the candidates a search measured, then the benchmark table."""
+        search = self.prune.search_markdown()
+        search = f"\n\n## Search: every candidate measured\n\n{search}" if search else ""
+        return f"{self.summary_markdown()}{search}\n\n## Benchmark\n\n{self._bench_markdown()}\n"
 
     def _bench_markdown(self) -> str:
         # The benchmark's agreement columns compare outputs on its one timed input; quality is
@@ -106,6 +108,7 @@ class PipelineReport:
             f"MACs kept {prune.macs_fraction * 100:.1f}%"
             + (f", re-fitted {prune.reconstruction['layers']} layers" if prune.reconstruction else ""),
         ]
+        lines += [f"- {line}" for line in prune.choice_lines()]
         if self.quantize is not None:
             q = self.quantize
             lines.append(f"- quantization: {q.mode} {q.format}, calibration: {q.calibration}; {q.decision}")

@@ -61,16 +61,20 @@ def run_pipeline(
     if settings.quantize == "static" and calibration is None:  # refused before minutes of pruning, not after
         raise UsageError("quantize static needs calibration data: set calib (a path; 'random' only for a "
                          "structure-only smoke test, not for deployment), or use quantize auto or dynamic")
+    # Searches and the rounding choice time candidates on what the benchmark will run.
+    timing_inputs = (next(iter(held_out.batches(1))) if held_out is not None
+                     else random_inputs(model, batch=1, shapes=settings.input_shapes or None, seed=settings.seed))
     del model
     # A failed run leaves nothing behind: no scratch folder, no new parent folder.
     with made_folders(outdir.parent, remove_contents=False), scratch_folder(outdir.parent) as scratch:
-        report = _run(model_path, scratch, outdir, settings, calibration, held_out, config_file, say, started)
+        report = _run(model_path, scratch, outdir, settings, calibration, held_out, timing_inputs, config_file, say,
+                      started)
         _move_result(scratch, outdir, force)
     return report
 
 
-def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, calibration, held_out, config_file,
-         say, started):
+def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, calibration, held_out, timing_inputs,
+         config_file, say, started):
     """The stages, writing into `scratch`; the report names the files where they will be, in `outdir`."""
     pruned_path = scratch / "pruned.onnx"
     final_path = scratch / "model.onnx"
@@ -85,6 +89,9 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         min_channels=settings.min_channels, exclude=list(settings.exclude),
         prune_layernorm=settings.prune_layernorm, seed=settings.seed, session=session,
         input_shapes=settings.input_shapes or None, cleanup=settings.cleanup,
+        target_latency=settings.target_latency, timing_inputs=timing_inputs,
+        max_drop=settings.max_drop if settings.target_macs == "auto" else None,
+        eval_data=held_out if settings.target_macs == "auto" else None,
     )
     quantize_report = _quantize(settings, pruned_path, final_path, calibration, session, say)
     say("verifying the final model")

@@ -48,7 +48,8 @@ def run_sweep(
         points = []
         for target, folder in zip(targets, folders):
             say(f"sweep point: target MACs {target:g}")
-            point_config = replace(config, target_macs=target, ratio=None, max_drop=None, min_speedup=None)
+            point_config = replace(config, target_macs=target, ratio=None, target_latency=None, max_drop=None,
+                                   min_speedup=None)
             report = run_pipeline(model_path, folder, point_config, force=force, progress=say)
             points.append(_point(target, report))
         return _write_summary(model_path, outdir, points, force)

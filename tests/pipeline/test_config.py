@@ -146,3 +146,23 @@ def test_an_unavailable_provider_in_the_config_stops_the_run_before_it_starts(ca
     assert stderr.startswith(f"error: execution provider {missing} is not available")
     assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_config_takes_auto_and_a_latency_target(tmp_path):
+    path = write(tmp_path, "search.toml", 'target-macs = "auto"\nround-to = "auto"\nmax-drop = 1.5\n'
+                                          'eval = "test.npz"\n')
+    config = config_from_mapping(load_config(path))
+    assert config.target_macs == "auto" and config.round_to == "auto" and config.max_drop == 1.5
+    latency = config_from_mapping(load_config(write(tmp_path, "latency.toml", "target-latency = 12.5\n")))
+    assert latency.target_latency == 12.5 and latency.with_defaults().target_macs is None
+    assert PipelineConfig().round_to == "auto"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('target-macs = "most"\n', "target-macs: 'most' is not a number or 'auto'"),
+    ('round-to = "fast"\n', "round-to: 'fast' is not a whole number or 'auto'"),
+    ("target-latency = -3\n", "target-latency: -3.0 is negative"),
+])
+def test_config_search_values_are_checked(tmp_path, content, message):
+    with pytest.raises(UsageError, match=message):
+        load_config(write(tmp_path, "bad.toml", content))

@@ -1,0 +1,362 @@
+"""Prune options and report, and the `Pruner`: a model analyzed and scored once, then planned and
+built as often as a search needs (candidates differ only in target MACs or rounding).
+
+analyze -> score (once) -> plan -> surgery (-> re-fit) per candidate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import onnx
+
+from onnx_slim.apply.reconstruct import reconstruct
+from onnx_slim.apply.statistics_correction import correct_statistics
+from onnx_slim.apply.surgery import apply_plan, deduplicate_initializers, refresh_shapes
+from onnx_slim.apply.verify import reference_output_shapes
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.criteria import ScoringContext, score_groups
+from onnx_slim.criteria.data import SENSITIVITY_FRACTIONS
+from onnx_slim.deploy.cleanup import clean_model
+from onnx_slim.errors import UsageError
+from onnx_slim.formatting import table
+from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.model import load_model, model_file_size
+from onnx_slim.ir.runtime import SessionSpec
+from onnx_slim.ops.cost import model_cost
+from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
+from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
+
+AUTO = "auto"
+
+
+@dataclass
+class PruneReport:
+    criterion: str
+    ratio: float | None
+    target_macs: float | str | None
+    global_ranking: bool
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    size_before: int
+    size_after: int
+    groups_total: int
+    groups_prunable: int
+    groups_pruned: int
+    channels_removed: int
+    seconds: float
+    output: str | None = None
+    groups: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    allocate: str = "uniform"
+    calibration: str | None = None
+    reconstruction: dict | None = None
+    statistics: dict | None = None  # statistics correction: layers corrected / kept as they were
+    evaluation: dict | None = None
+    round_to: int = 1  # the rounding used (chosen by timing with round_to="auto")
+    rounding: dict | None = None  # with round_to="auto": the roundings timed and the one kept
+    search: dict | None = None  # with target_latency or target_macs="auto": every candidate measured
+    latency_ms: dict | None = None  # p50 of the original and the result, when a choice timed them
+    cleanup: dict | None = None  # what the final clean-up removed (`deploy.cleanup`)
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["macs_fraction"] = round(self.macs_fraction, 4)
+        return data
+
+    def choice_lines(self) -> list[str]:
+        """What was measured to choose the model: the rounding, the search, the speedup next to the MACs."""
+        lines = []
+        if self.rounding and self.rounding["candidates"]:
+            timed = ", ".join(f"{c['round_to']}: {c['latency_ms']:.3g} ms" for c in self.rounding["candidates"])
+            lines.append(f"rounding: round-to {self.rounding['chosen']}, measured fastest ({timed}; "
+                         f"original {self.rounding['original_ms']:.3g} ms)")
+        search = self.search
+        if search and search["kind"] == "latency":
+            lines.append(f"latency search: budget {search['budget_ms']:g} ms, original {search['original_ms']:.3g} ms, "
+                         f"{len(search['candidates'])} candidates timed"
+                         + (f", kept MACs {search['chosen_macs_fraction']:.3f} at {search['chosen_ms']:.3g} ms"
+                            if "chosen_ms" in search else ""))
+        elif search:
+            chosen = next(c for c in search["candidates"] if c["chosen"])
+            lines.append(f"quality search: max drop {search['max_drop']:g} points, {len(search['candidates'])} "
+                         f"candidates evaluated, kept MACs {chosen['macs_fraction']:.3f} (drop {chosen['drop']:.2f})")
+        if search and search.get("note"):
+            lines.append(f"search: {search['note']}")
+        if self.latency_ms:
+            lines.append(f"measured p50 {self.latency_ms['pruned']:.3g} ms against {self.latency_ms['original']:.3g} ms "
+                         f"for the original: {self.latency_ms['speedup']:.2f}x faster at "
+                         f"{self.macs_fraction * 100:.1f}% of the MACs")
+        return lines
+
+    def search_markdown(self) -> str:
+        """The candidates a search measured, one row each ("" without a search)."""
+        if not self.search:
+            return ""  # a search that measured nothing (the original already met the budget) has no rows too
+        rows = self.search["candidates"]
+        if self.search["kind"] == "latency":
+            header = ["target MACs", "MACs kept", "round-to", "p50 ms", "in budget window", "chosen"]
+            cells = [(f"{r['target_macs']:.3f}", f"{r['macs_fraction']:.3f}", r["round_to"], f"{r['latency_ms']:.4g}",
+                      "yes" if r["within_budget"] else "no", "yes" if r["chosen"] else "") for r in rows]
+        else:
+            header = ["target MACs", "MACs kept", "metric", "drop (points)", "within max drop", "chosen"]
+            cells = [(f"{r['target_macs']:.3f}", f"{r['macs_fraction']:.3f}",
+                      f"{r['metric']['name']} {r['metric']['value']:.4f}", f"{r['drop']:.2f}",
+                      "yes" if r["passed"] else "no", "yes" if r["chosen"] else "") for r in rows]
+        return table(header, cells, markdown=True) if cells else ""
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Everything that decides which channels go; the keyword arguments of `prune`."""
+
+    ratio: float | None = None
+    # A fraction of the MACs to keep, or "auto": the smallest model whose drop on eval_data stays within max_drop.
+    target_macs: float | str | None = None
+    target_latency: float | None = None  # milliseconds: search for the model that runs this fast on `session`
+    max_drop: float | None = None  # with target_macs="auto": the largest quality drop allowed, in points
+    eval_data: object = None  # held-out CalibrationSet the target_macs="auto" search measures the drop on
+    timing_inputs: Mapping | None = None  # feeds candidates are timed on (default: random, at the analysis shapes)
+    criterion: str = "l1"
+    global_ranking: bool = False
+    allocate: str = "uniform"  # "uniform" or "sensitivity" (per-group ratios, needs calibration)
+    round_to: int | str = 1  # or "auto": time the plan's roundings on `session` and keep the fastest
+    min_channels: int = 1
+    exclude: tuple = ()
+    prune_layernorm: bool = False  # prune groups a LayerNormalization spans (not lossless)
+    seed: int = 0
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
+    session: SessionSpec = SessionSpec()  # how calibration passes, evaluation and timing run the model
+    reconstruct: bool = False
+    # After surgery and re-fit: match each later layer's per-channel output mean and spread to the original's.
+    correct_statistics: bool = False
+    batch_size: int = 8
+    cleanup: bool = True  # the final clean-up pass (`deploy.cleanup`): Identity chains, constant subgraphs...
+
+    def validate(self) -> None:
+        given = [flag for flag, value in (("--ratio", self.ratio), ("--target-macs", self.target_macs),
+                                          ("--target-latency", self.target_latency)) if value is not None]
+        if len(given) != 1:
+            raise UsageError("give exactly one of --ratio, --target-macs or --target-latency"
+                             + (f" (got {' and '.join(given)})" if given else ""))
+        if self.ratio is not None and not 0 <= self.ratio < 1:
+            raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
+        self._validate_targets()
+        if self.round_to != AUTO and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                      or self.round_to < 1):
+            raise UsageError(f"round-to must be a whole number of at least 1 or 'auto', got {self.round_to!r}")
+        if self.min_channels < 1:
+            raise UsageError(f"min-channels must be at least 1, got {self.min_channels}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.allocate not in ("uniform", "sensitivity"):
+            raise UsageError(f"allocate must be uniform or sensitivity, got {self.allocate!r}")
+        if self.allocate == "sensitivity" and self.ratio is not None:
+            raise UsageError("--allocate sensitivity needs --target-macs (or --target-latency)")
+        if (self.reconstruct or self.correct_statistics or self.allocate == "sensitivity") \
+                and self.calibration is None:
+            what = ("--reconstruct" if self.reconstruct else "--correct-statistics" if self.correct_statistics
+                    else "--allocate sensitivity")
+            raise UsageError(f"{what} needs calibration data: pass --calib PATH (or --calib random)")
+
+    def _validate_targets(self) -> None:
+        if self.target_macs == AUTO:
+            if self.max_drop is None:
+                raise UsageError("--target-macs auto needs --max-drop X: the largest drop allowed, in points")
+            if self.eval_data is None:
+                raise UsageError("--target-macs auto needs --eval PATH: held-out data to measure each candidate on")
+        elif isinstance(self.target_macs, str):
+            raise UsageError(f"target MACs must be a fraction in (0, 1] or 'auto', got {self.target_macs!r}")
+        elif self.target_macs is not None and not 0 < self.target_macs <= 1:
+            raise UsageError(f"target MACs fraction must be in (0, 1], got {self.target_macs}")
+        elif self.max_drop is not None:
+            raise UsageError("--max-drop chooses the model only with --target-macs auto")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise UsageError(f"max-drop must be a number of points, 0 or more, got {self.max_drop}")
+        if self.target_latency is not None and not (math.isfinite(self.target_latency) and self.target_latency > 0):
+            raise UsageError(f"target latency must be a positive number of milliseconds, got {self.target_latency}")
+
+
+@dataclass
+class Candidate:
+    """One plan: which channels go, and the MACs fraction the cost model predicts it keeps."""
+
+    plan: dict
+    ratio: float  # the uniform (or effective) ratio behind it
+    round_to: int
+    macs_fraction: float
+
+
+@dataclass
+class Built:
+    """A candidate after surgery and, when asked, re-fit and statistics correction."""
+
+    model: onnx.ModelProto
+    reconstruction: object = None
+    statistics: object = None
+    cleanup: object = None
+
+
+@dataclass
+class Choice:
+    """The candidate a search or a rounding measurement settled on, and what it measured."""
+
+    candidate: Candidate
+    built: Built | None = None  # already re-fitted by the search: build it again for nothing
+    search: dict | None = None
+    rounding: dict | None = None
+    latency_ms: dict | None = None
+
+
+class Pruner:
+    """A model analyzed and its channels scored once; `plan` and `build` make any number of candidates.
+
+    `model` (the normalized original) is never edited, except by `build(..., last=True)`
+    without re-fitting, which saves a copy of a large model.
+    """
+
+    def __init__(self, model, settings: PruneOptions, progress=None, copy: bool = True) -> None:
+        self.started = time.perf_counter()
+        self.settings = settings
+        self.say = progress or (lambda message: None)
+        self.say("analyzing channel groups")
+        size_before = model.ByteSize() if isinstance(model, onnx.ModelProto) else None
+        self.analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
+                                prune_layernorm=settings.prune_layernorm, copy=copy)
+        self.size_before = model_file_size(model) if size_before is None else size_before  # a file, loaded now
+        self.groups = self.analysis.channels.prunable_groups()
+        self.feeds = random_inputs(self.model, shapes=self.analysis.input_shapes, seed=settings.seed)
+        self.expected = reference_output_shapes(self.model, self.feeds, self.analysis.shapes)
+        self.say(f"scoring {len(self.groups)} prunable groups by {settings.criterion}")
+        self.context = ScoringContext(self.model, self.analysis.channels, self.analysis.normalize_info.bn_scales,
+                                      settings.seed, calibration=settings.calibration,
+                                      batch_size=settings.batch_size, session=settings.session,
+                                      progress=self.say)
+        self.scores = score_groups(self.context, settings.criterion, self.groups)
+        self.cost_model = CostModel.of(self.analysis)
+        self._sensitivity = None
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.analysis.model
+
+    @property
+    def timing_inputs(self) -> Mapping:
+        return self.settings.timing_inputs if self.settings.timing_inputs is not None else self.feeds
+
+    def plan(self, *, target_macs: float | None = None, ratio: float | None = None, round_to: int = 1) -> Candidate:
+        """The plan for a MACs fraction or a ratio at one rounding (the scores are reused)."""
+        settings = self.settings
+        options = PlanOptions(round_to=round_to, min_channels=settings.min_channels)
+        if settings.allocate == "sensitivity":
+            if self._sensitivity is None:  # measured once, whatever the candidates
+                self.say("measuring per-group sensitivity on the calibration data")
+                self._sensitivity = measure_sensitivity(
+                    self.analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS, criterion=settings.criterion,
+                    scores=self.scores, session=settings.session, progress=self.say,
+                    mean_fill=settings.reconstruct)
+            ratios = allocate_ratios(self._sensitivity, self.cost_model, self.groups, self.scores, target_macs,
+                                     options)
+            plan = plan_from_ratios(self.groups, self.scores, ratios, options)
+            kept = sum(g.channels - len(plan.get(g.root, ())) for g in self.groups)
+            used = round(1 - kept / max(sum(g.channels for g in self.groups), 1), 4)
+        elif target_macs is not None:
+            plan, used = plan_for_target_macs(self.groups, self.scores, target_macs, options, self.cost_model,
+                                              settings.global_ranking)
+            used = round(used, 4)
+        else:
+            plan, used = plan_for_ratio(self.groups, self.scores, ratio, options, settings.global_ranking), ratio
+        return Candidate(plan, used, round_to, self.predicted_fraction(plan))
+
+    def predicted_fraction(self, plan: dict) -> float:
+        return self.cost_model.macs_after(plan) / self.cost_model.macs if self.cost_model.macs else 1.0
+
+    def smallest_fraction(self, round_to: int) -> float:
+        """The fewest MACs (a fraction) any plan at this rounding keeps: every group pruned as far as allowed."""
+        options = PlanOptions(round_to=round_to, min_channels=self.settings.min_channels)
+        return self.predicted_fraction(plan_for_ratio(self.groups, self.scores, 0.99, options,
+                                                      self.settings.global_ranking))
+
+    def pruned_copy(self, candidate: Candidate) -> onnx.ModelProto:
+        """The candidate after surgery only, on a copy: enough to time it (latency does not
+        depend on the weights' values)."""
+        proto = load_model(self.model)  # a copy
+        apply_plan(proto, self.analysis.channels, candidate.plan)
+        refresh_shapes(proto)
+        return proto
+
+    def build(self, candidate: Candidate, *, last: bool = False) -> Built:
+        """Surgery, then re-fit and statistics correction as the settings ask. With `last` and no
+        re-fit, surgery edits the analyzed model itself (no further candidate can be built)."""
+        settings = self.settings
+        refit = (settings.reconstruct or settings.correct_statistics) and candidate.plan
+        proto = self.model if last and not refit else load_model(self.model)
+        channels, plan = self.analysis.channels, candidate.plan
+        self.say(f"removing channels from {len(plan)} groups")
+        apply_plan(proto, channels, plan)
+        built = Built(proto)
+        if settings.reconstruct and plan:
+            built.reconstruction = reconstruct(self.model, proto, channels, plan, settings.calibration,
+                                               batch_size=settings.batch_size, seed=settings.seed,
+                                               session=settings.session, progress=self.say)
+        if settings.correct_statistics and plan:
+            built.statistics = correct_statistics(self.model, proto, channels, plan, settings.calibration,
+                                                  batch_size=settings.batch_size, seed=settings.seed,
+                                                  session=settings.session, progress=self.say)
+        refresh_shapes(proto)
+        deduplicate_initializers(proto)
+        if settings.cleanup:
+            built.model, built.cleanup = clean_model(proto)
+        return built
+
+    def report(self, choice: Choice, built: Built) -> PruneReport:
+        settings, candidate, proto = self.settings, choice.candidate, built.model
+        warnings = _warnings(proto, settings.exclude, self.groups, candidate.plan)
+        for warning in warnings:
+            self.say(f"warning: {warning}")
+        after = model_cost(proto, input_shapes=self.analysis.input_shapes)
+        report = PruneReport(
+            criterion=settings.criterion, ratio=candidate.ratio, target_macs=settings.target_macs,
+            global_ranking=settings.global_ranking,
+            params_before=self.analysis.cost.params, params_after=after.params,
+            macs_before=self.analysis.cost.macs, macs_after=after.macs,
+            size_before=self.size_before, size_after=proto.ByteSize(),
+            groups_total=len(self.analysis.channels.groups), groups_prunable=len(self.groups),
+            groups_pruned=len(candidate.plan),
+            channels_removed=sum(len(removed) for removed in candidate.plan.values()),
+            seconds=0.0, notes=warnings + list(self.context.notes),
+            groups=[{"id": g.id, "channels": g.channels, "kept": g.channels - len(candidate.plan.get(g.root, ()))}
+                    for g in self.groups],
+            allocate=settings.allocate,
+            calibration=settings.calibration.description if settings.calibration is not None else None,
+            reconstruction=built.reconstruction.to_dict() if built.reconstruction is not None else None,
+            statistics=built.statistics.to_dict() if built.statistics is not None else None,
+            round_to=candidate.round_to, rounding=choice.rounding, search=choice.search,
+            latency_ms=choice.latency_ms,
+            cleanup=built.cleanup.to_dict() if built.cleanup is not None else None,
+        )
+        report.seconds = round(time.perf_counter() - self.started, 3)
+        return report
+
+
+def _warnings(proto: onnx.ModelProto, exclude: Sequence[str], groups, plan: dict) -> list[str]:
+    """What the user asked for that had no effect: an --exclude that matches no node, a prune that removes nothing."""
+    names = [node.name for node in proto.graph.node]
+    warnings = [f"--exclude {pattern!r} matches no node" for pattern in exclude
+                if not any(fnmatch.fnmatchcase(name, pattern) for name in names)]
+    if not plan:
+        why = ("no channel group is prunable (`onnx-slim inspect` says why)" if not groups
+               else "the ratio or target, --round-to and --min-channels leave every group whole")
+        warnings.append(f"nothing was removed: {why}; the model keeps all its channels")
+    return warnings
