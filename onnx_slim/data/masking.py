@@ -20,13 +20,6 @@ statistics (on the transformer test models that is an error of about 10% of the
 output scale), so each such LayerNormalization is rewritten in the masked model
 as its formula with masked statistics (mean and variance over the kept channels),
 which makes it exact too.
-
-Mean fill (`fill_batches`): a removed channel can be replaced by its mean over
-calibration data instead of zero, ``x * mask + mean * (1 - mask)`` (an extra
-per-slot input). That is what pruning followed by folding the removed channels'
-mean contribution into the consumers' biases computes (the re-fit's "bias"
-candidate, up to zero padding at borders), so it measures plans as the re-fit
-will leave them rather than as bare slicing does.
 """
 
 from __future__ import annotations
@@ -41,9 +34,7 @@ from onnx import helper, numpy_helper
 from onnx_slim.channels.analysis import ModelAnalysis
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.channels.space import Layout
-from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.metrics import AgreementAccumulator
-from onnx_slim.data.statistics import ChannelStats
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 MASK_PREFIX = "onnx_slim_mask"
@@ -68,10 +59,6 @@ class MaskSlot:
         dims[self.axis] = self.length
         return dims
 
-    @property
-    def fill_name(self) -> str:
-        return f"{self.input_name}_fill"
-
 
 class MaskedModel:
     """The analyzed model with a channel mask in front of every consumer of `groups`.
@@ -82,17 +69,14 @@ class MaskedModel:
     """
 
     def __init__(self, analysis: ModelAnalysis | ChannelAnalysis, groups: list[ChannelGroup], *,
-                 session: SessionSpec = SessionSpec(), fill_batches: list | None = None):
+                 session: SessionSpec = SessionSpec()):
         channels: ChannelAnalysis = getattr(analysis, "channels", analysis)
         self.atoms = channels.atoms
         self.roots = {group.root for group in groups}
         model = onnx.ModelProto()
         model.CopyFrom(channels.context.model)
         self.slots = _mask_slots(channels, groups)
-        # Removed channels read their calibration mean instead of zero (see the module's docstring).
-        self.means = (_slot_means(channels.context.model, self.slots, fill_batches, session)
-                      if fill_batches else None)
-        _insert_masks(model, self.slots, fill=self.means is not None)
+        _insert_masks(model, self.slots)
         self.model = model
         self.output_names = [output.name for output in model.graph.output]
         self.session = create_session(model, session)
@@ -107,8 +91,6 @@ class MaskedModel:
             mask = np.zeros(slot.length, dtype=slot.dtype)
             mask[self.atoms.kept_indices(slot.layout, plan)] = 1
             feeds[slot.input_name] = mask.reshape(slot.shape())
-            if self.means is not None and slot.consumers:
-                feeds[slot.fill_name] = (self.means[slot.tensor] * (1 - mask)).astype(slot.dtype).reshape(slot.shape())
         return feeds
 
     def run(self, batch: Mapping[str, np.ndarray], plan: Mapping[int, list] | None = None) -> dict[str, np.ndarray]:
@@ -162,19 +144,8 @@ def _single_output(node: onnx.NodeProto) -> bool:
     return len([name for name in node.output if name]) == 1
 
 
-def _slot_means(model, slots: list[MaskSlot], batches: list, session: SessionSpec) -> dict[str, np.ndarray]:
-    """Per-channel mean of every masked tensor over `batches` of the unmasked model."""
-    stats = {slot.tensor: ChannelStats(slot.axis) for slot in slots}
-    capture = ActivationCapture(model, list(stats), session=session)
-    for values in capture.iter(batches):
-        for tensor, accumulator in stats.items():
-            accumulator.update(values[tensor])
-    return {tensor: accumulator.mean for tensor, accumulator in stats.items()}
-
-
-def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot], fill: bool = False) -> None:
-    """Add the mask inputs, a Mul before each tensor's first consumer (then an Add of the fill
-    input with `fill`), and masked layer norms."""
+def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot]) -> None:
+    """Add the mask inputs, a Mul before each tensor's first consumer, and masked layer norms."""
     graph = model.graph
     before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
     replaced: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes that replace it
@@ -184,14 +155,9 @@ def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot], fill: bool = Fa
         graph.input.append(helper.make_tensor_value_info(slot.input_name, elem_type, slot.shape()))
         if slot.consumers:
             masked = f"{slot.tensor}__{slot.input_name}"
-            product = f"{masked}_product" if fill else masked
-            inserted = [helper.make_node("Mul", [slot.tensor, slot.input_name], [product], name=f"{slot.input_name}_mul")]
-            if fill:
-                graph.input.append(helper.make_tensor_value_info(slot.fill_name, elem_type, slot.shape()))
-                inserted.append(helper.make_node("Add", [product, slot.fill_name], [masked],
-                                                 name=f"{slot.input_name}_fill"))
+            multiply = helper.make_node("Mul", [slot.tensor, slot.input_name], [masked], name=f"{slot.input_name}_mul")
             first = next(node for node in graph.node if node.name in slot.consumers)
-            before.setdefault(first.name, []).extend(inserted)
+            before.setdefault(first.name, []).append(multiply)
             for name in slot.consumers:
                 nodes[name].input[0] = masked
         for name in slot.layer_norms:

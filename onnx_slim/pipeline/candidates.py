@@ -264,8 +264,7 @@ class Pruner:
                 self.say("measuring per-group sensitivity on the calibration data")
                 self._sensitivity = measure_sensitivity(
                     self.analysis, settings.calibration, ratios=SENSITIVITY_FRACTIONS, criterion=settings.criterion,
-                    scores=self.scores, session=settings.session, progress=self.say,
-                    mean_fill=settings.reconstruct)
+                    scores=self.scores, session=settings.session, progress=self.say)
             ratios = allocate_ratios(self._sensitivity, self.cost_model, self.groups, self.scores, target_macs,
                                      options)
             plan = plan_from_ratios(self.groups, self.scores, ratios, options)
