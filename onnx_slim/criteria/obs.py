@@ -1,0 +1,221 @@
+"""Optimal Brain Surgeon channel selection: remove the channels whose loss the re-fit can make up best.
+
+ThiNet and the weight criteria rank channels by what they contribute; but after pruning,
+the re-fit (`apply.reconstruct`) solves each consumer's least squares on the kept
+channels, so a channel that others can stand in for costs little even when it
+contributes a lot. OBS (Hassibi & Stork 1993; per layer as in OBC/SparseGPT) ranks by
+the error left *after* that compensation. For a consumer with input Gram
+``H = X^T X`` (the Hessian of its reconstruction error) and weight matrix ``W``
+[features, outputs], removing the features ``B`` of one channel with the best
+change of the others costs
+
+    tr(W_B^T [(H^-1)_BB]^-1 W_B)
+
+and leaves ``W <- W - H^-1[:, B] [(H^-1)_BB]^-1 W_B`` and ``H^-1 <- H^-1 - H^-1[:, B]
+[(H^-1)_BB]^-1 H^-1[B, :]``. Greedily, one channel at a time, this gives the removal
+order and the error after each removal; a group's consumers each keep their own state
+and the cost is the mean of their relative errors (error / output energy), like
+ThiNet's, so scores mean the same thing in every group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_slim.channels.groups import ChannelGroup, Member
+from onnx_slim.criteria.registry import ScoringContext, criterion
+from onnx_slim.data.activations import ActivationCapture
+from onnx_slim.ir.graph import attr
+from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
+from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
+
+# A consumer with more input features than this is left out: its inverse Hessian would
+# cost features^2 memory and each removal features^2 work (a 3x3 conv on 512 channels has
+# 4608). Its group then ranks by its other consumers, or by thinet when none is left.
+MAX_FEATURES = 2048
+DAMPING = 1e-2  # of the mean diagonal of H, added to it (as GPTQ does): H is often rank-deficient
+ROWS_PER_IMAGE = 32  # conv output positions sampled per image
+
+
+@dataclass
+class _Consumer:
+    """One consumer layer: its weight as [features, outputs] and its input Gram."""
+
+    node: onnx.NodeProto
+    matrix: np.ndarray
+    kernel: list  # Conv kernel from the weight (the attribute is optional); [] for Gemm / MatMul
+    gram: np.ndarray | None = None
+    rows: int = 0
+
+    @property
+    def taps(self) -> int:
+        return int(np.prod(self.kernel)) if self.kernel else 1
+
+
+@criterion("obs", needs_calibration=True)
+def obs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+    """Optimal Brain Surgeon: remove first the channels whose loss the re-fit of the consumers
+    makes up best (greedy, with the inverse Hessian updated after each removal).
+
+    Score of a channel = the consumers' mean relative output error after the greedy
+    step that removes it, with the other channels' weights compensated; pair with
+    `--reconstruct`, which applies that compensation (by least squares on the data).
+    Groups without a usable consumer (grouped convs, consumers wider than 2048 inputs)
+    rank by thinet.
+    """
+    from onnx_slim.criteria.data import require_calibration, thinet
+
+    calibration = require_calibration(ctx, "obs")
+    consumers = _usable_consumers(ctx, groups)
+    _accumulate_grams(ctx, calibration, consumers)
+    scores = {}
+    for group in groups:
+        members = [(consumers[m.use.node], m) for m in group.consumers
+                   if m.use.node in consumers and consumers[m.use.node].rows]
+        if members:
+            order, errors = obs_greedy([_Block.of(consumer, member, group.channels) for consumer, member in members])
+            scores[group.id] = _ordered(order, errors)
+    missing = [group for group in groups if group.id not in scores]
+    if missing:
+        ctx.notes.append(f"obs: {len(missing)} group(s) without a usable consumer ranked by thinet")
+        scores.update(thinet(ctx, missing))
+    return scores
+
+
+def _ordered(order: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    from onnx_slim.criteria.data import _ordered_scores
+
+    return _ordered_scores(order, errors)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[str, _Consumer]:
+    nodes = {node.name: node for node in ctx.model.graph.node}
+    initializers = {init.name: init for init in ctx.model.graph.initializer}
+    found = {}
+    for group in groups:
+        for member in group.consumers:
+            node = nodes[member.use.node]
+            spec = WEIGHT_OPS.get(node.op_type)
+            if node.name in found or spec is None or spec.refit_kind(node) is None:
+                continue
+            if node.input[1] not in initializers or attr(node, "group", 1) != 1:
+                continue
+            weight = numpy_helper.to_array(initializers[node.input[1]])
+            if spec.refit_kind(node) == CONV_PATCHES and weight.ndim != 4:
+                continue
+            matrix = spec.as_matrix(node, weight)
+            if matrix.shape[0] <= MAX_FEATURES:
+                kernel = list(weight.shape[2:]) if spec.refit_kind(node) == CONV_PATCHES else []
+                found[node.name] = _Consumer(node, matrix, kernel)
+    return found
+
+
+def _accumulate_grams(ctx: ScoringContext, calibration, consumers: dict[str, _Consumer]) -> None:
+    if not consumers:
+        return
+    by_input = defaultdict(list)
+    for consumer in consumers.values():
+        by_input[consumer.node.input[0]].append(consumer)
+    capture = ActivationCapture(ctx.model, sorted(by_input), session=ctx.session)
+    rng = np.random.default_rng(ctx.seed)
+    for results in capture.iter(calibration.batch_stream(ctx.batch_size), ctx.progress, "scoring batches"):
+        for tensor, readers in by_input.items():
+            for consumer in readers:
+                rows = _design_rows(consumer, results[tensor], rng)
+                gram = rows.T @ rows
+                consumer.gram = gram if consumer.gram is None else consumer.gram + gram
+                consumer.rows += rows.shape[0]
+
+
+def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sampled input rows [S, features] of the consumer, in the order of its weight matrix."""
+    node = consumer.node
+    if consumer.kernel:
+        kernel = consumer.kernel
+        strides, dilations = list(attr(node, "strides", [1, 1])), list(attr(node, "dilations", [1, 1]))
+        pads = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, list(attr(node, "pads", [0, 0, 0, 0])),
+                                  attr(node, "auto_pad", "NOTSET"))
+        out_h, out_w = ((size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                        for i, size in enumerate(x.shape[2:]))
+        positions = sample_positions(rng, x.shape[0], out_h, out_w, min(ROWS_PER_IMAGE, out_h * out_w))
+        patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
+        return patches.reshape(patches.shape[0], -1).astype(np.float64)
+    if attr(node, "transA", 0):
+        x = x.T
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] > ROWS_PER_IMAGE * max(x.shape[0], 1):
+        rows = rows[rng.choice(rows.shape[0], ROWS_PER_IMAGE * x.shape[0], replace=False)]
+    return rows.astype(np.float64)
+
+
+# --------------------------------------------------------------------------- the greedy path
+
+
+@dataclass
+class _Block:
+    """A consumer's state in one group's greedy path: which features each channel owns."""
+
+    inverse: np.ndarray  # (H + damping)^-1, updated after each removal
+    weight: np.ndarray  # [features, outputs], compensated after each removal
+    features: np.ndarray  # [channels, per channel] feature indices of each group channel
+    energy: float  # ||X W||^2 of the original layer: errors are relative to it
+
+    @classmethod
+    def of(cls, consumer: _Consumer, member: Member, channels: int) -> _Block:
+        gram = consumer.gram
+        damped = gram + DAMPING * max(float(np.mean(np.diag(gram))), 1e-12) * np.eye(gram.shape[0])
+        inverse = np.linalg.inv(damped)
+        inputs = np.array([list(member.indices(c)) for c in range(channels)])  # [channels, repeat]
+        taps = np.arange(consumer.taps)
+        features = (inputs[:, :, None] * consumer.taps + taps).reshape(channels, -1)
+        energy = float(np.sum(consumer.matrix * (gram @ consumer.matrix)))
+        return cls(inverse, consumer.matrix.copy(), features, max(energy, 1e-30))
+
+    def costs(self, candidates: np.ndarray) -> np.ndarray:
+        """Relative error added by removing each candidate channel (with compensation)."""
+        index = self.features[candidates]  # [k, b]
+        if index.shape[1] == 1:
+            flat = index[:, 0]
+            return np.square(self.weight[flat]).sum(axis=1) / np.maximum(self.inverse[flat, flat], 1e-30) / self.energy
+        blocks = self.inverse[index[:, :, None], index[:, None, :]]  # [k, b, b]
+        rows = self.weight[index]  # [k, b, outputs]
+        solved = np.linalg.solve(blocks + 1e-12 * np.eye(index.shape[1]), rows)
+        return np.einsum("kbo,kbo->k", rows, solved) / self.energy
+
+    def remove(self, channel: int) -> None:
+        """Remove one channel's features, compensating the others (the OBS update)."""
+        index = self.features[channel]
+        block = self.inverse[np.ix_(index, index)] + 1e-12 * np.eye(len(index))
+        columns = self.inverse[:, index].copy()  # [features, b]
+        self.weight -= columns @ np.linalg.solve(block, self.weight[index])
+        self.inverse -= columns @ np.linalg.solve(block, self.inverse[index, :])
+        self.weight[index] = 0.0  # exactly, not up to rounding
+        self.inverse[index, :] = 0.0
+        self.inverse[:, index] = 0.0
+
+
+def obs_greedy(blocks: list[_Block]) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy removal order over all channels and the mean relative error after each step."""
+    channels = blocks[0].features.shape[0]
+    remaining = np.arange(channels)
+    error = 0.0
+    order, errors = [], []
+    for _ in range(channels):
+        cost = np.mean([block.costs(remaining) for block in blocks], axis=0)
+        pick = int(np.argmin(cost))
+        chosen = int(remaining[pick])
+        error += float(cost[pick])
+        for block in blocks:
+            block.remove(chosen)
+        remaining = np.delete(remaining, pick)
+        order.append(chosen)
+        errors.append(error)
+    return np.array(order), np.array(errors)
