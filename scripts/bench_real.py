@@ -7,6 +7,7 @@ this process scores the result on test.npz with the task's metric and compares i
 with the original's. Methods:
 
     l1, thinet+rec, l1+rec     onnx_slim.prune (+rec: reconstruct=True) on calib.npz
+    thinet+rec+sens            the same with allocate="sensitivity" (per-group ratios measured)
     tp-l1, tp-taylor, tp-lamp  Torch-Pruning on the model converted by onnx2torch, no
                                fine-tuning (pip install -e '.[compare]')
 
@@ -41,7 +42,12 @@ from onnx_slim.data.metrics import AgreementAccumulator  # noqa: E402
 CACHE = ROOT / ".cache" / "real"
 MODELS = ["efficientnet_lite0", "captcha_crnn", "mtcnn_rnet", "langid_transformer"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
-OURS = {"l1": ("l1", False), "thinet+rec": ("thinet", True), "l1+rec": ("l1", True)}
+OURS = {  # method -> onnx_slim.prune options
+    "l1": {"criterion": "l1"},
+    "thinet+rec": {"criterion": "thinet", "reconstruct": True},
+    "l1+rec": {"criterion": "l1", "reconstruct": True},
+    "thinet+rec+sens": {"criterion": "thinet", "reconstruct": True, "allocate": "sensitivity"},
+}
 PEER = ["tp-l1", "tp-taylor", "tp-lamp"]
 METHODS = list(OURS) + PEER
 CAVEATS = {
@@ -79,12 +85,10 @@ def _prune_ours(spec: dict, status_kb) -> dict:
     folder = Path(spec["folder"])
     model = onnx.load(str(folder / "model.onnx"))
     calibration = load_calibration(folder / "calib.npz", model)
-    criterion, reconstruct = OURS[spec["method"]]
     baseline_kb = status_kb("VmRSS")
     started = time.perf_counter()
     try:
-        pruned, report = prune(model, target_macs=spec["target"], criterion=criterion,
-                               calibration=calibration, reconstruct=reconstruct)
+        pruned, report = prune(model, target_macs=spec["target"], calibration=calibration, **OURS[spec["method"]])
     except OnnxSlimError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     seconds = time.perf_counter() - started
@@ -382,7 +386,8 @@ def markdown(rows, methods, targets, command: str) -> str:
         f"`{command}`", "",
         "Models and data: `scripts/real_models.py` (see `scripts/REAL_MODELS.md`); calibration = `calib.npz` "
         "(unlabelled, other sources than the test split), metric on `test.npz`. "
-        "`l1`: no data; `+rec`: `reconstruct=True`; `tp-*`: Torch-Pruning on the onnx2torch conversion "
+        "`l1`: no data; `+rec`: `reconstruct=True`; `+sens`: `allocate=\"sensitivity\"` (per-group ratios "
+        "from the measured output error per MAC saved); `tp-*`: Torch-Pruning on the onnx2torch conversion "
         "(notes below). Quality cells: task metric % on the test split (change in points from the original), "
         "then agreement with the original (top-1 agreement on class scores, output cosine for the CTC model). "
         "Cost cells: MACs fraction reached, wall time and peak RSS of the prune step in its own process "
@@ -435,6 +440,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)))
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench_real"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep OUT.json's other rows: re-run only the cells asked for and rewrite the report")
     parser.add_argument("--from-json", action="store_true",
                         help="only rewrite OUT.md from the rows in OUT.json (no pruning)")
     args = parser.parse_args()
@@ -446,10 +453,18 @@ def main() -> None:
         return
     targets = [float(t) for t in args.targets.split(",")]
     rows = run(args.models, args.methods, targets)
+    methods, command = args.methods, " ".join(["python scripts/bench_real.py", *sys.argv[1:]])
+    if args.merge and out.with_suffix(".json").exists():
+        fresh = {(r["model"], r["method"], r["target"]) for r in rows}
+        kept = [r for r in json.loads(out.with_suffix(".json").read_text())
+                if (r["model"], r["method"], r["target"]) not in fresh]
+        rows = kept + rows
+        methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+        targets = sorted({r["target"] for r in rows}, reverse=True)
+        command = "python scripts/bench_real.py (cells re-run with --merge: see the json)"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    command = " ".join(["python scripts/bench_real.py", *sys.argv[1:]])
-    write_report(out.with_suffix(".md"), markdown(rows, args.methods, targets, command) + "\n")
+    write_report(out.with_suffix(".md"), markdown(rows, methods, targets, command) + "\n")
 
 
 if __name__ == "__main__":
