@@ -203,10 +203,33 @@ def gather(ctx, node):
         return
     axis = attr(node, "axis", 0) % rank
     if axis == tracked.axis:
-        ctx.freeze(tracked.layout, node, "gathers along the channel axis")
+        _gather_every_channel(ctx, node, tracked)
         return
     new_axis = tracked.axis + (indices_rank - 1 if axis < tracked.axis else 0)
     ctx.track(node.output[0], new_axis, tracked.layout)
+
+
+def _gather_every_channel(ctx, node, tracked) -> None:
+    """Gathering along the channel axis with constant indices 0, 1, ..., C-1 along one axis of
+    the indices (the dynamo exporter's `as_strided` of a [C] tensor to [1, C, 1, 1]) moves the
+    channels to that axis; after pruning the indices count the kept channels. Any other
+    gather along the channels picks or reorders them: frozen."""
+    indices = ctx.const(node.input[1])
+    channels = ctx.length(tracked.layout)
+    spanned = [] if indices is None else [i for i, size in enumerate(indices.shape) if size != 1]
+    if len(spanned) != 1 or not np.array_equal(indices.reshape(-1), np.arange(channels)):
+        ctx.freeze(tracked.layout, node, "gathers along the channel axis")
+        return
+    ctx.fix(node, [tracked.layout], _count_kept(node.input[1], spanned[0], tracked.layout))
+    ctx.track(node.output[0], tracked.axis + spanned[0], tracked.layout)
+
+
+def _count_kept(indices_name: str, axis: int, layout):
+    def apply(editor, kept_length):
+        shape = list(editor.value(indices_name).shape)
+        shape[axis] = kept_length(layout)
+        editor.set_value(indices_name, np.arange(kept_length(layout)).reshape(shape))
+    return apply
 
 
 @rule("Tile", "Expand")
