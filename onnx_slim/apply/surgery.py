@@ -43,6 +43,13 @@ class GraphEditor:
         self._initializers[name] = self.graph.initializer[-1]
         return name
 
+    def insert_before(self, node_name: str, new_node: onnx.NodeProto) -> None:
+        """Add `new_node` right before node `node_name` (which reads its output), keeping the
+        graph in topological order."""
+        position = next(i for i, node in enumerate(self.graph.node) if node.name == node_name)
+        self.graph.node.insert(position, new_node)
+        self._nodes = {node.name: node for node in self.graph.node}  # insert moved the messages
+
 
 def apply_plan(model: onnx.ModelProto, analysis: ChannelAnalysis, plan: Plan) -> None:
     """Remove the planned channels from `model` in place (the analyzed, normalized model)."""

@@ -94,9 +94,12 @@ def analyze(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     exclude: Sequence[str] = (),
     prune_layernorm: bool = False,
+    whole_conv_groups: bool = False,
     copy: bool = True,
 ) -> ModelAnalysis:
-    """Normalize a copy of `model` and find its channel groups."""
+    """Normalize a copy of `model` and find its channel groups. `prune_layernorm`: groups a
+    LayerNormalization spans are prunable too (not lossless); `whole_conv_groups`: grouped
+    Convs lose whole groups instead of the same channels from every group."""
     proto = load_model(model, copy=copy)
     # Counted before normalization gives each reader of a shared weight its own copy.
     params = count_params(proto)
@@ -104,7 +107,7 @@ def analyze(
     concrete = concrete_input_shapes(proto, input_shapes)
     found = concrete_shapes(proto, concrete)
     shapes = found.shapes
-    channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm)
+    channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm, whole_conv_groups=whole_conv_groups)
     _check_weight_shapes(channels, shapes)
     _apply_excludes(channels.groups, exclude)
     cost = model_cost(proto, shapes=shapes)

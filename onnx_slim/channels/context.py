@@ -87,6 +87,8 @@ class AnalysisContext:
     model: onnx.ModelProto
     shapes: dict  # tensor name -> shape tuple (int | str | None)
     prune_layernorm: bool = False  # let groups normalized by LayerNormalization be pruned
+    # grouped Convs lose whole groups (`group` decreases) rather than the same channels from each
+    whole_conv_groups: bool = False
     atoms: AtomTable = field(default_factory=AtomTable)
     tracked: dict = field(default_factory=dict)  # tensor name -> Tracked
     uses: list = field(default_factory=list)

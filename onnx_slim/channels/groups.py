@@ -85,9 +85,10 @@ class ChannelAnalysis:
         return [group for group in self.groups if group.prunable]
 
 
-def analyze_channels(model: onnx.ModelProto, shapes: dict, *, prune_layernorm: bool = False) -> ChannelAnalysis:
+def analyze_channels(model: onnx.ModelProto, shapes: dict, *, prune_layernorm: bool = False,
+                     whole_conv_groups: bool = False) -> ChannelAnalysis:
     """Channel groups of a normalized model, given concrete inferred shapes."""
-    ctx = AnalysisContext(model, shapes, prune_layernorm=prune_layernorm)
+    ctx = AnalysisContext(model, shapes, prune_layernorm=prune_layernorm, whole_conv_groups=whole_conv_groups)
     for node in model.graph.node:
         _check_size_carriers(ctx, node)
         RULES.get(node.op_type, unknown_op)(ctx, node)

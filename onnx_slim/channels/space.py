@@ -224,8 +224,10 @@ class AtomTable:
             offset += span
         return tuple(picked)
 
-    def unify(self, first: Layout, second: Layout) -> bool:
-        """Tie two layouts of one axis length channel by channel; False if they cannot be."""
+    def unify(self, first: Layout, second: Layout, coarsen: bool = False) -> bool:
+        """Tie two layouts of one axis length channel by channel; False if they cannot be.
+        With `coarsen`, a class whose channels cover fewer indices than the channels they meet
+        is coarsened to match (see `_coarsen_to_match`)."""
         if self.length(first) != self.length(second):
             return False
         # Cutting one class can add boundaries to the other layout: repeat to a fixpoint.
@@ -239,11 +241,26 @@ class AtomTable:
         else:
             return False
         pairs = list(zip(self.expand(first), self.expand(second)))
-        if any(a.repeat != b.repeat or self.sizes[a.atom] != self.sizes[b.atom] for a, b in pairs):
+        if any(a.repeat != b.repeat for a, b in pairs):
+            return coarsen and self._coarsen_to_match(pairs) and self.unify(first, second, coarsen)
+        if any(self.sizes[a.atom] != self.sizes[b.atom] for a, b in pairs):
             return False
         for a, b in pairs:
             self.union(a.atom, b.atom)
         return True
+
+    def _coarsen_to_match(self, pairs) -> bool:
+        """Aligned blocks whose channels cover different runs of indices (a whole conv group of
+        filters against the plain channels of a squeeze-excite gate): coarsen the finer class
+        so that its channels cover the coarser ones' runs. False when that cannot be done."""
+        for a, b in pairs:
+            fine, coarse = (a, b) if a.repeat < b.repeat else (b, a)
+            if fine.repeat == coarse.repeat:
+                continue
+            if coarse.repeat % fine.repeat or self.find(fine.atom) == self.find(coarse.atom):
+                return False
+            return self.coarsen(fine.atom, coarse.repeat // fine.repeat)
+        return False
 
     def freeze_layout(self, layout: Layout, reason: FreezeReason) -> None:
         for block in layout:

@@ -4,6 +4,8 @@ Input block g of a grouped Conv feeds only output block g, and the weight's inpu
 axis holds one block. With `group` unchanged, each group must keep as many
 channels as the others, so the analysis ties the G input blocks channel by channel
 (one group channel is one channel of each block) and makes the output G tied atoms.
+With `whole_conv_groups`, one group channel is a whole conv group instead (its inputs
+and filters), and `group` counts the kept groups.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_frozen_groups_kept, assert_lossless, assert_valid, group_with, weight_dims
+from conftest import assert_frozen_groups_kept, assert_lossless, assert_valid, group_with, run, weight_dims
 from graphs import Graph
 from onnx import numpy_helper
 
+from onnx_slim.apply.surgery import apply_plan, refresh_shapes
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.data.calibration import CalibrationSet
+from onnx_slim.data.masking import MaskedModel
 from onnx_slim.pipeline.prune import prune
 
 
@@ -213,3 +217,71 @@ def test_data_criteria_score_a_dead_channel_of_every_group_lowest(name):
                              calibration=CalibrationSet({"x": samples}))
     scores = score_groups(context, name, [group])[group.id]
     assert len(scores) == 4 and np.argmin(scores) == 1
+
+
+# -- whole groups (`group` decreases) -------------------------------------------------------------
+
+
+def _prune_whole_groups(model: onnx.ModelProto, producer: str, removed: list[int]):
+    """(pruned model, masked model with the same plan, plan): groups `removed` of the class
+    `producer` feeds, analyzed with whole conv groups."""
+    analysis = analyze(model, whole_conv_groups=True)
+    group = group_with(analysis.channels, producer)
+    assert group.prunable, group.frozen
+    plan = {group.root: removed}
+    masked = MaskedModel(analysis, [group])
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    return analysis.model, masked, plan
+
+
+def test_whole_groups_tie_the_inputs_and_filters_of_each_group():
+    analysis = analyze(between_dense_convs(), whole_conv_groups=True)
+    group = group_with(analysis.channels, "dense_in")
+    assert group is group_with(analysis.channels, "grouped")  # input group g feeds output group g
+    assert (group.channels, group.blocks, group.prunable) == (4, 1, True)
+    repeats = {m.use.node: m.repeat for m in group.producers}
+    assert repeats == {"dense_in": 4, "grouped": 3}  # a group's 4 inputs and 3 filters
+    assert not any(m.use.node == "grouped" for m in group.consumers)  # the weight's input axis stays whole
+
+
+def test_removing_whole_groups_decreases_group_and_equals_the_masked_original():
+    model = between_dense_convs()
+    pruned, masked, plan = _prune_whole_groups(model, "dense_in", [1, 2])
+    assert weight_dims(pruned, "dense_in") == (8, 3, 3, 3)  # groups 0 and 3: inputs 0-3 and 12-15
+    assert weight_dims(pruned, "grouped") == (6, 4, 3, 3)  # 2 groups of 3 filters, 4 inputs each
+    assert weight_dims(pruned, "dense_out") == (5, 6, 3, 3)
+    assert group_attribute(pruned, "grouped") == 2
+    original = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    kept = {i.name: numpy_helper.to_array(i) for i in pruned.graph.initializer}
+    np.testing.assert_array_equal(kept["dense_in_w"], original["dense_in_w"][[0, 1, 2, 3, 12, 13, 14, 15]])
+    np.testing.assert_array_equal(kept["grouped_w"], original["grouped_w"][[0, 1, 2, 9, 10, 11]])
+    for batch in (1, 3):
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)}
+        (actual,) = run(pruned, feeds).values()
+        (expected,) = masked.run(feeds, plan).values()
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [resnext_block, regnet_block], ids=["resnext", "regnet"])
+def test_blocks_lose_whole_groups(block):
+    model = network(block)
+    pruned, masked, plan = _prune_whole_groups(model, "b0_conv1", [3])
+    assert weight_dims(pruned, "b0_conv1")[0] == 12
+    assert weight_dims(pruned, "b0_conv2") == (12, 4, 3, 3) and group_attribute(pruned, "b0_conv2") == 3
+    assert weight_dims(pruned, "b1_conv2") == (16, 4, 3, 3) and group_attribute(pruned, "b1_conv2") == 4
+    if block is regnet_block:  # the gate's filters follow the whole groups they scale
+        assert weight_dims(pruned, "b0_se_conv2")[0] == 12
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    (actual,) = run(pruned, feeds).values()
+    (expected,) = masked.run(feeds, plan).values()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_grouped_conv_on_an_untracked_input_keeps_its_groups_and_loses_channels_in_each():
+    g = Graph(seed=3)
+    h = g.relu(g.conv(g.input("x", ["N", 8, 8, 8]), 12, group=4, name="grouped"))
+    model = g.build(g.conv(h, 5, name="dense_out"))
+    group = group_with(analyze(model, whole_conv_groups=True).channels, "grouped")
+    assert (group.channels, group.blocks, group.prunable) == (3, 4, True)

@@ -825,6 +825,26 @@ def test_gather_along_channels_freezes_and_along_space_passes():
     check_rule(model, [], {("conv2", 1): (8, 4, 3, 3)})
 
 
+def test_gather_of_every_channel_in_order_moves_them_and_counts_the_kept_ones():
+    """The dynamo exporter's `as_strided` of pooled [C] features to [1, C, 1, 1] (ConvNeXt's
+    head): a Gather with indices 0..C-1 along axis 1 of the indices."""
+    g = Graph()
+    h = trunk(g)
+    pooled = g.reshape(g.gap(h), [-1], name="pooled")
+    identity = g.ints("every_channel", np.arange(8).reshape(1, 8, 1, 1))
+    strided = g.node("Gather", [pooled, identity], "as_strided", axis=0)
+    pruned, _ = check_rule(finish(g, g.node("Mul", [h, strided], "scale")), [("conv1", 8)],
+                           {("conv_out", 1): (2, 4, 3, 3)})
+    assert const_value(pruned, "as_strided", 1) == np.arange(4).reshape(1, 4, 1, 1).tolist()
+
+    g = Graph()
+    h = trunk(g)
+    reordered = g.ints("reordered", np.arange(8)[::-1].reshape(1, 8, 1, 1))
+    strided = g.node("Gather", [g.reshape(g.gap(h), [-1]), reordered], "reorder", axis=0)
+    check_frozen(finish(g, g.node("Mul", [h, strided], "scale")), "conv1", 8, "reorder",
+                 "gathers along the channel axis")
+
+
 def test_expand_rewrites_its_shape_and_tile_of_channels_freezes():
     g = Graph()
     h = trunk(g)

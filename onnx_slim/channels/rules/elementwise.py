@@ -50,7 +50,8 @@ def elementwise(ctx, node):
         ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
         return
     for other in layouts[1:]:
-        if not ctx.atoms.unify(layouts[0], other):
+        # Coarsening lets a plain gate multiply whole groups of a grouped Conv's filters.
+        if not ctx.atoms.unify(layouts[0], other, coarsen=True):
             ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
             return
     for name, axis in per_channel_params:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from onnx_slim.channels.context import PARAM
 from onnx_slim.channels.rules.registry import (
     elementwise_same_axis,
     input_at,
@@ -38,10 +39,46 @@ def concat(ctx, node):
             ctx.freeze(part, node, f"concatenated input {name} is not prunable")
             blocks.extend(part)
         ctx.track(output, axis, tuple(blocks))
-    elif any(t.axis == axis for t in tracked.values()) or len(tracked) != len(inputs):
+    elif any(t.axis == axis for t in tracked.values()) or not _constant_parts_follow(ctx, node, inputs, tracked):
         ctx.freeze_inputs(node, "concatenates tensors whose channels do not line up")
     else:
-        elementwise_same_axis(ctx, node, list(tracked.values()))
+        elementwise_same_axis(ctx, node, [ctx.get(name) for name in inputs])
+
+
+def _constant_parts_follow(ctx, node, inputs, tracked) -> bool:
+    """Whether every untracked part of a Concat along another axis is a constant whose channel
+    axis can be sliced with the tracked parts' channels: a ViT's class token ([1, 1, D],
+    expanded to the batch) joined to the patch tokens on the sequence axis. Such a constant
+    is tracked with the channels it joins (sliced as a per-channel parameter)."""
+    first = next(iter(tracked.values()))
+    for name in inputs:
+        if name not in tracked and not _track_constant(ctx, node, name, first.axis, first.layout):
+            return False
+    return True
+
+
+def _track_constant(ctx, node, name, axis: int, layout) -> bool:
+    """Track `axis` of `name` as `layout`: `name` is a constant, or an Expand of a constant read
+    only by `node` (the Expand rule then runs on it again, now that its input is tracked)."""
+    source, expand = name, None
+    if not ctx.is_const(name):
+        expand = ctx.producer(name)
+        if expand is None or expand.op_type != "Expand" or not ctx.is_const(expand.input[0]) \
+                or ctx.readers(name) != 1:
+            return False
+        source = expand.input[0]
+    shape, rank = ctx.static_shape(source), ctx.rank(name)
+    if shape is None or rank is None:
+        return False
+    source_axis = axis - (rank - len(shape))  # Expand aligns its input's axes from the right
+    if source_axis < 0 or shape[source_axis] != ctx.length(layout):
+        return False
+    ctx.use(PARAM, node if expand is None else expand, source, source_axis, layout)
+    ctx.track(source, source_axis, layout)
+    if expand is not None:
+        tile_expand(ctx, expand)
+    found = ctx.get(name)
+    return found is not None and found.axis == axis
 
 
 @rule("Split")
@@ -166,10 +203,33 @@ def gather(ctx, node):
         return
     axis = attr(node, "axis", 0) % rank
     if axis == tracked.axis:
-        ctx.freeze(tracked.layout, node, "gathers along the channel axis")
+        _gather_every_channel(ctx, node, tracked)
         return
     new_axis = tracked.axis + (indices_rank - 1 if axis < tracked.axis else 0)
     ctx.track(node.output[0], new_axis, tracked.layout)
+
+
+def _gather_every_channel(ctx, node, tracked) -> None:
+    """Gathering along the channel axis with constant indices 0, 1, ..., C-1 along one axis of
+    the indices (the dynamo exporter's `as_strided` of a [C] tensor to [1, C, 1, 1]) moves the
+    channels to that axis; after pruning the indices count the kept channels. Any other
+    gather along the channels picks or reorders them: frozen."""
+    indices = ctx.const(node.input[1])
+    channels = ctx.length(tracked.layout)
+    spanned = [] if indices is None else [i for i, size in enumerate(indices.shape) if size != 1]
+    if len(spanned) != 1 or not np.array_equal(indices.reshape(-1), np.arange(channels)):
+        ctx.freeze(tracked.layout, node, "gathers along the channel axis")
+        return
+    ctx.fix(node, [tracked.layout], _count_kept(node.input[1], spanned[0], tracked.layout))
+    ctx.track(node.output[0], tracked.axis + spanned[0], tracked.layout)
+
+
+def _count_kept(indices_name: str, axis: int, layout):
+    def apply(editor, kept_length):
+        shape = list(editor.value(indices_name).shape)
+        shape[axis] = kept_length(layout)
+        editor.set_value(indices_name, np.arange(kept_length(layout)).reshape(shape))
+    return apply
 
 
 @rule("Tile", "Expand")
@@ -178,11 +238,17 @@ def tile_expand(ctx, node):
     in_rank, out_rank = ctx.rank(node.input[0]), ctx.rank(node.output[0])
     if tracked is None:
         return
-    values = ctx.const(input_at(node, 1))
-    if values is None or in_rank is None or out_rank is None:
-        ctx.freeze(tracked.layout, node, "repeats or shape computed at run time")
+    if in_rank is None or out_rank is None:
+        ctx.freeze(tracked.layout, node, "rank unknown")
         return
     out_axis = tracked.axis + out_rank - in_rank
+    if node.op_type == "Expand" and ctx.const(node.input[1]) is None:
+        _expand_to_computed_shape(ctx, node, tracked, out_axis)
+        return
+    values = ctx.const(input_at(node, 1))
+    if values is None:
+        ctx.freeze(tracked.layout, node, "repeats computed at run time")
+        return
     # Tile's repeats match the input rank; Expand's shape is right-aligned with the output.
     index = tracked.axis if node.op_type == "Tile" else out_axis - (out_rank - values.size)
     entry = int(values[index]) if 0 <= index < values.size else 1
@@ -196,6 +262,34 @@ def tile_expand(ctx, node):
     if node.op_type == "Expand" and entry == channels and channels != 1:
         ctx.fix(node, [tracked.layout], set_const_entry(node.input[1], index, tracked.layout))
     ctx.track(node.output[0], out_axis, tracked.layout)
+
+
+def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
+    """An Expand whose shape is computed at run time (`cls_token.expand(B, -1, -1)`). The input
+    has C > 1 channels, so the shape's channel entry can only be 1 or C (anything else fails to
+    broadcast); after pruning, that entry is replaced by 1 so the output takes the kept count
+    from the input, whatever the shape computation gives."""
+    shape_size = (ctx.static_shape(node.input[1]) or (None,))[0]
+    channels = ctx.length(tracked.layout)
+    if shape_size is None or channels == 1:
+        ctx.freeze(tracked.layout, node, "shape computed at run time, of unknown length")
+        return
+    index = out_axis - (ctx.rank(node.output[0]) - shape_size)
+    if index >= 0:
+        ctx.fix(node, [tracked.layout], _broadcast_shape_entry(node.name, index, shape_size))
+    ctx.track(node.output[0], out_axis, tracked.layout)
+
+
+def _broadcast_shape_entry(node_name: str, index: int, size: int):
+    """Put Where(keep, shape, 1) in front of the Expand: entry `index` of its shape becomes 1."""
+    def apply(editor, kept_length):
+        expand = editor.node(node_name)
+        keep = editor.add_initializer(f"{node_name}_keep_entries", np.arange(size) != index)
+        one = editor.add_initializer(f"{node_name}_one", np.ones(1, dtype=np.int64))
+        shape = f"{node_name}_broadcast_shape"
+        editor.insert_before(node_name, helper.make_node("Where", [keep, expand.input[1], one], [shape], name=shape))
+        editor.node(node_name).input[1] = shape
+    return apply
 
 
 @rule("Shape")

@@ -7,7 +7,7 @@ import math
 from onnx_slim.channels.context import CONSUMER, PARAM, PRODUCER
 from onnx_slim.channels.rules.attention import matmul_of_activations
 from onnx_slim.channels.rules.registry import input_at, rule
-from onnx_slim.channels.space import Layout, repeat_layout
+from onnx_slim.channels.space import Block, Layout, repeat_layout
 from onnx_slim.ir.graph import attr
 from onnx_slim.ops.specs import WEIGHT_OPS
 
@@ -35,7 +35,8 @@ def conv(ctx, node):
         layout = repeat_layout(tracked.layout, out_channels // group)
         ctx.fix(node, [tracked.layout], _set_group_attribute(node.name, tracked.layout))
     elif out_channels % group == 0:
-        layout = _grouped_conv(ctx, node, tracked, weight, group)
+        whole = _whole_groups(ctx, node, tracked, weight, group) if ctx.whole_conv_groups else None
+        layout = whole or _grouped_conv(ctx, node, tracked, weight, group)
     else:
         if tracked is not None:
             ctx.freeze(tracked.layout, node, f"{out_channels} filters do not divide into group={group}")
@@ -69,6 +70,30 @@ def _grouped_conv(ctx, node, tracked, weight, group: int) -> Layout:
         ctx.atoms.unify(first, block)
         layout += block
     return layout
+
+
+def _whole_groups(ctx, node, tracked, weight, group: int) -> Layout | None:
+    """A grouped Conv that loses whole groups: one class channel is one group, i.e. its
+    `in_channels / group` input channels and `out_channels / group` filters; the weight's input
+    axis stays whole and `group` counts the kept groups. The output's layout, or None when
+    the input's channels do not come in whole groups (the caller then ties the groups instead)."""
+    if tracked is None:
+        return None
+    out_channels, in_per_group = ctx.initializers[weight].dims[:2]
+    if ctx.length(tracked.layout) != group * in_per_group:
+        return None
+    atoms = ctx.atoms
+    groups = ctx.new_layout(group, node)  # channel g: group g
+    outer = atoms.split_units(tracked.layout, in_per_group, node.name)
+    if outer is None or not atoms.unify(groups, outer):
+        return None
+    blocks = []
+    for block in atoms.expand(groups):
+        atom = atoms.new_atom(atoms.sizes[block.atom], node.name, unit=block.repeat * (out_channels // group))
+        atoms.union(atom, block.atom)
+        blocks.append(Block(atom))
+    ctx.fix(node, [groups], _set_group_attribute(node.name, groups))
+    return tuple(blocks)
 
 
 def _tie_input_groups(ctx, node, layout: Layout, weight: str, group: int) -> None:
