@@ -63,3 +63,22 @@ def initializer(model, name) -> onnx.TensorProto:
         if init.name == name:
             return init
     raise OnnxSlimError(f"initializer {name} not found")
+
+
+def cut_after(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """The part of `model` that computes `tensors` (its outputs dropped): later layers need not run."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node
+           for a in n.attribute):
+        return model  # subgraphs read outer tensors implicitly: keep everything
+    needed, kept = set(tensors), []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    graph = model.graph
+    cut = onnx.helper.make_graph(
+        list(reversed(kept)), graph.name, list(graph.input), [],
+        initializer=[init for init in graph.initializer if init.name in needed],
+        value_info=[info for info in graph.value_info if info.name in needed])
+    return onnx.helper.make_model(cut, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                                  functions=list(model.functions))

@@ -5,9 +5,12 @@ channels were sliced) we want its output on the kept channels to match the
 ORIGINAL model's output of that layer (He et al. 2017; ThiNet 2017). The
 targets come from one pass of the original model at sampled positions; the
 features come from the pruned model itself, so each fit also absorbs what
-pruning changed upstream. Consumers are re-fitted in topological chunks, each
-chunk reading features from the model with every earlier chunk already
-re-fitted, so errors do not accumulate.
+pruning changed upstream. Consumers are re-fitted by depth level (1 + the
+deepest consumer upstream), one pass per level over the pruned model cut after
+that level, with every earlier level already re-fitted. A level never holds a
+layer downstream of another one of it: that layer's fit would compensate an
+upstream error the upstream fit then removes (on MobileNetV2, merging levels
+into 12 passes took top-1 from 79% to 8% at 2% of the channels removed).
 
 Only sufficient statistics are kept: per layer the Gram matrix of its features
 and their product with the targets (a training and a held-out part), so memory
@@ -30,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, cut_after, initializer, kept_outputs, readers_of
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
@@ -46,7 +49,6 @@ log = logging.getLogger(__name__)
 # Least-squares systems larger than this many features fall back to bias correction.
 MAX_FEATURES = 8192
 HOLDOUT_EVERY = 5  # every 5th sampled row is held out to choose between candidates
-DEFAULT_MAX_PASSES = 12
 
 
 @dataclass
@@ -157,7 +159,6 @@ def reconstruct(
     batch_size: int = 8,
     ridge: float = 1e-3,
     max_samples: int = 16384,
-    passes: int | None = None,
     seed: int = 0,
     session: SessionSpec = SessionSpec(),
     progress: Callable[[str], None] | None = None,
@@ -177,7 +178,7 @@ def reconstruct(
     rng = np.random.default_rng(seed)
     say(f"re-fit: collecting targets of {len(consumers)} layers from the original model")
     _collect_targets(original, consumers, calibration, batch_size, max_samples, rng, session)
-    chunks = _chunks(consumers, passes)
+    chunks = _chunks_by_depth(pruned, consumers)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
     for index, chunk in enumerate(counted(progress, "re-fit layers", chunks, size=len), 1):
@@ -225,13 +226,23 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
     return sorted(found.values(), key=lambda c: order[c.node.name])
 
 
-def _chunks(consumers: list, passes: int | None) -> list[list]:
-    """`passes` topological chunks; by default one per layer, at most DEFAULT_MAX_PASSES
-    (each pass runs the pruned model over the calibration set once)."""
-    count = passes if passes is not None else DEFAULT_MAX_PASSES
-    count = max(1, min(count, len(consumers)))
-    size = math.ceil(len(consumers) / count)
-    return [consumers[i:i + size] for i in range(0, len(consumers), size)]
+def _chunks_by_depth(pruned: onnx.ModelProto, consumers: list) -> list[list]:
+    """Consumers grouped by depth level, shallowest first: no chunk holds two layers one of which
+    reads the other's output, directly or not."""
+    names = {consumer.node.name for consumer in consumers}
+    depth: dict[str, int] = {}  # tensor -> level of the deepest consumer upstream
+    level_of: dict[str, int] = {}
+    for node in pruned.graph.node:  # topological, as ONNX requires
+        level = max((depth.get(name, 0) for name in node.input if name), default=0)
+        if node.name in names:
+            level += 1
+            level_of[node.name] = level
+        for name in node.output:
+            depth[name] = level
+    chunks: dict[int, list] = {}
+    for consumer in consumers:
+        chunks.setdefault(level_of[consumer.node.name], []).append(consumer)
+    return [chunks[level] for level in sorted(chunks)]
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -294,7 +305,8 @@ def _design_rows(consumer, x, positions) -> np.ndarray:
 
 
 def _accumulate_features(pruned, chunk, calibration, batch_size, session) -> None:
-    capture = ActivationCapture(pruned, sorted({c.node.input[0] for c in chunk}), session=session)
+    inputs = sorted({c.node.input[0] for c in chunk})
+    capture = ActivationCapture(cut_after(pruned, inputs), inputs, session=session)
     pending = {id(c): [] for c in chunk}
     for batch_index, batch in enumerate(calibration.batches(batch_size)):
         values = capture.run(batch)

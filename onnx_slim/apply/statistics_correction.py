@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, cut_after, initializer, kept_outputs, readers_of
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
@@ -241,7 +241,7 @@ def _measure_original(original, layers, calibration, batch_size, rng, session) -
 
 def _measure_pruned(pruned, chunk, calibration, batch_size, session) -> dict:
     """Per layer of `chunk`: its channel statistics in the pruned model and its held-out rows."""
-    capture = ActivationCapture(_cut_after(pruned, [layer.tensor for layer in chunk]),
+    capture = ActivationCapture(cut_after(pruned, [layer.tensor for layer in chunk]),
                                 sorted({layer.tensor for layer in chunk}), session=session)
     stats = {id(layer): ChannelStats(axis=layer.axis) for layer in chunk}
     held = {id(layer): [] for layer in chunk}
@@ -252,25 +252,6 @@ def _measure_pruned(pruned, chunk, calibration, batch_size, session) -> dict:
             stats[id(layer)].update(output)
             held[id(layer)].append(_rows(output, layer.axis)[layer.positions[batch_index]].astype(np.float64))
     return {key: (stats[key], np.concatenate(held[key])) for key in stats}
-
-
-def _cut_after(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """The part of `model` that computes `tensors` (its outputs dropped): later layers need not run."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node
-           for a in n.attribute):
-        return model  # subgraphs read outer tensors implicitly: keep everything
-    needed, kept = set(tensors), []
-    for node in reversed(model.graph.node):
-        if needed.intersection(node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    graph = model.graph
-    cut = onnx.helper.make_graph(
-        list(reversed(kept)), graph.name, list(graph.input), [],
-        initializer=[init for init in graph.initializer if init.name in needed],
-        value_info=[info for info in graph.value_info if info.name in needed])
-    return onnx.helper.make_model(cut, opset_imports=list(model.opset_import), ir_version=model.ir_version,
-                                  functions=list(model.functions))
 
 
 # -- choosing and writing ------------------------------------------------------------------
