@@ -24,6 +24,7 @@ from onnx_slim.cli_options import (
     NumberOrAuto,
     calibration_options,
     floats,
+    grouped_conv_option,
     load_data,
     provider_options,
     session_spec,
@@ -53,12 +54,15 @@ def cli(ctx, debug):
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--all", "show_all", is_flag=True, help="List every group, not only the largest.")
-def inspect(model, input_shapes, as_json, show_all):
+@click.option("--prune-layernorm", is_flag=True, help="Count groups a LayerNormalization spans as prunable.")
+@grouped_conv_option
+def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_conv):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
     from onnx_slim.channels.analysis import analyze
     from onnx_slim.ir.inputs import parse_input_shapes
 
-    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), copy=False)
+    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), prune_layernorm=prune_layernorm,
+                       whole_conv_groups=grouped_conv == "groups", copy=False)
     data = analysis.to_dict()
     data["model"] = model
     if as_json:
@@ -108,6 +112,7 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--threads", type=int, help="onnxruntime intra-op threads of calibration runs and timing.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
 @click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans (not lossless).")
+@grouped_conv_option
 @CLEANUP_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
 @shape_option
@@ -117,8 +122,8 @@ def inspect(model, input_shapes, as_json, show_all):
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate, reconstruct,
           correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads, exclude,
-          prune_layernorm, cleanup, seed, input_shapes, providers, provider_options, force, as_json, quiet,
-          **image_options):
+          prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force, as_json,
+          quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
@@ -136,7 +141,8 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
             ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
             allocate=allocate, reconstruct=reconstruct, correct_statistics=correct_statistics,
             calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
-            exclude=list(exclude), prune_layernorm=prune_layernorm, cleanup=cleanup,
+            exclude=list(exclude), prune_layernorm=prune_layernorm, whole_conv_groups=grouped_conv == "groups",
+            cleanup=cleanup,
             seed=seed, input_shapes=parse_input_shapes(input_shapes),
             target_latency=target_latency, max_drop=max_drop, eval_data=evaluation,
         )
@@ -245,6 +251,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--min-channels", default=1, show_default=True)
 @click.option("--exclude", multiple=True, metavar="PATTERN")
 @click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans.")
+@grouped_conv_option
 @click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--threads", type=int, help="onnxruntime intra-op threads of every stage (calibration, timing, benchmark).")

@@ -96,6 +96,11 @@ class NumberOrAuto(click.ParamType):
                       param, ctx)
 
 
+grouped_conv_option = click.option(
+    "--grouped-conv", type=click.Choice(["channels", "groups"]), default="channels", show_default=True,
+    help="Grouped convs (1 < group < C): remove the same channels from every group, or whole groups.",
+)
+
 shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
     help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",

@@ -136,6 +136,7 @@ class PruneOptions:
     min_channels: int = 1
     exclude: tuple = ()
     prune_layernorm: bool = False  # prune groups a LayerNormalization spans (not lossless)
+    whole_conv_groups: bool = False  # grouped convs lose whole groups, not the same channels of every group
     seed: int = 0
     input_shapes: Mapping[str, Sequence[int]] | None = None
     calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
@@ -243,7 +244,8 @@ class Pruner:
         self.say("analyzing channel groups")
         size_before = model.ByteSize() if isinstance(model, onnx.ModelProto) else None
         self.analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
-                                prune_layernorm=settings.prune_layernorm, copy=copy)
+                                prune_layernorm=settings.prune_layernorm,
+                                whole_conv_groups=settings.whole_conv_groups, copy=copy)
         self.size_before = model_file_size(model) if size_before is None else size_before  # a file, loaded now
         self.groups = self.analysis.channels.prunable_groups()
         self.feeds = random_inputs(self.model, shapes=self.analysis.input_shapes, seed=settings.seed)

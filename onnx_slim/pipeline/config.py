@@ -36,6 +36,7 @@ class PipelineConfig:
     min_channels: int = 1
     exclude: list = field(default_factory=list)
     prune_layernorm: bool = False
+    grouped_conv: str = "channels"  # or "groups": grouped convs lose whole groups
     quantize: str = "auto"  # auto | static | dynamic | int4 | fp16 | none
     quant_format: str = "qdq"
     per_channel: bool | None = None
@@ -73,6 +74,8 @@ class PipelineConfig:
             raise UsageError("target-macs auto needs max-drop (the largest drop allowed, in points) and eval "
                              "(held-out data to measure each candidate on)")
         real_data = filled.calib is not None and filled.calib != "random"
+        if filled.grouped_conv not in ("channels", "groups"):
+            raise UsageError(f"grouped-conv must be channels or groups, got {filled.grouped_conv!r}")
         if filled.criterion is None:
             filled.criterion = "thinet" if real_data else "l1"
         if filled.reconstruct is None:
@@ -90,7 +93,7 @@ _AUTO = {"target_macs", "round_to"}  # may also be "auto": measured for the mode
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
 _FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", "memory", "prune_layernorm",
           "measure_quantized", "cleanup"}
-_STRINGS = {"criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
+_STRINGS = {"grouped_conv", "criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
 
 
 def config_from_mapping(options: dict) -> PipelineConfig:

@@ -10,6 +10,8 @@ and filters), and `group` counts the kept groups.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -285,3 +287,18 @@ def test_a_grouped_conv_on_an_untracked_input_keeps_its_groups_and_loses_channel
     model = g.build(g.conv(h, 5, name="dense_out"))
     group = group_with(analyze(model, whole_conv_groups=True).channels, "grouped")
     assert (group.channels, group.blocks, group.prunable) == (3, 4, True)
+
+
+def test_prune_grouped_conv_groups_on_the_command_line_lowers_the_group_count(tmp_path, capsys):
+    from test_cli import run_cli
+
+    source, output = tmp_path / "net.onnx", tmp_path / "slim.onnx"
+    onnx.save(between_dense_convs(), str(source))
+
+    code, stdout, _ = run_cli(capsys, "prune", source, "-o", output, "--ratio", "0.5", "--round-to", "1",
+                              "--grouped-conv", "groups", "--quiet")
+
+    assert code == 0, stdout
+    assert group_attribute(onnx.load(str(output)), "grouped") == 2  # 4 groups of 3 channels -> 2 whole groups
+    code, stdout, _ = run_cli(capsys, "inspect", source, "--grouped-conv", "groups", "--json")
+    assert code == 0 and json.loads(stdout)["groups_prunable"] >= 1

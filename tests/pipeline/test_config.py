@@ -166,3 +166,11 @@ def test_config_takes_auto_and_a_latency_target(tmp_path):
 def test_config_search_values_are_checked(tmp_path, content, message):
     with pytest.raises(UsageError, match=message):
         load_config(write(tmp_path, "bad.toml", content))
+
+
+def test_grouped_conv_in_a_config_file_is_checked(tmp_path):
+    config = config_from_mapping(load_config(write(tmp_path, "g.toml", 'grouped-conv = "groups"\n')))
+    assert config.with_defaults().grouped_conv == "groups"
+    bad = config_from_mapping(load_config(write(tmp_path, "b.toml", 'grouped-conv = "rows"\n')))
+    with pytest.raises(UsageError, match="grouped-conv must be channels or groups, got 'rows'"):
+        bad.with_defaults()
