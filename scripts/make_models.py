@@ -739,13 +739,15 @@ def make(name: str, out: Path, seed: int) -> list[dict]:
 BERT_FILE = "bert_torchscript.onnx"
 
 
-def make_bert(out: Path, seed: int) -> dict:
-    """A tiny BERT encoder (HF `transformers` `BertModel`, random weights from a config, no
-    hub download) exported by the TorchScript exporter with symbolic batch and sequence.
+def make_bert(out: Path, seed: int, *, hidden: int = 32, layers: int = 2, heads: int = 2,
+              intermediate: int = 128, vocab: int = 100, file: str = BERT_FILE) -> dict:
+    """A BERT encoder (HF `transformers` `BertModel`, random weights from a config, no hub
+    download) exported by the TorchScript exporter with symbolic batch and sequence.
 
-    Hidden 32, 2 layers, 2 heads, FFN 128, vocabulary 100; eager attention, the classic
-    graph: every `view(b, t, heads, head_dim)` is a Reshape whose target is a Concat of
-    `Gather(Shape(x))` reads and constants, and the position ids are a Slice whose end is
+    By default the tiny committed one: hidden 32, 2 layers, 2 heads, FFN 128, vocabulary 100;
+    the size parameters build larger ones (scripts/bench_latency_target.py). Eager attention,
+    the classic graph: every `view(b, t, heads, head_dim)` is a Reshape whose target is a Concat
+    of `Gather(Shape(x))` reads and constants, and the position ids are a Slice whose end is
     read through Shape, so static shape inference leaves the encoder's shapes unknown.
     Needs `transformers` (``pip install --no-deps transformers regex``, with
     huggingface_hub, safetensors and tokenizers).
@@ -756,8 +758,8 @@ def make_bert(out: Path, seed: int) -> dict:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128, type_vocab_size=2)
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=intermediate, max_position_embeddings=128, type_vocab_size=2)
     config._attn_implementation = "eager"
     bert = BertModel(config, add_pooling_layer=False).eval()
 
@@ -774,14 +776,14 @@ def make_bert(out: Path, seed: int) -> dict:
     names = ["input_ids", "attention_mask", "token_type_ids"]
 
     def inputs(batch, sequence, gen):
-        ids = torch.randint(0, 100, (batch, sequence), generator=gen)
+        ids = torch.randint(0, vocab, (batch, sequence), generator=gen)
         mask = torch.ones(batch, sequence, dtype=torch.long)
         mask[:, sequence - sequence // 4:] = 0  # padded tail
         types = torch.randint(0, 2, (batch, sequence), generator=gen)
         return ids, mask, types
 
-    path = out / BERT_FILE
-    print(f"exporting {BERT_FILE} ...", flush=True)
+    path = out / file
+    print(f"exporting {file} ...", flush=True)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names + ["last_hidden_state"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -801,8 +803,8 @@ def make_bert(out: Path, seed: int) -> dict:
     print(f"  {path.stat().st_size / 1024:.1f} KB, {len(proto.graph.node)} nodes, max|diff| {diff:.2e} "
           f"over batch/sequence 2/16, 1/7, 3/33")
     if diff >= TOL:
-        raise SystemExit(f"error: {BERT_FILE}: onnxruntime differs from torch by {diff:.3g}")
-    return {"file": BERT_FILE, "kb": path.stat().st_size / 1024, "nodes": len(proto.graph.node), "diff": diff}
+        raise SystemExit(f"error: {file}: onnxruntime differs from torch by {diff:.3g}")
+    return {"file": file, "kb": path.stat().st_size / 1024, "nodes": len(proto.graph.node), "diff": diff}
 
 
 def print_table(rows: list[dict]) -> None:

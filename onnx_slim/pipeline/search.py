@@ -71,8 +71,8 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
         fraction = guess if not points else _next_fraction(points, original_ms, target, budget_ms, smallest)
         if fraction is None:
             break
-        candidate = pruner.plan(target_macs=fraction, round_to=round_to)
-        if plan_key(candidate.plan) in tried:  # rounding lands on a plan already timed
+        candidate = _untried_plan(pruner, fraction, round_to, tried, _bounds(points, budget_ms, smallest))
+        if candidate is None:  # every plan between the bracket's ends was timed
             break
         tried.add(plan_key(candidate.plan))
         # Timed interleaved with the original and scaled to its reference p50: load from other
@@ -136,6 +136,32 @@ def _next_fraction(points, original_ms, target, budget, smallest) -> float | Non
     if not fraction < nearest[0] - RESOLUTION:
         fraction = nearest[0] * target / nearest[1]
     return max(min(fraction, nearest[0] - RESOLUTION), smallest)
+
+
+def _bounds(points: list[_Point], budget: float, smallest: float) -> tuple[float, float]:
+    """The MACs fractions the next candidate lies between: the least-pruned too-fast candidate (else the
+    smallest model pruning allows, itself allowed) and the most-pruned too-slow one (else the original)."""
+    fast = [p.candidate.macs_fraction for p in points if p.latency_ms < WINDOW * budget]
+    slow = [p.candidate.macs_fraction for p in points if p.latency_ms > budget]
+    return (max(fast) + RESOLUTION if fast else smallest), min(slow, default=1.0) - RESOLUTION
+
+
+def _untried_plan(pruner, fraction: float, round_to: int, tried: set, bounds: tuple[float, float]):
+    """The plan nearest `fraction` that was not timed yet, or None. Coarse steps (whole attention
+    heads: one of 8 in each of 4 layers moved the MACs by 0.025 to 0.045 on a BERT encoder) can
+    round a target to a plan already timed; the target then moves past that plan, away from it,
+    in doubling steps, held inside `bounds`."""
+    low, high = bounds
+    step = RESOLUTION
+    while True:
+        candidate = pruner.plan(target_macs=fraction, round_to=round_to)
+        if plan_key(candidate.plan) not in tried:
+            return candidate
+        if step > high - low:  # the moves have reached the bracket's ends
+            return None
+        direction = 1 if candidate.macs_fraction < fraction else -1
+        fraction = min(max(candidate.macs_fraction + direction * step, low), high)
+        step *= 2
 
 
 def _secant(a: tuple[float, float], b: tuple[float, float], target: float) -> float:

@@ -16,6 +16,7 @@ from graphs import conv_chain
 from test_cli import run_cli
 
 from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.pipeline import candidates, search, timing
 from onnx_slim.pipeline.prune import prune
@@ -87,6 +88,45 @@ def test_latency_search_with_auto_rounding_keeps_the_rounding_it_measured(chain,
     _, report = prune(chain, target_latency=6.0, round_to="auto")
     assert report.rounding["chosen"] == report.round_to == report.search["round_to"]
     assert {c["round_to"] for c in report.search["candidates"]} == {report.round_to}
+
+
+class StepPruner:
+    """A pruner whose plans keep only the MACs fractions in `levels` (whole attention heads make such
+    steps), the nearest to the target as the planner picks; a candidate's p50 is 10 ms x (0.2 + 0.8 x
+    MACs) and the original's `original_ms` (timed slower than the candidates' line: call overhead)."""
+
+    def __init__(self, levels: list[float], original_ms: float):
+        self.levels, self.original_ms = levels, original_ms
+        self.model, self.timing_inputs, self.say = "original", None, lambda message: None
+        self.settings = SimpleNamespace(session=SessionSpec(threads=1), round_to=1, min_channels=1)
+
+    def plan(self, *, target_macs: float, round_to: int = 1) -> candidates.Candidate:
+        kept = min(self.levels, key=lambda level: abs(level - target_macs))
+        return candidates.Candidate({"layer": [kept]}, 1 - kept, round_to, kept)
+
+    def smallest_fraction(self, round_to: int) -> float:
+        return min(self.levels)
+
+    def pruned_copy(self, candidate: candidates.Candidate) -> float:
+        return candidate.macs_fraction
+
+    def p50_latencies(self, models, feeds, session, **_):
+        return [self.original_ms if model == "original" else 10 * (0.2 + 0.8 * model) for model in models]
+
+
+@pytest.mark.parametrize("original_ms, budget, best", [(10, 5.0, 0.3), (10, 3.5, 0.15), (12, 4.0, 0.2),
+                                                        (12, 5.0, 0.3)])
+def test_latency_search_steps_past_a_plan_already_timed(monkeypatch, original_ms, budget, best):
+    # Targets between two steps land on the nearest plan, often one already timed: the search
+    # stopped there and called the budget out of reach (a 4-layer, 8-head BERT encoder at 0.56 x
+    # its p50 after 2 candidates), though the next step down met it.
+    levels = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2, 0.15, 0.1]
+    pruner = StepPruner(levels, original_ms)
+    monkeypatch.setattr(timing, "p50_latencies", pruner.p50_latencies)
+    choice = search.search_latency(pruner, budget)
+    assert choice.candidate.macs_fraction == best  # the least-pruned step under the budget
+    timed = [c["macs_fraction"] for c in choice.search["candidates"]]
+    assert len(timed) == len(set(timed)) and best in timed
 
 
 @pytest.fixture
