@@ -43,13 +43,15 @@ CACHE = ROOT / ".cache" / "real"
 MODELS = ["efficientnet_lite0", "mobilenet_v2", "captcha_crnn", "mtcnn_rnet", "langid_transformer"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
 OURS = {  # method -> onnx_slim.prune options
-    "l1": {"criterion": "l1"},
-    "thinet+rec": {"criterion": "thinet", "reconstruct": True},
-    "l1+rec": {"criterion": "l1", "reconstruct": True},
+    "l1": {"criterion": "l1", "allocate": "uniform"},
+    "thinet+rec": {"criterion": "thinet", "reconstruct": True, "allocate": "uniform"},
+    "l1+rec": {"criterion": "l1", "reconstruct": True, "allocate": "uniform"},
+    # what `onnx-slim run --calib` does by default (allocate auto = sensitivity with real data)
     "thinet+rec+sens": {"criterion": "thinet", "reconstruct": True, "allocate": "sensitivity"},
 }
 PEER = ["tp-l1", "tp-taylor", "tp-lamp"]
 METHODS = list(OURS) + PEER
+DEFAULT_METHODS = ["l1", "thinet+rec", "thinet+rec+sens", *PEER]  # l1+rec: on request (--methods)
 CAVEATS = {
     "efficientnet_lite0": "test = 750 photos, one per class (imagenet-sample-images), no augmentation: one photo "
                           "is 0.13 points (if built without that set: 20 photos x 12 views, ~5-point steps).",
@@ -440,7 +442,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=METHODS)
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)))
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench_real"))
     parser.add_argument("--merge", action="store_true",
