@@ -70,7 +70,7 @@ def _channel_columns(z: np.ndarray, member: Member, channels: int) -> np.ndarray
     return span.reshape(z.shape[0], channels, member.repeat).sum(axis=2)
 
 
-def _ordered_scores(order: np.ndarray, values: np.ndarray) -> np.ndarray:
+def ordered_scores(order: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Scores for channels listed weakest first: made non-decreasing along `order`, ties
     broken by the order itself (a tiny step), then put back in channel order."""
     values = np.maximum.accumulate(np.asarray(values, dtype=np.float64))
@@ -275,7 +275,7 @@ def thinet(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndar
     scores rise along the greedy order and mean the same thing in every group.
     The channel never removed gets the error of removing the whole group.
     """
-    return _scores_from_grams(ctx, "thinet", groups, lambda gram: _ordered_scores(*thinet_greedy(gram)))
+    return _scores_from_grams(ctx, "thinet", groups, lambda gram: ordered_scores(*thinet_greedy(gram)))
 
 
 def thinet_greedy(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -436,7 +436,7 @@ def sensitivity(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np
         errors = [output_error(masked, batches, reference, {group.root: sorted(order[:count].tolist())})
                   for count in counts]
         interpolated = np.interp(np.arange(1, group.channels + 1), [0, *counts], [0.0, *errors])
-        scores[group.id] = _ordered_scores(order, interpolated)
+        scores[group.id] = ordered_scores(order, interpolated)
     return scores
 
 

@@ -28,6 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_slim.channels.groups import ChannelGroup, Member
+from onnx_slim.criteria.data import ordered_scores, require_calibration, thinet
 from onnx_slim.criteria.registry import ScoringContext, criterion
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.ir.graph import attr
@@ -68,8 +69,6 @@ def obs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray
     Groups without a usable consumer (grouped convs, consumers wider than 2048 inputs)
     rank by thinet.
     """
-    from onnx_slim.criteria.data import require_calibration, thinet
-
     calibration = require_calibration(ctx, "obs")
     consumers = _usable_consumers(ctx, groups)
     _accumulate_grams(ctx, calibration, consumers)
@@ -79,18 +78,12 @@ def obs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray
                    if m.use.node in consumers and consumers[m.use.node].rows]
         if members:
             order, errors = obs_greedy([_Block.of(consumer, member, group.channels) for consumer, member in members])
-            scores[group.id] = _ordered(order, errors)
+            scores[group.id] = ordered_scores(order, errors)
     missing = [group for group in groups if group.id not in scores]
     if missing:
         ctx.notes.append(f"obs: {len(missing)} group(s) without a usable consumer ranked by thinet")
         scores.update(thinet(ctx, missing))
     return scores
-
-
-def _ordered(order: np.ndarray, errors: np.ndarray) -> np.ndarray:
-    from onnx_slim.criteria.data import _ordered_scores
-
-    return _ordered_scores(order, errors)
 
 
 # --------------------------------------------------------------------------- statistics

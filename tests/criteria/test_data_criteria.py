@@ -85,7 +85,7 @@ def test_thinet_greedy_has_an_exhaustive_optimal_first_pair_on_a_tiny_case():
 
 def test_ordered_scores_rise_along_the_greedy_order():
     order = np.array([2, 0, 3, 1])
-    scores = data_criteria._ordered_scores(order, np.array([0.1, 0.05, 0.3, 1.0]))  # a dip at step 2
+    scores = data_criteria.ordered_scores(order, np.array([0.1, 0.05, 0.3, 1.0]))  # a dip at step 2
     assert np.argsort(scores).tolist() == order.tolist()
     assert scores[0] >= scores[2]
 

@@ -108,3 +108,21 @@ def test_the_lowest_scores_are_the_channels_whose_removal_the_refit_makes_up_bes
     hidden = np.maximum(samples.astype(np.float64) @ w1, 0)
     errors = {c: refit_error(hidden, w2, [k for k in range(12) if k != c]) for c in range(12)}
     assert int(np.argmin(scores)) == min(errors, key=errors.get)
+
+
+def test_a_group_read_only_by_a_grouped_conv_ranks_by_thinet_and_says_so():
+    from graphs import Graph
+
+    g = Graph(seed=3)
+    h = g.relu(g.conv(g.input("x", ["N", 3, 8, 8]), 16, name="dense_in"))
+    h = g.relu(g.conv(h, 12, group=4, name="grouped"))
+    model = g.build(g.conv(h, 5, name="dense_out"))
+    analysis = analyze(model)
+    groups = analysis.channels.prunable_groups()
+    samples = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    context = ScoringContext(analysis.model, analysis.channels, calibration=CalibrationSet({"x": samples}))
+
+    scores = score_groups(context, "obs", groups)
+
+    assert set(scores) == {group.id for group in groups}
+    assert any(note.startswith("obs: 1 group(s) without a usable consumer ranked by thinet") for note in context.notes)
