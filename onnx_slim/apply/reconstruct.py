@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # Least-squares systems larger than this many features fall back to bias correction.
 MAX_FEATURES = 8192
 HOLDOUT_EVERY = 5  # every 5th sampled row is held out to choose between candidates
+# Gram statistics one pass may hold (float64, training and held-out parts): a level wider than
+# this is split into several passes (an unrolled LSTM has 40 MatMuls of 3336 inputs on one level).
+PASS_STATISTICS_BYTES = 1 << 30
 
 
 @dataclass
@@ -228,7 +231,8 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
 
 def _chunks_by_depth(pruned: onnx.ModelProto, consumers: list) -> list[list]:
     """Consumers grouped by depth level, shallowest first: no chunk holds two layers one of which
-    reads the other's output, directly or not."""
+    reads the other's output, directly or not; a level whose statistics would pass
+    PASS_STATISTICS_BYTES is split."""
     names = {consumer.node.name for consumer in consumers}
     depth: dict[str, int] = {}  # tensor -> level of the deepest consumer upstream
     level_of: dict[str, int] = {}
@@ -239,10 +243,21 @@ def _chunks_by_depth(pruned: onnx.ModelProto, consumers: list) -> list[list]:
             level_of[node.name] = level
         for name in node.output:
             depth[name] = level
-    chunks: dict[int, list] = {}
+    levels: dict[int, list] = {}
     for consumer in consumers:
-        chunks.setdefault(level_of[consumer.node.name], []).append(consumer)
-    return [chunks[level] for level in sorted(chunks)]
+        levels.setdefault(level_of[consumer.node.name], []).append(consumer)
+    chunks = []
+    for level in sorted(levels):
+        chunk, held = [], 0
+        for consumer in levels[level]:
+            size = 2 * 8 * (consumer.features + 1) ** 2
+            if chunk and held + size > PASS_STATISTICS_BYTES:
+                chunks.append(chunk)
+                chunk, held = [], 0
+            chunk.append(consumer)
+            held += size
+        chunks.append(chunk)
+    return chunks
 
 
 # -- statistics ------------------------------------------------------------------------

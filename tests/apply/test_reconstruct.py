@@ -197,3 +197,30 @@ def test_a_deep_chain_is_refitted_one_depth_level_per_pass_and_beats_the_slice()
         return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
 
     assert error(refitted) < 0.5 * error(sliced)
+
+
+def two_branches(width=24, seed=0):
+    """x -> fc0 -> relu -> (fcA, fcB) -> add: fcA and fcB read the same pruned group, on one level."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal((width, width)) / 5).astype(np.float32), name)
+             for name in ("w0", "wa", "wb")]
+    nodes = [helper.make_node("Gemm", ["x", "w0"], ["h"], name="fc0"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "wa"], ["a"], name="fcA"),
+             helper.make_node("Gemm", ["r", "wb"], ["b"], name="fcB"), helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("budget, passes", [(1 << 30, 1), (2 * 8 * 25 ** 2, 2)])
+def test_a_wide_level_is_split_so_one_pass_holds_bounded_statistics(monkeypatch, budget, passes):
+    import onnx_slim.apply.reconstruct as reconstruct_module
+    from onnx_slim.data.calibration import CalibrationSet
+
+    calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)})
+    # Each branch's statistics take 2 * 8 * 25^2 bytes: the small budget allows one per pass.
+    monkeypatch.setattr(reconstruct_module, "PASS_STATISTICS_BYTES", budget)
+    _, report = prune(two_branches(), ratio=0.25, criterion="l1", calibration=calibration, reconstruct=True)
+    assert report.reconstruction["layers"] == 2 and report.reconstruction["passes"] == passes
