@@ -99,8 +99,8 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--criterion", cls=CriterionOption, default="l1", show_default=True,
               help="Channel importance: {criteria}.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
-@click.option("--allocate", type=click.Choice(["auto", "uniform", "sensitivity"]), default="auto", show_default=True,
-              help="Per-group ratios: auto = sensitivity with real --calib and a MACs or latency target, else uniform.")
+@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
+              help="One ratio for every group, or per-group ratios from measured sensitivity (needs --calib).")
 @click.option("--reconstruct", is_flag=True, help="Re-fit the layers after removed channels by least squares (needs --calib).")
 @click.option("--correct-statistics/--no-correct-statistics", default=False, show_default=True,
               help="Match each later layer's per-channel output mean and spread to the original's (needs --calib).")
@@ -233,8 +233,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--criterion", cls=CriterionOption,
               help="Channel importance: {criteria} (default: thinet with --calib, else l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
-@click.option("--allocate", type=click.Choice(["auto", "uniform", "sensitivity"]), default="auto", show_default=True,
-              help="Per-group ratios: auto = sensitivity with real --calib and a MACs or latency target, else uniform.")
+@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
+              help="One ratio for every group, or per-group ratios from measured sensitivity (needs --calib).")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
 @click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="auto", show_default=True,
               help="auto: the fastest of the modes that apply whose outputs agree; float if none is faster.")

@@ -128,10 +128,10 @@ class PruneOptions:
     timing_inputs: Mapping | None = None  # feeds candidates are timed on (default: random, at the analysis shapes)
     criterion: str = "l1"
     global_ranking: bool = False
-    # "sensitivity": per-group ratios from each group's measured output error per MAC saved (needs
-    # calibration); "uniform": one ratio everywhere; "auto": sensitivity when real calibration data and a
-    # MACs or latency target are given (on real models it keeps far more accuracy: README, Results).
-    allocate: str = AUTO
+    # "uniform": one ratio everywhere; "sensitivity": per-group ratios from each group's measured output
+    # error per MAC saved (needs calibration). Neither wins on every real model (README, Results):
+    # sensitivity saves EfficientNet-Lite0 and collapses the captcha CRNN at 60% MACs.
+    allocate: str = "uniform"
     round_to: int | str = 1  # or "auto": time the plan's roundings on `session` and keep the fastest
     min_channels: int = 1
     exclude: tuple = ()
@@ -163,8 +163,8 @@ class PruneOptions:
             raise UsageError(f"min-channels must be at least 1, got {self.min_channels}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.allocate not in ("uniform", "sensitivity", AUTO):
-            raise UsageError(f"allocate must be auto, uniform or sensitivity, got {self.allocate!r}")
+        if self.allocate not in ("uniform", "sensitivity"):
+            raise UsageError(f"allocate must be uniform or sensitivity, got {self.allocate!r}")
         if self.allocate == "sensitivity" and self.ratio is not None:
             raise UsageError("--allocate sensitivity needs --target-macs (or --target-latency)")
         if (self.reconstruct or self.correct_statistics or self.allocate == "sensitivity") \
@@ -172,14 +172,6 @@ class PruneOptions:
             what = ("--reconstruct" if self.reconstruct else "--correct-statistics" if self.correct_statistics
                     else "--allocate sensitivity")
             raise UsageError(f"{what} needs calibration data: pass --calib PATH (or --calib random)")
-
-    @property
-    def allocation(self) -> str:
-        """The allocation used: "auto" resolved (sensitivity needs real data and a MACs target)."""
-        if self.allocate != AUTO:
-            return self.allocate
-        real_data = self.calibration is not None and not self.calibration.is_random
-        return "sensitivity" if real_data and self.ratio is None else "uniform"
 
     def _validate_targets(self) -> None:
         if self.target_macs == AUTO:
@@ -271,7 +263,7 @@ class Pruner:
         """The plan for a MACs fraction or a ratio at one rounding (the scores are reused)."""
         settings = self.settings
         options = PlanOptions(round_to=round_to, min_channels=settings.min_channels)
-        if settings.allocation == "sensitivity" and target_macs is not None:
+        if settings.allocate == "sensitivity" and target_macs is not None:
             if self._sensitivity is None:  # measured once, whatever the candidates
                 samples, fractions = sensitivity_budget(self.cost_model.macs, len(self.groups), len(settings.calibration))
                 self.say(f"measuring per-group sensitivity on {samples} calibration samples at {len(fractions)} ratios")
@@ -350,7 +342,7 @@ class Pruner:
             seconds=0.0, notes=warnings + list(self.context.notes),
             groups=[{"id": g.id, "channels": g.channels, "kept": g.channels - len(candidate.plan.get(g.root, ()))}
                     for g in self.groups],
-            allocate=settings.allocation,
+            allocate=settings.allocate,
             calibration=settings.calibration.description if settings.calibration is not None else None,
             reconstruction=built.reconstruction.to_dict() if built.reconstruction is not None else None,
             statistics=built.statistics.to_dict() if built.statistics is not None else None,

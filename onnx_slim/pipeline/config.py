@@ -27,7 +27,7 @@ class PipelineConfig:
     target_latency: float | None = None  # ms: prune until the pruned model's measured p50 is in [0.95, 1] x this
     criterion: str | None = None  # default: thinet with real calibration data, else l1
     global_ranking: bool = False
-    allocate: str = "auto"  # sensitivity with real calibration data and a MACs or latency target
+    allocate: str = "uniform"
     reconstruct: bool | None = None  # default: on with real calibration data
     correct_statistics: bool = False  # match later layers' per-channel output statistics (needs calib)
     # Kept channel counts are multiples of this; "auto" times 1, 8, 16 and 32 on the session and keeps the
