@@ -32,7 +32,7 @@ from onnx_slim.cli_options import (
     writing_output,
 )
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.formatting import before_after_table, human_bytes, human_count, table, to_json
+from onnx_slim.formatting import before_after_table, evaluation_line, human_bytes, human_count, table, to_json
 from onnx_slim.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, MESSAGE, Terminated, unwind_on_signals
 
 
@@ -166,18 +166,6 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(f"\nwrote {output} ({human_bytes(report.size_after)}) in {report.seconds:.1f}s")
-
-
-def evaluation_line(evaluation: dict) -> str:
-    agreement = evaluation["agreement"]
-    parts = [f"on {evaluation['samples']} held-out samples:"]
-    if "accuracy" in evaluation:
-        parts.append(f"accuracy {evaluation['accuracy_original'] * 100:.2f}% -> {evaluation['accuracy'] * 100:.2f}% "
-                     f"({0.0 - evaluation['accuracy_drop_points']:+.2f} points)")
-    if agreement.get("top1") is not None:
-        parts.append(f"top-1 agreement {agreement['top1'] * 100:.2f}%")
-    parts.append(f"cosine {agreement['cosine']:.4f}")
-    return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 
 @cli.command()

@@ -68,3 +68,16 @@ def _jsonable(value):
     if hasattr(value, "to_dict"):
         return value.to_dict()
     return str(value)
+
+
+def evaluation_line(evaluation: dict) -> str:
+    """One line on held-out data: accuracy before -> after, top-1 agreement, cosine."""
+    agreement = evaluation["agreement"]
+    parts = [f"on {evaluation['samples']} held-out samples:"]
+    if "accuracy" in evaluation:
+        parts.append(f"accuracy {evaluation['accuracy_original'] * 100:.2f}% -> {evaluation['accuracy'] * 100:.2f}% "
+                     f"({0.0 - evaluation['accuracy_drop_points']:+.2f} points)")
+    if agreement.get("top1") is not None:
+        parts.append(f"top-1 agreement {agreement['top1'] * 100:.2f}%")
+    parts.append(f"cosine {agreement['cosine']:.4f}")
+    return " ".join(parts[:1]) + " " + ", ".join(parts[1:])

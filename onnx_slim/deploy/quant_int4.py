@@ -11,7 +11,6 @@ import logging
 
 import onnx
 from onnxruntime.quantization import QuantFormat
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from onnx_slim.errors import OnnxSlimError, UsageError
 
@@ -38,6 +37,22 @@ def no_int4_weights_message() -> str:
     return "int4 quantizes MatMul weights, and this model has no MatMul with a constant 2-D weight"
 
 
+def _matmul_nbits_quantizer():
+    """onnxruntime's int4 quantizer, imported only when int4 is asked for.
+
+    Since onnxruntime 1.20 its module imports `onnx_ir`, which onnxruntime does not declare:
+    importing it at module level would break every command on an install without onnx_ir.
+    We declare onnx-ir ourselves and import it first so a broken install names the culprit.
+    """
+    try:
+        import onnx_ir  # noqa: F401
+    except ImportError:
+        raise OnnxSlimError("int4 quantization needs the onnx-ir package: pip install onnx-ir") from None
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    return MatMulNBitsQuantizer
+
+
 def quantize_int4(
     model: onnx.ModelProto, *, block_size: int = DEFAULT_BLOCK_SIZE, symmetric: bool = True,
     excluded: list[str] = (),
@@ -48,7 +63,7 @@ def quantize_int4(
         raise UsageError(no_int4_weights_message())
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    quantizer = MatMulNBitsQuantizer(
+    quantizer = _matmul_nbits_quantizer()(
         copy, bits=4, block_size=block_size, is_symmetric=symmetric, nodes_to_exclude=list(excluded),
         quant_format=QuantFormat.QOperator,
     )
