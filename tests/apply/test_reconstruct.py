@@ -224,3 +224,46 @@ def test_a_wide_level_is_split_so_one_pass_holds_bounded_statistics(monkeypatch,
     monkeypatch.setattr(reconstruct_module, "PASS_STATISTICS_BYTES", budget)
     _, report = prune(two_branches(), ratio=0.25, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["layers"] == 2 and report.reconstruction["passes"] == passes
+
+
+def test_rows_are_held_out_by_calibration_sample_not_one_by_one():
+    # Rows of one image are alike: a row-wise hold-out cannot see a fit that learned the images.
+    from onnx_slim.apply.reconstruct import HOLDOUT_EVERY, _held_out
+
+    samples = np.repeat(np.arange(20), 7)  # 20 samples, 7 rows each
+    held = _held_out(samples, n_samples=20)
+    for sample in range(20):
+        rows = held[samples == sample]
+        assert rows.all() or not rows.any()
+    assert held.sum() == 7 * (20 // HOLDOUT_EVERY)
+    few = _held_out(np.repeat(np.arange(3), 10), n_samples=3)  # too few samples to spare: row-wise
+    assert 0 < few.sum() < len(few)
+
+
+def test_conv_rows_know_their_image():
+    from onnx_slim.apply.reconstruct import _sample_targets
+    from onnx_slim.ops.specs import CONV_PATCHES
+
+    class Conv:
+        kind = CONV_PATCHES
+
+    y = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    positions, targets, sample_of_row = _sample_targets(Conv(), y, 1, 4, 40, np.random.default_rng(0))
+    assert len(targets) == len(sample_of_row) == 40
+    np.testing.assert_array_equal(sample_of_row, positions[:, 0])
+    np.testing.assert_array_equal(np.bincount(sample_of_row), [10, 10, 10, 10])
+
+
+def test_shrunk_fits_run_from_least_squares_to_the_slice():
+    from onnx_slim.apply.reconstruct import SHRINK_LEVELS, GramStats, _fits
+
+    rng = np.random.default_rng(0)
+    design = rng.standard_normal((200, 6))
+    target = design @ rng.standard_normal((6, 3))
+    sliced = rng.standard_normal((6, 3))
+    fits = _fits(GramStats.of(design, target), sliced, 1e-9, "layer")
+    np.testing.assert_allclose(fits["fit"], np.linalg.lstsq(design, target, rcond=None)[0], atol=1e-6)
+    assert set(fits) == {"fit", *(f"fit-shrink-{level:g}" for level in SHRINK_LEVELS)}
+    distances = [np.linalg.norm(fits[f"fit-shrink-{level:g}"] - sliced) for level in SHRINK_LEVELS]
+    assert distances == sorted(distances, reverse=True)  # more shrinkage, closer to the slice
+    assert distances[-1] < np.linalg.norm(fits["fit"] - sliced)
