@@ -60,6 +60,7 @@ ROWS_PER_FEATURE = 32
 # Shrinkage toward the sliced weights, relative to the Gram's mean diagonal; the held-out
 # samples pick one per layer (0 = plain least squares, up to the slice itself).
 SHRINK_LEVELS = (1e-3, 1e-2, 1e-1, 1.0)
+SHRINK_NAMES = {f"fit-shrink-{level:g}": level for level in SHRINK_LEVELS}
 # Gram statistics one pass may hold (float64, training and held-out parts): a level wider than
 # this is split into several passes (an unrolled LSTM has 40 MatMuls of 3336 inputs on one level).
 PASS_STATISTICS_BYTES = 1 << 30
@@ -76,7 +77,8 @@ class LayerFit:
     samples: int
     error_slice: float  # held-out relative error of each candidate (0 when nothing was fitted)
     error_bias: float | None = None
-    error_fit: float | None = None
+    error_fit: float | None = None  # the best of the fits
+    shrink: float | None = None  # with "fit": the shrinkage toward the slice chosen (None: plain ridge)
 
 
 @dataclass
@@ -407,7 +409,8 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
     layer.error_fit = min(errors[name] for name in fits) if fits else None
     layer.method = "fit" if best.startswith("fit") else best
     if best.startswith("fit"):  # chosen on the held-out samples; now fitted on all of them
-        refitted = _refit_on_all(train, holdout, candidates["slice"], *_shrink_of(best, ridge))
+        layer.shrink = SHRINK_NAMES.get(best)
+        refitted = _refit_on_all(train, holdout, candidates["slice"], ridge, layer.shrink)
         candidates[best] = candidates[best] if refitted is None else refitted
     if best != "slice":
         _write(pruned, consumer, candidates[best], weight.shape)
@@ -426,24 +429,20 @@ def _fits(train: GramStats, sliced: np.ndarray, ridge: float, name: str) -> dict
         log.debug("eigen-decomposition failed for %s", name)
         return {}
     fits = {"fit": vectors @ ((vectors.T @ cross) / (values + ridge * mean_diagonal)[:, None])}
-    for level in SHRINK_LEVELS:
+    for name, level in SHRINK_NAMES.items():
         scale = level * mean_diagonal
-        fits[f"fit-shrink-{level:g}"] = vectors @ ((vectors.T @ (cross + scale * sliced)) / (values + scale)[:, None])
+        fits[name] = vectors @ ((vectors.T @ (cross + scale * sliced)) / (values + scale)[:, None])
     return fits
 
 
-def _shrink_of(name: str, ridge: float) -> tuple[float, bool]:
-    """(level relative to the mean diagonal, toward the slice?) of a candidate named by `_fits`."""
-    return (float(name.rsplit("-", 1)[1]), True) if name.startswith("fit-shrink-") else (ridge, False)
-
-
-def _refit_on_all(train: GramStats, holdout: GramStats, sliced: np.ndarray, level: float,
-                  toward_slice: bool) -> np.ndarray | None:
-    """The chosen fit again on training and held-out rows together (None if the solve fails)."""
+def _refit_on_all(train: GramStats, holdout: GramStats, sliced: np.ndarray, ridge: float,
+                  shrink: float | None) -> np.ndarray | None:
+    """The chosen fit (`shrink` toward the slice, or plain `ridge`) again on training and
+    held-out rows together (None if the solve fails)."""
     gram, cross = train.gram + holdout.gram, train.cross + holdout.cross
-    scale = level * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+    scale = (ridge if shrink is None else shrink) * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
     try:
-        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), cross + scale * sliced if toward_slice else cross)
+        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), cross if shrink is None else cross + scale * sliced)
     except np.linalg.LinAlgError:
         return None
 
