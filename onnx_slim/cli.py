@@ -17,6 +17,7 @@ import click
 
 from onnx_slim import __version__
 from onnx_slim.cli_options import (
+    ALLOCATE_OPTION,
     CLEANUP_OPTION,
     QUANTIZE_CHOICES,
     Console,
@@ -99,8 +100,7 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--criterion", cls=CriterionOption, default="l1", show_default=True,
               help="Channel importance: {criteria}.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
-@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
-              help="One ratio for every group, or per-group ratios from measured sensitivity (needs --calib).")
+@ALLOCATE_OPTION
 @click.option("--reconstruct", is_flag=True, help="Re-fit the layers after removed channels by least squares (needs --calib).")
 @click.option("--correct-statistics/--no-correct-statistics", default=False, show_default=True,
               help="Match each later layer's per-channel output mean and spread to the original's (needs --calib).")
@@ -127,6 +127,7 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
+    from onnx_slim.pipeline.candidates import default_allocation
     from onnx_slim.pipeline.prune import prune_file
 
     console = Console(quiet, bars=not as_json)
@@ -135,6 +136,8 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     params = {**image_options, "seed": seed}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation = load_data(eval_path, model, params)
+    if allocate is None:
+        allocate = default_allocation(calibration is not None and not calibration.is_random, target_macs)
     with writing_output(output):
         report = prune_file(
             model, output, force=force, progress=console, evaluation=evaluation, session=session,
@@ -221,8 +224,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--criterion", cls=CriterionOption,
               help="Channel importance: {criteria} (default: thinet with --calib, else l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
-@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
-              help="One ratio for every group, or per-group ratios from measured sensitivity (needs --calib).")
+@ALLOCATE_OPTION
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
 @click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="auto", show_default=True,
               help="auto: the fastest of the modes that apply whose outputs agree; float if none is faster.")

@@ -108,6 +108,13 @@ shape_option = click.option(
 
 # `run --quantize`: the modes of `quantize --mode`, or none (pipeline/config.py checks config files the same way).
 QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
+ALLOCATE_OPTION = click.option(
+    "--allocate", type=click.Choice(["uniform", "interior", "sensitivity", "auto"]),
+    help="uniform: one ratio for every group; interior: the same, sparing residual streams; sensitivity: per-group "
+         "ratios from measured sensitivity; auto: build each, keep the closest to the original on held-out "
+         "--calib samples (default with --calib data and --target-macs F; else uniform).",
+)
+
 CLEANUP_OPTION = click.option(
     "--cleanup/--no-cleanup", default=True, show_default=True,
     help="Clean the written model: bypass Identity chains, fold constant subgraphs, merge duplicated constants.",

@@ -8,6 +8,9 @@ with the original's. Methods:
 
     l1, thinet+rec, l1+rec     onnx_slim.prune (+rec: reconstruct=True) on calib.npz
     thinet+rec+sens            the same with allocate="sensitivity" (per-group ratios measured)
+    thinet+rec+interior        the same with allocate="interior" (residual streams kept whole)
+    thinet+rec+auto            the same with allocate="auto" (each allocation built, the one closest
+                               to the original on held-out calibration samples kept)
     tp-l1, tp-taylor, tp-lamp  Torch-Pruning on the model converted by onnx2torch, no
                                fine-tuning (pip install -e '.[compare]')
 
@@ -48,10 +51,13 @@ OURS = {  # method -> onnx_slim.prune options
     "l1+rec": {"criterion": "l1", "reconstruct": True, "allocate": "uniform"},
     # --allocate sensitivity: per-group ratios from the measured output error per MAC saved
     "thinet+rec+sens": {"criterion": "thinet", "reconstruct": True, "allocate": "sensitivity"},
+    "thinet+rec+interior": {"criterion": "thinet", "reconstruct": True, "allocate": "interior"},
+    "thinet+rec+auto": {"criterion": "thinet", "reconstruct": True, "allocate": "auto"},
 }
 PEER = ["tp-l1", "tp-taylor", "tp-lamp"]
 METHODS = list(OURS) + PEER
-DEFAULT_METHODS = ["l1", "thinet+rec", "thinet+rec+sens", *PEER]  # l1+rec: on request (--methods)
+# l1+rec: on request (--methods)
+DEFAULT_METHODS = ["l1", "thinet+rec", "thinet+rec+sens", "thinet+rec+interior", "thinet+rec+auto", *PEER]
 CAVEATS = {
     "efficientnet_lite0": "test = 750 photos, one per class (imagenet-sample-images), no augmentation: one photo "
                           "is 0.13 points (if built without that set: 20 photos x 12 views, ~5-point steps).",
@@ -100,7 +106,7 @@ def _prune_ours(spec: dict, status_kb) -> dict:
     peak_kb = status_kb("VmHWM")
     save_model(pruned, spec["out"])
     return {"seconds": round(seconds, 2), "peak_mb": round(peak_kb / 1024), "extra_mb": round((peak_kb - baseline_kb) / 1024),
-            "macs_fraction": round(report.macs_fraction, 4), "notes": list(report.notes)}
+            "macs_fraction": round(report.macs_fraction, 4), "allocate": report.allocate, "notes": list(report.notes)}
 
 
 def _import_peer():
@@ -341,7 +347,8 @@ def _quality_cell(row) -> str:
         return f"error: {': '.join(row['error'].split(': ')[:2])[:60]}"
     agreement = row["agreement"]
     agree = f"agree {agreement['top1'] * 100:.0f}%" if agreement["top1"] is not None else f"cos {agreement['cosine']:.3f}"
-    return f"{row['score'] * 100:.1f} ({row['change_points']:+.1f}), {agree}"
+    chosen = f" [{row['allocate'][len('auto: '):]}]" if row.get("allocate", "").startswith("auto: ") else ""
+    return f"{row['score'] * 100:.1f} ({row['change_points']:+.1f}), {agree}{chosen}"
 
 
 def _cost_cell(row) -> str:
@@ -392,8 +399,10 @@ def markdown(rows, methods, targets, command: str) -> str:
         "Models and data: `scripts/real_models.py` (see `scripts/REAL_MODELS.md`); calibration = `calib.npz` "
         "(unlabelled, other sources than the test split), metric on `test.npz`. "
         "`l1`: no data; `+rec`: `reconstruct=True`; `+sens`: `allocate=\"sensitivity\"` (per-group ratios "
-        "from the measured output error per MAC saved); `tp-*`: Torch-Pruning on the onnx2torch conversion "
-        "(notes below). Quality cells: task metric % on the test split (change in points from the original), "
+        "from the measured output error per MAC saved); `+interior`: `allocate=\"interior\"` (one ratio, residual "
+        "streams spared); `+auto`: `allocate=\"auto\"` (each of the three built and re-fitted on 80% of "
+        "calib.npz, the closest to the original on the other 20% kept: [its name]); `tp-*`: Torch-Pruning on "
+        "the onnx2torch conversion (notes below). Quality cells: task metric % on the test split (change in points from the original), "
         "then agreement with the original (top-1 agreement on class scores, output cosine for the CTC model). "
         "Cost cells: MACs fraction reached, wall time and peak RSS of the prune step in its own process "
         "(+ the part above the RSS after imports and loading the model and data).", ""]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from onnx_slim.errors import UsageError, first_line
 from onnx_slim.ir.inputs import parse_input_shapes
+from onnx_slim.pipeline.candidates import default_allocation
 
 QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
 
@@ -27,7 +28,7 @@ class PipelineConfig:
     target_latency: float | None = None  # ms: prune until the pruned model's measured p50 is in [0.95, 1] x this
     criterion: str | None = None  # default: thinet with real calibration data, else l1
     global_ranking: bool = False
-    allocate: str = "uniform"
+    allocate: str | None = None  # default: auto with real calibration data and a MACs fraction, else uniform
     reconstruct: bool | None = None  # default: on with real calibration data
     correct_statistics: bool = False  # match later layers' per-channel output statistics (needs calib)
     # Kept channel counts are multiples of this; "auto" times 1, 8, 16 and 32 on the session and keeps the
@@ -80,6 +81,8 @@ class PipelineConfig:
             filled.criterion = "thinet" if real_data else "l1"
         if filled.reconstruct is None:
             filled.reconstruct = real_data
+        if filled.allocate is None:
+            filled.allocate = default_allocation(real_data, filled.target_macs)
         if filled.quantize not in QUANTIZE_CHOICES:
             raise UsageError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {filled.quantize!r}")
         return filled

@@ -14,6 +14,7 @@ from onnx_slim.apply.verify import verify_model
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.ir.files import publish, scratch_folder
 from onnx_slim.ir.model import ModelSource, Progress, check_output_path, write_model_files
+from onnx_slim.pipeline.allocation import choose_allocation
 from onnx_slim.pipeline.candidates import AUTO, Choice, PruneOptions, Pruner, PruneReport
 from onnx_slim.pipeline.rounding import choose_rounding
 from onnx_slim.pipeline.search import search_latency, search_macs
@@ -70,6 +71,12 @@ def _choose(pruner: Pruner) -> Choice:
         return search_latency(pruner, settings.target_latency)
     if settings.target_macs == AUTO:
         return search_macs(pruner)
+    if settings.allocate == AUTO:  # the rounding is timed on the uniform plan, then shared by every allocation
+        if settings.round_to != AUTO:
+            return choose_allocation(pruner, settings.target_macs, settings.round_to)
+        candidate, rounding, latency = choose_rounding(pruner, target_macs=settings.target_macs)
+        return choose_allocation(pruner, settings.target_macs, candidate.round_to, rounding=rounding,
+                                 latency_ms=latency)
     if settings.round_to == AUTO:
         candidate, rounding, latency = choose_rounding(pruner, target_macs=settings.target_macs, ratio=settings.ratio)
         return Choice(candidate, rounding=rounding, latency_ms=latency)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -174,3 +175,31 @@ def test_grouped_conv_in_a_config_file_is_checked(tmp_path):
     bad = config_from_mapping(load_config(write(tmp_path, "b.toml", 'grouped-conv = "rows"\n')))
     with pytest.raises(UsageError, match="grouped-conv must be channels or groups, got 'rows'"):
         bad.with_defaults()
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"calib": "calib.npz"}, "auto"),  # the default target: half the MACs
+    ({"calib": "calib.npz", "target_macs": 0.7}, "auto"),
+    ({"calib": "random", "target_macs": 0.7}, "uniform"),  # nothing real to compare the candidates on
+    ({"target_macs": 0.7}, "uniform"),
+    ({"calib": "calib.npz", "ratio": 0.3}, "uniform"),
+    ({"calib": "calib.npz", "target_latency": 5.0}, "uniform"),
+    ({"calib": "calib.npz", "allocate": "sensitivity"}, "sensitivity"),
+])
+def test_allocation_defaults_to_auto_where_it_can_run(values, expected):
+    assert config_from_mapping(values).with_defaults().allocate == expected
+
+
+def test_prune_cli_compares_allocations_when_given_data_and_a_macs_target(capsys, tmp_path):
+    models = DEMO.parent
+    common = [DEMO, "--calib", models / "digits_calib.npz", "--calib-samples", "60", "--round-to", "1", "--json",
+              "--quiet"]
+    reports = []
+    for target in (["--target-macs", "0.7"], ["--ratio", "0.3"]):
+        with pytest.raises(SystemExit) as done:
+            main(["prune", *map(str, common), "-o", str(tmp_path / f"{len(reports)}.onnx"), *target])
+            raise SystemExit(0)
+        assert not done.value.code
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[0]["allocate"].startswith("auto: ") and reports[0]["search"]["kind"] == "allocation"
+    assert reports[1]["allocate"] == "uniform" and reports[1]["search"] is None

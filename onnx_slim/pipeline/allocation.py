@@ -1,0 +1,60 @@
+"""`allocate="auto"`: build the model under each allocation and keep the one closest to the original.
+
+No allocation wins on every real model (reports/bench_real.md): uniform keeps the captcha
+CRNN at 81% exact match at 60% MACs where sensitivity collapses it to 11%; sensitivity keeps
+EfficientNet-Lite0 at 62% where uniform ends at 9%; sparing the residual streams (interior)
+is best on MobileNetV2. Each candidate is built with the final settings (re-fit included) on
+the fit part of the calibration data and compared on the held-out part.
+"""
+
+from __future__ import annotations
+
+from onnx_slim.data.evaluate import evaluate
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.pipeline.candidates import ALLOCATIONS, Choice, Pruner
+from onnx_slim.pipeline.rounding import plan_key
+
+
+def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choice) -> Choice:
+    """The candidate at `target_macs` whose outputs on the held-out calibration samples agree best
+    with the original's: top-1 agreement for class scores (cosine breaks ties), else cosine.
+    `choice` (rounding, latency_ms) is passed on to the Choice."""
+    settings, check = pruner.settings, pruner.check_data
+    rows, built_by_plan, best = [], {}, None
+    for allocate in ALLOCATIONS:
+        try:
+            candidate = pruner.plan(target_macs=target_macs, round_to=round_to, allocate=allocate)
+        except OnnxSlimError as error:  # e.g. the streams hold too many MACs for "interior"
+            rows.append({"allocate": allocate, "skipped": str(error)})
+            continue
+        key = plan_key(candidate.plan)
+        if key in built_by_plan:
+            rows.append({"allocate": allocate, "skipped": f"same channels as {built_by_plan[key]}"})
+            continue
+        built_by_plan[key] = allocate
+        pruner.say(f"allocation {allocate}: building the candidate at MACs {candidate.macs_fraction:.3f}")
+        built = pruner.build(candidate)
+        agreement = evaluate(pruner.model, built.model, check, batch_size=max(settings.batch_size, 32),
+                             session=settings.session)["agreement"]
+        closeness = (agreement["top1"] if agreement.get("top1") is not None else agreement["cosine"],
+                     agreement["cosine"])
+        row = {"allocate": allocate, "macs_fraction": round(candidate.macs_fraction, 4),
+               "top1_agreement": agreement.get("top1"), "cosine": round(agreement["cosine"], 6), "chosen": False}
+        rows.append(row)
+        pruner.say(f"allocation {allocate}: " + ", ".join(
+            f"{name} {row[name]:.4g}" for name in ("top1_agreement", "cosine") if row[name] is not None))
+        if best is None or closeness > best[0]:
+            best = (closeness, candidate, built, row)
+    if best is None:
+        raise OnnxSlimError(f"no allocation reaches {target_macs:g} of the MACs: "
+                            + "; ".join(f"{row['allocate']}: {row['skipped']}" for row in rows))
+    _, candidate, built, row = best
+    row["chosen"] = True
+    held_out = check is not pruner.calibration
+    report = {"kind": "allocation", "target_macs": target_macs, "candidates": rows,
+              "data": check.description, "held_out": held_out,
+              "note": ("each candidate was built on the other calibration samples and compared with the original "
+                       "on these" if held_out else
+                       "too few calibration samples to hold some out: candidates were compared on the samples they "
+                       "were fitted on")}
+    return Choice(candidate, built=built, search=report, **choice)

@@ -1,0 +1,77 @@
+"""`allocate="auto"`: every allocation built with the final settings and compared with the original
+on calibration samples the candidates were not fitted on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import random_feeds, run
+
+from onnx_slim.data.calibration import load_calibration
+from onnx_slim.errors import UsageError
+from onnx_slim.pipeline.candidates import ALLOCATIONS
+from onnx_slim.pipeline.prune import prune
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+RESNET = MODELS / "digits_resnet.onnx"
+
+
+@pytest.fixture(scope="module")
+def auto_result():
+    calibration = load_calibration(MODELS / "digits_calib.npz", RESNET).take(80)
+    pruned, report = prune(str(RESNET), target_macs=0.6, criterion="thinet", reconstruct=True,
+                           calibration=calibration, allocate="auto", round_to=1)
+    return calibration, pruned, report
+
+
+def test_every_allocation_is_built_and_the_closest_is_kept(auto_result):
+    _, pruned, report = auto_result
+    rows = report.search["candidates"]
+    assert report.search["kind"] == "allocation"
+    assert [row["allocate"] for row in rows] == list(ALLOCATIONS)
+    built = [row for row in rows if "skipped" not in row]
+    assert len(built) >= 2  # the digits ResNet has a stream: interior differs from uniform
+    chosen = [row for row in built if row["chosen"]]
+    assert len(chosen) == 1
+    best = max((row["top1_agreement"], row["cosine"]) for row in built)
+    assert (chosen[0]["top1_agreement"], chosen[0]["cosine"]) == best
+    assert report.allocate == f"auto: {chosen[0]['allocate']}"
+    assert abs(report.macs_fraction - 0.6) < 0.03
+    feeds = random_feeds(pruned)
+    assert {name: value.shape for name, value in run(pruned, feeds).items()} == \
+        {name: value.shape for name, value in run(str(RESNET), feeds).items()}
+
+
+def test_candidates_are_fitted_on_other_samples_than_they_are_compared_on(auto_result):
+    calibration, _, report = auto_result
+    assert report.search["held_out"]
+    held_out = round(len(calibration) * 0.2)
+    assert report.search["data"].endswith(f"[{len(calibration) - held_out}:]: {held_out} samples")
+    assert report.calibration.endswith(f"[:{len(calibration) - held_out}]: {len(calibration) - held_out} samples")
+
+
+def test_too_few_samples_are_compared_where_they_were_fitted():
+    calibration = load_calibration(MODELS / "digits_calib.npz", RESNET).take(20)
+    _, report = prune(str(RESNET), target_macs=0.7, criterion="thinet", reconstruct=True, calibration=calibration,
+                      allocate="auto", round_to=1)
+    assert not report.search["held_out"]
+    assert "fitted on" in report.search["note"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ratio": 0.3}, "needs --target-macs F"),
+    ({"target_macs": 0.5}, "needs calibration data"),
+])
+def test_auto_needs_a_macs_fraction_and_calibration(options, message):
+    with pytest.raises(UsageError, match=message):
+        prune(str(RESNET), allocate="auto", **options)
+
+
+def test_the_chosen_allocation_is_written_in_the_report_lines(auto_result):
+    _, _, report = auto_result
+    (line,) = [line for line in report.choice_lines() if line.startswith("allocation:")]
+    assert all(name in line for name in ALLOCATIONS if not any(
+        row["allocate"] == name and "skipped" in row for row in report.search["candidates"]))
+    assert "| allocation |" in report.search_markdown()
+    assert report.search["target_macs"] == 0.6
