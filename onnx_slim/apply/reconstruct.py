@@ -442,7 +442,8 @@ def _refit_on_all(train: GramStats, holdout: GramStats, sliced: np.ndarray, ridg
     gram, cross = train.gram + holdout.gram, train.cross + holdout.cross
     scale = (ridge if shrink is None else shrink) * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
     try:
-        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), cross if shrink is None else cross + scale * sliced)
+        right = cross if shrink is None else cross + scale * sliced
+        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), right)
     except np.linalg.LinAlgError:
         return None
 

@@ -1,8 +1,9 @@
-"""Weight-based channel criteria: l1, l2, fpgm, bn_scale, random.
+"""Weight-based channel criteria: l1, l2, fpgm, consumer_l1, bn_scale, random.
 
-Weight-based scores are computed per producer tensor and divided by that
+Weight-based scores are computed per weight tensor and divided by that
 layer's mean score, so channels of different layers are comparable (what
-`--global` ranking relies on); a group's score is the mean over its producers.
+`--global` ranking relies on); a group's score is the mean over its producers
+(consumer_l1: over the layers that read it).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from onnx_slim.criteria.registry import ScoringContext, criterion
 log = logging.getLogger(__name__)
 
 
-def _producer_row_scores(ctx: ScoringContext, groups, row_score) -> dict[int, np.ndarray]:
-    """Mean over each group's producers of `row_score` per channel, normalized per layer.
+def _producer_row_scores(ctx: ScoringContext, groups, row_score, side: str = "producers") -> dict[int, np.ndarray]:
+    """Mean over each group's producers (or consumers) of `row_score` per channel, normalized per layer.
 
     `row_score(rows)` maps a [rows, features] matrix to one score per row; it sees
-    the whole producer axis at once, each weight tensor loaded once.
+    the whole weight axis at once, each weight tensor loaded once. A grouped Conv's
+    input axis holds one group's worth of channels: it reads more than its rows, and
+    is left out (its group is scored by its other members).
     """
     by_tensor: dict[tuple, list[tuple[ChannelGroup, Member]]] = defaultdict(list)
     for group in groups:
-        for member in group.producers:
-            by_tensor[(member.use.tensor, member.use.axis)].append((group, member))
+        for member in getattr(group, side):
+            if member.use.blocks == 1:
+                by_tensor[(member.use.tensor, member.use.axis)].append((group, member))
     initializers = {init.name: init for init in ctx.model.graph.initializer}
     sums = {group.id: np.zeros(group.channels) for group in groups}
     counts = {group.id: 0 for group in groups}
@@ -51,6 +55,23 @@ def l1_norm(ctx, groups):
 @criterion("l2")
 def l2_norm(ctx, groups):
     return _producer_row_scores(ctx, groups, lambda rows: np.sqrt(np.square(rows).sum(axis=1)))
+
+
+@criterion("consumer_l1")
+def consumer_l1(ctx, groups):
+    """L1 norm of the weights that read each channel: the next layers' input columns.
+
+    With BatchNorm folded into the producer, a channel with small filter weights can
+    still carry a large activation through its bias (EfficientNet-Lite0: l1 at 95% of
+    the MACs 0.4% top-1, this 75.6%); how much the next layer relies on a channel is
+    in its input column. Groups no weight reads directly are scored by l1.
+    """
+    scores = _producer_row_scores(ctx, groups, lambda rows: np.abs(rows).sum(axis=1), side="consumers")
+    unread = [group for group in groups if not any(m.use.blocks == 1 for m in group.consumers)]
+    if unread:
+        ctx.notes.append(f"consumer_l1: {len(unread)} group(s) without a consumer weight scored by l1")
+        scores.update(l1_norm(ctx, unread))
+    return scores
 
 
 @criterion("fpgm")

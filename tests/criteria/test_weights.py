@@ -63,3 +63,38 @@ def test_a_criterion_runs_without_data_exactly_when_it_says_so(name):
             score_groups(context, name, groups)
     else:
         assert set(score_groups(context, name, groups)) == {group.id for group in groups}
+
+
+def test_consumer_l1_ranks_by_the_columns_that_read_each_channel():
+    """A filter with large weights whose channel the next layer barely reads goes first (and l1 keeps it)."""
+    model = conv_chain((3, 4), in_channels=1, size=4)
+    weights = {init.name: init for init in model.graph.initializer}
+    filters = np.ones((3, 1, 3, 3), dtype=np.float32)
+    filters[0] *= 10.0  # l1's favourite
+    weights["conv1_w"].CopyFrom(numpy_helper.from_array(filters, "conv1_w"))
+    readers = np.ones((4, 3, 3, 3), dtype=np.float32)
+    readers[:, 0] *= 0.01  # ...which conv2 hardly reads
+    readers[:, 2] *= 3.0
+    weights["conv2_w"].CopyFrom(numpy_helper.from_array(readers, "conv2_w"))
+    analysis = analyze(model)
+    group = group_with(analysis, "conv1")
+    context = ScoringContext(analysis.model, analysis.channels)
+    assert np.argsort(score_groups(context, "consumer_l1", [group])[group.id]).tolist() == [0, 1, 2]
+    assert np.argmax(score_groups(context, "l1", [group])[group.id]) == 0
+    np.testing.assert_allclose(score_groups(context, "consumer_l1", [group])[group.id].mean(), 1.0, rtol=1e-6)
+
+
+def test_consumer_l1_falls_back_to_l1_where_no_weight_reads_the_group():
+    """A group read only by a grouped Conv's tied input blocks has no column to score: l1 does, with a note."""
+    from graphs import Graph
+
+    g = Graph()
+    h = g.relu(g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1"))
+    model = g.build(g.conv(g.conv(h, 8, group=2, name="grouped"), 2, kernel=1, name="out"))
+    analysis = analyze(model)
+    group = group_with(analysis, "conv1")
+    assert group.consumers and all(member.use.blocks > 1 for member in group.consumers)
+    context = ScoringContext(analysis.model, analysis.channels)
+    np.testing.assert_allclose(score_groups(context, "consumer_l1", [group])[group.id],
+                               score_groups(ScoringContext(analysis.model, analysis.channels), "l1", [group])[group.id])
+    assert any("consumer_l1: 1 group(s)" in note for note in context.notes)
