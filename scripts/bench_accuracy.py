@@ -27,7 +27,7 @@ from onnx_slim.data.calibration import load_calibration  # noqa: E402
 from onnx_slim.data.evaluate import evaluate  # noqa: E402
 
 MODELS = ["digits_cnn", "digits_resnet", "digits_mlp"]
-CRITERIA = ["l1", "l2", "fpgm", "activation", "thinet"]
+CRITERIA = ["l1", "l2", "fpgm", "consumer_l1", "activation", "thinet"]
 TARGETS = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
 
 

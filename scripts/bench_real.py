@@ -7,6 +7,7 @@ this process scores the result on test.npz with the task's metric and compares i
 with the original's. Methods:
 
     l1, thinet+rec, l1+rec     onnx_slim.prune (+rec: reconstruct=True) on calib.npz
+    consumer_l1                no data: the L1 norm of the weights that read each channel
     thinet+rec+sens            the same with allocate="sensitivity" (per-group ratios measured)
     thinet+rec+interior        the same with allocate="interior" (residual streams kept whole)
     thinet+rec+auto            the same with allocate="auto" (each allocation built, the one closest
@@ -47,6 +48,7 @@ MODELS = ["efficientnet_lite0", "mobilenet_v2", "captcha_crnn", "mtcnn_rnet", "l
 TARGETS = [0.8, 0.7, 0.6, 0.5]
 OURS = {  # method -> onnx_slim.prune options
     "l1": {"criterion": "l1", "allocate": "uniform"},
+    "consumer_l1": {"criterion": "consumer_l1", "allocate": "uniform"},
     "thinet+rec": {"criterion": "thinet", "reconstruct": True, "allocate": "uniform"},
     "l1+rec": {"criterion": "l1", "reconstruct": True, "allocate": "uniform"},
     # --allocate sensitivity: per-group ratios from the measured output error per MAC saved
@@ -57,7 +59,7 @@ OURS = {  # method -> onnx_slim.prune options
 PEER = ["tp-l1", "tp-taylor", "tp-lamp"]
 METHODS = list(OURS) + PEER
 # l1+rec: on request (--methods)
-DEFAULT_METHODS = ["l1", "thinet+rec", "thinet+rec+sens", "thinet+rec+interior", "thinet+rec+auto", *PEER]
+DEFAULT_METHODS = ["l1", "consumer_l1", "thinet+rec", "thinet+rec+sens", "thinet+rec+interior", "thinet+rec+auto", *PEER]
 CAVEATS = {
     "efficientnet_lite0": "test = 750 photos, one per class (imagenet-sample-images), no augmentation: one photo "
                           "is 0.13 points (if built without that set: 20 photos x 12 views, ~5-point steps).",
@@ -399,7 +401,7 @@ def markdown(rows, methods, targets, command: str) -> str:
         f"`{command}`", "",
         "Models and data: `scripts/real_models.py` (see `scripts/REAL_MODELS.md`); calibration = `calib.npz` "
         "(unlabelled, other sources than the test split), metric on `test.npz`. "
-        "`l1`: no data; `+rec`: `reconstruct=True`; `+sens`: `allocate=\"sensitivity\"` (per-group ratios "
+        "`l1`, `consumer_l1`: no data (filter norms; norms of the next layers' input columns); `+rec`: `reconstruct=True`; `+sens`: `allocate=\"sensitivity\"` (per-group ratios "
         "from the measured output error per MAC saved); `+interior`: `allocate=\"interior\"` (one ratio, residual "
         "streams spared); `+auto`: `allocate=\"auto\"` (each of the three built and re-fitted on 80% of "
         "calib.npz, the closest to the original on the other 20% kept: [its name]); `tp-*`: Torch-Pruning on "
