@@ -25,7 +25,8 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
         try:
             candidate = pruner.plan(target_macs=target_macs, round_to=round_to, allocate=allocate)
         except OnnxSlimError as error:  # e.g. the streams hold too many MACs for "interior"
-            rows.append({"allocate": allocate, "skipped": str(error)})
+            spared = "with the residual streams spared, " if allocate == "interior" else ""
+            rows.append({"allocate": allocate, "skipped": f"{spared}{error}"})
             continue
         key = plan_key(candidate.plan)
         if key in built_by_plan:

@@ -75,3 +75,14 @@ def test_the_chosen_allocation_is_written_in_the_report_lines(auto_result):
         row["allocate"] == name and "skipped" in row for row in report.search["candidates"]))
     assert "| allocation |" in report.search_markdown()
     assert report.search["target_macs"] == 0.6
+
+
+def test_an_allocation_that_cannot_reach_the_target_is_skipped_with_the_reason():
+    calibration = load_calibration(MODELS / "digits_calib.npz", RESNET).take(40)
+    # Counts in steps of 16: sparing the streams cannot go below 0.30 of the MACs.
+    _, report = prune(str(RESNET), target_macs=0.15, criterion="thinet", reconstruct=True, calibration=calibration,
+                      allocate="auto", round_to=16)
+    (interior,) = [row for row in report.search["candidates"] if row["allocate"] == "interior"]
+    assert interior["skipped"].startswith("with the residual streams spared, target 0.15 of MACs is out of reach")
+    assert report.allocate in ("auto: uniform", "auto: sensitivity")
+    assert abs(report.macs_fraction - 0.15) < 0.03
