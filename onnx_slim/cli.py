@@ -81,7 +81,8 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
     for group in shown:
         why = str(group["frozen_by"][0]["node"]) + ": " + group["frozen_by"][0]["reason"] if group["frozen_by"] else ""
         producers = ", ".join(group["producers"][:3]) + (" ..." if len(group["producers"]) > 3 else "")
-        rows.append((group["id"], group["channels"], f"{group['macs_share'] * 100:.1f}%", group["status"], producers, why))
+        status = group["status"] + (", stream" if group["stream"] else "")
+        rows.append((group["id"], group["channels"], f"{group['macs_share'] * 100:.1f}%", status, producers, why))
     click.echo(table(["group", "channels", "MACs", "status", "producers", "frozen by"], rows))
     if len(groups) > len(shown):
         click.echo(f"... {len(groups) - len(shown)} more groups (--all lists them)")

@@ -10,6 +10,7 @@ import onnx
 
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, analyze_channels
 from onnx_slim.channels.space import FreezeReason
+from onnx_slim.channels.streams import stream_roots
 from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import concrete_shapes
@@ -51,6 +52,7 @@ class ModelAnalysis:
 
     def to_dict(self) -> dict:
         total = self.cost.macs or 1
+        streams = stream_roots(self.channels)
         return {
             "params": self.cost.params,
             "macs": self.cost.macs,
@@ -68,6 +70,7 @@ class ModelAnalysis:
                     "unit": group.unit,  # producer channels per group channel: an attention head's D
                     "status": group.status,
                     "prunable": group.prunable,
+                    "stream": group.root in streams,  # a residual stream (`--allocate interior` spares it)
                     "macs_share": round(self.group_macs(group) / total, 4),
                     "producers": sorted({m.use.node for m in group.producers}),
                     "consumers": sorted({m.use.node for m in group.consumers}),

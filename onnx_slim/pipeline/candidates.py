@@ -19,6 +19,7 @@ from onnx_slim.apply.statistics_correction import correct_statistics
 from onnx_slim.apply.surgery import apply_plan, deduplicate_initializers, refresh_shapes
 from onnx_slim.apply.verify import reference_output_shapes
 from onnx_slim.channels.analysis import analyze
+from onnx_slim.channels.streams import stream_roots
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.deploy.cleanup import clean_model
 from onnx_slim.errors import UsageError
@@ -29,7 +30,6 @@ from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
 from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios, sensitivity_budget
-from onnx_slim.plan.stream import stream_roots
 
 AUTO = "auto"
 ALLOCATIONS = ("uniform", "interior", "sensitivity")  # and AUTO: each built, the closest to the original kept

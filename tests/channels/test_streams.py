@@ -1,13 +1,18 @@
-"""Residual streams: the groups a sum of two activations carries, which `allocate="interior"` spares."""
+"""Residual streams: the groups a sum of two activations carries, which `inspect` marks and
+`allocate="interior"` spares."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from conftest import group_with, weight_dims
 from graphs import Graph, conv_chain
 
 from onnx_slim.channels.analysis import analyze
+from onnx_slim.channels.streams import stream_roots
 from onnx_slim.pipeline.prune import prune
-from onnx_slim.plan.stream import stream_roots
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def residual_model():
@@ -55,3 +60,18 @@ def test_interior_allocation_keeps_the_stream_whole():
     kept = {group["id"]: group["kept"] for group in uniform.groups}
     stem_group = group_with(analyze(model), "stem").id
     assert kept[stem_group] < 8  # the uniform plan does cut the stream
+
+
+def test_inspect_marks_the_stream(capsys):
+    from onnx_slim.cli import main
+
+    path = MODELS / "digits_resnet.onnx"
+    analysis = analyze(path)
+    marked = {group["id"] for group in analysis.to_dict()["groups"] if group["stream"]}
+    assert marked == {group.id for group in analysis.groups if group.root in stream_roots(analysis.channels)}
+    assert marked  # the digits ResNet adds its blocks to a stream
+    try:
+        main(["inspect", str(path)])
+    except SystemExit as done:
+        assert not done.code
+    assert "prunable, stream" in capsys.readouterr().out
