@@ -20,7 +20,7 @@ from onnx_slim.criteria.registry import ScoringContext, criterion
 log = logging.getLogger(__name__)
 
 
-def _producer_row_scores(ctx: ScoringContext, groups, row_score, side: str = "producers") -> dict[int, np.ndarray]:
+def _layer_row_scores(ctx: ScoringContext, groups, row_score, side: str = "producers") -> dict[int, np.ndarray]:
     """Mean over each group's producers (or consumers) of `row_score` per channel, normalized per layer.
 
     `row_score(rows)` maps a [rows, features] matrix to one score per row; it sees
@@ -47,14 +47,18 @@ def _producer_row_scores(ctx: ScoringContext, groups, row_score, side: str = "pr
     return {gid: sums[gid] / max(counts[gid], 1) for gid in sums}
 
 
+def _l1_rows(rows: np.ndarray) -> np.ndarray:
+    return np.abs(rows).sum(axis=1)
+
+
 @criterion("l1")
 def l1_norm(ctx, groups):
-    return _producer_row_scores(ctx, groups, lambda rows: np.abs(rows).sum(axis=1))
+    return _layer_row_scores(ctx, groups, _l1_rows)
 
 
 @criterion("l2")
 def l2_norm(ctx, groups):
-    return _producer_row_scores(ctx, groups, lambda rows: np.sqrt(np.square(rows).sum(axis=1)))
+    return _layer_row_scores(ctx, groups, lambda rows: np.sqrt(np.square(rows).sum(axis=1)))
 
 
 @criterion("consumer_l1")
@@ -66,7 +70,7 @@ def consumer_l1(ctx, groups):
     the MACs 0.4% top-1, this 75.6%); how much the next layer relies on a channel is
     in its input column. Groups no weight reads directly are scored by l1.
     """
-    scores = _producer_row_scores(ctx, groups, lambda rows: np.abs(rows).sum(axis=1), side="consumers")
+    scores = _layer_row_scores(ctx, groups, _l1_rows, side="consumers")
     unread = [group for group in groups if not any(m.use.blocks == 1 for m in group.consumers)]
     if unread:
         ctx.notes.append(f"consumer_l1: {len(unread)} group(s) without a consumer weight scored by l1")
@@ -80,7 +84,7 @@ def geometric_median(ctx, groups):
 
     A row's score is its summed distance to every other row of the layer.
     """
-    return _producer_row_scores(ctx, groups, _summed_distances)
+    return _layer_row_scores(ctx, groups, _summed_distances)
 
 
 def _summed_distances(rows: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ analyze -> score (once) -> plan -> surgery (-> re-fit) per candidate.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -288,6 +289,11 @@ class Pruner:
     def model(self) -> onnx.ModelProto:
         return self.analysis.model
 
+    @functools.cached_property
+    def streams(self) -> set[int]:
+        """Class roots of the residual streams ("interior" spares them)."""
+        return stream_roots(self.analysis.channels)
+
     @property
     def timing_inputs(self) -> Mapping:
         return self.settings.timing_inputs if self.settings.timing_inputs is not None else self.feeds
@@ -301,8 +307,7 @@ class Pruner:
         options = PlanOptions(round_to=round_to, min_channels=settings.min_channels)
         groups = self.groups
         if allocate == "interior":
-            streams = stream_roots(self.analysis.channels)
-            groups = [group for group in self.groups if group.root not in streams]
+            groups = [group for group in self.groups if group.root not in self.streams]
         if allocate == "sensitivity" and target_macs is not None:
             if self._sensitivity is None:  # measured once, whatever the candidates
                 samples, fractions = sensitivity_budget(self.cost_model.macs, len(self.groups), len(self.calibration))
