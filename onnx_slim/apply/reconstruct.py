@@ -38,11 +38,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, cut_after, initializer, kept_outputs, readers_of
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
+from onnx_slim.data.staged import StagedCapture
 from onnx_slim.ir.graph import attr
 from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
@@ -201,11 +202,13 @@ def reconstruct(
     chunks = _chunks_by_depth(pruned, consumers)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
+    staged = StagedCapture(calibration, batch_size, session=session)
     for index, chunk in enumerate(counted(progress, "re-fit layers", chunks, size=len), 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
-        _accumulate_features(pruned, chunk, calibration, batch_size, session)
+        _accumulate_features(pruned, chunk, staged)
         for consumer in chunk:
             report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
+            staged.rewritten(pruned, [name for name in (consumer.weight, consumer.bias_tensor) if name])
             consumer.stats = FitStats()
             consumer.targets.clear()
             consumer.held.clear()
@@ -350,12 +353,10 @@ def _design_rows(consumer, x, positions) -> np.ndarray:
     return rows[positions]
 
 
-def _accumulate_features(pruned, chunk, calibration, batch_size, session) -> None:
+def _accumulate_features(pruned, chunk, staged: StagedCapture) -> None:
     inputs = sorted({c.node.input[0] for c in chunk})
-    capture = ActivationCapture(cut_after(pruned, inputs), inputs, session=session)
     pending = {id(c): [] for c in chunk}
-    for batch_index, batch in enumerate(calibration.batches(batch_size)):
-        values = capture.run(batch)
+    for batch_index, values in enumerate(staged.run(pruned, inputs)):
         for consumer in chunk:
             features = _design_rows(consumer, values[consumer.node.input[0]], consumer.positions[batch_index])
             pending[id(consumer)].append((features, consumer.targets[batch_index], consumer.held[batch_index]))

@@ -42,7 +42,7 @@ class ActivationCapture:
         # Graph inputs are echoed from the feeds: no need to route them through the session.
         self._echoed = [name for name in self.tensor_names if name in self.input_names]
         extra = [name for name in self.tensor_names if name not in self.input_names and name not in self.output_names]
-        add_graph_outputs(capture_model, extra, _element_types(capture_model, extra))
+        add_graph_outputs(capture_model, extra, element_types(capture_model, extra))
         self.session = create_session(capture_model, session)
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,7 +79,7 @@ def _check_capturable(model: onnx.ModelProto, names: Sequence[str]) -> None:
             )
 
 
-def _element_types(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
+def element_types(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
     """Element type of each named tensor: from the model's own value infos, else shape inference."""
     known = _declared_types(model.graph)
     if all(name in known for name in names):

@@ -1,0 +1,169 @@
+"""Intermediate tensors of a model that is re-written layer by layer, each part run once.
+
+The layer-wise passes after surgery (re-fit, statistics correction) ask, pass after pass,
+for the inputs of deeper and deeper layers of a model whose earlier layers they have just
+re-written. Running the model from its inputs at every pass costs passes x depth: most of
+a ResNet-50 re-fit. `StagedCapture` keeps, per calibration batch, the tensors at the
+frontier of what has already run and runs only the part of the graph that is new.
+
+That is exact as long as nothing already run changes: a caller that re-writes an
+initializer says so (`rewritten`), and if a part that already ran reads it, the next pass
+starts over from the model's inputs. A frontier over `budget_bytes` is dropped the same way,
+so memory stays bounded whatever the calibration set's size.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+
+from onnx_slim.data.activations import ActivationCapture, element_types
+from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
+
+DEFAULT_BUDGET_BYTES = 1 << 30  # frontier tensors kept across passes, all batches together
+
+
+class StagedCapture:
+    """Requested tensors of the current model, batch by batch, reusing what earlier calls computed."""
+
+    def __init__(self, calibration, batch_size: int, *, session: SessionSpec = SessionSpec(),
+                 budget_bytes: int = DEFAULT_BUDGET_BYTES):
+        self.calibration = calibration
+        self.batch_size = batch_size
+        self.session = session
+        self.budget_bytes = budget_bytes
+        self._done: set[int] = set()  # indices (in graph.node) of the nodes whose outputs are cached
+        self._cache: list[dict[str, np.ndarray]] = []  # per batch: frontier tensor -> value
+        self._types: dict[str, int] = {}  # element type by tensor name (weights change, types do not)
+        self.parts_run = 0  # how many partial runs (for tests and progress)
+        self.restarts = 0  # how many times the cache was dropped
+
+    def run(self, model: onnx.ModelProto, wanted: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+        """For each calibration batch in order, the `wanted` tensors of `model` by name."""
+        graph = model.graph
+        if _has_subgraphs(graph):  # subgraphs read outer tensors implicitly: run everything
+            self._reset()
+            capture = ActivationCapture(model, list(wanted), session=self.session)
+            yield from (capture.run(batch) for batch in self.calibration.batches(self.batch_size))
+            return
+        plan = _Plan(graph, self._done, self._cache[0] if self._cache else {}, wanted)
+        if plan.stale:  # a tensor it needs was dropped: start over from the inputs
+            self._reset()
+            plan = _Plan(graph, self._done, {}, wanted)
+        part = None
+        if plan.nodes:
+            if not set(plan.outputs) <= set(self._types):  # shape inference once, not at every pass
+                self._types.update(element_types(model, plan.outputs))
+            part = create_session(plan.submodel(model, self._cache[0] if self._cache else {}, self._types),
+                                  self.session)
+            self.parts_run += 1
+        fresh = not self._cache
+        for index, batch in enumerate(self.calibration.batches(self.batch_size)):
+            cached = {} if fresh else self._cache[index]
+            values = dict(cached)
+            if part is not None:
+                feeds = {name: cached[name] if name in cached else batch[name] for name in plan.inputs}
+                values.update(run_session(part, feeds))
+            for name in plan.graph_inputs_wanted:
+                values[name] = np.asarray(batch[name])
+            kept = {name: values[name] for name in plan.frontier}
+            if fresh:
+                self._cache.append(kept)
+            else:
+                self._cache[index] = kept
+            yield {name: values[name] for name in wanted}
+        self._done |= plan.nodes
+        if self.cached_bytes() > self.budget_bytes:
+            self._reset()
+
+    def rewritten(self, model: onnx.ModelProto, names: Sequence[str]) -> None:
+        """Initializers `names` were re-written: if a node already run reads one, start over next time."""
+        changed = set(names)
+        if any(changed.intersection(model.graph.node[i].input) for i in self._done):
+            self._reset()
+
+    def cached_bytes(self) -> int:
+        return sum(value.nbytes for batch in self._cache for value in batch.values())
+
+    def _reset(self) -> None:
+        if self._done or self._cache:
+            self.restarts += 1
+        self._done, self._cache = set(), []
+
+
+class _Plan:
+    """Which nodes one call runs, what it feeds them and which of their outputs it keeps."""
+
+    def __init__(self, graph: onnx.GraphProto, done: set[int], cached: dict, wanted: Sequence[str]):
+        producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+        graph_inputs = {value.name for value in graph.input}
+        dynamic = _dynamic_tensors(graph, graph_inputs)
+        self.stale = False
+        self.nodes: set[int] = set()  # dynamic nodes to run (then cached)
+        constant_nodes: set[int] = set()  # nodes of constants only: re-run whenever needed, never cached
+        self.inputs: set[str] = set()  # cached tensors and graph inputs the part reads
+        self.graph_inputs_wanted = [name for name in wanted if name in graph_inputs]
+        stack, seen = [name for name in wanted if name not in graph_inputs], set()
+        while stack:
+            name = stack.pop()
+            if not name or name in seen:
+                continue
+            seen.add(name)
+            if name in cached:
+                self.inputs.add(name)
+            elif name in graph_inputs:
+                self.inputs.add(name)
+            elif name in producer:
+                index = producer[name]
+                if index in done and name in dynamic:
+                    self.stale = True  # ran before but not kept: cannot be fed
+                    return
+                (self.nodes if name in dynamic else constant_nodes).add(index)
+                stack.extend(graph.node[index].input)
+        self.order = sorted(self.nodes | constant_nodes)
+        after = done | self.nodes
+        read_later = {name for i, node in enumerate(graph.node) if i not in after and i not in constant_nodes
+                      for name in node.input if name in dynamic}
+        produced = {name for i in self.nodes for name in graph.node[i].output if name}
+        self.frontier = sorted((set(cached) | produced) & read_later)
+        self.outputs = sorted((produced & (read_later | set(wanted))) - self.inputs)
+        self._graph = graph
+
+    def submodel(self, model: onnx.ModelProto, cached: dict, types: dict[str, int]) -> onnx.ModelProto:
+        """The nodes to run, as a model fed by the cached tensors (typed from their values)."""
+        graph = self._graph
+        declared = {value.name: value for value in graph.input}
+        inputs = []
+        for name in sorted(self.inputs):
+            if name in declared:
+                inputs.append(declared[name])
+            else:
+                value = cached[name]
+                element = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+                inputs.append(onnx.helper.make_tensor_value_info(name, element, [None] * value.ndim))
+        nodes = [graph.node[i] for i in self.order]
+        read = {name for node in nodes for name in node.input}
+        outputs = [onnx.helper.make_tensor_value_info(name, types.get(name, 0), None) for name in self.outputs]
+        part = onnx.helper.make_graph(
+            nodes, graph.name, inputs, outputs,
+            initializer=[init for init in graph.initializer if init.name in read],
+            value_info=[info for info in graph.value_info if info.name in read])
+        return onnx.helper.make_model(part, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                                      functions=list(model.functions))
+
+
+def _dynamic_tensors(graph: onnx.GraphProto, graph_inputs: set[str]) -> set[str]:
+    """Tensors that depend on a graph input (the rest are constants, recomputed rather than cached)."""
+    dynamic = set(graph_inputs)
+    for node in graph.node:  # topological, as ONNX requires
+        if dynamic.intersection(node.input):
+            dynamic.update(name for name in node.output if name)
+    return dynamic
+
+
+def _has_subgraphs(graph: onnx.GraphProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for node in graph.node for a in node.attribute)
+
