@@ -71,12 +71,24 @@ def apply_plan(model: onnx.ModelProto, analysis: ChannelAnalysis, plan: Plan) ->
             value = np.take(value, kept, axis=axis)
         editor.set_value(tensor, value)
 
-    def kept_length(layout):
-        return atoms.kept_length(layout, plan)
-
+    kept = KeptChannels(atoms, plan)
     for fix in analysis.context.fixes:
         if any(touched.intersection(atoms.classes_in(layout)) for layout in fix.layouts):
-            fix.apply(editor, kept_length)
+            fix.apply(editor, kept)
+
+
+class KeptChannels:
+    """What a plan keeps of a layout, for fixes: `kept(layout)` is the size, `kept.indices(layout)`
+    the channels."""
+
+    def __init__(self, atoms, plan: Plan) -> None:
+        self.atoms, self.plan = atoms, plan
+
+    def __call__(self, layout) -> int:
+        return self.atoms.kept_length(layout, self.plan)
+
+    def indices(self, layout) -> list[int]:
+        return self.atoms.kept_indices(layout, self.plan)
 
 
 def refresh_shapes(model: onnx.ModelProto) -> None:

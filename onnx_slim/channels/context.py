@@ -8,7 +8,8 @@ that axis's layout), static shapes, and constant values. It records:
   (a producer's output filters, a consumer's input channels, a per-channel
   parameter such as a bias or a PRelu slope);
 - *fixes*: integers elsewhere in the graph that state a channel count (Split
-  sizes, Reshape targets, a depthwise Conv's `group`), rewritten after pruning;
+  sizes, Reshape targets, a depthwise Conv's `group`), rewritten after pruning,
+  and computed side inputs sliced by a Gather where they are read;
 - *freezes*: layouts that must never be pruned, with the reason;
 - *scaled* nodes: compute without weights whose cost follows a layout (attention's
   q·kᵀ and probabilities·v per head), for the MACs counts.
@@ -72,7 +73,8 @@ class Use:
 class Fix:
     """An integer in the graph that states the kept size of some layouts.
 
-    `apply(editor, kept_length)` rewrites it (`editor` is a surgery.GraphEditor);
+    `apply(editor, kept_length)` rewrites it (`editor` is a surgery.GraphEditor;
+    `kept_length(layout)` is the kept size, `kept_length.indices(layout)` the kept channels);
     `layouts` says which layouts it depends on, so fixes whose layouts lose
     nothing are skipped.
     """
@@ -105,6 +107,7 @@ class AnalysisContext:
         self._small_values: dict[str, np.ndarray] = {}
         self._producers = {name: node for node in self.model.graph.node for name in node.output}
         self._readers = Counter(name for node in self.model.graph.node for name in set(node.input))
+        self._independent: dict[str, bool] = {}
 
     # -- reading -----------------------------------------------------------
 
@@ -136,6 +139,17 @@ class AnalysisContext:
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
         return None if shape is None else len(shape)
+
+    def independent_of_channels(self, name: str) -> bool:
+        """Whether no tracked tensor and no channel count flows into `name`: pruning any group
+        leaves its shape (and, but for upstream approximation, its values) as they are."""
+        if name not in self._independent:
+            self._independent[name] = True  # provisional: graphs are acyclic
+            producer = self._producers.get(name)
+            self._independent[name] = (
+                name not in self.tracked and name not in self.size_carriers
+                and (producer is None or all(self.independent_of_channels(part) for part in producer.input if part)))
+        return self._independent[name]
 
     def get(self, name: str) -> Tracked | None:
         return self.tracked.get(name) if name else None

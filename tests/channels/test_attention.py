@@ -40,10 +40,12 @@ def _linear(g: Graph, x: str, features: int, name: str, in_features: int = WIDTH
     return g.node("Add", [projected, g.weight(f"{name}_bias_b", (features,))], f"{name}_bias")
 
 
-def _attention(g: Graph, q: str, k: str, v: str, x: str, name: str = "attn") -> str:
-    """softmax(q kᵀ / sqrt(D)) v on [B, H, S, D] inputs, heads merged back to [B, S, H*D]."""
+def _attention(g: Graph, q: str, k: str, v: str, x: str, name: str = "attn", bias: str | None = None) -> str:
+    """softmax(q kᵀ / sqrt(D) [+ bias]) v on [B, H, S, D] inputs, heads merged back to [B, S, H*D]."""
     scores = g.node("MatMul", [q, g.node("Transpose", [k], f"{name}_kt", perm=[0, 1, 3, 2])], f"{name}_scores")
     scaled = g.node("Mul", [scores, g.const(f"{name}_scale_value", np.float32(HEAD_DIM ** -0.5))], f"{name}_scale")
+    if bias is not None:
+        scaled = g.node("Add", [scaled, bias], f"{name}_bias_add")
     probabilities = g.node("Softmax", [scaled], f"{name}_softmax", axis=-1)
     context = g.node("MatMul", [probabilities, v], f"{name}_context")
     merged = g.node("Transpose", [context], f"{name}_merge_t", perm=[0, 2, 1, 3])
@@ -71,6 +73,29 @@ def bert_attention() -> onnx.ModelProto:
         heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
     out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
     return _model(g, g.add(out, x, name="residual"))
+
+
+def shared_bias_encoder() -> onnx.ModelProto:
+    """Two BERT-style attention blocks whose scores both add one relative-position bias
+    [1, H, S, S], computed once from the sequence length (MPNet, T5 and DeBERTa-style exports):
+    a table sliced to the length read through Shape."""
+    g = Graph(seed=5)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    length = _dim(g, x, 1)
+    bias = g.node("Slice", [g.weight("bias_table", (1, HEADS, 64, 64)), g.ints("bias_starts", [0, 0]),
+                            g.concat([length, length], axis=0, name="bias_ends"), g.ints("bias_axes", [2, 3])],
+                  "position_bias")
+    h = x
+    for block in ("b1", "b2"):
+        heads = []
+        for part in ("q", "k", "v"):
+            projected = _linear(g, h, HEADS * HEAD_DIM, f"{block}_{part}")
+            split = g.node("Reshape", [projected, _target(g, h, f"{block}_{part}_shape", [HEADS, HEAD_DIM])],
+                           f"{block}_{part}_heads")
+            heads.append(g.node("Transpose", [split], f"{block}_{part}_t", perm=[0, 2, 1, 3]))
+        out = _linear(g, _attention(g, *heads, h, name=f"{block}_attn", bias=bias), WIDTH, f"{block}_out")
+        h = g.add(out, h, name=f"{block}_residual")
+    return _model(g, g.node("Identity", [h], "residual"))
 
 
 def fused_qkv_attention(style: str) -> onnx.ModelProto:
@@ -246,3 +271,48 @@ def test_a_channel_count_carried_into_another_tensors_target_freezes():
     model = _model(g, g.add(_linear(g, q, WIDTH, "out"), back, name="residual"))
     group = group_with(analyze(model).channels, "q")
     assert any(reason.node == "flat" and "through Shape" in reason.reason for reason in group.frozen), group.frozen
+
+
+def test_heads_reading_a_shared_computed_position_bias_prune_layer_by_layer():
+    """The bias is computed from nothing pruning resizes: each block keeps its own heads of it
+    through a Gather, so the two blocks lose different heads and the bias stays whole."""
+    model = shared_bias_encoder()
+    analysis = analyze(model)
+    first, second = group_with(analysis.channels, "b1_q"), group_with(analysis.channels, "b2_q")
+    assert first.prunable and second.prunable, [str(r) for r in first.frozen + second.frozen]
+    assert first.root != second.root
+    plan = {first.root: [1], second.root: [0, 2]}
+    masked = MaskedModel(analysis, [first, second])
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    pruned = analysis.model
+    gathers = {n.name: n for n in pruned.graph.node if n.op_type == "Gather" and n.input[0] == "position_bias"}
+    kept = {name: numpy_helper.to_array(next(i for i in pruned.graph.initializer if i.name == n.input[1])).tolist()
+            for name, n in gathers.items()}
+    assert sorted(kept.values()) == [[0, 2, 3], [1, 3]]
+    assert weight_dims(pruned, "position_bias", 0) == (1, HEADS, 64, 64)  # the table itself is not sliced
+    _assert_equals_masked(pruned, masked, plan)
+
+
+def test_a_side_input_computed_from_pruned_channels_still_freezes():
+    """An Add partner that spans the heads but comes from the heads' own values (here through
+    an op with no channel rule) cannot be sliced by index: the heads stay whole, with the reason."""
+    g = Graph(seed=5)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    heads = []
+    for part in ("q", "k", "v"):
+        projected = _linear(g, x, HEADS * HEAD_DIM, part)
+        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [HEADS, HEAD_DIM])], f"{part}_heads")
+        heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
+    scores = g.node("MatMul", [heads[0], g.node("Transpose", [heads[1]], "kt", perm=[0, 1, 3, 2])], "scores")
+    odd = g.node("Atan", [scores], "odd")  # no channel rule: its input freezes
+    probabilities = g.node("Softmax", [g.node("Add", [scores, odd], "with_odd")], "softmax", axis=-1)
+    merged = g.node("Transpose", [g.node("MatMul", [probabilities, heads[2]], "context")], "merge_t", perm=[0, 2, 1, 3])
+    out = _linear(g, g.node("Reshape", [merged, _target(g, x, "merge_shape", [HEADS * HEAD_DIM])], "merge"),
+                  WIDTH, "out")
+    analysis = analyze(_model(g, g.add(out, x, name="residual")))
+    group = group_with(analysis.channels, "q")
+    assert not group.prunable
+    assert any("Atan" in str(reason) for reason in group.frozen), [str(r) for r in group.frozen]
+    assert any("with_odd" in str(reason) and "not tracked" in str(reason) for reason in group.frozen)

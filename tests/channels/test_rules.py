@@ -450,12 +450,17 @@ def test_where_with_a_broadcast_condition():
     check_rule(model, [], {("right", 1): (4, 4, 3, 3)})
 
 
-def test_untracked_full_width_operand_freezes():
+def test_untracked_full_width_operand_from_an_input_is_gathered():
+    """A full-width operand computed from no pruned channel (here a second input) is sliced by a
+    Gather where it is read (tests/channels/test_side_inputs.py has the computed cases)."""
     g = Graph()
     c = g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1")
     other = g.input("z", [1, 8, 8, 8])
     model = finish(g, g.node("Add", [c, other], "add_input"))
-    check_frozen(model, "conv1", 8, "add_input", "not tracked")
+    expect_group(analyze(model), "conv1", 8)
+    pruned, _ = prune(model, ratio=0.5)
+    assert_valid(pruned, model)  # exactness against the masked original: test_side_inputs.py
+    assert [n.input[0] for n in pruned.graph.node if n.op_type == "Gather"] == ["z"]
 
 
 # -- Concat, Split, Slice ---------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+from onnx import helper
+
 from onnx_slim.channels.context import PARAM
 from onnx_slim.channels.rules.registry import joined_inputs, pass_through, rule
 
@@ -33,9 +36,9 @@ def elementwise(ctx, node):
     out_axis = out_axes.pop()
     layouts = [t.layout for t in tracked.values()]
     channels = ctx.length(layouts[0])
-    per_channel_params = []
-    for name in inputs:
-        if name in tracked:
+    per_channel_params, side_inputs = [], []
+    for position, name in enumerate(node.input):
+        if not name or name in tracked:
             continue
         shape = ctx.shape(name)
         if shape is None:
@@ -47,6 +50,11 @@ def elementwise(ctx, node):
         if ctx.is_const(name) and shape[axis] == channels:
             per_channel_params.append((name, axis))
             continue
+        if shape[axis] == channels and ctx.independent_of_channels(name):
+            # Computed from nothing that pruning resizes (a relative-position bias shared by
+            # every layer, an input): each reader takes its kept channels with a Gather.
+            side_inputs.append((position, axis))
+            continue
         ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
         return
     for other in layouts[1:]:
@@ -56,4 +64,20 @@ def elementwise(ctx, node):
             return
     for name, axis in per_channel_params:
         ctx.use(PARAM, node, name, axis, layouts[0])
+    for position, axis in side_inputs:
+        ctx.fix(node, [layouts[0]], _gather_kept(node.name, position, axis, layouts[0]))
     ctx.track(output, out_axis, layouts[0])
+
+
+def _gather_kept(node_name: str, position: int, axis: int, layout):
+    """Feed input `position` of the node through a Gather of the kept channels on `axis`."""
+    def apply(editor, kept_length):
+        node = editor.node(node_name)
+        source = node.input[position]
+        indices = editor.add_initializer(f"{node_name}_in{position}_kept",
+                                         np.asarray(kept_length.indices(layout), dtype=np.int64))
+        gathered = f"{source}__kept_for_{node_name}"
+        editor.insert_before(node_name, helper.make_node("Gather", [source, indices], [gathered],
+                                                         name=gathered, axis=axis))
+        editor.node(node_name).input[position] = gathered
+    return apply

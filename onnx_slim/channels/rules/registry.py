@@ -2,7 +2,7 @@
 
 A rule tells how one op moves, ties, creates or consumes channels. Fix callbacks
 receive a `GraphEditor` (see apply/surgery.py) and `kept_length`, a function giving
-the size a layout keeps after pruning.
+the size a layout keeps after pruning (`kept_length.indices` gives the kept channels).
 """
 
 from __future__ import annotations
