@@ -308,10 +308,10 @@ def _collect_targets(original, consumers, calibration, batch_size, max_samples, 
 
 def _accumulate_input_mean(consumer, x, sums, counts) -> None:
     axis = WEIGHT_OPS[consumer.node.op_type].data_channel_axis(consumer.node, x.ndim)
-    moved = np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis]).astype(np.float64)
-    total = moved.sum(axis=0)
+    others = tuple(a for a in range(x.ndim) if a != axis)
+    total = x.sum(axis=others, dtype=np.float64)  # accumulated in float64 without a float64 copy of x
     sums[consumer.node.name] = total if sums[consumer.node.name] is None else sums[consumer.node.name] + total
-    counts[consumer.node.name] += moved.shape[0]
+    counts[consumer.node.name] += x.size // x.shape[axis]
 
 
 def _sample_targets(consumer, y, n_batches, n_samples, budget, rng):
