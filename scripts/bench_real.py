@@ -44,8 +44,9 @@ from real_models import ctc_exact_match, run_onnx, top1  # noqa: E402
 from onnx_slim.data.metrics import AgreementAccumulator  # noqa: E402
 
 CACHE = ROOT / ".cache" / "real"
-MODELS = ["efficientnet_lite0", "mobilenet_v2", "captcha_crnn", "mtcnn_rnet", "langid_transformer"]
+MODELS = ["efficientnet_lite0", "mobilenet_v2", "captcha_crnn", "mtcnn_rnet", "langid_transformer", "mpnet_langid"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
+ENCODERS = {"langid_transformer", "mpnet_langid"}  # transformers: their cells also show the output cosine
 OURS = {  # method -> onnx_slim.prune options
     "l1": {"criterion": "l1", "allocate": "uniform"},
     "consumer_l1": {"criterion": "consumer_l1", "allocate": "uniform"},
@@ -71,6 +72,9 @@ CAVEATS = {
     "mtcnn_rnet": "the original is at the ceiling (200/200): this model detects collapse, not small losses.",
     "langid_transformer": "NOT pretrained: a small transformer we trained (underfits, train accuracy 0.885); "
                           "here for the transformer code paths only.",
+    "mpnet_langid": "pretrained sentence encoder (sentence-transformers' all-mpnet-base-v2, 109 M params), output = "
+                    "its L2-normalised sentence embedding; metric = nearest language centroid (centroids from "
+                    "other messages, head.npz, not part of the model); agreement = cosine of the embeddings.",
 }
 TAYLOR_SAMPLES = 64  # gradients for Taylor: 300 samples cost 70 s on the unrolled LSTM, 64 suffice
 PEER_TOLERANCE = 0.02  # Torch-Pruning's MACs fraction must land within this of the target
@@ -274,9 +278,15 @@ def _agreement(reference: np.ndarray, candidate: np.ndarray, axis: int) -> dict:
     return {"top1": result["top1"], "cosine": result["cosine"]}
 
 
-def task_metric(meta: dict, outputs: np.ndarray, labels: np.ndarray) -> float:
-    """The model's own metric: top-1, or greedy-CTC exact match (real_models.py's decoder)."""
-    return ctc_exact_match(outputs, labels) if meta["metric"] == "ctc_exact_match" else top1(outputs, labels)
+def task_metric(meta: dict, outputs: np.ndarray, labels: np.ndarray, folder: Path) -> float:
+    """The model's own metric: top-1, greedy-CTC exact match (real_models.py's decoder), or for a
+    sentence encoder top-1 of its nearest language centroid (head.npz, not part of the model)."""
+    if meta["metric"] == "ctc_exact_match":
+        return ctc_exact_match(outputs, labels)
+    if meta["metric"] == "centroid_top1":
+        with np.load(folder / "head.npz") as head:
+            return top1(outputs @ head["centroids"].T, labels)
+    return top1(outputs, labels)
 
 
 class ModelBench:
@@ -292,7 +302,7 @@ class ModelBench:
             self.labels = data["labels"]
             self.inputs = {k: data[k] for k in data.files if k != "labels"}
         self.reference = self.outputs_of(self.folder / "model.onnx")
-        self.score = task_metric(self.meta, self.reference, self.labels)
+        self.score = task_metric(self.meta, self.reference, self.labels, self.folder)
 
     def outputs_of(self, model_path: Path) -> np.ndarray:
         return run_onnx(model_path, self.inputs, out_axis=self.axis)
@@ -314,7 +324,7 @@ class ModelBench:
             if outputs.shape != self.reference.shape:
                 row["error"] = f"output shape {list(outputs.shape)}, the original's is {list(self.reference.shape)}"
         if "error" not in row:
-            score = task_metric(self.meta, outputs, self.labels)
+            score = task_metric(self.meta, outputs, self.labels, self.folder)
             row.update(score=round(score, 4), change_points=round((score - self.score) * 100, 2),
                        agreement={k: None if v is None else round(v, 4)
                                   for k, v in _agreement(self.reference, outputs, self.axis).items()})
@@ -348,7 +358,13 @@ def _quality_cell(row) -> str:
     if "error" in row:  # the tool and the exception's type here, the message in the notes
         return f"error: {': '.join(row['error'].split(': ')[:2])[:60]}"
     agreement = row["agreement"]
-    agree = f"agree {agreement['top1'] * 100:.0f}%" if agreement["top1"] is not None else f"cos {agreement['cosine']:.3f}"
+    # Class scores: top-1 agreement, and the output cosine (the transformer target) for the encoders;
+    # an embedding or CTC logits: the cosine only.
+    cosine = f"cos {agreement['cosine']:.3f}"
+    if row["metric"] in ("ctc_exact_match", "centroid_top1") or agreement["top1"] is None:
+        agree = cosine
+    else:
+        agree = f"agree {agreement['top1'] * 100:.0f}%" + (f", {cosine}" if row["model"] in ENCODERS else "")
     chosen = f" [{row['allocate'][len('auto: '):]}]" if row.get("allocate", "").startswith("auto: ") else ""
     return f"{row['score'] * 100:.1f} ({row['change_points']:+.1f}), {agree}{chosen}"
 

