@@ -18,7 +18,8 @@ from onnx_slim.channels.analysis import ModelAnalysis
 from onnx_slim.channels.groups import ChannelGroup
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.data.calibration import CalibrationSet
-from onnx_slim.data.masking import MaskedModel, masked_agreement
+from onnx_slim.data.masking import MaskedModel
+from onnx_slim.data.trials import GroupTrials
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
 from onnx_slim.ir.model import Progress
@@ -144,9 +145,15 @@ def measure_sensitivity(
     reference = [masked.run(batch) for batch in batches]
     report = SensitivityReport(criterion, list(ratios), sum(len(next(iter(b.values()))) for b in batches),
                                cost_model.macs)
-    for index, group in enumerate(counted(progress, "sensitivity trials", groups), 1):
+    trials = GroupTrials(masked, batches, reference, session=session)
+    by_root = {group.root: group for group in groups}
+    measured = {}
+    for index, (root, trial) in enumerate(counted(progress, "sensitivity trials", trials.each(list(by_root)),
+                                                  total=len(groups)), 1):
+        group = by_root[root]
         say(f"sensitivity of group {group.id} ({index}/{len(groups)})")
-        report.groups.append(_group_sensitivity(group, scores, ratios, masked, batches, reference, cost_model))
+        measured[root] = _group_sensitivity(group, scores, ratios, trial, cost_model)
+    report.groups.extend(measured[group.root] for group in groups)
     return report
 
 
@@ -157,11 +164,11 @@ def _checked_ratios(ratios: Sequence[float]) -> list[float]:
     return ratios
 
 
-def _group_sensitivity(group, scores, ratios, masked, batches, reference, cost_model) -> GroupSensitivity:
+def _group_sensitivity(group, scores, ratios, trial, cost_model) -> GroupSensitivity:
     result = GroupSensitivity(group.id, group.root, group.channels, sorted({m.use.node for m in group.producers}))
     for ratio in ratios:
         plan = uniform_plan([group], scores, ratio, PlanOptions())
-        metrics = masked_agreement(masked, batches, reference, plan)
+        metrics = trial(plan)
         result.entries.append(SensitivityEntry(
             ratio=ratio,
             removed=len(plan.get(group.root, ())),
