@@ -39,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
+from onnx_slim.apply.least_squares import SHRINK_NAMES, FitStats, refit_on_all, shrunk_fits
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
@@ -58,10 +59,6 @@ HOLDOUT_EVERY = 5  # every 5th calibration sample is held out to choose between 
 # Rows sampled per least-squares unknown. 4 over-fitted the calibration set: on MobileNetV2
 # (expansion channels -30%) calibration agreement 80% but test top-1 27%; 32 gives 58%.
 ROWS_PER_FEATURE = 32
-# Shrinkage toward the sliced weights, relative to the Gram's mean diagonal; the held-out
-# samples pick one per layer (0 = plain least squares, up to the slice itself).
-SHRINK_LEVELS = (1e-3, 1e-2, 1e-1, 1.0)
-SHRINK_NAMES = {f"fit-shrink-{level:g}": level for level in SHRINK_LEVELS}
 # Gram statistics one pass may hold (float64, training and held-out parts): a level wider than
 # this is split into several passes (an unrolled LSTM has 40 MatMuls of 3336 inputs on one level).
 PASS_STATISTICS_BYTES = 1 << 30
@@ -96,57 +93,6 @@ class ReconstructReport:
     def to_dict(self) -> dict:
         return {**self.summary(), "calibration": self.calibration, "seconds": self.seconds,
                 "per_layer": [asdict(layer) for layer in self.layers]}
-
-
-@dataclass
-class GramStats:
-    """Least-squares statistics of a set of rows: A^T A, A^T Y, ||Y||^2 and how many rows."""
-
-    gram: np.ndarray
-    cross: np.ndarray
-    energy: float = 0.0
-    rows: int = 0
-
-    @classmethod
-    def of(cls, design: np.ndarray, targets: np.ndarray) -> GramStats:
-        return cls(design.T @ design, design.T @ targets, float(np.square(targets).sum()), design.shape[0])
-
-    def __iadd__(self, other: GramStats) -> GramStats:
-        self.gram += other.gram
-        self.cross += other.cross
-        self.energy += other.energy
-        self.rows += other.rows
-        return self
-
-    def relative_error(self, matrix: np.ndarray) -> float:
-        """||A W - Y||^2 / ||Y||^2 over these rows."""
-        value = np.sum(matrix * (self.gram @ matrix)) - 2 * np.sum(matrix * self.cross) + self.energy
-        return float(max(value, 0.0) / self.energy)
-
-
-@dataclass
-class FitStats:
-    """A layer's statistics, split into training rows and held-out rows that choose among the candidates.
-
-    Rows are held out by calibration sample, not one by one: rows of one image are alike, so a
-    row-wise hold-out cannot see a fit that learned the calibration images rather than the layer.
-    """
-
-    train: GramStats | None = None
-    holdout: GramStats | None = None
-    rows_seen: int = 0
-
-    def add(self, design: np.ndarray, targets: np.ndarray, held: np.ndarray) -> None:
-        self.rows_seen += design.shape[0]
-        self.train = _summed(self.train, GramStats.of(design[~held], targets[~held]))
-        self.holdout = _summed(self.holdout, GramStats.of(design[held], targets[held]))
-
-
-def _summed(total: GramStats | None, part: GramStats) -> GramStats:
-    if total is None:
-        return part
-    total += part
-    return total
 
 
 @dataclass
@@ -401,7 +347,7 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
         correction = _mean_contribution(node, original_weight, consumer)
         candidates["bias"] = stacked(current, bias_now + correction[consumer.kept_out])
     if features <= MAX_FEATURES:
-        candidates.update(_fits(train, candidates["slice"], ridge, node.name))
+        candidates.update(shrunk_fits(train, candidates["slice"], ridge, node.name))
     errors = {name: holdout.relative_error(matrix) for name, matrix in candidates.items()}
     best = min(errors, key=lambda name: (errors[name], name != "slice"))
     layer.error_slice = errors["slice"]
@@ -411,42 +357,11 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
     layer.method = "fit" if best.startswith("fit") else best
     if best.startswith("fit"):  # chosen on the held-out samples; now fitted on all of them
         layer.shrink = SHRINK_NAMES.get(best)
-        refitted = _refit_on_all(train, holdout, candidates["slice"], ridge, layer.shrink)
+        refitted = refit_on_all(train, holdout, candidates["slice"], ridge, layer.shrink)
         candidates[best] = candidates[best] if refitted is None else refitted
     if best != "slice":
         _write(pruned, consumer, candidates[best], weight.shape)
     return layer
-
-
-def _fits(train: GramStats, sliced: np.ndarray, ridge: float, name: str) -> dict[str, np.ndarray]:
-    """Least squares with a small ridge, and fits shrunk toward the sliced weights:
-    argmin ||A W - Y||^2 + s ||W - W_slice||^2 for each level s of SHRINK_LEVELS. One
-    eigen-decomposition of the Gram serves every level."""
-    gram, cross = train.gram, train.cross
-    mean_diagonal = max(float(np.trace(gram)) / gram.shape[0], 1e-12)
-    try:
-        values, vectors = np.linalg.eigh(gram)
-    except np.linalg.LinAlgError:
-        log.debug("eigen-decomposition failed for %s", name)
-        return {}
-    fits = {"fit": vectors @ ((vectors.T @ cross) / (values + ridge * mean_diagonal)[:, None])}
-    for name, level in SHRINK_NAMES.items():
-        scale = level * mean_diagonal
-        fits[name] = vectors @ ((vectors.T @ (cross + scale * sliced)) / (values + scale)[:, None])
-    return fits
-
-
-def _refit_on_all(train: GramStats, holdout: GramStats, sliced: np.ndarray, ridge: float,
-                  shrink: float | None) -> np.ndarray | None:
-    """The chosen fit (`shrink` toward the slice, or plain `ridge`) again on training and
-    held-out rows together (None if the solve fails)."""
-    gram, cross = train.gram + holdout.gram, train.cross + holdout.cross
-    scale = (ridge if shrink is None else shrink) * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
-    try:
-        right = cross if shrink is None else cross + scale * sliced
-        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), right)
-    except np.linalg.LinAlgError:
-        return None
 
 
 def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:

@@ -255,13 +255,13 @@ def test_conv_rows_know_their_image():
 
 
 def test_shrunk_fits_run_from_least_squares_to_the_slice():
-    from onnx_slim.apply.reconstruct import SHRINK_LEVELS, SHRINK_NAMES, GramStats, _fits
+    from onnx_slim.apply.least_squares import SHRINK_LEVELS, SHRINK_NAMES, GramStats, shrunk_fits
 
     rng = np.random.default_rng(0)
     design = rng.standard_normal((200, 6))
     target = design @ rng.standard_normal((6, 3))
     sliced = rng.standard_normal((6, 3))
-    fits = _fits(GramStats.of(design, target), sliced, 1e-9, "layer")
+    fits = shrunk_fits(GramStats.of(design, target), sliced, 1e-9, "layer")
     np.testing.assert_allclose(fits["fit"], np.linalg.lstsq(design, target, rcond=None)[0], atol=1e-6)
     assert set(fits) == {"fit", *SHRINK_NAMES}
     distances = [np.linalg.norm(fits[f"fit-shrink-{level:g}"] - sliced) for level in SHRINK_LEVELS]

@@ -1,0 +1,101 @@
+"""Least-squares statistics of a layer's re-fit and the candidate solutions they give.
+
+Only sufficient statistics are kept (A^T A, A^T Y, ||Y||^2), split into training rows and
+held-out rows; the candidates are the ridge fit and fits shrunk toward the sliced weights,
+all from one eigen-decomposition, and the chosen one is solved again on every row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Shrinkage toward the sliced weights, relative to the Gram's mean diagonal; the held-out
+# samples pick one per layer (0 = plain least squares, up to the slice itself).
+SHRINK_LEVELS = (1e-3, 1e-2, 1e-1, 1.0)
+SHRINK_NAMES = {f"fit-shrink-{level:g}": level for level in SHRINK_LEVELS}
+
+@dataclass
+class GramStats:
+    """Least-squares statistics of a set of rows: A^T A, A^T Y, ||Y||^2 and how many rows."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    energy: float = 0.0
+    rows: int = 0
+
+    @classmethod
+    def of(cls, design: np.ndarray, targets: np.ndarray) -> GramStats:
+        return cls(design.T @ design, design.T @ targets, float(np.square(targets).sum()), design.shape[0])
+
+    def __iadd__(self, other: GramStats) -> GramStats:
+        self.gram += other.gram
+        self.cross += other.cross
+        self.energy += other.energy
+        self.rows += other.rows
+        return self
+
+    def relative_error(self, matrix: np.ndarray) -> float:
+        """||A W - Y||^2 / ||Y||^2 over these rows."""
+        value = np.sum(matrix * (self.gram @ matrix)) - 2 * np.sum(matrix * self.cross) + self.energy
+        return float(max(value, 0.0) / self.energy)
+
+
+@dataclass
+class FitStats:
+    """A layer's statistics, split into training rows and held-out rows that choose among the candidates.
+
+    Rows are held out by calibration sample, not one by one: rows of one image are alike, so a
+    row-wise hold-out cannot see a fit that learned the calibration images rather than the layer.
+    """
+
+    train: GramStats | None = None
+    holdout: GramStats | None = None
+    rows_seen: int = 0
+
+    def add(self, design: np.ndarray, targets: np.ndarray, held: np.ndarray) -> None:
+        self.rows_seen += design.shape[0]
+        self.train = summed(self.train, GramStats.of(design[~held], targets[~held]))
+        self.holdout = summed(self.holdout, GramStats.of(design[held], targets[held]))
+
+
+def summed(total: GramStats | None, part: GramStats) -> GramStats:
+    if total is None:
+        return part
+    total += part
+    return total
+
+
+def shrunk_fits(train: GramStats, sliced: np.ndarray, ridge: float, name: str) -> dict[str, np.ndarray]:
+    """Least squares with a small ridge, and fits shrunk toward the sliced weights:
+    argmin ||A W - Y||^2 + s ||W - W_slice||^2 for each level s of SHRINK_LEVELS. One
+    eigen-decomposition of the Gram serves every level."""
+    gram, cross = train.gram, train.cross
+    mean_diagonal = max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+    try:
+        values, vectors = np.linalg.eigh(gram)
+    except np.linalg.LinAlgError:
+        log.debug("eigen-decomposition failed for %s", name)
+        return {}
+    fits = {"fit": vectors @ ((vectors.T @ cross) / (values + ridge * mean_diagonal)[:, None])}
+    for name, level in SHRINK_NAMES.items():
+        scale = level * mean_diagonal
+        fits[name] = vectors @ ((vectors.T @ (cross + scale * sliced)) / (values + scale)[:, None])
+    return fits
+
+
+def refit_on_all(train: GramStats, holdout: GramStats, sliced: np.ndarray, ridge: float,
+                  shrink: float | None) -> np.ndarray | None:
+    """The chosen fit (`shrink` toward the slice, or plain `ridge`) again on training and
+    held-out rows together (None if the solve fails)."""
+    gram, cross = train.gram + holdout.gram, train.cross + holdout.cross
+    scale = (ridge if shrink is None else shrink) * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+    try:
+        right = cross if shrink is None else cross + scale * sliced
+        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), right)
+    except np.linalg.LinAlgError:
+        return None
