@@ -49,6 +49,22 @@ def bias_target(node, model, readers) -> tuple[str | None, bool]:
     return None, False
 
 
+def residual_sum(node, bias_is_following_add: bool, model, readers) -> tuple[str, str] | None:
+    """(sum, partner) when the layer's output, after its bias Add if any, is read only by an Add
+    with another activation (a residual connection); None otherwise."""
+    output = node.output[0]
+    if bias_is_following_add:
+        output = readers[output][0].output[0]
+    following = readers.get(output, [])
+    if len(following) != 1 or following[0].op_type != "Add":
+        return None
+    constants = {init.name for init in model.graph.initializer}
+    others = [name for name in following[0].input if name != output]
+    if len(others) != 1 or not others[0] or others[0] in constants:
+        return None
+    return following[0].output[0], others[0]
+
+
 def readers_of(model) -> dict:
     """Tensor name -> the nodes that read it."""
     readers: dict[str, list] = {}
