@@ -46,6 +46,8 @@ from onnx_slim.data.metrics import AgreementAccumulator  # noqa: E402
 CACHE = ROOT / ".cache" / "real"
 MODELS = ["efficientnet_lite0", "mobilenet_v2", "captcha_crnn", "mtcnn_rnet", "langid_transformer", "mpnet_langid"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
+COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                        text=True).stdout.strip() or "unknown"
 ENCODERS = {"langid_transformer", "mpnet_langid"}  # transformers: their cells also show the output cosine
 OURS = {  # method -> onnx_slim.prune options
     "l1": {"criterion": "l1", "allocate": "uniform"},
@@ -310,7 +312,7 @@ class ModelBench:
     def cell(self, method: str, target: float, scratch: Path) -> dict:
         out = scratch / (f"{self.name}-{method}-{target}" + (".onnx" if method in OURS else ".npy"))
         spec = {"folder": str(self.folder), "method": method, "target": target, "out": str(out)}
-        row = {"model": self.name, "method": method, "target": target, "metric": self.meta["metric"],
+        row = {"model": self.name, "method": method, "target": target, "metric": self.meta["metric"], "commit": COMMIT,
                "score_original": round(self.score, 4), "test_samples": int(len(self.labels))}
         started = time.perf_counter()
         result = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
@@ -438,6 +440,12 @@ def markdown(rows, methods, targets, command: str) -> str:
         lines += ["", "Cost (MACs fraction, wall time, peak memory):", "", header, rule]
         for method in methods:
             lines.append(f"| {method} | " + " | ".join(_cost_cell(_find(rows, model, method, t)) for t in targets) + " |")
+        by_commit: dict[str, set] = {}
+        for row in subset:
+            by_commit.setdefault(row.get("commit", "before commits were recorded"), set()).add(row["method"])
+        if len(by_commit) > 1:  # cells re-run with --merge after a change: say which code measured which rows
+            lines += ["", "Measured at: " + "; ".join(f"`{commit}`: {', '.join(sorted(methods_))}"
+                                                     for commit, methods_ in by_commit.items()) + "."]
         lines.append("")
         cells_by_error: dict[str, list[str]] = {}
         for row in subset:
