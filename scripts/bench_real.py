@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,8 +47,8 @@ from onnx_slim.data.metrics import AgreementAccumulator  # noqa: E402
 CACHE = ROOT / ".cache" / "real"
 MODELS = ["efficientnet_lite0", "mobilenet_v2", "captcha_crnn", "mtcnn_rnet", "langid_transformer", "mpnet_langid"]
 TARGETS = [0.8, 0.7, 0.6, 0.5]
-COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                        text=True).stdout.strip() or "unknown"
+COMMIT = os.environ.get("BENCH_COMMIT") or subprocess.run(  # the code measured (a chain of runs may pin it)
+    ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
 ENCODERS = {"langid_transformer", "mpnet_langid"}  # transformers: their cells also show the output cosine
 OURS = {  # method -> onnx_slim.prune options
     "l1": {"criterion": "l1", "allocate": "uniform"},
