@@ -713,11 +713,10 @@ def make_langid_model(torch, n_classes: int, dim: int = 96, heads: int = 4, laye
     return LangID()
 
 
-def build_langid_transformer(wheels: Wheels, out: Path) -> dict:
-    torch = require_torch()
-    corpus = django_corpus(wheels)
-    rng = np.random.default_rng(4)
-
+def langid_splits(corpus, rng):
+    """Train / calibration / test messages from disjoint Django apps, msgids de-duplicated across
+    splits: (train texts, train labels, calib texts, test texts, test labels, test indices: 25 per
+    language, calib indices: 300), the indices drawn from `rng` in that order."""
     def split(apps, exclude_ids=frozenset()):
         texts, labels, ids = [], [], set()
         for app in apps:
@@ -732,9 +731,15 @@ def build_langid_transformer(wheels: Wheels, out: Path) -> dict:
     train_t, train_y, train_ids = split(TRAIN_APPS)
     calib_t, _, calib_ids = split(CALIB_APPS, train_ids)
     test_t, test_y, _ = split(TEST_APPS, train_ids | calib_ids)
-    # Test: 25 random messages per language from the admin catalogue; calibration: 300 random others.
     test_idx = np.concatenate([rng.choice(np.flatnonzero(test_y == li), 25, replace=False) for li in range(len(LANGS))])
     calib_idx = rng.choice(len(calib_t), 300, replace=False)
+    return train_t, train_y, calib_t, test_t, test_y, test_idx, calib_idx
+
+
+def build_langid_transformer(wheels: Wheels, out: Path) -> dict:
+    torch = require_torch()
+    rng = np.random.default_rng(4)
+    train_t, train_y, calib_t, test_t, test_y, test_idx, calib_idx = langid_splits(django_corpus(wheels), rng)
 
     model = make_langid_model(torch, len(LANGS))
     x, y = torch.from_numpy(encode(train_t)), torch.from_numpy(train_y)
@@ -911,26 +916,9 @@ def build_mpnet_langid(wheels: Wheels, out: Path) -> dict:
     tokenizer.no_truncation()
     tokenizer.no_padding()
 
-    # The same splits as langid_transformer: disjoint Django apps, msgids de-duplicated across splits.
-    corpus = django_corpus(wheels)
+    # The same splits as langid_transformer (the same draws of the same generator), then the centroids' messages.
     rng = np.random.default_rng(4)
-
-    def split(apps, exclude_ids=frozenset()):
-        texts, labels, ids = [], [], set()
-        for app in apps:
-            for li, lang in enumerate(LANGS):
-                for msgid, msgstr in corpus[app][lang]:
-                    if msgid not in exclude_ids and len(msgstr) >= 8:
-                        texts.append(msgstr)
-                        labels.append(li)
-                        ids.add(msgid)
-        return texts, np.array(labels, np.int64), ids
-
-    train_t, train_y, train_ids = split(TRAIN_APPS)
-    calib_t, _, calib_ids = split(CALIB_APPS, train_ids)
-    test_t, test_y, _ = split(TEST_APPS, train_ids | calib_ids)
-    test_idx = np.concatenate([rng.choice(np.flatnonzero(test_y == li), 25, replace=False) for li in range(len(LANGS))])
-    calib_idx = rng.choice(len(calib_t), 300, replace=False)
+    train_t, train_y, calib_t, test_t, test_y, test_idx, calib_idx = langid_splits(django_corpus(wheels), rng)
     train_idx = np.concatenate([rng.choice(np.flatnonzero(train_y == li), MPNET_TRAIN_PER_LANG, replace=False)
                                 for li in range(len(LANGS))])
 
