@@ -52,6 +52,17 @@ def _attention(g: Graph, q: str, k: str, v: str, x: str, name: str = "attn", bia
     return g.node("Reshape", [merged, _target(g, x, f"{name}_merge_shape", [HEADS * HEAD_DIM])], f"{name}_merge")
 
 
+def _qkv_heads(g: Graph, x: str, prefix: str = "") -> list[str]:
+    """q, k, v projections of `x`, each viewed as [B, S, H, D] (a target computed from Shape) and
+    transposed to [B, H, S, D]."""
+    heads = []
+    for part in (f"{prefix}q", f"{prefix}k", f"{prefix}v"):
+        projected = _linear(g, x, HEADS * HEAD_DIM, part)
+        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [HEADS, HEAD_DIM])], f"{part}_heads")
+        heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
+    return heads
+
+
 def _model(g: Graph, y: str) -> onnx.ModelProto:
     """Static inference cannot follow the computed targets: the output is declared."""
     output = helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", "sequence", WIDTH])
@@ -66,11 +77,7 @@ def bert_attention() -> onnx.ModelProto:
     and the residual."""
     g = Graph(seed=4)
     x = g.input("x", ["batch", "sequence", WIDTH])
-    heads = []
-    for part in ("q", "k", "v"):
-        projected = _linear(g, x, HEADS * HEAD_DIM, part)
-        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [HEADS, HEAD_DIM])], f"{part}_heads")
-        heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
+    heads = _qkv_heads(g, x)
     out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
     return _model(g, g.add(out, x, name="residual"))
 
@@ -87,12 +94,7 @@ def shared_bias_encoder() -> onnx.ModelProto:
                   "position_bias")
     h = x
     for block in ("b1", "b2"):
-        heads = []
-        for part in ("q", "k", "v"):
-            projected = _linear(g, h, HEADS * HEAD_DIM, f"{block}_{part}")
-            split = g.node("Reshape", [projected, _target(g, h, f"{block}_{part}_shape", [HEADS, HEAD_DIM])],
-                           f"{block}_{part}_heads")
-            heads.append(g.node("Transpose", [split], f"{block}_{part}_t", perm=[0, 2, 1, 3]))
+        heads = _qkv_heads(g, h, prefix=f"{block}_")
         out = _linear(g, _attention(g, *heads, h, name=f"{block}_attn", bias=bias), WIDTH, f"{block}_out")
         h = g.add(out, h, name=f"{block}_residual")
     return _model(g, g.node("Identity", [h], "residual"))
@@ -300,11 +302,7 @@ def test_a_side_input_computed_from_pruned_channels_still_freezes():
     an op with no channel rule) cannot be sliced by index: the heads stay whole, with the reason."""
     g = Graph(seed=5)
     x = g.input("x", ["batch", "sequence", WIDTH])
-    heads = []
-    for part in ("q", "k", "v"):
-        projected = _linear(g, x, HEADS * HEAD_DIM, part)
-        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [HEADS, HEAD_DIM])], f"{part}_heads")
-        heads.append(g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]))
+    heads = _qkv_heads(g, x)
     scores = g.node("MatMul", [heads[0], g.node("Transpose", [heads[1]], "kt", perm=[0, 1, 3, 2])], "scores")
     odd = g.node("Atan", [scores], "odd")  # no channel rule: its input freezes
     probabilities = g.node("Softmax", [g.node("Add", [scores, odd], "with_odd")], "softmax", axis=-1)
