@@ -9,6 +9,7 @@ import onnx
 
 from onnx_slim.channels.context import PRODUCER
 from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.graph import has_subgraphs
 from onnx_slim.ops.specs import WEIGHT_OPS
 
 UNUSABLE_BIAS = "<not per-feature>"  # a bias that cannot take a per-output intercept: the layer keeps its slice
@@ -83,8 +84,7 @@ def initializer(model, name) -> onnx.TensorProto:
 
 def cut_after(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     """The part of `model` that computes `tensors` (its outputs dropped): later layers need not run."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node
-           for a in n.attribute):
+    if has_subgraphs(model.graph):
         return model  # subgraphs read outer tensors implicitly: keep everything
     needed, kept = set(tensors), []
     for node in reversed(model.graph.node):

@@ -1,7 +1,6 @@
 """Intermediate tensors of a model that is re-written layer by layer, each part run once.
 
-The layer-wise passes after surgery (re-fit, statistics correction) ask, pass after pass,
-for the inputs of deeper and deeper layers of a model whose earlier layers they have just
+The re-fit after surgery asks, pass after pass, for the inputs of deeper and deeper layers of a model whose earlier layers they have just
 re-written. Running the model from its inputs at every pass costs passes x depth: most of
 a ResNet-50 re-fit. `StagedCapture` keeps, per calibration batch, the tensors at the
 frontier of what has already run and runs only the part of the graph that is new.
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 
 from onnx_slim.data.activations import ActivationCapture, element_types
+from onnx_slim.ir.graph import has_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 DEFAULT_BUDGET_BYTES = 1 << 30  # frontier tensors kept across passes, all batches together
@@ -43,7 +43,7 @@ class StagedCapture:
     def run(self, model: onnx.ModelProto, wanted: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
         """For each calibration batch in order, the `wanted` tensors of `model` by name."""
         graph = model.graph
-        if _has_subgraphs(graph):  # subgraphs read outer tensors implicitly: run everything
+        if has_subgraphs(graph):  # subgraphs read outer tensors implicitly: run everything
             self._reset()
             capture = ActivationCapture(model, list(wanted), session=self.session)
             yield from (capture.run(batch) for batch in self.calibration.batches(self.batch_size))
@@ -161,9 +161,4 @@ def _dynamic_tensors(graph: onnx.GraphProto, graph_inputs: set[str]) -> set[str]
         if dynamic.intersection(node.input):
             dynamic.update(name for name in node.output if name)
     return dynamic
-
-
-def _has_subgraphs(graph: onnx.GraphProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for node in graph.node for a in node.attribute)
 

@@ -17,6 +17,7 @@ import onnx
 from onnx_slim.data.activations import element_types
 from onnx_slim.data.masking import MaskedModel
 from onnx_slim.data.metrics import AgreementAccumulator
+from onnx_slim.ir.graph import has_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
 Trial = Callable[[Mapping[int, list]], dict]  # plan -> agreement (metrics.agreement keys)
@@ -33,8 +34,7 @@ class GroupTrials:
         self.mask_names = {slot.input_name for slot in masked.slots}
         self.graph_inputs = {value.name for value in graph.input}
         self.output_names = [output.name for output in graph.output]
-        self.subgraphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                             for node in self.nodes for a in node.attribute)
+        self.subgraphs = has_subgraphs(graph)
         self._types: dict[str, int] = {}  # element types, inferred once when a part needs them
 
     def first_reader(self, root: int) -> int:

@@ -29,6 +29,12 @@ def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return found
 
 
+def has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node holds a subgraph: its body reads outer tensors without naming them as inputs,
+    so a part of this graph cannot be cut out and run alone."""
+    return any(subgraphs(node) for node in graph.node)
+
+
 def names_read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
     """Names read by nodes inside subgraphs, at any depth: a superset of the outer-scope
     names they use, which are invisible as node inputs of the outer graph."""

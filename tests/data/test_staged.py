@@ -119,3 +119,24 @@ def test_shapes_computed_at_run_time_follow_each_batch():
         np.testing.assert_allclose(staged_run(staged, model, wanted)[wanted[0]],
                                    full_run(model, wanted, data, 2)[wanted[0]], rtol=1e-5, atol=1e-6)
     assert staged.restarts == 0
+
+
+def test_a_graph_with_subgraphs_runs_whole_and_stays_exact(parts):
+    """An If body reads `relu1` from the outer graph without naming it: no part is cut out."""
+    from onnx import TensorProto, helper
+
+    g = Graph(seed=3)
+    x = g.input("x", ["N", 3, 8, 8])
+    h = g.relu(g.conv(x, 4, name="conv1"), name="relu1")
+    branch = {name: helper.make_graph([helper.make_node(op, ["relu1"], [f"{name}_out"])], name, [],
+                                      [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+              for name, op in (("then", "Identity"), ("else", "Neg"))}
+    chosen = g.node("If", [g.const("flag", np.array(True))], "choose", then_branch=branch["then"],
+                    else_branch=branch["else"])
+    model = g.build(g.conv(chosen, 2, name="conv2"))
+    data = calibration()
+    staged = StagedCapture(data, batch_size=4)
+    for wanted in (["relu1"], ["choose"], ["conv2"]):
+        np.testing.assert_allclose(staged_run(staged, model, wanted)[wanted[0]],
+                                   full_run(model, wanted, data, 4)[wanted[0]], rtol=1e-5, atol=1e-6)
+    assert parts == [] and staged.parts_run == 0
