@@ -245,16 +245,18 @@ def _chunks_by_depth(pruned: onnx.ModelProto, consumers: list) -> list[list]:
 
 
 def _find_residuals(pruned, chunks) -> None:
-    """Mark the consumers whose output joins a residual Add, unless the other addend depends on
-    a layer re-fitted in the same pass (its value would change after the targets were set)."""
+    """Mark the consumers whose output joins a residual Add, unless the other addend depends on a
+    layer re-fitted in the same pass or a later one (its value would change after this fit): a
+    projection shortcut joining a deeper branch keeps its own target."""
     readers = readers_of(pruned)
     producers = {name: node for node in pruned.graph.node for name in node.output}
+    not_yet_fitted = {consumer.node.name for chunk in chunks for consumer in chunk}
     for chunk in chunks:
-        names = {consumer.node.name for consumer in chunk}
         for consumer in chunk:
             found = residual_sum(consumer.node, consumer.bias_is_following_add, pruned, readers)
-            if found is not None and not _depends_on(found[1], names, producers):
+            if found is not None and not _depends_on(found[1], not_yet_fitted, producers):
                 consumer.residual = found
+        not_yet_fitted -= {consumer.node.name for consumer in chunk}
 
 
 def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:

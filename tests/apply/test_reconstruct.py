@@ -329,3 +329,27 @@ def test_a_layer_feeding_a_residual_add_also_absorbs_the_streams_drift(monkeypat
     assert layers["fc_s"]["method"] == "slice" and layers["fc2"]["method"] == "fit"
     assert not any(layer["residual"] for layer in plain_layers.values())
     assert compensated < 0.8 * plain, (compensated, plain)  # 0.23 against 0.54 when written
+
+
+def test_a_projection_shortcut_joining_a_deeper_branch_keeps_its_own_target(monkeypatch):
+    """conv_s (the shortcut) is re-fitted before conv_b, which its Add partner depends on: the partner
+    would still change, so only conv_b, fitted after conv_s, aims at the residual sum. With one layer
+    per pass (a tiny statistics budget), conv_a and conv_s share a level but not a pass."""
+    from graphs import Graph
+
+    import onnx_slim.apply.reconstruct as reconstruct_module
+    from onnx_slim.data.calibration import CalibrationSet
+
+    monkeypatch.setattr(reconstruct_module, "PASS_STATISTICS_BYTES", 1)
+
+    g = Graph(seed=4)
+    h = g.relu(g.conv(g.input("x", ["N", 3, 8, 8]), 8, name="conv0"), name="relu0")
+    branch = g.conv(g.relu(g.conv(h, 8, name="conv_a"), name="relu_a"), 6, name="conv_b")
+    joined = g.relu(g.add(branch, g.conv(h, 6, kernel=1, name="conv_s"), name="join"), name="relu_join")
+    model = g.build(g.conv(joined, 2, name="conv_out"))
+    calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((40, 3, 8, 8)).astype(np.float32)})
+    _, report = prune(model, ratio=0.5, criterion="l1", allocate="uniform", calibration=calibration,
+                      reconstruct=True)
+    layers = {layer["node"]: layer for layer in report.reconstruction["per_layer"]}
+    assert {"conv_a", "conv_s", "conv_b"} <= set(layers) and report.reconstruction["passes"] == len(layers)
+    assert layers["conv_b"]["residual"] and not layers["conv_s"]["residual"] and not layers["conv_a"]["residual"]
