@@ -31,8 +31,6 @@ class GroupTrials:
         self.masked, self.batches, self.reference, self.session = masked, batches, reference, session
         graph = masked.model.graph
         self.nodes = list(graph.node)
-        self.mask_names = {slot.input_name for slot in masked.slots}
-        self.graph_inputs = {value.name for value in graph.input}
         self.output_names = [output.name for output in graph.output]
         self.subgraphs = has_subgraphs(graph)
         self._types: dict[str, int] = {}  # element types, inferred once when a part needs them
@@ -43,7 +41,8 @@ class GroupTrials:
         return next((i for i, node in enumerate(self.nodes) if names.intersection(node.input)), len(self.nodes))
 
     def each(self, roots: Sequence[int]) -> Iterator[tuple[int, Trial]]:
-        """(root, trial) for every class root, in the order their masks are first read."""
+        """(root, trial) for every class root, in the order their masks are first read. A trial reads
+        the values carried forward, which the next step advances: use it before asking for the next."""
         if self.subgraphs:  # subgraphs read outer tensors implicitly: trials run the whole model
             for root in roots:
                 yield root, self._whole_model_trial
