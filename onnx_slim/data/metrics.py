@@ -130,8 +130,14 @@ def accuracy(outputs: np.ndarray, labels: np.ndarray | Sequence[int]) -> float:
 
 
 def looks_like_class_scores(array: np.ndarray) -> bool:
-    """[N, K] with K > 1: the only shape where top-1 agreement means something."""
-    return array.ndim == 2 and array.shape[1] > 1
+    """[N, K] with K > 1: the only shape where top-1 agreement can mean something; but not rows of
+    unit length with negative entries, an L2-normalised embedding (sentence-transformers' output),
+    whose argmax over its dimensions means nothing (probabilities are never negative)."""
+    if array.ndim != 2 or array.shape[1] <= 1:
+        return False
+    rows = np.asarray(array, dtype=np.float64)
+    unit = bool(np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3))
+    return not (unit and bool((rows < 0).any()))
 
 
 def _per_sample_rows(array: np.ndarray) -> np.ndarray:

@@ -44,6 +44,19 @@ def test_top1_only_for_class_score_outputs():
     assert not looks_like_class_scores(np.zeros((3, 4, 5)))
 
 
+def test_an_l2_normalised_embedding_is_compared_by_cosine_not_top1():
+    """A sentence embedding's argmax over its 768 dimensions means nothing; a confident softmax
+    (rows of length ~1, but never negative) and raw logits still get top-1."""
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((6, 32))
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    confident = np.full((6, 4), 1e-5)
+    confident[:, 0] = 1 - 3e-5
+    assert not looks_like_class_scores(embedding)
+    assert agreement({"e": embedding}, {"e": embedding})["top1"] is None
+    assert looks_like_class_scores(confident) and looks_like_class_scores(rng.standard_normal((6, 4)))
+
+
 def test_several_outputs_report_the_worst_and_each_output():
     rng = np.random.default_rng(1)
     scores = rng.standard_normal((8, 4))
