@@ -18,7 +18,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import onnx
 
-from onnx_slim.data.activations import ActivationCapture, element_types
+from onnx_slim.data.activations import ActivationCapture
+from onnx_slim.data.parts import PartBuilder
 from onnx_slim.ir.graph import has_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -36,7 +37,7 @@ class StagedCapture:
         self.budget_bytes = budget_bytes
         self._done: set[int] = set()  # indices (in graph.node) of the nodes whose outputs are cached
         self._cache: list[dict[str, np.ndarray]] = []  # per batch: frontier tensor -> value
-        self._types: dict[str, int] = {}  # element type by tensor name (weights change, types do not)
+        self._parts = PartBuilder()
         self.parts_run = 0  # how many partial runs (for tests and progress)
         self.restarts = 0  # how many times the cache was dropped
 
@@ -54,9 +55,8 @@ class StagedCapture:
             plan = _Plan(graph, self._done, {}, wanted)
         part = None
         if plan.nodes:
-            if not set(plan.outputs) <= set(self._types):  # shape inference once, not at every pass
-                self._types.update(element_types(model, plan.outputs))
-            part = create_session(plan.submodel(model, self._cache[0] if self._cache else {}, self._types),
+            nodes = [graph.node[i] for i in plan.order]
+            part = create_session(self._parts.build(model, nodes, self._cache[0] if self._cache else {}, plan.outputs),
                                   self.session)
             self.parts_run += 1
         fresh = not self._cache
@@ -129,29 +129,6 @@ class _Plan:
         produced = {name for i in self.nodes for name in graph.node[i].output if name}
         self.frontier = sorted((set(cached) | produced) & read_later)
         self.outputs = sorted((produced & (read_later | set(wanted))) - self.inputs)
-        self._graph = graph
-
-    def submodel(self, model: onnx.ModelProto, cached: dict, types: dict[str, int]) -> onnx.ModelProto:
-        """The nodes to run, as a model fed by the cached tensors (typed from their values)."""
-        graph = self._graph
-        declared = {value.name: value for value in graph.input}
-        inputs = []
-        for name in sorted(self.inputs):
-            if name in declared:
-                inputs.append(declared[name])
-            else:
-                value = cached[name]
-                element = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
-                inputs.append(onnx.helper.make_tensor_value_info(name, element, [None] * value.ndim))
-        nodes = [graph.node[i] for i in self.order]
-        read = {name for node in nodes for name in node.input}
-        outputs = [onnx.helper.make_tensor_value_info(name, types.get(name, 0), None) for name in self.outputs]
-        part = onnx.helper.make_graph(
-            nodes, graph.name, inputs, outputs,
-            initializer=[init for init in graph.initializer if init.name in read],
-            value_info=[info for info in graph.value_info if info.name in read])
-        return onnx.helper.make_model(part, opset_imports=list(model.opset_import), ir_version=model.ir_version,
-                                      functions=list(model.functions))
 
 
 def _dynamic_tensors(graph: onnx.GraphProto, graph_inputs: set[str]) -> set[str]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Mapping, Sequence
 
-import numpy as np
-import onnx
 
-from onnx_slim.data.activations import element_types
 from onnx_slim.data.masking import MaskedModel
 from onnx_slim.data.metrics import AgreementAccumulator
+from onnx_slim.data.parts import PartBuilder, part_inputs
 from onnx_slim.ir.graph import has_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -33,7 +31,7 @@ class GroupTrials:
         self.nodes = list(graph.node)
         self.output_names = [output.name for output in graph.output]
         self.subgraphs = has_subgraphs(graph)
-        self._types: dict[str, int] = {}  # element types, inferred once when a part needs them
+        self.parts = PartBuilder()
 
     def first_reader(self, root: int) -> int:
         """Index of the first node that reads a mask of class `root` (len(nodes) if none does)."""
@@ -70,10 +68,11 @@ class GroupTrials:
         outputs = sorted(produced & later)
         ones = self.masked.feeds_for({})
         if outputs:
-            session = create_session(self._model(part, frontier[0], ones, outputs), self.session)
+            session = create_session(self.parts.build(self.masked.model, part, {**ones, **frontier[0]}, outputs), self.session)
+        inputs = part_inputs(self.masked.model, part)
         for values in frontier:
             if outputs:
-                feeds = {name: values[name] if name in values else ones[name] for name in self._inputs(part)}
+                feeds = {name: values[name] if name in values else ones[name] for name in inputs}
                 values.update(run_session(session, feeds))
             for name in [name for name in values if name not in later]:
                 del values[name]
@@ -83,8 +82,9 @@ class GroupTrials:
         produced = {name for node in part for name in node.output if name}
         outputs = [name for name in self.output_names if name in produced]
         ones = self.masked.feeds_for({})
-        session = create_session(self._model(part, frontier[0], ones, outputs), self.session) if outputs else None
-        inputs = self._inputs(part)
+        session = create_session(self.parts.build(self.masked.model, part, {**ones, **frontier[0]}, outputs), self.session) \
+            if outputs else None
+        inputs = part_inputs(self.masked.model, part)
 
         def trial(plan) -> dict:
             masks = self.masked.feeds_for(plan)
@@ -108,34 +108,4 @@ class GroupTrials:
 
     def _read_from(self, start: int) -> set[str]:
         return {name for node in self.nodes[start:] for name in node.input if name}
-
-    def _inputs(self, part: list) -> list[str]:
-        """Tensors the part reads that no node of it produces (initializers excluded)."""
-        produced = {name for node in part for name in node.output if name}
-        initializers = {init.name for init in self.masked.model.graph.initializer}
-        read = {name for node in part for name in node.input if name}
-        return sorted(read - produced - initializers)
-
-    def _model(self, part: list, values: dict, ones: dict, outputs: Sequence[str]) -> onnx.ModelProto:
-        model = self.masked.model
-        graph = model.graph
-        if not set(outputs) <= set(self._types):
-            self._types.update(element_types(model, list(outputs)))
-        declared = {value.name: value for value in graph.input}
-        inputs = []
-        for name in self._inputs(part):
-            if name in declared:
-                inputs.append(declared[name])
-            else:
-                value = values[name] if name in values else ones[name]
-                inputs.append(onnx.helper.make_tensor_value_info(
-                    name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype), [None] * np.ndim(value)))
-        read = {name for node in part for name in node.input}
-        body = onnx.helper.make_graph(
-            part, graph.name, inputs,
-            [onnx.helper.make_tensor_value_info(name, self._types.get(name, 0), None) for name in outputs],
-            initializer=[init for init in graph.initializer if init.name in read],
-            value_info=[info for info in graph.value_info if info.name in read])
-        return onnx.helper.make_model(body, opset_imports=list(model.opset_import), ir_version=model.ir_version,
-                                      functions=list(model.functions))
 
