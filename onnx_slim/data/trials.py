@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Mapping, Sequence
 
-
 from onnx_slim.data.masking import MaskedModel
 from onnx_slim.data.metrics import AgreementAccumulator
 from onnx_slim.data.parts import PartBuilder, part_inputs
