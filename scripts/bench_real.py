@@ -425,7 +425,7 @@ def markdown(rows, methods, targets, command: str) -> str:
         "streams spared); `+auto`: `allocate=\"auto\"` (each of the three built and re-fitted on 80% of "
         "calib.npz, the closest to the original on the other 20% kept: [its name]); `tp-*`: Torch-Pruning on "
         "the onnx2torch conversion (notes below). Quality cells: task metric % on the test split (change in points from the original), "
-        "then agreement with the original (top-1 agreement on class scores, output cosine for the CTC model). "
+        "then agreement with the original (top-1 agreement on class scores, plus the output cosine for the transformers; the output cosine alone for the CTC model and the sentence embedding). "
         "Cost cells: MACs fraction reached, wall time and peak RSS of the prune step in its own process "
         "(+ the part above the RSS after imports and loading the model and data).", ""]
     notes = []
