@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from onnx_slim.data.activations import ActivationCapture
-from onnx_slim.data.parts import PartBuilder
+from onnx_slim.data.parts import PartBuilder, part_inputs
 from onnx_slim.ir.graph import has_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -58,13 +58,15 @@ class StagedCapture:
             nodes = [graph.node[i] for i in plan.order]
             part = create_session(self._parts.build(model, nodes, self._cache[0] if self._cache else {}, plan.outputs),
                                   self.session)
+            # What the part reads (a wanted tensor that is already cached is echoed, not fed).
+            part_reads = part_inputs(model, nodes)
             self.parts_run += 1
         fresh = not self._cache
         for index, batch in enumerate(self.calibration.batches(self.batch_size)):
             cached = {} if fresh else self._cache[index]
             values = dict(cached)
             if part is not None:
-                feeds = {name: cached[name] if name in cached else batch[name] for name in plan.inputs}
+                feeds = {name: cached[name] if name in cached else batch[name] for name in part_reads}
                 values.update(run_session(part, feeds))
             for name in plan.graph_inputs_wanted:
                 values[name] = np.asarray(batch[name])
@@ -103,7 +105,7 @@ class _Plan:
         self.stale = False
         self.nodes: set[int] = set()  # dynamic nodes to run (then cached)
         constant_nodes: set[int] = set()  # nodes of constants only: re-run whenever needed, never cached
-        self.inputs: set[str] = set()  # cached tensors and graph inputs the part reads
+        self.inputs: set[str] = set()  # cached tensors and graph inputs reached (fed or echoed, never made)
         self.graph_inputs_wanted = [name for name in wanted if name in graph_inputs]
         stack, seen = [name for name in wanted if name not in graph_inputs], set()
         while stack:

@@ -140,3 +140,20 @@ def test_a_graph_with_subgraphs_runs_whole_and_stays_exact(parts):
         np.testing.assert_allclose(staged_run(staged, model, wanted)[wanted[0]],
                                    full_run(model, wanted, data, 4)[wanted[0]], rtol=1e-5, atol=1e-6)
     assert parts == [] and staged.parts_run == 0
+
+
+def test_a_wanted_tensor_already_cached_is_echoed_beside_a_new_part(parts):
+    """The re-fit asks for a layer's input and for the residual stream it joins: when the stream is
+    already cached and the new part does not read it, it is returned as is, not fed to the part."""
+    g = Graph(seed=3)
+    x = g.input("x", ["N", 3, 8, 8])
+    stream = g.relu(g.conv(x, 4, name="conv1"), name="relu1")
+    branch = g.relu(g.conv(stream, 4, name="conv2"), name="relu_b")
+    model = g.build(g.conv(g.add(stream, branch, name="skip"), 2, name="conv3"))
+    data = calibration()
+    staged = StagedCapture(data, batch_size=4)
+    staged_run(staged, model, ["conv2"])  # leaves relu1 and conv2 cached: skip and relu_b read them
+    got = staged_run(staged, model, ["relu_b", "relu1"])
+    assert parts[-1] == ["relu_b"]
+    for name in ("relu_b", "relu1"):
+        np.testing.assert_allclose(got[name], full_run(model, [name], data, 4)[name], rtol=1e-5, atol=1e-6)
