@@ -105,7 +105,6 @@ class _Plan:
         self.stale = False
         self.nodes: set[int] = set()  # dynamic nodes to run (then cached)
         constant_nodes: set[int] = set()  # nodes of constants only: re-run whenever needed, never cached
-        self.inputs: set[str] = set()  # cached tensors and graph inputs reached (fed or echoed, never made)
         self.graph_inputs_wanted = [name for name in wanted if name in graph_inputs]
         stack, seen = [name for name in wanted if name not in graph_inputs], set()
         while stack:
@@ -113,11 +112,9 @@ class _Plan:
             if not name or name in seen:
                 continue
             seen.add(name)
-            if name in cached:
-                self.inputs.add(name)
-            elif name in graph_inputs:
-                self.inputs.add(name)
-            elif name in producer:
+            if name in cached or name in graph_inputs:
+                continue  # fed to the part, or echoed if wanted as is
+            if name in producer:
                 index = producer[name]
                 if index in done and name in dynamic:
                     self.stale = True  # ran before but not kept: cannot be fed
@@ -130,7 +127,7 @@ class _Plan:
                       for name in node.input if name in dynamic}
         produced = {name for i in self.nodes for name in graph.node[i].output if name}
         self.frontier = sorted((set(cached) | produced) & read_later)
-        self.outputs = sorted((produced & (read_later | set(wanted))) - self.inputs)
+        self.outputs = sorted(produced & (read_later | set(wanted)))
 
 
 def _dynamic_tensors(graph: onnx.GraphProto, graph_inputs: set[str]) -> set[str]:
