@@ -42,7 +42,6 @@ from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept
 from onnx_slim.apply.least_squares import SHRINK_NAMES, FitStats, refit_on_all, shrunk_fits
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
-from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.staged import StagedCapture
 from onnx_slim.ir.graph import attr
@@ -158,13 +157,15 @@ def reconstruct(
     chunks = _chunks_by_depth(pruned, consumers)
     if RESIDUAL_TARGETS if residual_targets is None else residual_targets:
         _find_residuals(pruned, chunks)
-    say(f"re-fit: collecting targets of {len(consumers)} layers from the original model")
-    _collect_targets(original, consumers, calibration, batch_size, max_samples, rng, session)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
+    # Both models run part by part, pass after pass: the original's tensors for a pass are
+    # captured just before it (all layers' at once held a ResNet-50's whole activations).
+    targets_from = StagedCapture(calibration, batch_size, session=session)
     staged = StagedCapture(calibration, batch_size, session=session)
     for index, chunk in enumerate(counted(progress, "re-fit layers", chunks, size=len), 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
+        _collect_targets(original, chunk, targets_from, calibration, max_samples, rng)
         _accumulate_features(pruned, chunk, staged)
         for consumer in chunk:
             report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
@@ -272,18 +273,15 @@ def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:
     return False
 
 
-def _collect_targets(original, consumers, calibration, batch_size, max_samples, rng, session) -> None:
-    """One pass of the original model: sampled outputs of each layer (or of its residual sum),
-    mean of its inputs."""
+def _collect_targets(original, consumers, staged: StagedCapture, calibration, max_samples, rng) -> None:
+    """From the original model: sampled outputs of each layer (or of its residual sum), mean of its inputs."""
     names = sorted({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers}
                    | {c.residual[0] for c in consumers if c.residual})
-    capture = ActivationCapture(original, names, session=session)
-    batches = list(calibration.batch_ranges(batch_size))
+    batches = list(calibration.batch_ranges(staged.batch_size))
     samples = len(calibration)
     sums = {c.node.name: None for c in consumers}
     counts = {c.node.name: 0 for c in consumers}
-    for (start, _), batch in zip(batches, calibration.batches(batch_size)):
-        values = capture.run(batch)
+    for (start, _), values in zip(batches, staged.run(original, names)):
         for consumer in consumers:
             x, y = values[consumer.node.input[0]], values[consumer.node.output[0]]
             if consumer.residual and values[consumer.residual[0]].shape != y.shape:
