@@ -88,6 +88,7 @@ class ReconstructReport:
     layers: list = field(default_factory=list)
     passes: int = 0
     calibration: str = ""
+    padding: str | None = None  # when token rows at padding were left out (data.tokens)
     seconds: float = 0.0
 
     def summary(self) -> dict:
@@ -95,7 +96,7 @@ class ReconstructReport:
         return {"layers": len(self.layers), "methods": methods, "passes": self.passes}
 
     def to_dict(self) -> dict:
-        return {**self.summary(), "calibration": self.calibration, "seconds": self.seconds,
+        return {**self.summary(), "calibration": self.calibration, "padding": self.padding, "seconds": self.seconds,
                 "per_layer": [asdict(layer) for layer in self.layers]}
 
 
@@ -153,6 +154,9 @@ def reconstruct(
         return report
     if calibration.is_random:
         say("note: calibration data is random: the re-fit only matches structure, not real statistics")
+    if calibration.token_mask() is not None:
+        report.padding = calibration.token_mask().description
+        say(f"re-fit: rows at padding left out: {report.padding}")
     rng = np.random.default_rng(seed)
     chunks = _chunks_by_depth(pruned, consumers)
     if RESIDUAL_TARGETS if residual_targets is None else residual_targets:
@@ -274,9 +278,11 @@ def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:
 
 
 def _collect_targets(original, consumers, staged: StagedCapture, calibration, max_samples, rng) -> None:
-    """From the original model: sampled outputs of each layer (or of its residual sum), mean of its inputs."""
+    """From the original model: sampled outputs of each layer (or of its residual sum), mean of its inputs.
+    Rows of token-shaped tensors are sampled at real tokens only, when the data shows padding."""
+    tokens = calibration.token_mask()
     names = sorted({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers}
-                   | {c.residual[0] for c in consumers if c.residual})
+                   | {c.residual[0] for c in consumers if c.residual} | ({tokens.input_name} if tokens else set()))
     batches = list(calibration.batch_ranges(staged.batch_size))
     samples = len(calibration)
     sums = {c.node.name: None for c in consumers}
@@ -290,7 +296,9 @@ def _collect_targets(original, consumers, staged: StagedCapture, calibration, ma
                 y = values[consumer.residual[0]]
             _accumulate_input_mean(consumer, x, sums, counts)
             budget = min(max_samples, max(1024, ROWS_PER_FEATURE * consumer.features))
-            positions, targets, sample_of_row = _sample_targets(consumer, y, len(batches), samples, budget, rng)
+            real_rows = tokens.real_rows(values, y.shape) if tokens else None
+            positions, targets, sample_of_row = _sample_targets(consumer, y, len(batches), samples, budget, rng,
+                                                                real_rows)
             consumer.positions.append(positions)
             consumer.held.append(_held_out(start + sample_of_row, samples))
             consumer.targets.append(np.ascontiguousarray(targets[:, consumer.kept_out], dtype=np.float32))
@@ -306,9 +314,9 @@ def _accumulate_input_mean(consumer, x, sums, counts) -> None:
     counts[consumer.node.name] += x.size // x.shape[axis]
 
 
-def _sample_targets(consumer, y, n_batches, n_samples, budget, rng):
-    """About `budget` rows over the whole calibration set, spread evenly over images,
-    with the sample (index in the batch) each row comes from."""
+def _sample_targets(consumer, y, n_batches, n_samples, budget, rng, real_rows=None):
+    """About `budget` rows over the whole calibration set, spread evenly over images, with the
+    sample (index in the batch) each row comes from; only among `real_rows` when given."""
     if consumer.kind == CONV_PATCHES:
         images, _, height, width = y.shape
         per_image = max(1, math.ceil(budget / max(n_samples, 1)))
@@ -316,7 +324,8 @@ def _sample_targets(consumer, y, n_batches, n_samples, budget, rng):
         return positions, conv_output_at(y, positions), positions[:, 0]
     rows = y.reshape(-1, y.shape[-1])  # MatMul reads [..., K]; Gemm's [N, K] is unchanged
     per_batch = max(1, math.ceil(budget / max(n_batches, 1)))
-    picked = np.sort(rng.choice(rows.shape[0], size=min(per_batch, rows.shape[0]), replace=False))
+    candidates = np.arange(rows.shape[0]) if real_rows is None else real_rows
+    picked = np.sort(rng.choice(candidates, size=min(per_batch, len(candidates)), replace=False))
     # Rows follow the leading axis: the batch, or time for a time-major tensor (then whole
     # time steps are held out, which is as good a split).
     rows_per_leading = max(rows.shape[0] // max(y.shape[0], 1), 1) if y.ndim > 1 else 1

@@ -176,11 +176,14 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
     result = ContributionGrams()
     if not samplers:
         return result
-    capture = ActivationCapture(ctx.model, sorted({nodes[name].input[0] for name in samplers}), session=ctx.session)
+    tokens = calibration.token_mask()  # text: sample real tokens, not padding
+    names = {nodes[name].input[0] for name in samplers} | ({tokens.input_name} if tokens else set())
+    capture = ActivationCapture(ctx.model, sorted(names), session=ctx.session)
     rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}
     for results in capture.iter(calibration.batch_stream(ctx.batch_size), ctx.progress, "scoring batches"):
+        real = tokens.real(results) if tokens else None
         for node_name, sampler in samplers.items():
-            z = sampler(results[nodes[node_name].input[0]], rngs[node_name])
+            z = sampler(results[nodes[node_name].input[0]], rngs[node_name], real)
             _accumulate(result, node_name, members_at[node_name], z)
     return result
 
@@ -201,7 +204,8 @@ def _accumulate(result: ContributionGrams, node_name: str, members, z: np.ndarra
 
 
 def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
-    """A function (consumer input batch, rng) -> Z [S, L] of sampled contributions, or None."""
+    """A function (consumer input batch, rng, real tokens [B, S] or None) -> Z [S, L] of sampled
+    contributions, or None."""
     weight = weight.astype(np.float64)
     if node.op_type == "Conv" and weight.ndim in (3, 4):
         return _conv_sampler(node, weight)
@@ -227,7 +231,7 @@ def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
         strides, dilations = [1, strides[0]], [1, dilations[0]]
         pads = [0, pads[0], 0, pads[1]]
 
-    def sample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample(x: np.ndarray, rng: np.random.Generator, real=None) -> np.ndarray:
         x = x[:, :, None, :] if one_dimensional else x
         padding = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
         out_h, out_w = (
@@ -249,15 +253,22 @@ def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
 
 def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
     """ThiNet on a Gemm/MatMul: ~10 random rows (tokens; the sample itself for 2-D input)
-    per image, one random output feature each; z[s, c] = x[row_s, c] * W[c, o_s]."""
-    def sample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    per image, one random output feature each; z[s, c] = x[row_s, c] * W[c, o_s]. Given the real
+    tokens of a [B, S, L] input, rows are drawn among them."""
+    def sample(x: np.ndarray, rng: np.random.Generator, real=None) -> np.ndarray:
         x = x.T if transposed_input else x
         images = x.shape[0]
         rows = x.reshape(images, -1, x.shape[-1]).astype(np.float64)  # [N, tokens, L]
         per_image = POSITIONS_PER_IMAGE
-        image_index = np.repeat(np.arange(images), per_image)
-        token_index = rng.integers(0, rows.shape[1], size=images * per_image)
-        outputs = rng.integers(0, weight_in_out.shape[1], size=images * per_image)
+        if real is not None and x.ndim == 3 and real.shape == x.shape[:2]:
+            counts = real.sum(axis=1)
+            image_index = np.repeat(np.flatnonzero(counts), per_image)
+            first_real = np.argsort(~real, axis=1, kind="stable")  # each row's real positions, in order
+            token_index = first_real[image_index, rng.integers(0, counts[image_index])]
+        else:
+            image_index = np.repeat(np.arange(images), per_image)
+            token_index = rng.integers(0, rows.shape[1], size=len(image_index))
+        outputs = rng.integers(0, weight_in_out.shape[1], size=len(image_index))
         return rows[image_index, token_index] * weight_in_out[:, outputs].T
     return sample
 

@@ -20,6 +20,7 @@ import onnx
 from onnx_slim.data.arrays import ArraySource, load_npy_folder, load_npz
 from onnx_slim.data.images import CHANNEL_ORDERS, IMAGE_SUFFIXES, LAYOUTS, ImageSource, load_image_folder
 from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_counts
+from onnx_slim.data.tokens import TokenMask, find_token_mask
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, random_inputs
 from onnx_slim.ir.model import load_model
@@ -76,6 +77,15 @@ class CalibrationSet:
     def arrays(self) -> dict[str, np.ndarray]:
         """All samples in memory. Decodes every image of an image folder: prefer `batches`."""
         return {name: source.read_all() for name, source in self._sources.items()}
+
+    def token_mask(self) -> TokenMask | None:
+        """Which positions are padding, for text inputs that show it (`data.tokens`)."""
+        if not hasattr(self, "_token_mask"):
+            # Only [N, S] arrays can hold token ids or masks: images are never read here.
+            candidates = {name: source.read_all() for name, source in self._sources.items()
+                          if isinstance(source, ArraySource) and source.data.ndim == 2}
+            self._token_mask = None if self.is_random else find_token_mask(candidates)
+        return self._token_mask
 
     @property
     def description(self) -> str:

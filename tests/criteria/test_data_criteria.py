@@ -248,3 +248,16 @@ def test_data_criteria_run_on_exported_models(model, names):
         scores = score_groups(context, name, groups)  # checks shape and finiteness
         assert set(scores) == {group.id for group in groups}
         assert not context.notes, context.notes  # every group had a usable consumer
+
+
+def test_thinet_samples_real_tokens_only_when_padding_is_known():
+    """Rows at padding are NaN here: a sampled one would poison the contributions."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 3))
+    real = np.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], bool)
+    x[~real] = np.nan
+    sample = data_criteria._matrix_sampler(rng.standard_normal((3, 5)), transposed_input=False)
+    z = sample(x, rng, real)
+    assert np.isfinite(z).all()
+    assert len(z) == 3 * data_criteria.POSITIONS_PER_IMAGE  # every sample with a real token gives its rows; the all-padding one none
+    assert np.isnan(sample(x, rng, None)).any()  # without the mask padding is drawn too
