@@ -44,6 +44,7 @@ from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.staged import StagedCapture
+from onnx_slim.data.tokens import TokenMask, padding_to_leave_out
 from onnx_slim.ir.graph import attr
 from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
@@ -154,8 +155,9 @@ def reconstruct(
         return report
     if calibration.is_random:
         say("note: calibration data is random: the re-fit only matches structure, not real statistics")
-    if calibration.token_mask() is not None:
-        report.padding = calibration.token_mask().description
+    tokens = padding_to_leave_out(original, calibration.token_mask())
+    if tokens is not None:
+        report.padding = tokens.description
         say(f"re-fit: rows at padding left out: {report.padding}")
     rng = np.random.default_rng(seed)
     chunks = _chunks_by_depth(pruned, consumers)
@@ -169,7 +171,7 @@ def reconstruct(
     staged = StagedCapture(calibration, batch_size, session=session)
     for index, chunk in enumerate(counted(progress, "re-fit layers", chunks, size=len), 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
-        _collect_targets(original, chunk, targets_from, calibration, max_samples, rng)
+        _collect_targets(original, chunk, targets_from, calibration, tokens, max_samples, rng)
         _accumulate_features(pruned, chunk, staged)
         for consumer in chunk:
             report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
@@ -277,10 +279,10 @@ def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:
     return False
 
 
-def _collect_targets(original, consumers, staged: StagedCapture, calibration, max_samples, rng) -> None:
+def _collect_targets(original, consumers, staged: StagedCapture, calibration, tokens: TokenMask | None,
+                     max_samples, rng) -> None:
     """From the original model: sampled outputs of each layer (or of its residual sum), mean of its inputs.
-    Rows of token-shaped tensors are sampled at real tokens only, when the data shows padding."""
-    tokens = calibration.token_mask()
+    Rows of token-shaped tensors are sampled at real tokens only, given `tokens`."""
     names = sorted({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers}
                    | {c.residual[0] for c in consumers if c.residual} | ({tokens.input_name} if tokens else set()))
     batches = list(calibration.batch_ranges(staged.batch_size))

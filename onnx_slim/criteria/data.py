@@ -28,6 +28,7 @@ from onnx_slim.criteria.weights import l1_norm
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.data.statistics import ChannelStats
+from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
@@ -176,7 +177,7 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
     result = ContributionGrams()
     if not samplers:
         return result
-    tokens = calibration.token_mask()  # text: sample real tokens, not padding
+    tokens = padding_to_leave_out(ctx.model, calibration.token_mask())  # text: real tokens, not padding
     names = {nodes[name].input[0] for name in samplers} | ({tokens.input_name} if tokens else set())
     capture = ActivationCapture(ctx.model, sorted(names), session=ctx.session)
     rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}

@@ -10,6 +10,12 @@ The mask comes from the data the user gave, never from guessing at the graph:
 - an input named like ``attention_mask`` (two axes, values 0/1) says it outright;
 - otherwise an integer ``[N, S]`` input whose rows end (or all begin) with a run of one
   value, the same in every row, is taken as padded with that value.
+
+Padding is left out only when no output of the model keeps the token axis (a pooled
+embedding, class scores). An output like BERT's ``last_hidden_state`` shows the padded
+positions too, and whoever compares it may count them: fitted without them, all-mpnet-base-v2's
+last hidden state kept cosine 0.905 at real tokens (0.897 with them) but fell to 0.851 at
+padding (0.935).
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 # A pad value is believed only when enough rows are padded and the value never occurs
 # anywhere but in the run: a token that merely often ends a sentence ("." or "</s>") does not.
 MIN_PADDED_ROWS = 0.1
+PAD_SHARE_OF_RUNS = 0.75  # of the rows that end with a run of one value, how many must end with the pad
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,30 @@ class TokenMask:
         return np.flatnonzero(np.repeat(real.reshape(-1), per_token))
 
 
+def padding_to_leave_out(model: onnx.ModelProto, mask: TokenMask | None) -> TokenMask | None:
+    """`mask` if no output of `model` keeps the token axis of its input (so padding cannot
+    reach the outputs), else None; also None when the shapes do not say."""
+    if mask is None:
+        return None
+    inputs = {value.name: _dims(value) for value in model.graph.input}
+    token_axes = inputs.get(mask.input_name)
+    if token_axes is None or len(token_axes) != 2 or None in token_axes:
+        return None
+    for output in model.graph.output:
+        dims = _dims(output)
+        if dims is None or (len(dims) >= 2 and (None in dims[:2] or tuple(dims[:2]) == tuple(token_axes))):
+            return None  # unknown, or [B, S, ...]: padding may show in this output
+    return mask
+
+
+def _dims(value: onnx.ValueInfoProto) -> list | None:
+    """Each axis as its size or symbolic name (None when unnamed); None when the rank is unknown."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor.shape.dim]
+
+
 def find_token_mask(arrays: dict[str, np.ndarray]) -> TokenMask | None:
     """The padding of `arrays` (calibration inputs by name, all samples), or None if it has none
     that can be told from the data."""
@@ -86,14 +118,15 @@ def _pad_run(values: np.ndarray) -> tuple[int, bool] | None:
         return None
     for left in (False, True):
         rows = values[:, ::-1] if left else values
-        value = rows[:, -1]
-        padded = rows[:, -1] == rows[:, -2]  # a run of at least two: one equal last token is no evidence
-        if padded.mean() < MIN_PADDED_ROWS:
+        ends_in_run = rows[:, -1] == rows[:, -2]  # one equal last token is no evidence
+        if not ends_in_run.any():
             continue
-        candidate = np.unique(value[padded])
-        if len(candidate) != 1:
+        # The commonest value ending in a run; a full row may end with a doubled letter, but
+        # most runs must be of that one value.
+        last, counts = np.unique(rows[ends_in_run, -1], return_counts=True)
+        pad = last[counts.argmax()]
+        if counts.max() < PAD_SHARE_OF_RUNS * counts.sum() or counts.max() < MIN_PADDED_ROWS * len(rows):
             continue
-        pad = candidate[0]
         is_pad = rows == pad
         # Once a row reaches the pad value it stays there: the run is the row's tail.
         if (np.diff(is_pad.astype(np.int8), axis=1) >= 0).all():

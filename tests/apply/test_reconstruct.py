@@ -355,9 +355,11 @@ def test_a_projection_shortcut_joining_a_deeper_branch_keeps_its_own_target(monk
     assert layers["conv_b"]["residual"] and not layers["conv_s"]["residual"] and not layers["conv_a"]["residual"]
 
 
-def text_mlp(vocab=50, seq=12, width=16, seed=0):
-    """ids [N, S] -> embedding + position -> fc1 (4x wider) -> relu -> fc2 -> y [N, S, width]; the pad
-    token (0) embeds far from every real token, as padding's hidden states drift in real encoders."""
+
+def text_mlp(vocab=50, seq=12, width=16, seed=0, pooled=True):
+    """ids [N, S] -> embedding + position -> fc1 (4x wider) -> relu -> fc2 = hidden [N, S, width] -> the
+    first token's row (pooled) or hidden itself. The pad token (0) embeds far from every real token,
+    as padding's hidden states drift in real encoders."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -366,14 +368,18 @@ def text_mlp(vocab=50, seq=12, width=16, seed=0):
     inits = [numpy_helper.from_array(emb, "emb"),
              numpy_helper.from_array(rng.standard_normal((seq, width)).astype(np.float32), "pos"),
              numpy_helper.from_array((rng.standard_normal((width, 4 * width)) / 4).astype(np.float32), "w1"),
-             numpy_helper.from_array((rng.standard_normal((4 * width, width)) / 8).astype(np.float32), "w2")]
+             numpy_helper.from_array((rng.standard_normal((4 * width, width)) / 8).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(0, np.int64), "first")]
     node = helper.make_node
     nodes = [node("Gather", ["emb", "ids"], ["e"], name="embed"), node("Add", ["e", "pos"], ["x"], name="add_pos"),
              node("MatMul", ["x", "w1"], ["h"], name="fc1"), node("Relu", ["h"], ["r"], name="relu"),
-             node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+             node("MatMul", ["r", "w2"], ["hidden"], name="fc2")]
+    output = helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", seq, width])
+    if pooled:
+        nodes.append(node("Gather", ["hidden", "first"], ["cls"], name="pool", axis=1))
+        output = helper.make_tensor_value_info("cls", TensorProto.FLOAT, ["batch", width])
     graph = helper.make_graph(
-        nodes, "text_mlp", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", seq])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, width])], inits)
+        nodes, "text_mlp", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", seq])], [output], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -384,27 +390,40 @@ def right_padded_sentences(rng, n, seq=12, vocab=50):
     return ids
 
 
-def test_padding_is_left_out_of_the_refit(monkeypatch):
-    """70% of the calibration positions are padding: fitted on real tokens only, fc2 follows the
-    original at real tokens of unseen sentences better than when the fit also chases the padding."""
+def test_padding_is_left_out_of_the_refit_when_no_output_shows_it(monkeypatch):
+    """70% of the calibration positions are padding and the output is pooled: fitted on real tokens
+    only, fc2 follows the original at real tokens of unseen sentences better than when the fit also
+    chases the padding."""
+    import onnx_slim.apply.reconstruct as reconstruct_module
+    from onnx_slim.data.activations import ActivationCapture
     from onnx_slim.data.calibration import CalibrationSet
 
     model = text_mlp()
     rng = np.random.default_rng(1)
     calibration = CalibrationSet({"ids": right_padded_sentences(rng, 256)})
     test = right_padded_sentences(rng, 128)
-    reference = run_session(create_session(model), {"ids": test})["y"]
+    reference = ActivationCapture(model, ["hidden"]).run({"ids": test})["hidden"]
     real = test != 0
 
     def error_at_real_tokens(candidate):
-        y = run_session(create_session(candidate), {"ids": test})["y"]
-        return float(np.linalg.norm((y - reference)[real]) / np.linalg.norm(reference[real]))
+        hidden = ActivationCapture(candidate, ["hidden"]).run({"ids": test})["hidden"]
+        return float(np.linalg.norm((hidden - reference)[real]) / np.linalg.norm(reference[real]))
 
     masked, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["padding"].startswith("70% of positions are padding (input 'ids'")
-    monkeypatch.setattr(CalibrationSet, "token_mask", lambda self: None)
+    monkeypatch.setattr(reconstruct_module, "padding_to_leave_out", lambda model, mask: None)
     every_row, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["padding"] is None
     sliced, _ = prune(model, ratio=0.5, criterion="l1")
     assert error_at_real_tokens(masked) < 0.85 * error_at_real_tokens(every_row)  # 0.23 against 0.29 when written
     assert error_at_real_tokens(every_row) < error_at_real_tokens(sliced)
+
+
+def test_padding_is_fitted_like_any_token_when_an_output_keeps_the_token_axis():
+    from onnx_slim.data.calibration import CalibrationSet
+
+    model = text_mlp(pooled=False)  # hidden [batch, 12, 16] is the output: padded rows show
+    calibration = CalibrationSet({"ids": right_padded_sentences(np.random.default_rng(1), 64)})
+    assert calibration.token_mask() is not None
+    _, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
+    assert report.reconstruction["padding"] is None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnx_slim.data.calibration import CalibrationSet, load_calibration
-from onnx_slim.data.tokens import TokenMask, find_token_mask
+from onnx_slim.data.tokens import TokenMask, find_token_mask, padding_to_leave_out
 
 
 def padded(lengths, seq=8, pad=1, left=False, seed=0):
@@ -49,9 +49,11 @@ def test_no_padding_is_claimed_without_evidence():
     mixed = padded([3, 5, 2, 4], pad=1)
     mixed[1, 1] = 1  # the "pad" value inside a sentence: not a pad
     assert find_token_mask({"input_ids": mixed}) is None
-    two_values = padded([3, 5], pad=1)
-    two_values[1, 5:] = 0  # rows padded with different values
-    assert find_token_mask({"input_ids": two_values}) is None
+    doubled = padded([3, 5, 2, 4, 6, 8, 8, 8], pad=1)
+    doubled[5, -2:] = 7  # a full row ending with a doubled token is no second pad value
+    assert find_token_mask({"input_ids": doubled}).pad_value == 1
+    doubled[6:, 5:] = 7  # but when many rows end with runs of another value, neither is padding
+    assert find_token_mask({"input_ids": doubled}) is None
     assert find_token_mask({"audio": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)}) is None
 
 
@@ -89,3 +91,23 @@ def test_a_real_export_with_dynamic_sequence_and_its_mask(tmp_path):
              token_type_ids=np.zeros_like(ids))
     found = load_calibration(tmp_path / "calib.npz", tmp_path / "m.onnx").token_mask()
     assert found.input_name == "attention_mask" and found.real_fraction == pytest.approx(17 / 24)
+
+
+def test_padding_is_left_out_only_when_no_output_keeps_the_token_axis():
+    from onnx import TensorProto, helper
+
+    mask = TokenMask("input_ids", 1)
+
+    def model(*output_shapes, input_shape=("batch", "sequence")):
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, list(input_shape))]
+        outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, shape) for i, shape in enumerate(output_shapes)]
+        return helper.make_model(helper.make_graph([], "g", inputs, outputs))
+
+    assert padding_to_leave_out(model(["batch", 768]), mask) is mask  # a pooled embedding
+    assert padding_to_leave_out(model(["batch", 768], ["batch", 2]), mask) is mask
+    assert padding_to_leave_out(model(["batch", "sequence", 384]), mask) is None  # last_hidden_state
+    assert padding_to_leave_out(model(["batch", 768], ["batch", "sequence", 384]), mask) is None
+    assert padding_to_leave_out(model([1, 128, 384], input_shape=(1, 128)), mask) is None  # fixed shapes
+    assert padding_to_leave_out(model([1, 384], input_shape=(1, 128)), mask) is mask
+    assert padding_to_leave_out(model([None, None, 384]), mask) is None  # unnamed axes: cannot tell
+    assert padding_to_leave_out(model(["batch", 768]), None) is None
