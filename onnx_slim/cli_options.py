@@ -125,10 +125,10 @@ CLEANUP_OPTION = click.option(
 def calibration_options(function):
     """--calib and the options that say how to read it (shared by several commands)."""
     options = [
-        click.option("--calib", metavar="PATH", help="Calibration data: .npz, folder of .npy or images, or 'random'."),
+        click.option("--calib", metavar="PATH", help="Calibration data: .npz, folder of .npy or images, 'synthetic' (dead-leaves images) or 'random'."),
         click.option("--calib-samples", type=int, help="Use only the first N calibration samples."),
         click.option("--batch-size", default=8, show_default=True, help="Batch size for calibration runs."),
-        click.option("--input-size", metavar="H,W", help="Image folders: resize to this size (default: the model's)."),
+        click.option("--input-size", metavar="H,W", help="Image folders: resize to this size (default: the model's); 'synthetic': the size to make."),
         click.option("--mean", metavar="R,G,B", help="Image folders: per-channel mean, 0..1 units."),
         click.option("--std", metavar="R,G,B", help="Image folders: per-channel std, 0..1 units."),
         click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),

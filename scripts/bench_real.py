@@ -12,6 +12,8 @@ with the original's. Methods:
     thinet+rec+interior        the same with allocate="interior" (residual streams kept whole)
     thinet+rec+auto            the same with allocate="auto" (each allocation built, the one closest
                                to the original on held-out calibration samples kept)
+    synthetic+rec[+interior]   thinet+rec[+interior] without data: on 256 dead-leaves images
+                               (load_calibration("synthetic")) instead of calib.npz
     tp-l1, tp-taylor, tp-lamp  Torch-Pruning on the model converted by onnx2torch, no
                                fine-tuning (pip install -e '.[compare]')
 
@@ -59,6 +61,10 @@ OURS = {  # method -> onnx_slim.prune options
     "thinet+rec+sens": {"criterion": "thinet", "reconstruct": True, "allocate": "sensitivity"},
     "thinet+rec+interior": {"criterion": "thinet", "reconstruct": True, "allocate": "interior"},
     "thinet+rec+auto": {"criterion": "thinet", "reconstruct": True, "allocate": "auto"},
+    # No data: the same on 256 synthetic dead-leaves images instead of calib.npz
+    "synthetic+rec": {"criterion": "thinet", "reconstruct": True, "allocate": "uniform", "calib": "synthetic"},
+    "synthetic+rec+interior": {"criterion": "thinet", "reconstruct": True, "allocate": "interior",
+                               "calib": "synthetic"},
 }
 PEER = ["tp-l1", "tp-taylor", "tp-lamp"]
 METHODS = list(OURS) + PEER
@@ -104,11 +110,12 @@ def _prune_ours(spec: dict, status_kb) -> dict:
 
     folder = Path(spec["folder"])
     model = onnx.load(str(folder / "model.onnx"))
-    calibration = load_calibration(folder / "calib.npz", model)
+    options = dict(OURS[spec["method"]])
+    calibration = load_calibration(options.pop("calib", folder / "calib.npz"), model)
     baseline_kb = status_kb("VmRSS")
     started = time.perf_counter()
     try:
-        pruned, report = prune(model, target_macs=spec["target"], calibration=calibration, **OURS[spec["method"]])
+        pruned, report = prune(model, target_macs=spec["target"], calibration=calibration, **options)
     except OnnxSlimError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     seconds = time.perf_counter() - started
@@ -420,7 +427,8 @@ def markdown(rows, methods, targets, command: str) -> str:
         f"`{command}`", "",
         "Models and data: `scripts/real_models.py` (see `scripts/REAL_MODELS.md`); calibration = `calib.npz` "
         "(unlabelled, other sources than the test split), metric on `test.npz`. "
-        "`l1`, `consumer_l1`: no data (filter norms; norms of the next layers' input columns); `+rec`: `reconstruct=True`; `+sens`: `allocate=\"sensitivity\"` (per-group ratios "
+        "`l1`, `consumer_l1`: no data (filter norms; norms of the next layers' input columns); `synthetic+rec`: "
+        "no data either, thinet + re-fit on 256 synthetic dead-leaves images; `+rec`: `reconstruct=True`; `+sens`: `allocate=\"sensitivity\"` (per-group ratios "
         "from the measured output error per MAC saved); `+interior`: `allocate=\"interior\"` (one ratio, residual "
         "streams spared); `+auto`: `allocate=\"auto\"` (each of the three built and re-fitted on 80% of "
         "calib.npz, the closest to the original on the other 20% kept: [its name]); `tp-*`: Torch-Pruning on "

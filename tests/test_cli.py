@@ -299,3 +299,16 @@ def test_bench_on_the_cpu_provider_names_it(capsys, demo):
                               "--no-memory", "--json", "--quiet")
     assert code == 0
     assert json.loads(stdout)["providers"] == ["CPUExecutionProvider"]
+
+
+def test_prune_without_data_on_synthetic_images(capsys, demo, tmp_path):
+    """--calib synthetic: the data-driven criterion and the re-fit run, and the JSON report says the
+    data was synthetic."""
+    code, out, err = run_cli(capsys, "prune", demo, "-o", tmp_path / "slim.onnx", "--target-macs", "0.7",
+                             "--criterion", "thinet", "--reconstruct", "--calib", "synthetic", "--calib-samples", "32",
+                             "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert "synthetic dead-leaves images" in report["reconstruction"]["calibration"]
+    assert report["allocate"] == "uniform"  # auto compares on held-out data, and there is none
+    ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])

@@ -153,7 +153,9 @@ def reconstruct(
     consumers = _consumers(original, pruned, analysis, plan)
     if not consumers:
         return report
-    if calibration.is_random:
+    if calibration.is_synthetic:
+        say("note: calibration data is synthetic: the re-fit matches the layers on images unlike the real ones")
+    elif calibration.is_random:
         say("note: calibration data is random: the re-fit only matches structure, not real statistics")
     tokens = padding_to_leave_out(original, calibration.token_mask())
     if tokens is not None:

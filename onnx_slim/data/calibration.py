@@ -1,7 +1,7 @@
 """Calibration data: the samples that importance criteria and re-fitting run on.
 
 A source is an ``.npz``, a folder of ``.npy`` files, a folder of images, or the
-string ``"random"``. Everything is checked against the model's inputs before any
+string ``"synthetic"`` (dead-leaves images) or ``"random"``. Everything is checked against the model's inputs before any
 work starts, then exposed as a `CalibrationSet` that yields feed batches.
 Image folders are decoded batch by batch, so memory stays bounded whatever the
 number of images.
@@ -20,6 +20,7 @@ import onnx
 from onnx_slim.data.arrays import ArraySource, load_npy_folder, load_npz
 from onnx_slim.data.images import CHANNEL_ORDERS, IMAGE_SUFFIXES, LAYOUTS, ImageSource, load_image_folder
 from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_counts
+from onnx_slim.data.synthetic import IMAGE_CHANNELS, image_layout, synthetic_images
 from onnx_slim.data.tokens import TokenMask, find_token_mask
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, random_inputs
@@ -30,7 +31,9 @@ logger = logging.getLogger(__name__)
 CalibrationSource = Union[str, os.PathLike]
 
 RANDOM_SOURCE = "random"
+SYNTHETIC_SOURCE = "synthetic"
 DEFAULT_RANDOM_SAMPLES = 16
+DEFAULT_SYNTHETIC_SAMPLES = 256  # as many as a user's few hundred images; 224x224 ones take ~4 s
 
 _Source = Union[ArraySource, ImageSource]
 
@@ -57,6 +60,7 @@ class CalibrationSet:
         *,
         labels: np.ndarray | None = None,
         is_random: bool = False,
+        is_synthetic: bool = False,
         origin: str = "arrays",
         fixed_batch: int | None = None,
     ):
@@ -64,7 +68,10 @@ class CalibrationSet:
             name: _as_source(name, value, origin) for name, value in arrays.items()
         }
         self.labels = None if labels is None else np.asarray(labels)
-        self.is_random = is_random
+        # Not real data (the report says so; quantization does not calibrate on it). Synthetic
+        # images are still worth scoring and fitting on, random values only for structure.
+        self.is_random = is_random or is_synthetic
+        self.is_synthetic = is_synthetic
         self.origin = origin
         self.fixed_batch = fixed_batch
         check_sample_counts({name: len(source) for name, source in self._sources.items()}, self.labels, origin)
@@ -90,6 +97,8 @@ class CalibrationSet:
     @property
     def description(self) -> str:
         text = f"{self.origin}: {len(self)} samples"
+        if self.is_synthetic:
+            return text + " (synthetic dead-leaves images, not real data)"
         return text + " (random, structure-only)" if self.is_random else text
 
     def __len__(self) -> int:
@@ -150,7 +159,8 @@ class CalibrationSet:
         labels = None if self.labels is None else self.labels[start:stop]
         sources = {name: source.subset(start, stop) for name, source in self._sources.items()}
         return CalibrationSet(
-            sources, labels=labels, is_random=self.is_random, origin=origin, fixed_batch=self.fixed_batch
+            sources, labels=labels, is_random=self.is_random, is_synthetic=self.is_synthetic, origin=origin,
+            fixed_batch=self.fixed_batch,
         )
 
     def _effective_batch_size(self, batch_size: int) -> int:
@@ -199,8 +209,9 @@ def load_calibration(
     `source`: an ``.npz`` (keys = input names, optional ``labels``), a folder of
     ``.npy`` files (``<input>.npy`` per input, or for a one-input model many
     files concatenated in name order), a folder of images (one image input), or
-    ``"random"``. `samples` keeps the first N samples (for ``"random"``: how
-    many to draw, default 16). `input_size`, `mean`, `std`, `layout` and
+    ``"random"`` (structure only) or ``"synthetic"`` (dead-leaves images for image
+    inputs, `data/synthetic.py`). `samples` keeps the first N samples (for ``"random"``
+    and ``"synthetic"``: how many to make, default 16 and 256). `input_size`, `mean`, `std`, `layout` and
     `channel_order` describe how images become the model input; `mean`/`std`
     are per channel, in 0..1 units, in the model's channel order.
     """
@@ -213,10 +224,13 @@ def load_calibration(
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
         return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch)
+    if isinstance(source, str) and source == SYNTHETIC_SOURCE:
+        _warn_unused_image_options(None, mean, std)
+        return _synthetic_set(model, specs, samples or DEFAULT_SYNTHETIC_SAMPLES, seed, fixed_batch, input_size)
     path = Path(source)
     if not path.exists():
         raise OnnxSlimError(
-            f"{path}: no such file or directory; give an .npz, a folder of .npy files or images, or 'random'"
+            f"{path}: no such file or directory; give an .npz, a folder of .npy files or images, 'synthetic' or 'random'"
         )
     if path.is_dir():
         loaded = _load_directory(path, specs, samples, input_size, mean, std, layout, channel_order)
@@ -225,7 +239,7 @@ def load_calibration(
         loaded = load_npz(path, specs)
     else:
         raise OnnxSlimError(
-            f"{path}: unsupported calibration file; give an .npz, a folder of .npy files or images, or 'random'"
+            f"{path}: unsupported calibration file; give an .npz, a folder of .npy files or images, 'synthetic' or 'random'"
         )
     calibration = CalibrationSet(loaded.sources, labels=loaded.labels, origin=loaded.origin, fixed_batch=fixed_batch)
     calibration = calibration.take(samples) if samples else calibration
@@ -261,6 +275,39 @@ def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_ba
         shapes[spec.name] = (samples,) + spec.concrete_shape()[1:]
     arrays = random_inputs(model, seed=seed, shapes=shapes)
     return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch)
+
+
+def _synthetic_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch, input_size) -> CalibrationSet:
+    """Dead-leaves images for the image inputs (`input_size` gives symbolic heights and widths),
+    random values for any other input."""
+    sized = [_with_input_size(spec, input_size) for spec in specs]
+    images = [spec for spec in sized if image_layout(spec)]
+    if not images:
+        raise OnnxSlimError(
+            "synthetic calibration data is made for image inputs ([N, 1 or 3, H, W] or [N, H, W, 1 or 3] floats "
+            "with known H and W; --input-size gives them); this model has none: give real data or 'random'"
+        )
+    others = [spec for spec in sized if not image_layout(spec)]
+    arrays = {spec.name: synthetic_images(spec, samples, seed) for spec in images}
+    if others:
+        logger.warning("synthetic data: random values for the non-image inputs %s", ", ".join(s.name for s in others))
+        arrays.update(random_inputs(model, seed=seed, shapes={spec.name: (samples,) + spec.concrete_shape()[1:]
+                                                                for spec in others}))
+        arrays = {spec.name: arrays[spec.name] for spec in specs}
+    return CalibrationSet(arrays, is_synthetic=True, origin=SYNTHETIC_SOURCE, fixed_batch=fixed_batch)
+
+
+def _with_input_size(spec: InputSpec, input_size) -> InputSpec:
+    """`spec` with its spatial dims set from `input_size` (H,W or one side) where the model leaves them symbolic."""
+    if not input_size or len(spec.dims) != 4:
+        return spec
+    height, width = (input_size[0], input_size[-1])
+    dims = list(spec.dims)
+    spatial = (2, 3) if dims[1] in IMAGE_CHANNELS else (1, 2) if dims[3] in IMAGE_CHANNELS else ()
+    for axis, size in zip(spatial, (height, width)):
+        if not isinstance(dims[axis], int) or dims[axis] <= 0:
+            dims[axis] = int(size)
+    return InputSpec(spec.name, tuple(dims), spec.dtype)
 
 
 def _check_common_options(samples, layout: str, channel_order: str) -> None:

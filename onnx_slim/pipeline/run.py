@@ -57,7 +57,7 @@ def run_pipeline(
     held_out = _data(settings, settings.eval, model) if settings.eval else None
     for key in ("reconstruct", "correct_statistics"):
         if getattr(settings, key) and calibration is None:
-            raise UsageError(f"{key} needs calibration data: set calib (a path, or 'random')")
+            raise UsageError(f"{key} needs calibration data: set calib (a path, 'synthetic' or 'random')")
     if settings.quantize == "static" and calibration is None:  # refused before minutes of pruning, not after
         raise UsageError("quantize static needs calibration data: set calib (a path; 'random' only for a "
                          "structure-only smoke test, not for deployment), or use quantize auto or dynamic")
