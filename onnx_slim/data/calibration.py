@@ -1,8 +1,9 @@
 """Calibration data: the samples that importance criteria and re-fitting run on.
 
 A source is an ``.npz``, a folder of ``.npy`` files, a folder of images, or the
-string ``"synthetic"`` (dead-leaves images) or ``"random"``. Everything is checked against the model's inputs before any
-work starts, then exposed as a `CalibrationSet` that yields feed batches.
+string ``"synthetic"`` (dead-leaves images) or ``"random"``. Everything is checked
+against the model's inputs before any work starts, then exposed as a
+`CalibrationSet` that yields feed batches.
 Image folders are decoded batch by batch, so memory stays bounded whatever the
 number of images.
 """
@@ -34,6 +35,7 @@ RANDOM_SOURCE = "random"
 SYNTHETIC_SOURCE = "synthetic"
 DEFAULT_RANDOM_SAMPLES = 16
 DEFAULT_SYNTHETIC_SAMPLES = 256  # as many as a user's few hundred images; 224x224 ones take ~4 s
+SYNTHETIC_BUDGET_BYTES = 512 << 20  # fewer default images when they are large (640x640: 109)
 
 _Source = Union[ArraySource, ImageSource]
 
@@ -211,7 +213,7 @@ def load_calibration(
     files concatenated in name order), a folder of images (one image input), or
     ``"random"`` (structure only) or ``"synthetic"`` (dead-leaves images for image
     inputs, `data/synthetic.py`). `samples` keeps the first N samples (for ``"random"``
-    and ``"synthetic"``: how many to make, default 16 and 256). `input_size`, `mean`, `std`, `layout` and
+    and ``"synthetic"``: how many to make, default 16 and up to 256). `input_size`, `mean`, `std`, `layout` and
     `channel_order` describe how images become the model input; `mean`/`std`
     are per channel, in 0..1 units, in the model's channel order.
     """
@@ -226,7 +228,7 @@ def load_calibration(
         return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch)
     if isinstance(source, str) and source == SYNTHETIC_SOURCE:
         _warn_unused_image_options(None, mean, std)
-        return _synthetic_set(model, specs, samples or DEFAULT_SYNTHETIC_SAMPLES, seed, fixed_batch, input_size)
+        return _synthetic_set(model, specs, samples, seed, fixed_batch, input_size)
     path = Path(source)
     if not path.exists():
         raise OnnxSlimError(
@@ -277,9 +279,11 @@ def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_ba
     return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch)
 
 
-def _synthetic_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch, input_size) -> CalibrationSet:
-    """Dead-leaves images for the image inputs (`input_size` gives symbolic heights and widths),
-    random values for any other input."""
+def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int, fixed_batch,
+                   input_size) -> CalibrationSet:
+    """`samples` (default: up to DEFAULT_SYNTHETIC_SAMPLES within SYNTHETIC_BUDGET_BYTES) dead-leaves
+    images for the image inputs (`input_size` gives symbolic heights and widths), random values for
+    any other input."""
     sized = [_with_input_size(spec, input_size) for spec in specs]
     images = [spec for spec in sized if image_layout(spec)]
     if not images:
@@ -288,6 +292,9 @@ def _synthetic_set(model, specs: list[InputSpec], samples: int, seed: int, fixed
             "with known H and W; --input-size gives them); this model has none: give real data or 'random'"
         )
     others = [spec for spec in sized if not image_layout(spec)]
+    if samples is None:  # all of them in memory: bounded
+        per_sample = sum(int(np.prod(spec.dims[1:])) * np.dtype(spec.dtype).itemsize for spec in images)
+        samples = max(16, min(DEFAULT_SYNTHETIC_SAMPLES, SYNTHETIC_BUDGET_BYTES // per_sample))
     arrays = {spec.name: synthetic_images(spec, samples, seed) for spec in images}
     if others:
         logger.warning("synthetic data: random values for the non-image inputs %s", ", ".join(s.name for s in others))

@@ -69,3 +69,11 @@ def test_a_model_without_image_inputs_is_refused_plainly():
         load_calibration("synthetic", model)
     with pytest.raises(OnnxSlimError, match="made for image inputs"):  # symbolic sides and no --input-size
         load_calibration("synthetic", image_model(["batch", 3, "h", "w"]))
+
+
+def test_large_images_make_fewer_default_samples(monkeypatch):
+    import onnx_slim.data.calibration as calibration_module
+
+    monkeypatch.setattr(calibration_module, "SYNTHETIC_BUDGET_BYTES", 3 * 64 * 64 * 4 * 20)  # 20 images' worth
+    assert len(load_calibration("synthetic", image_model(["batch", 3, 64, 64]))) == 20
+    assert len(load_calibration("synthetic", image_model(["batch", 3, 64, 64]), samples=5)) == 5
