@@ -157,7 +157,7 @@ def reconstruct(
         say("note: calibration data is synthetic: the re-fit matches the layers on images unlike the real ones")
     elif calibration.is_random:
         say("note: calibration data is random: the re-fit only matches structure, not real statistics")
-    tokens = padding_to_leave_out(original, calibration.token_mask())
+    tokens = padding_to_leave_out(original, analysis.context.shapes, calibration.token_mask())
     if tokens is not None:
         report.padding = tokens.description
         say(f"re-fit: rows at padding left out: {report.padding}")

@@ -177,7 +177,8 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
     result = ContributionGrams()
     if not samplers:
         return result
-    tokens = padding_to_leave_out(ctx.model, calibration.token_mask())  # text: real tokens, not padding
+    # Text: sample real tokens, not padding.
+    tokens = padding_to_leave_out(ctx.model, ctx.analysis.context.shapes, calibration.token_mask())
     names = {nodes[name].input[0] for name in samplers} | ({tokens.input_name} if tokens else set())
     capture = ActivationCapture(ctx.model, sorted(names), session=ctx.session)
     rngs = {name: np.random.default_rng([ctx.seed, index]) for index, name in enumerate(sorted(samplers))}

@@ -63,28 +63,20 @@ class TokenMask:
         return np.flatnonzero(np.repeat(real.reshape(-1), per_token))
 
 
-def padding_to_leave_out(model: onnx.ModelProto, mask: TokenMask | None) -> TokenMask | None:
-    """`mask` if no output of `model` keeps the token axis of its input (so padding cannot
-    reach the outputs), else None; also None when the shapes do not say."""
+def padding_to_leave_out(model: onnx.ModelProto, shapes: dict, mask: TokenMask | None) -> TokenMask | None:
+    """`mask` if no output of `model` keeps the token axes of its input, else None (also when a
+    shape is unknown). `shapes`: concrete shapes by tensor name at the analysis input shapes, so
+    exporters' names for the axes (often made up for outputs) do not matter."""
     if mask is None:
         return None
-    inputs = {value.name: _dims(value) for value in model.graph.input}
-    token_axes = inputs.get(mask.input_name)
-    if token_axes is None or len(token_axes) != 2 or None in token_axes:
+    token_axes = shapes.get(mask.input_name)
+    if token_axes is None or len(token_axes) != 2:
         return None
     for output in model.graph.output:
-        dims = _dims(output)
-        if dims is None or (len(dims) >= 2 and (None in dims[:2] or tuple(dims[:2]) == tuple(token_axes))):
+        shape = shapes.get(output.name)
+        if shape is None or (len(shape) >= 2 and tuple(shape[:2]) == tuple(token_axes)):
             return None  # unknown, or [B, S, ...]: padding may show in this output
     return mask
-
-
-def _dims(value: onnx.ValueInfoProto) -> list | None:
-    """Each axis as its size or symbolic name (None when unnamed); None when the rank is unknown."""
-    tensor = value.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor.shape.dim]
 
 
 def find_token_mask(arrays: dict[str, np.ndarray]) -> TokenMask | None:

@@ -411,7 +411,7 @@ def test_padding_is_left_out_of_the_refit_when_no_output_shows_it(monkeypatch):
 
     masked, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["padding"].startswith("70% of positions are padding (input 'ids'")
-    monkeypatch.setattr(reconstruct_module, "padding_to_leave_out", lambda model, mask: None)
+    monkeypatch.setattr(reconstruct_module, "padding_to_leave_out", lambda model, shapes, mask: None)
     every_row, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["padding"] is None
     sliced, _ = prune(model, ratio=0.5, criterion="l1")
