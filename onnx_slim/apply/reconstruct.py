@@ -43,7 +43,7 @@ from onnx_slim.apply.least_squares import SHRINK_NAMES, FitStats, refit_on_all, 
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.calibration import CalibrationSet
-from onnx_slim.data.staged import StagedCapture
+from onnx_slim.data.staged import DEFAULT_BUDGET_BYTES, StagedCapture
 from onnx_slim.data.tokens import TokenMask, padding_to_leave_out
 from onnx_slim.ir.graph import attr
 from onnx_slim.ir.progress import counted
@@ -62,6 +62,8 @@ ROWS_PER_FEATURE = 32
 # Gram statistics one pass may hold (float64, training and held-out parts): a level wider than
 # this is split into several passes (an unrolled LSTM has 40 MatMuls of 3336 inputs on one level).
 PASS_STATISTICS_BYTES = 1 << 30
+# Original-model tensors captured in one run, per calibration batch: a few passes' worth.
+TARGET_CAPTURE_BYTES = 64 << 20
 # Fit a layer that feeds a residual Add to the original sum minus the pruned stream. bench_real, thinet +
 # re-fit: MobileNetV2 at 60% MACs 27.3% -> 35.5% top-1 (interior), all-mpnet-base-v2 at 70% embedding
 # cosine 0.892 -> 0.919; EfficientNet-Lite0 (sensitivity) 61.9% -> 60.4%, within a few photos.
@@ -167,13 +169,21 @@ def reconstruct(
         _find_residuals(pruned, chunks)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
-    # Both models run part by part, pass after pass: the original's tensors for a pass are
-    # captured just before it (all layers' at once held a ResNet-50's whole activations).
-    targets_from = StagedCapture(calibration, batch_size, session=session)
-    staged = StagedCapture(calibration, batch_size, session=session)
+    # Both models run part by part: the original's tensors are captured a few passes ahead, as
+    # many as fit TARGET_CAPTURE_BYTES a batch (all layers' at once held a ResNet-50's whole
+    # activations; one pass at a time made a session per pass of an unrolled LSTM). The two
+    # captures share the frontier budget one capture had.
+    budget = DEFAULT_BUDGET_BYTES // 2
+    targets_from = StagedCapture(calibration, batch_size, session=session, budget_bytes=budget)
+    staged = StagedCapture(calibration, batch_size, session=session, budget_bytes=budget)
+    collected = 0  # chunks whose targets are in
     for index, chunk in enumerate(counted(progress, "re-fit layers", chunks, size=len), 1):
         say(f"re-fit pass {index}/{len(chunks)}: {len(chunk)} layers")
-        _collect_targets(original, chunk, targets_from, calibration, tokens, max_samples, rng)
+        if collected < index:
+            ahead = _capture_group(chunks, index - 1, analysis.context.shapes, batch_size)
+            _collect_targets(original, [c for group in ahead for c in group], targets_from, calibration, tokens,
+                             max_samples, rng)
+            collected = index - 1 + len(ahead)
         _accumulate_features(pruned, chunk, staged)
         for consumer in chunk:
             report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
@@ -279,6 +289,27 @@ def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:
         seen.add(node.name)
         stack.extend(name for name in node.input if name)
     return False
+
+
+def _capture_group(chunks: list, start: int, shapes: dict, batch_size: int) -> list:
+    """chunks[start:] up to TARGET_CAPTURE_BYTES of captured tensors a batch (at least one chunk)."""
+    group, held = [], 0
+    for chunk in chunks[start:]:
+        names = {c.node.output[0] for c in chunk} | {c.node.input[0] for c in chunk} \
+            | {c.residual[0] for c in chunk if c.residual}
+        size = sum(_bytes_per_batch(shapes.get(name), batch_size) for name in names)
+        if group and held + size > TARGET_CAPTURE_BYTES:
+            break
+        group.append(chunk)
+        held += size
+    return group
+
+
+def _bytes_per_batch(shape, batch_size: int) -> int:
+    """float32 bytes of a tensor of analysis `shape` (batch first) at `batch_size`; 0 if unknown."""
+    if not shape or not all(isinstance(dim, int) for dim in shape):
+        return 0
+    return 4 * batch_size * math.prod(shape[1:])
 
 
 def _collect_targets(original, consumers, staged: StagedCapture, calibration, tokens: TokenMask | None,
