@@ -427,3 +427,23 @@ def test_padding_is_fitted_like_any_token_when_an_output_keeps_the_token_axis():
     assert calibration.token_mask() is not None
     _, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["padding"] is None
+
+
+def test_targets_are_captured_a_few_passes_ahead_within_a_byte_budget(monkeypatch):
+    """Each chunk here captures 2 tensors of 4 * 8 * 1024 bytes a batch of 8: 64 KiB."""
+    from types import SimpleNamespace
+
+    import onnx_slim.apply.reconstruct as reconstruct_module
+
+    def chunk(index):
+        node = SimpleNamespace(input=[f"x{index}"], output=[f"y{index}"])
+        return [SimpleNamespace(node=node, residual=None)]
+
+    chunks = [chunk(i) for i in range(5)]
+    shapes = {name: (1, 1024) for i in range(5) for name in (f"x{i}", f"y{i}")}
+    monkeypatch.setattr(reconstruct_module, "TARGET_CAPTURE_BYTES", 3 * 64 * 1024)
+    assert len(reconstruct_module._capture_group(chunks, 0, shapes, batch_size=8)) == 3
+    assert len(reconstruct_module._capture_group(chunks, 3, shapes, batch_size=8)) == 2
+    monkeypatch.setattr(reconstruct_module, "TARGET_CAPTURE_BYTES", 1)
+    assert len(reconstruct_module._capture_group(chunks, 0, shapes, batch_size=8)) == 1  # at least one
+    assert len(reconstruct_module._capture_group(chunks, 0, {}, batch_size=8)) == 5  # unknown sizes: 0 bytes
