@@ -98,3 +98,32 @@ def cut_after(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
         value_info=[info for info in graph.value_info if info.name in needed])
     return onnx.helper.make_model(cut, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                                   functions=list(model.functions))
+
+
+def mark_residuals(pruned, chunks) -> None:
+    """Of the re-fit's passes (`chunks` of consumers), mark the consumers whose output joins a
+    residual Add, unless the other addend depends on a layer re-fitted in the same pass or a later
+    one (its value would change after this fit): a projection shortcut joining a deeper branch
+    keeps its own target."""
+    readers = readers_of(pruned)
+    producers = {name: node for node in pruned.graph.node for name in node.output}
+    not_yet_fitted = {consumer.node.name for chunk in chunks for consumer in chunk}
+    for chunk in chunks:
+        for consumer in chunk:
+            found = residual_sum(consumer.node, consumer.bias_is_following_add, pruned, readers)
+            if found is not None and not _depends_on(found[1], not_yet_fitted, producers):
+                consumer.residual = found
+        not_yet_fitted -= {consumer.node.name for consumer in chunk}
+
+
+def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:
+    stack, seen = [tensor], set()
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        if node.name in node_names:
+            return True
+        seen.add(node.name)
+        stack.extend(name for name in node.input if name)
+    return False

@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of, residual_sum
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, mark_residuals, readers_of
 from onnx_slim.apply.least_squares import SHRINK_NAMES, FitStats, refit_on_all, shrunk_fits
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
@@ -166,7 +166,7 @@ def reconstruct(
     rng = np.random.default_rng(seed)
     chunks = _chunks_by_depth(pruned, consumers)
     if RESIDUAL_TARGETS if residual_targets is None else residual_targets:
-        _find_residuals(pruned, chunks)
+        mark_residuals(pruned, chunks)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
     # Both models run part by part: the original's tensors are captured a few passes ahead, as
@@ -261,34 +261,6 @@ def _chunks_by_depth(pruned: onnx.ModelProto, consumers: list) -> list[list]:
 
 
 # -- statistics ------------------------------------------------------------------------
-
-
-def _find_residuals(pruned, chunks) -> None:
-    """Mark the consumers whose output joins a residual Add, unless the other addend depends on a
-    layer re-fitted in the same pass or a later one (its value would change after this fit): a
-    projection shortcut joining a deeper branch keeps its own target."""
-    readers = readers_of(pruned)
-    producers = {name: node for node in pruned.graph.node for name in node.output}
-    not_yet_fitted = {consumer.node.name for chunk in chunks for consumer in chunk}
-    for chunk in chunks:
-        for consumer in chunk:
-            found = residual_sum(consumer.node, consumer.bias_is_following_add, pruned, readers)
-            if found is not None and not _depends_on(found[1], not_yet_fitted, producers):
-                consumer.residual = found
-        not_yet_fitted -= {consumer.node.name for consumer in chunk}
-
-
-def _depends_on(tensor: str, node_names: set, producers: dict) -> bool:
-    stack, seen = [tensor], set()
-    while stack:
-        node = producers.get(stack.pop())
-        if node is None or node.name in seen:
-            continue
-        if node.name in node_names:
-            return True
-        seen.add(node.name)
-        stack.extend(name for name in node.input if name)
-    return False
 
 
 def _capture_group(chunks: list, start: int, shapes: dict, batch_size: int) -> list:
