@@ -267,14 +267,18 @@ def _capture_group(chunks: list, start: int, shapes: dict, batch_size: int) -> l
     """chunks[start:] up to TARGET_CAPTURE_BYTES of captured tensors a batch (at least one chunk)."""
     group, held = [], 0
     for chunk in chunks[start:]:
-        names = {c.node.output[0] for c in chunk} | {c.node.input[0] for c in chunk} \
-            | {c.residual[0] for c in chunk if c.residual}
-        size = sum(_bytes_per_batch(shapes.get(name), batch_size) for name in names)
+        size = sum(_bytes_per_batch(shapes.get(name), batch_size) for name in _original_tensors(chunk))
         if group and held + size > TARGET_CAPTURE_BYTES:
             break
         group.append(chunk)
         held += size
     return group
+
+
+def _original_tensors(consumers) -> set[str]:
+    """What the targets of `consumers` are read from: each layer's input, output and residual sum."""
+    return ({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers}
+            | {c.residual[0] for c in consumers if c.residual})
 
 
 def _bytes_per_batch(shape, batch_size: int) -> int:
@@ -288,8 +292,7 @@ def _collect_targets(original, consumers, staged: StagedCapture, calibration, to
                      max_samples, rng) -> None:
     """From the original model: sampled outputs of each layer (or of its residual sum), mean of its inputs.
     Rows of token-shaped tensors are sampled at real tokens only, given `tokens`."""
-    names = sorted({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers}
-                   | {c.residual[0] for c in consumers if c.residual} | ({tokens.input_name} if tokens else set()))
+    names = sorted(_original_tensors(consumers) | ({tokens.input_name} if tokens else set()))
     batches = list(calibration.batch_ranges(staged.batch_size))
     samples = len(calibration)
     sums = {c.node.name: None for c in consumers}
