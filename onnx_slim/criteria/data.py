@@ -260,7 +260,7 @@ def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
     def sample(x: np.ndarray, rng: np.random.Generator, real=None) -> np.ndarray:
         x = x.T if transposed_input else x
         images = x.shape[0]
-        rows = x.reshape(images, -1, x.shape[-1]).astype(np.float64)  # [N, tokens, L]
+        rows = x.reshape(images, -1, x.shape[-1])  # [N, tokens, L]
         per_image = POSITIONS_PER_IMAGE
         if real is not None and x.ndim == 3 and real.shape == x.shape[:2]:
             counts = real.sum(axis=1)
@@ -271,7 +271,8 @@ def _matrix_sampler(weight_in_out: np.ndarray, transposed_input: bool):
             image_index = np.repeat(np.arange(images), per_image)
             token_index = rng.integers(0, rows.shape[1], size=len(image_index))
         outputs = rng.integers(0, weight_in_out.shape[1], size=len(image_index))
-        return rows[image_index, token_index] * weight_in_out[:, outputs].T
+        # Only the picked rows go to float64, not the whole batch.
+        return rows[image_index, token_index].astype(np.float64) * weight_in_out[:, outputs].T
     return sample
 
 

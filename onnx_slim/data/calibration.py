@@ -74,6 +74,7 @@ class CalibrationSet:
         # images are still worth scoring and fitting on, random values only for structure.
         self.is_random = is_random or is_synthetic
         self.is_synthetic = is_synthetic
+        self._token_mask: TokenMask | None | bool = False  # False: not looked for yet
         self.origin = origin
         self.fixed_batch = fixed_batch
         check_sample_counts({name: len(source) for name, source in self._sources.items()}, self.labels, origin)
@@ -89,7 +90,7 @@ class CalibrationSet:
 
     def token_mask(self) -> TokenMask | None:
         """Which positions are padding, for text inputs that show it (`data.tokens`)."""
-        if not hasattr(self, "_token_mask"):
+        if self._token_mask is False:
             # Only [N, S] arrays can hold token ids or masks: images are never read here.
             candidates = {name: source.read_all() for name, source in self._sources.items()
                           if isinstance(source, ArraySource) and source.data.ndim == 2}
@@ -286,12 +287,12 @@ def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int
     any other input."""
     sized = [_with_input_size(spec, input_size) for spec in specs]
     images = [spec for spec in sized if image_layout(spec)]
+    others = [spec for spec in sized if spec not in images]
     if not images:
         raise OnnxSlimError(
             "synthetic calibration data is made for image inputs ([N, 1 or 3, H, W] or [N, H, W, 1 or 3] floats "
             "with known H and W; --input-size gives them); this model has none: give real data or 'random'"
         )
-    others = [spec for spec in sized if not image_layout(spec)]
     if samples is None:  # all of them in memory: bounded
         per_sample = sum(int(np.prod(spec.dims[1:])) * np.dtype(spec.dtype).itemsize for spec in images)
         samples = max(16, min(DEFAULT_SYNTHETIC_SAMPLES, SYNTHETIC_BUDGET_BYTES // per_sample))

@@ -1,8 +1,9 @@
 """Intermediate tensors of a model that is re-written layer by layer, each part run once.
 
-The re-fit after surgery asks, pass after pass, for the inputs of deeper and deeper layers of a model whose earlier layers they have just
-re-written. Running the model from its inputs at every pass costs passes x depth: most of
-a ResNet-50 re-fit. `StagedCapture` keeps, per calibration batch, the tensors at the
+The re-fit after surgery asks, pass after pass, for tensors of deeper and deeper layers: of
+the pruned model, whose earlier layers it has just re-written, and of the original (its
+targets). Running a model from its inputs at every pass costs passes x depth: most of a
+ResNet-50 re-fit. `StagedCapture` keeps, per calibration batch, the tensors at the
 frontier of what has already run and runs only the part of the graph that is new.
 
 That is exact as long as nothing already run changes: a caller that re-writes an
