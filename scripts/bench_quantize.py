@@ -1,10 +1,11 @@
-"""Static int8 against fp32 and against NNCF's post-training quantization, on real models with real data.
+"""int8 against fp32 and against NNCF's post-training quantization, on real models with real data.
 
 For each model of `.cache/real/` (built by `scripts/real_models.py`, see
 `scripts/REAL_MODELS.md`) every variant is quantized once on the same
 calibration split (`calib.npz`) and compared with the float model on the test
 split (`test.npz`): agreement with fp32 (top-1; for the captcha CRNN the greedy
-CTC string), the task metric (top-1 accuracy; CTC exact match), the mean
+CTC string; for the sentence encoder its nearest language centroid), the task
+metric (top-1 accuracy; CTC exact match; centroid top-1), the mean
 per-sample cosine of the output, and latency p50 (1 thread, batch 1, all
 models of one real model timed interleaved). Writes reports/bench_quantize.md
 and .json.
@@ -14,6 +15,10 @@ it is used by this script only, never by onnx_slim). Without it that variant is
 skipped with a note.
 
     python scripts/bench_quantize.py [--models efficientnet_lite0 captcha_crnn mtcnn_rnet] [--variants ...]
+    python scripts/bench_quantize.py --merge --models mpnet_langid langid_transformer \
+        --variants static_plain ours dynamic_plain dynamic
+
+`--merge` replaces the rows of the models run in the existing report and keeps the others.
 """
 
 from __future__ import annotations
@@ -38,15 +43,20 @@ from onnx_slim.ir.runtime import SessionSpec, create_session, quiet_onnxruntime_
 
 REAL = ROOT / ".cache" / "real"
 WORK = ROOT / ".cache" / "bench_quantize"
-MODELS = ["efficientnet_lite0", "captcha_crnn", "mtcnn_rnet"]
+MODELS = ["efficientnet_lite0", "captcha_crnn", "mtcnn_rnet", "mpnet_langid", "langid_transformer"]
 EVAL_BATCH = 16
 LATENCY_RUNS, LATENCY_WARMUP = 40, 5
 CTC_BLANK = 36
 
-# Our variants: keyword arguments of quantize_model (mode static: the timing decision is this script's job).
+# Our variants: keyword arguments of quantize_model (an explicit mode: the timing decision is this script's job).
+# ours = static with the defaults; ours_before = static without bias correction; the *_plain variants leave
+# activation outliers alone (`--no-smooth-outliers`), which only MatMul-heavy models get handled anyway.
 OURS = {
-    "ours_before": dict(bias_correction=False),
-    "ours": {},
+    "ours_before": dict(mode="static", bias_correction=False),
+    "ours": dict(mode="static"),
+    "static_plain": dict(mode="static", smooth_outliers=False),
+    "dynamic": dict(mode="dynamic"),
+    "dynamic_plain": dict(mode="dynamic", smooth_outliers=False),
 }
 # nncf: NNCF on the model as given; nncf_pre: on onnxruntime's quant_pre_process output, as quantize_model does.
 NNCF_VARIANTS = ["nncf", "nncf_pre"]
@@ -67,11 +77,12 @@ def batches(feeds: dict[str, np.ndarray], size: int):
 
 def quantize_ours(name: str, options: dict, target: Path) -> dict:
     calib, _ = load_split(name, "calib")
-    report = quantize_model(REAL / name / "model.onnx", target, mode="static", calibration=list(batches(calib, EVAL_BATCH)),
+    report = quantize_model(REAL / name / "model.onnx", target, calibration=list(batches(calib, EVAL_BATCH)),
                             measure=False, force=True, **options)
     return {"excluded_nodes": report.excluded_nodes, "warnings": report.warnings, "per_channel": report.per_channel,
             "activation_type": report.activation_type, "reduce_range": report.reduce_range, "method": report.method,
-            "bias_corrected": report.bias_corrected}
+            "bias_corrected": report.bias_corrected, "smoothed": len(report.smoothed),
+            "float_layers": report.float_layers}
 
 
 def quantize_nncf(name: str, target: Path, preprocess: bool) -> dict:
@@ -101,7 +112,11 @@ def outputs_of(model_path: Path, feeds: dict[str, np.ndarray], batch_axis: int) 
 
 
 def predictions(name: str, outputs: np.ndarray, meta: dict) -> list:
-    """Per sample: the top-1 class, or for CTC models the greedy-decoded label sequence."""
+    """Per sample: the top-1 class (of the nearest centroid for an embedding), or for CTC models the greedy-decoded
+    label sequence."""
+    if meta["metric"] == "centroid_top1":
+        with np.load(REAL / name / "head.npz") as head:
+            return list((outputs @ head["centroids"].T).argmax(axis=-1))
     if meta["metric"] != "ctc_exact_match":
         return list(outputs.argmax(axis=-1))
     per_sample = np.moveaxis(outputs, meta.get("output_batch_axis", 0), 0).argmax(axis=-1)  # [N, T]
@@ -180,25 +195,30 @@ def bench_model(name: str, variants: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["# Static int8 vs fp32 and vs NNCF (real models, real data)", "",
-             "Agreement: share of test samples whose top-1 class (captcha: greedy CTC string) equals fp32's. "
+    lines = ["# int8 vs fp32 and vs NNCF (real models, real data)", "",
+             "Agreement: share of test samples whose top-1 class (captcha: greedy CTC string; mpnet: nearest centroid) equals fp32's. "
              "Task: top-1 accuracy (captcha: CTC exact match) against the labels. Cosine: mean per-sample "
              f"cosine of the output with fp32's. p50: ms, 1 thread, batch 1, {LATENCY_RUNS} interleaved runs "
              "of every variant of the model. `efficientnet_lite0`'s test split is 20 photos x 12 crops: "
              "agreement is over all 240 samples, so one photo is worth up to 5 points.", "",
              "Variants, all on the same calibration split: `ours_before` = `quantize_model(mode=\"static\")` "
-             "without bias correction (the int8 of before this change: QDQ, this CPU's defaults); `ours` = the "
-             "same with bias correction (now the default); `nncf` = `nncf.quantize` with its defaults on the "
+             "without bias correction (QDQ, this CPU's defaults); `ours` = the same with bias correction (the "
+             "default); `static_plain` = `ours` without the handling of activation outliers "
+             "(`smooth_outliers=False`: no SmoothQuant scales, no layer kept float); `dynamic` / "
+             "`dynamic_plain` = `mode=\"dynamic\"` with / without it (only MatMul-heavy models, the two "
+             "transformers here, get outliers handled); `nncf` = `nncf.quantize` with its defaults on the "
              "model as given; `nncf_pre` = the same on onnxruntime's `quant_pre_process` output (what "
-             "`quantize_model` quantizes).", "",
-             "| model | variant | agreement | task | cosine | p50 ms |", "|---|---|---|---|---|---|"]
+             "`quantize_model` quantizes). Float layers: MatMul/Gemm layers kept float for their outliers.", "",
+             "| model | variant | agreement | task | cosine | p50 ms | float layers |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "agreement" not in row:
-            lines.append(f"| {row['model']} | {row['variant']} | {row.get('note', 'n/a')} | | | |")
+            lines.append(f"| {row['model']} | {row['variant']} | {row.get('note', 'n/a')} | | | | |")
             continue
         p50 = f"{row['p50_ms']:.2f}" if row.get("p50_ms") is not None else "n/a"
         lines.append(f"| {row['model']} | {row['variant']} | {row['agreement'] * 100:.1f}% | "
-                     f"{row['task'] * 100:.1f}% | {row['cosine']:.4f} | {p50} |")
+                     f"{row['task'] * 100:.1f}% | {row['cosine']:.4f} | {p50} | "
+                     f"{len(row.get('details', {}).get('float_layers', []))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,12 +227,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=[*OURS, *NNCF_VARIANTS])
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench_quantize"))
+    parser.add_argument("--merge", action="store_true", help="keep the report's rows of the models not run")
     args = parser.parse_args()
     quiet_onnxruntime_logs()
+    out = Path(args.out)
     rows = []
+    if args.merge and out.with_suffix(".json").exists():
+        rows = [row for row in json.loads(out.with_suffix(".json").read_text()) if row["model"] not in args.models]
     for name in args.models:
         rows += bench_model(name, args.variants)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
     write_report(out.with_suffix(".md"), markdown(rows))

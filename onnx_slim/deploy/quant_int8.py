@@ -8,7 +8,13 @@ per-channel weights for Conv-heavy static models and for dynamic models
 The float model is pre-processed as onnxruntime recommends (symbolic shape
 inference + basic graph optimization) and quantized in a scratch folder.
 Static models get bias correction (`quant_bias`) when the calibration data can
-be read twice.
+be read twice. Models whose MACs sit in MatMul/Gemm (transformers) get their
+activation outliers handled first when there is real calibration data
+(`quant_outliers`: SmoothQuant scales, float for layers it cannot save), and
+static int8 quantizes only their MAC-carrying ops: the residual-stream Adds,
+Softmax and scaling Mul/Div carry the same outliers and attention-mask values,
+and quantizing them took all-mpnet-base-v2 from cosine 0.99 to 0.12 for 5% of
+the time.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from onnx_slim.deploy.quant_calibration import (
     calibration_reader,
 )
 from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_channel
+from onnx_slim.deploy.quant_outliers import Int8Simulation, OutlierReport, prepare_for_int8
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import is_quantized_op, save_model
@@ -44,6 +51,8 @@ from onnx_slim.ops import cost as cost_module
 logger = logging.getLogger(__name__)
 
 CONV_OPS = {"Conv", "ConvTranspose"}
+MATMUL_OPS = {"MatMul", "Gemm"}
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # what static int8 quantizes in MatMul-heavy models
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class Int8Settings:
     reduce_range: bool
     method: str
     bias_correction: bool = False
+    matmul_heavy: bool = False  # MatMul/Gemm carry the MACs (transformer-like): see the module's docstring
+    smooth_outliers: bool = False
 
 
 def int8_settings(model, mode, quant_format, per_channel, reduce_range, activation_type, method, cpu) -> Int8Settings:
@@ -68,10 +79,15 @@ def int8_settings(model, mode, quant_format, per_channel, reduce_range, activati
         # 7-bit weights avoid the int16 saturation of 8-bit products on x86 without VNNI
         # (onnxruntime runs QDQ int8 activations through the same u8s8 kernels there).
         reduce_range = is_x86 and not cpu["vnni"]
+    heavy = conv_heavy(model)
+    matmul_heavy = not heavy and any(node.op_type in MATMUL_OPS for node in model.graph.node)
     if per_channel is None:
-        # Dynamic: onnxruntime's integer ops take per-channel weights at no cost in speed.
-        per_channel = mode == "dynamic" or (quant_format == "qdq" and conv_heavy(model))
-    return Int8Settings(mode, quant_format, activation_type, bool(per_channel), bool(reduce_range), method)
+        # Dynamic: onnxruntime's integer ops take per-channel weights at no cost in speed. Static MatMul
+        # models: SmoothQuant scales weight rows up, and per-tensor weights then left 19 layers of
+        # all-mpnet-base-v2 too coarse for int8 against 11 per channel.
+        per_channel = mode == "dynamic" or (quant_format == "qdq" and (heavy or matmul_heavy))
+    return Int8Settings(mode, quant_format, activation_type, bool(per_channel), bool(reduce_range), method,
+                        matmul_heavy=matmul_heavy)
 
 
 def bias_correction_applies(settings: Int8Settings, calibration, requested: bool, report_warnings: list[str]) -> bool:
@@ -85,11 +101,23 @@ def bias_correction_applies(settings: Int8Settings, calibration, requested: bool
     return True
 
 
-def ignored_option_warnings(mode: str, calibration, activation_type: str | None, method: str) -> list[str]:
-    if mode != "dynamic":
+def smoothing_applies(settings: Int8Settings, calibration, requested: bool, report_warnings: list[str]) -> bool:
+    """Whether to handle activation outliers: MatMul-heavy models with real calibration data readable twice."""
+    if not requested or not settings.matmul_heavy or calibration is None or calibration == RANDOM:
+        return False
+    if iter(calibration) is calibration:
+        report_warnings.append("activation outliers not handled: that reads the calibration data a second time, "
+                               "and this calibration is a one-shot iterator; give a list or a re-iterable stream")
+        return False
+    return True
+
+
+def ignored_option_warnings(settings: Int8Settings, calibration, activation_type: str | None,
+                            method: str) -> list[str]:
+    if settings.mode != "dynamic":
         return []
     warnings = []
-    if calibration is not None:
+    if calibration is not None and not settings.smooth_outliers:
         warnings.append("calibration data not used: dynamic quantization computes activation ranges at run time")
     if activation_type == "int8":
         warnings.append("activation_type int8 not used: onnxruntime's dynamic quantization uses uint8 activations")
@@ -137,6 +165,7 @@ class Int8Outcome:
     excluded: list[str]
     example: dict[str, np.ndarray] | None  # the first calibration batch, to time the models on real inputs
     bias_corrected: int = 0
+    outliers: OutlierReport | None = None
 
 
 def quantize_int8(
@@ -144,9 +173,18 @@ def quantize_int8(
     session: SessionSpec,
 ) -> Int8Outcome:
     """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere."""
+    outliers = None
+    if settings.smooth_outliers:
+        batches = calibration_reader(float_model, calibration, calibration_batch_size)
+        simulation = Int8Simulation(weight_levels=63 if settings.reduce_range else 127,
+                                    per_channel=settings.per_channel)
+        float_model, outliers = guarded(prepare_for_int8, float_model, iter(batches.get_next, None), simulation,
+                                        session)
     prepared_path, prepared, preprocessed = _preprocess(float_model, scratch, report_warnings)
     # Match after pre-processing: its fusions can remove nodes the patterns name.
     excluded = excluded_nodes(prepared, exclude, report_warnings)
+    if outliers is not None:
+        excluded += _outlier_exclusions(prepared, outliers, excluded, report_warnings)
     quantized_path = scratch / "quantized.onnx"
     example = None
     if settings.mode == "dynamic":
@@ -174,7 +212,18 @@ def quantize_int8(
         corrected = guarded(correct_biases, quantized, prepared, iter(again.get_next, None), session)
     check_loads(quantized)
     return Int8Outcome(quantized, quantized_op_counts(quantized), calibration_note, preprocessed, excluded, example,
-                       len(corrected))
+                       len(corrected), outliers)
+
+
+def _outlier_exclusions(prepared: onnx.ModelProto, outliers: OutlierReport, excluded: list[str],
+                        report_warnings: list[str]) -> list[str]:
+    """The layers to keep float and the smoothing Muls, as named after pre-processing."""
+    names = {node.name for node in prepared.graph.node}
+    lost = [name for name in outliers.float_layers if name not in names]
+    if lost:
+        report_warnings.append(f"{len(lost)} layer(s) to keep float were renamed or fused by pre-processing and "
+                               f"are quantized: {', '.join(lost[:3])}")
+    return [name for name in outliers.excluded() if name in names and name not in excluded]
 
 
 def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -238,6 +287,9 @@ def _quantize_static(source: Path, target: Path, settings: Int8Settings, exclude
         per_channel=settings.per_channel, reduce_range=settings.reduce_range,
         activation_type=quant_types[settings.activation_type], weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded, calibrate_method=CALIBRATION_METHODS[settings.method],
+        op_types_to_quantize=list(COMPUTE_OPS) if settings.matmul_heavy else None,
+        # Their outputs stay float too (onnxruntime's QDQ MatMul quantizes its output by default).
+        extra_options={"OpTypesToExcludeOutputQuantization": list(COMPUTE_OPS)} if settings.matmul_heavy else None,
     )
 
 

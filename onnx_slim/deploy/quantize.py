@@ -40,6 +40,7 @@ from onnx_slim.deploy.quant_int8 import (
     opset_for_per_channel,
     quantize_int8,
     quantized_op_counts,
+    smoothing_applies,
 )
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.files import scratch_folder
@@ -93,6 +94,8 @@ class QuantizeReport:
     cleanup: dict | None = None  # what the clean-up removed from the output (`cleanup.CleanupReport`)
     excluded_nodes: list[str] = field(default_factory=list)
     bias_corrected: int = 0  # layers whose int32 bias was shifted (`quant_bias`)
+    smoothed: dict[str, float] = field(default_factory=dict)  # activation -> SmoothQuant strength (`quant_outliers`)
+    float_layers: list[str] = field(default_factory=list)  # layers kept float for their activation outliers
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -113,6 +116,7 @@ class _Options:
     activation_type: str | None
     session: SessionSpec
     bias_correction: bool
+    smooth_outliers: bool
     block_size: int
     symmetric: bool
     keep_io_types: bool
@@ -136,6 +140,7 @@ def quantize_model(
     measure: bool = True,
     session: SessionSpec = SessionSpec(),
     bias_correction: bool = True,
+    smooth_outliers: bool = True,
     block_size: int = DEFAULT_BLOCK_SIZE,
     symmetric: bool = True,
     keep_io_types: bool = True,
@@ -162,6 +167,9 @@ def quantize_model(
     `bias_correction` (static QDQ, real calibration data that can be iterated
     twice, e.g. a list or a `BatchStream`): shift each Conv/Gemm bias so its
     mean output on the calibration data matches the float layer's.
+    `smooth_outliers` (int8 of MatMul-heavy models, real calibration data that
+    can be iterated twice): SmoothQuant scales per activation, and float for
+    layers whose simulated int8 error stays high (see `quant_outliers`).
     `cleanup`: run `cleanup.clean_model` on each candidate.
     """
     _check_options(mode, quant_format, method, calibration_batch_size, activation_type)
@@ -171,7 +179,8 @@ def quantize_model(
     float_model = load_model(model, copy=False)
     check_not_quantized(float_model, advice="quantize the float model instead")
     options = _Options(calibration, quant_format, per_channel, method, reduce_range, exclude, calibration_batch_size,
-                       activation_type, session, bias_correction, block_size, symmetric, keep_io_types, cleanup)
+                       activation_type, session, bias_correction, smooth_outliers, block_size, symmetric,
+                       keep_io_types, cleanup)
 
     skipped: list[str] = []
     if mode == "auto" and measure:
@@ -276,7 +285,8 @@ def _make_candidate(mode: str, float_model: onnx.ModelProto, folder: Path, optio
     folder.mkdir()
     warnings: list[str] = []
     example = None
-    unquantized = dict(per_channel=False, reduce_range=False, method=None, preprocessed=False, bias_corrected=0)
+    unquantized = dict(per_channel=False, reduce_range=False, method=None, preprocessed=False, bias_corrected=0,
+                       smoothed={}, float_layers=[])
     if mode in ("static", "dynamic"):
         model, details, counts, example = _make_int8(mode, float_model, folder, options, requested, warnings)
     elif mode == "int4":
@@ -305,10 +315,13 @@ def _make_candidate(mode: str, float_model: onnx.ModelProto, folder: Path, optio
 def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bool, warnings: list[str]):
     settings = int8_settings(float_model, mode, options.quant_format, options.per_channel, options.reduce_range,
                              options.activation_type, options.method, cpu_info())
-    settings = replace(settings, bias_correction=bias_correction_applies(
-        settings, options.calibration, options.bias_correction, warnings))
+    settings = replace(
+        settings,
+        bias_correction=bias_correction_applies(settings, options.calibration, options.bias_correction, warnings),
+        smooth_outliers=smoothing_applies(settings, options.calibration, options.smooth_outliers, warnings),
+    )
     if requested:  # under auto, dynamic is one candidate among others: the options meant for static are not ignored
-        warnings += ignored_option_warnings(mode, options.calibration, options.activation_type, options.method)
+        warnings += ignored_option_warnings(settings, options.calibration, options.activation_type, options.method)
     to_quantize, settings = opset_for_per_channel(float_model, settings, warnings)
     outcome = quantize_int8(to_quantize, folder, settings, options.exclude, options.calibration,
                             options.calibration_batch_size, warnings, options.session)
@@ -317,6 +330,8 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
         per_channel=settings.per_channel, reduce_range=settings.reduce_range,
         method=settings.method if mode == "static" else None, calibration=outcome.calibration,
         preprocessed=outcome.preprocessed, excluded_nodes=outcome.excluded, bias_corrected=outcome.bias_corrected,
+        smoothed=outcome.outliers.smoothed if outcome.outliers else {},
+        float_layers=outcome.outliers.float_layers if outcome.outliers else [],
     )
     return outcome.model, details, outcome.counts, outcome.example
 

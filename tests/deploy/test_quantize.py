@@ -166,8 +166,9 @@ def test_static_mode_on_matmul_net_with_given_calibration(matmul_path, tmp_path)
 
     assert report.mode == "static" and report.mode_reason == "requested"
     assert report.calibration == "10 samples in 3 batches of up to 4"  # re-batched 5+5 -> 4, 4, 2
-    assert not report.per_channel  # no Conv
+    assert report.per_channel  # MatMul-heavy: per-column weights
     assert report.quantized_ops["QuantizeLinear"] > 0
+    assert report.smoothed == {} and any("one-shot iterator" in w for w in report.warnings)  # cannot read it twice
 
 
 def test_fixed_batch_model_gets_calibration_and_evaluation_one_sample_at_a_time(tmp_path):
