@@ -347,7 +347,10 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
               help="Static: shift int8 biases so each layer's mean output on --calib matches the float model's.")
 @click.option("--smooth-outliers/--no-smooth-outliers", default=True, show_default=True,
               help="int8 of MatMul models with --calib: SmoothQuant scales per activation, and float for layers "
-                   "whose simulated int8 error stays above 5%.")
+                   "whose simulated int8 error stays above --max-layer-error.")
+@click.option("--max-layer-error", default=0.05, show_default=True, type=float,
+              help="With --smooth-outliers: the simulated int8 error (mean relative error of an output row) above "
+                   "which a MatMul layer stays float; higher is faster and less accurate.")
 @click.option("--block-size", default=32, show_default=True, help="int4: weight rows per scale (a power of two >= 16).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True, help="int4: without or with zero points.")
 @click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
@@ -363,8 +366,9 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction,
-             smooth_outliers, block_size, symmetric, keep_io_types, cleanup, measure, threads, providers, provider_options, calib, calib_samples,
-             batch_size, eval_path, seed, force, as_json, quiet, **image_options):
+             smooth_outliers, max_layer_error, block_size, symmetric, keep_io_types, cleanup, measure, threads,
+             providers, provider_options, calib, calib_samples, batch_size, eval_path, seed, force, as_json, quiet,
+             **image_options):
     """Quantize MODEL with onnxruntime: int8 (static QDQ or dynamic), int4 MatMul weights or float16."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import RANDOM, quantize_model
@@ -383,7 +387,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
                                 measure=measure, session=session, bias_correction=bias_correction,
-                                smooth_outliers=smooth_outliers,
+                                smooth_outliers=smooth_outliers, max_layer_error=max_layer_error,
                                 block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup)
     data = report.to_dict()
     if evaluation_data is not None:

@@ -30,6 +30,7 @@ from onnx_slim.deploy.cleanup import clean_model
 from onnx_slim.deploy.quant_auto import Candidate, candidate_modes, check_and_score, decide
 from onnx_slim.deploy.quant_calibration import RANDOM, RANDOM_CALIBRATION
 from onnx_slim.deploy.quant_fp16 import convert_to_fp16
+from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
 from onnx_slim.deploy.quant_int4 import DEFAULT_BLOCK_SIZE, check_block_size, quantize_int4
 from onnx_slim.deploy.quant_int8 import (
     CONV_OPS,
@@ -117,6 +118,7 @@ class _Options:
     session: SessionSpec
     bias_correction: bool
     smooth_outliers: bool
+    max_layer_error: float
     block_size: int
     symmetric: bool
     keep_io_types: bool
@@ -141,6 +143,7 @@ def quantize_model(
     session: SessionSpec = SessionSpec(),
     bias_correction: bool = True,
     smooth_outliers: bool = True,
+    max_layer_error: float = MAX_LAYER_ERROR,
     block_size: int = DEFAULT_BLOCK_SIZE,
     symmetric: bool = True,
     keep_io_types: bool = True,
@@ -169,18 +172,19 @@ def quantize_model(
     mean output on the calibration data matches the float layer's.
     `smooth_outliers` (int8 of MatMul-heavy models, real calibration data that
     can be iterated twice): SmoothQuant scales per activation, and float for
-    layers whose simulated int8 error stays high (see `quant_outliers`).
+    layers whose simulated int8 error (mean relative error of an output row)
+    stays above `max_layer_error` (see `quant_outliers`).
     `cleanup`: run `cleanup.clean_model` on each candidate.
     """
-    _check_options(mode, quant_format, method, calibration_batch_size, activation_type)
+    _check_options(mode, quant_format, method, calibration_batch_size, activation_type, max_layer_error)
     check_block_size(block_size)
     output = Path(output_path)
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
     check_not_quantized(float_model, advice="quantize the float model instead")
     options = _Options(calibration, quant_format, per_channel, method, reduce_range, exclude, calibration_batch_size,
-                       activation_type, session, bias_correction, smooth_outliers, block_size, symmetric,
-                       keep_io_types, cleanup)
+                       activation_type, session, bias_correction, smooth_outliers, max_layer_error, block_size,
+                       symmetric, keep_io_types, cleanup)
 
     skipped: list[str] = []
     if mode == "auto" and measure:
@@ -265,7 +269,7 @@ def _resolve_mode(model: onnx.ModelProto, mode: str, calibration) -> tuple[str, 
     return chosen, reason + " (chosen by rule: measurement switched off)"
 
 
-def _check_options(mode, quant_format, method, calibration_batch_size, activation_type) -> None:
+def _check_options(mode, quant_format, method, calibration_batch_size, activation_type, max_layer_error) -> None:
     for name, value, allowed in (
         ("mode", mode, MODES), ("quant_format", quant_format, _FORMATS), ("method", method, _METHODS),
     ):
@@ -275,6 +279,8 @@ def _check_options(mode, quant_format, method, calibration_batch_size, activatio
         raise UsageError(f"activation_type must be one of {', '.join(_ACTIVATION_TYPES)}; got {activation_type!r}")
     if calibration_batch_size < 1:
         raise UsageError(f"calibration_batch_size must be at least 1, got {calibration_batch_size}")
+    if not max_layer_error >= 0:  # also refuses NaN
+        raise UsageError(f"max_layer_error must be at least 0, got {max_layer_error}")
 
 
 # --- candidates ----------------------------------------------------------------
@@ -319,6 +325,7 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
         settings,
         bias_correction=bias_correction_applies(settings, options.calibration, options.bias_correction, warnings),
         smooth_outliers=smoothing_applies(settings, options.calibration, options.smooth_outliers, warnings),
+        max_layer_error=options.max_layer_error,
     )
     if requested:  # under auto, dynamic is one candidate among others: the options meant for static are not ignored
         warnings += ignored_option_warnings(settings, options.calibration, options.activation_type, options.method)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim.deploy.quant_outliers import _add_rows, _Capture, find_groups, prepare_for_int8
 from onnx_slim.deploy.quantize import quantize_model
+from onnx_slim.errors import UsageError
 from onnx_slim.ir.runtime import create_session, run_session
 
 HIDDEN, WIDE, OUT, TOKENS = 16, 32, 8, 6
@@ -121,6 +123,18 @@ def test_layers_whose_simulated_error_stays_high_are_kept_float(tmp_path):
     names = {node.name: node.op_type for node in quantized.graph.node}
     assert names["fc"] == "MatMul"  # still the float MatMul
     assert any(op == "MatMulInteger" for op in names.values())  # q and k quantized
+
+    loose_report = quantize_model(source, tmp_path / "q_loose.onnx", mode="dynamic", calibration=batches(),
+                                  measure=False, max_layer_error=1.0)
+    assert loose_report.float_layers == [] and loose_report.smoothed
+
+
+def test_max_layer_error_must_not_be_negative(tmp_path):
+    source = tmp_path / "model.onnx"
+    onnx.save(outlier_encoder(), str(source))
+    with pytest.raises(UsageError, match="max_layer_error"):
+        quantize_model(source, tmp_path / "q.onnx", mode="dynamic", calibration=batches(), max_layer_error=-0.1)
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_a_shared_weight_is_not_scaled():
