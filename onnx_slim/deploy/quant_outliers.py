@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnx_slim.ir.graph import add_graph_outputs, attr
+from onnx_slim.ir.graph import add_graph_outputs, attr, names_read_in_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session
 from onnx_slim.ops.specs import WEIGHT_OPS
 
@@ -119,7 +119,7 @@ def prepare_for_int8(
             report.layer_errors[layer.node.name] = round(float(error), 4)
             if error > max_error:
                 report.float_layers.append(layer.node.name)
-        if alpha > 0:
+        if alpha > 0 and min(layer_errors) <= max_error:  # no Mul where every reader stays float
             report.smoothed[group.activation] = alpha
             scales[group.activation] = scale
     report.inserted = _rewrite(prepared, [group for group in groups if group.activation in scales], scales)
@@ -133,6 +133,8 @@ def find_groups(model: onnx.ModelProto) -> list[_Group]:
     for node in model.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
+    # A weight a subgraph reads, or one listed as a graph input (a caller may feed it), is not ours to scale.
+    fed_or_nested = names_read_in_subgraphs(model.graph) | {value.name for value in model.graph.input}
     readers: dict[str, list[_Layer]] = {}
     for index, node in enumerate(model.graph.node):
         if node.op_type not in SMOOTHED_OPS or len(node.input) < 2 or not node.name:
@@ -140,11 +142,12 @@ def find_groups(model: onnx.ModelProto) -> list[_Group]:
         weight = initializers.get(node.input[1])
         if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
             continue
-        if uses[node.input[1]] > 1 or node.input[0] in initializers:
-            continue  # scaling a shared weight would change its other readers
+        if uses[node.input[1]] > 1 or node.input[1] in fed_or_nested or node.input[0] in initializers:
+            continue  # scaling a shared (or overridable) weight would change its other readers
         if node.op_type == "Gemm" and attr(node, "transA", 0):
             continue
-        readers.setdefault(node.input[0], []).append(_Layer(index, node, weight, WEIGHT_OPS[node.op_type].in_axis(node)))
+        layer = _Layer(index, node, weight, WEIGHT_OPS[node.op_type].in_axis(node))
+        readers.setdefault(node.input[0], []).append(layer)
     groups = []
     for activation, layers in readers.items():
         channels = {layer.weight.dims[layer.in_axis] for layer in layers}

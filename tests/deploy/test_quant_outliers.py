@@ -148,6 +148,15 @@ def test_a_shared_weight_is_not_scaled():
     assert [group.activation for group in find_groups(model)] == []
 
 
+def test_a_weight_listed_as_graph_input_is_not_scaled():
+    model = outlier_encoder()
+    model.graph.input.append(helper.make_tensor_value_info("fc.weight", TensorProto.FLOAT, [WIDE, OUT]))
+
+    groups = {group.activation: [layer.node.name for layer in group.layers] for group in find_groups(model)}
+
+    assert groups == {"normed": ["q", "k"]}  # the caller may feed fc.weight: hidden is left alone
+
+
 def test_row_sample_is_bounded_and_ranges_cover_every_row():
     rng = np.random.default_rng(0)
     capture = _Capture()
