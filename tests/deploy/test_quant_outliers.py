@@ -3,6 +3,8 @@ that stay too coarse are kept float."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_slim.deploy.quant_outliers import _add_rows, _Capture, find_groups, prepare_for_int8
 from onnx_slim.deploy.quantize import quantize_model
 from onnx_slim.errors import UsageError
+from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 
 HIDDEN, WIDE, OUT, TOKENS = 16, 32, 8, 6
@@ -171,3 +174,35 @@ def test_row_sample_is_bounded_and_ranges_cover_every_row():
     np.testing.assert_array_equal(capture.low, everything.min(0))
     late = {row.tobytes() for chunk in chunks[5:] for row in chunk}
     assert sum(row.tobytes() in late for row in capture.rows) > 10  # later batches are sampled too
+
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize("name", ["bert_torchscript", "transformer_torchscript", "transformer_dynamo",
+                                  "vit_torchscript", "vit_dynamo"])
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_transformer_exports_are_smoothed_and_keep_their_outputs(tmp_path, name, mode):
+    """Both exporters' transformers (BERT with dynamic batch and sequence, fused-qkv ViT): every MatMul/Gemm
+    activation is looked at, the int8 model runs at other batch sizes and stays close to the float one."""
+    source = MODELS / f"{name}.onnx"
+    model = onnx.load(str(source))
+    shapes = {"input_ids": (4, 12), "attention_mask": (4, 12), "token_type_ids": (4, 12)} if "bert" in name else None
+    calibration = [random_inputs(model, batch=4, seed=seed, shapes=shapes) for seed in range(3)]
+
+    report = quantize_model(source, tmp_path / "q.onnx", mode=mode, calibration=calibration, measure=False)
+
+    assert report.mode == mode and report.quantized_ops
+    assert not any("not handled" in warning or "renamed or fused" in warning for warning in report.warnings)
+    _, outliers = prepare_for_int8(model, calibration)
+    matmuls = [node.name for node in model.graph.node if node.op_type in ("MatMul", "Gemm")]
+    weighted = [name for name in matmuls if name in outliers.layer_errors]
+    assert weighted and len(weighted) >= len(matmuls) // 2  # the activation x activation MatMuls are not
+    held_out = random_inputs(model, batch=3, seed=9, shapes={k: (3, 7) for k in shapes} if shapes else None)
+    reference = run_session(create_session(model), held_out)
+    quantized = run_session(create_session(onnx.load(str(tmp_path / "q.onnx"))), held_out)
+    for output, value in reference.items():
+        assert quantized[output].shape == value.shape
+        flat_ref, flat_q = value.reshape(len(value), -1), quantized[output].reshape(len(value), -1)
+        cosine = (flat_ref * flat_q).sum(1) / np.linalg.norm(flat_ref, axis=1) / np.linalg.norm(flat_q, axis=1)
+        assert cosine.min() > 0.95, (output, cosine)
