@@ -33,7 +33,8 @@ from onnx_slim.cli_options import (
     writing_output,
 )
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.formatting import before_after_table, evaluation_line, human_bytes, human_count, table, to_json
+from onnx_slim.formatting import (before_after_table, evaluation_line, human_bytes, human_count, quantize_summary,
+                                   table, to_json)
 from onnx_slim.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, MESSAGE, Terminated, unwind_on_signals
 
 
@@ -396,23 +397,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     if as_json:
         click.echo(to_json(data))
         return
-    ops = ", ".join(f"{count} {op}" for op, count in sorted(report.quantized_ops.items()))
-    click.echo(f"{report.mode} {report.format} quantization ({report.mode_reason}); calibration: {report.calibration}")
-    for candidate in report.candidates if len(report.candidates) > 1 else ():
-        measured = f"p50 {candidate['p50_ms']:.3f} ms, " if candidate["p50_ms"] is not None else ""
-        cosine = "n/a" if candidate["cosine"] is None else f"{candidate['cosine']:.4f}"
-        click.echo(f"candidate {candidate['mode']}: {measured}cosine {cosine}"
-                   + ("" if candidate["agrees"] else " (disagrees)"))
-    click.echo(report.decision)
-    if report.smoothed or report.float_layers:
-        click.echo(f"activation outliers: {len(report.smoothed)} activation(s) smoothed, "
-                   f"{len(report.float_layers)} layer(s) kept float")
-    if report.cleanup:
-        click.echo(f"clean-up: {report.cleanup['nodes_before']} -> {report.cleanup['nodes_after']} nodes")
-    click.echo(f"size {human_bytes(report.size_before)} -> {human_bytes(report.size_after)}"
-               + (f"; {ops}" if ops else ""))
-    for warning in report.warnings:
-        click.echo(f"note: {warning}")
+    click.echo(quantize_summary(data))
     if "evaluation" in data:
         click.echo(evaluation_line(data["evaluation"]))
     click.echo(f"wrote {output}")

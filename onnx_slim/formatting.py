@@ -81,3 +81,25 @@ def evaluation_line(evaluation: dict) -> str:
         parts.append(f"top-1 agreement {agreement['top1'] * 100:.2f}%")
     parts.append(f"cosine {agreement['cosine']:.4f}")
     return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
+
+
+def quantize_summary(report: dict) -> str:
+    """`quantize`'s report (QuantizeReport.to_dict()) as lines for a terminal."""
+    lines = [f"{report['mode']} {report['format']} quantization ({report['mode_reason']}); "
+             f"calibration: {report['calibration']}"]
+    for candidate in report["candidates"] if len(report["candidates"]) > 1 else ():
+        measured = f"p50 {candidate['p50_ms']:.3f} ms, " if candidate["p50_ms"] is not None else ""
+        cosine = "n/a" if candidate["cosine"] is None else f"{candidate['cosine']:.4f}"
+        lines.append(f"candidate {candidate['mode']}: {measured}cosine {cosine}"
+                     + ("" if candidate["agrees"] else " (disagrees)"))
+    lines.append(report["decision"])
+    if report["smoothed"] or report["float_layers"]:
+        lines.append(f"activation outliers: {len(report['smoothed'])} activation(s) smoothed, "
+                     f"{len(report['float_layers'])} layer(s) kept float")
+    if report["cleanup"]:
+        lines.append(f"clean-up: {report['cleanup']['nodes_before']} -> {report['cleanup']['nodes_after']} nodes")
+    ops = ", ".join(f"{count} {op}" for op, count in sorted(report["quantized_ops"].items()))
+    lines.append(f"size {human_bytes(report['size_before'])} -> {human_bytes(report['size_after'])}"
+                 + (f"; {ops}" if ops else ""))
+    lines += [f"note: {warning}" for warning in report["warnings"]]
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ skipped with a note.
 
     python scripts/bench_quantize.py [--models efficientnet_lite0 captcha_crnn mtcnn_rnet] [--variants ...]
     python scripts/bench_quantize.py --merge --models mpnet_langid langid_transformer \
-        --variants static_plain ours dynamic_plain dynamic
+        --variants static_plain ours static_all_int8 dynamic_plain dynamic dynamic_all_int8
 
 `--merge` replaces the rows of the models run in the existing report and keeps the others.
 """
@@ -57,6 +57,9 @@ OURS = {
     "static_plain": dict(mode="static", smooth_outliers=False),
     "dynamic": dict(mode="dynamic"),
     "dynamic_plain": dict(mode="dynamic", smooth_outliers=False),
+    # --max-layer-error 1: smoothed, but no layer kept float (the speed end of the trade-off)
+    "static_all_int8": dict(mode="static", max_layer_error=1.0),
+    "dynamic_all_int8": dict(mode="dynamic", max_layer_error=1.0),
 }
 # nncf: NNCF on the model as given; nncf_pre: on onnxruntime's quant_pre_process output, as quantize_model does.
 NNCF_VARIANTS = ["nncf", "nncf_pre"]
@@ -206,7 +209,8 @@ def markdown(rows: list[dict]) -> str:
              "default); `static_plain` = `ours` without the handling of activation outliers "
              "(`smooth_outliers=False`: no SmoothQuant scales, no layer kept float); `dynamic` / "
              "`dynamic_plain` = `mode=\"dynamic\"` with / without it (only MatMul-heavy models, the two "
-             "transformers here, get outliers handled); `nncf` = `nncf.quantize` with its defaults on the "
+             "transformers here, get outliers handled); `static_all_int8` / `dynamic_all_int8` = `ours` / "
+             "`dynamic` with `max_layer_error=1` (smoothed, no layer kept float); `nncf` = `nncf.quantize` with its defaults on the "
              "model as given; `nncf_pre` = the same on onnxruntime's `quant_pre_process` output (what "
              "`quantize_model` quantizes). Float layers: MatMul/Gemm layers kept float for their outliers.", "",
              "| model | variant | agreement | task | cosine | p50 ms | float layers |",
