@@ -19,8 +19,10 @@ saving 5% of the time.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +33,7 @@ import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from onnx_slim.deploy.int8_simulation import Int8Simulation
 from onnx_slim.deploy.quant_bias import correct_biases
 from onnx_slim.deploy.quant_calibration import (
     CALIBRATION_METHODS,
@@ -41,7 +44,7 @@ from onnx_slim.deploy.quant_calibration import (
     calibration_reader,
 )
 from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_channel
-from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, Int8Simulation, OutlierReport, prepare_for_int8
+from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, OutlierReport, prepare_for_int8
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import is_quantized_op, save_model
@@ -239,6 +242,7 @@ def _preprocess(
     """Shape inference + basic optimization as onnxruntime recommends; the float model if that fails.
 
     Returns where the model to quantize is, the model itself, and whether it was pre-processed."""
+    scratch = scratch.resolve()  # absolute: the step runs inside the folder
     float_path = scratch / "float.onnx"
     save_model(model, float_path)
     preprocessed_path = scratch / "preprocessed.onnx"
@@ -247,7 +251,8 @@ def _preprocess(
     failure = None
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
+            with working_directory(scratch):  # where onnxruntime dumps a failed symbolic inference's model
+                quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
             prepared = onnx.load(str(preprocessed_path))
         except Exception as exc:
             failure = failure or exc
@@ -257,6 +262,19 @@ def _preprocess(
         return preprocessed_path, prepared, True
     report_warnings.append(f"pre-processing failed, quantizing the model as given: {first_line(failure)}")
     return float_path, model, False
+
+
+@contextlib.contextmanager
+def working_directory(folder: Path):
+    """Run a step inside `folder`: onnxruntime's symbolic shape inference, when it cannot finish, saves
+    sym_shape_infer_temp.onnx and uuid-named .data files into the current directory before it raises, which
+    would litter the user's. The process's directory is restored however the step ends."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def excluded_nodes(model: onnx.ModelProto, patterns: Sequence[str], report_warnings: list[str]) -> list[str]:

@@ -15,14 +15,7 @@ channel, with the migration strength a chosen per activation from `ALPHAS` by
 the simulated int8 error on calibration data (a = 0 leaves it as it is). A
 layer whose simulated error stays above `MAX_LAYER_ERROR` is kept in float.
 
-The simulation quantizes as onnxruntime does: activations asymmetric 8-bit
-over their calibrated range, one scale per tensor (dynamic int8 takes the range
-of each batch at run time, a little narrower: the simulation errs on the safe
-side); weights symmetric, per output column or per tensor, 7-bit with
-reduce_range. The error of a layer is
-the mean relative error of its output rows (a token's or a sample's vector):
-the LayerNorm after a transformer layer sees each row on its own scale, so a
-row of small values ruined matters as much as a row of large ones.
+The simulation is `int8_simulation`'s.
 """
 
 from __future__ import annotations
@@ -34,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_slim.deploy.int8_simulation import Int8Simulation, round_activation, round_weight, row_error
 from onnx_slim.ir.graph import add_graph_outputs, attr, names_read_in_subgraphs
 from onnx_slim.ir.runtime import SessionSpec, create_session
 from onnx_slim.ops.specs import WEIGHT_OPS
@@ -82,14 +76,6 @@ class OutlierReport:
 
     def excluded(self) -> list[str]:
         return [*self.float_layers, *self.inserted]
-
-
-@dataclass(frozen=True)
-class Int8Simulation:
-    """How the quantizer will round: weight levels (127, or 63 with reduce_range) and per-column weight scales."""
-
-    weight_levels: int = 127
-    per_channel: bool = True
 
 
 def prepare_for_int8(
@@ -218,37 +204,12 @@ def _choose(group: _Group, capture: _Capture, simulation: Int8Simulation):
     for alpha in ALPHAS:
         scale = np.ones_like(activation_max) if alpha == 0 else np.clip(
             activation_max ** alpha / weight_max ** (1 - alpha), 1e-4, 1e4).astype(np.float32)
-        rounded = _round_activation(rows / scale, capture.low / scale, capture.high / scale)
-        errors = [_row_error(rounded @ _round_weight(weight * scale[:, None], simulation), reference)
+        rounded = round_activation(rows / scale, capture.low / scale, capture.high / scale)
+        errors = [row_error(rounded @ round_weight(weight * scale[:, None], simulation), reference)
                   for weight, reference in zip(weights, references)]
         if best is None or np.mean(errors) < np.mean(best[2]):
             best = (alpha, scale, errors)
     return best
-
-
-def _round_activation(rows: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Asymmetric 8-bit over [min(low, 0), max(high, 0)], one scale for the tensor."""
-    low, high = min(float(low.min()), 0.0), max(float(high.max()), 0.0)
-    step = (high - low) / 255 or 1.0
-    zero_point = np.round(-low / step)
-    return (np.clip(np.round(rows / step) + zero_point, 0, 255) - zero_point) * step
-
-
-def _round_weight(weight: np.ndarray, simulation: Int8Simulation) -> np.ndarray:
-    """Symmetric int8 (or 7-bit), one scale per output column or for the whole weight."""
-    levels = simulation.weight_levels
-    peak = np.abs(weight).max(0, keepdims=True) if simulation.per_channel else np.abs(weight).max()
-    step = np.maximum(peak, 1e-12) / levels
-    return np.clip(np.round(weight / step), -levels, levels) * step
-
-
-def _row_error(approximate: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over rows of |approximate - reference| / |reference|, rows whose reference is ~0 left out."""
-    norms = np.linalg.norm(reference, axis=1)
-    kept = norms > 1e-6 * max(float(norms.max()), 1e-30)
-    if not kept.any():
-        return 0.0
-    return float((np.linalg.norm(approximate[kept] - reference[kept], axis=1) / norms[kept]).mean())
 
 
 # --- rewrite -----------------------------------------------------------------------

@@ -30,7 +30,6 @@ from onnx_slim.deploy.cleanup import clean_model
 from onnx_slim.deploy.quant_auto import Candidate, candidate_modes, check_and_score, decide
 from onnx_slim.deploy.quant_calibration import RANDOM, RANDOM_CALIBRATION
 from onnx_slim.deploy.quant_fp16 import convert_to_fp16
-from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
 from onnx_slim.deploy.quant_int4 import DEFAULT_BLOCK_SIZE, check_block_size, quantize_int4
 from onnx_slim.deploy.quant_int8 import (
     CONV_OPS,
@@ -43,6 +42,7 @@ from onnx_slim.deploy.quant_int8 import (
     quantized_op_counts,
     smoothing_applies,
 )
+from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.hardware import cpu_info

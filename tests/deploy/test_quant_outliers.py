@@ -206,3 +206,18 @@ def test_transformer_exports_are_smoothed_and_keep_their_outputs(tmp_path, name,
         flat_ref, flat_q = value.reshape(len(value), -1), quantized[output].reshape(len(value), -1)
         cosine = (flat_ref * flat_q).sum(1) / np.linalg.norm(flat_ref, axis=1) / np.linalg.norm(flat_q, axis=1)
         assert cosine.min() > 0.95, (output, cosine)
+
+
+def test_quantizing_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference gives up on this BERT export and saves its partial model
+    (sym_shape_infer_temp.onnx + .data) into the current directory; it must land in the scratch folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model = onnx.load(str(MODELS / "bert_torchscript.onnx"))
+    shapes = {name: (2, 12) for name in ("input_ids", "attention_mask", "token_type_ids")}
+
+    quantize_model(MODELS / "bert_torchscript.onnx", "q.onnx", mode="static", measure=False,
+                   calibration=[random_inputs(model, batch=2, seed=0, shapes=shapes)])
+
+    assert sorted(path.name for path in work.iterdir()) == ["q.onnx"]
