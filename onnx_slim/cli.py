@@ -232,6 +232,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
               help="auto: the fastest of the modes that apply whose outputs agree; float if none is faster.")
 @click.option("--measure/--no-measure", "measure_quantized", default=True,
               help="Time int8 against float before keeping it (default on).")
+@click.option("--max-layer-error", type=float, help="int8 of MatMul models: see `quantize --max-layer-error`.")
 @CLEANUP_OPTION
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data for accuracy/agreement and --max-drop.")
@@ -349,9 +350,9 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--smooth-outliers/--no-smooth-outliers", default=True, show_default=True,
               help="int8 of MatMul models with --calib: SmoothQuant scales per activation, and float for layers "
                    "whose simulated int8 error stays above --max-layer-error.")
-@click.option("--max-layer-error", default=0.05, show_default=True, type=float,
+@click.option("--max-layer-error", type=float,
               help="With --smooth-outliers: the simulated int8 error (mean relative error of an output row) above "
-                   "which a MatMul layer stays float; higher is faster and less accurate.")
+                   "which a MatMul layer stays float (default 0.05); higher is faster and less accurate.")
 @click.option("--block-size", default=32, show_default=True, help="int4: weight rows per scale (a power of two >= 16).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True, help="int4: without or with zero points.")
 @click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
@@ -388,7 +389,8 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                                 per_channel=per_channel, method=method, reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
                                 measure=measure, session=session, bias_correction=bias_correction,
-                                smooth_outliers=smooth_outliers, max_layer_error=max_layer_error,
+                                smooth_outliers=smooth_outliers,
+                                **({} if max_layer_error is None else {"max_layer_error": max_layer_error}),
                                 block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup)
     data = report.to_dict()
     if evaluation_data is not None:

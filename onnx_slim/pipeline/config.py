@@ -41,6 +41,7 @@ class PipelineConfig:
     quantize: str = "auto"  # auto | static | dynamic | int4 | fp16 | none
     quant_format: str = "qdq"
     per_channel: bool | None = None
+    max_layer_error: float | None = None  # int8 of MatMul models: see quantize_model (None: its default)
     measure_quantized: bool = True  # time int8 against float and, with quantize auto, keep the faster
     cleanup: bool = True  # the clean-up pass on the pruned and quantized models
     calib: str | None = None
@@ -91,7 +92,7 @@ class PipelineConfig:
 CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 
 # What each option must be: the check turns a config file's mistakes into usage errors.
-_NUMBERS = {"ratio", "target_macs", "target_latency", "max_drop", "min_speedup"}
+_NUMBERS = {"ratio", "target_macs", "target_latency", "max_drop", "min_speedup", "max_layer_error"}
 _AUTO = {"target_macs", "round_to"}  # may also be "auto": measured for the model
 _INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
 _FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", "memory", "prune_layernorm",
@@ -191,7 +192,7 @@ def _option_name(key: str) -> str:
     return key.replace("_", "-")
 
 
-_NON_NEGATIVE = {"max_drop", "min_speedup", "target_latency"}
+_NON_NEGATIVE = {"max_drop", "min_speedup", "target_latency", "max_layer_error"}
 _KIND_WORDS = {
     **{key: "a number" for key in _NUMBERS}, **{key: "a whole number" for key in _INTEGERS},
     **{key: "true or false" for key in _FLAGS}, **{key: "a string" for key in _STRINGS},

@@ -203,3 +203,10 @@ def test_prune_cli_compares_allocations_when_given_data_and_a_macs_target(capsys
         reports.append(json.loads(capsys.readouterr().out))
     assert reports[0]["allocate"].startswith("auto: ") and reports[0]["search"]["kind"] == "allocation"
     assert reports[1]["allocate"] == "uniform" and reports[1]["search"] is None
+
+
+def test_max_layer_error_is_a_non_negative_number():
+    assert config_from_mapping({"max_layer_error": 0.1}).max_layer_error == 0.1
+    assert config_from_mapping({}).max_layer_error is None  # quantize_model's own default
+    with pytest.raises(UsageError, match="max-layer-error: -0.5 is negative"):
+        config_from_mapping({"max_layer_error": -0.5})

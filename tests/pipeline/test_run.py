@@ -273,3 +273,16 @@ def test_without_eval_data_the_report_marks_agreement_as_random_input_only(capsy
     assert "| cosine (random inputs) | top-1 (random inputs) |" in benchmark
     assert "on 1 random-input sample: says little about a model" in benchmark
     assert "pass --eval for real agreement" in benchmark and "--data" not in benchmark
+
+
+@pytest.mark.parametrize("limit, all_float", [("0", True), ("1", False)])
+def test_run_passes_max_layer_error_to_int8_of_a_matmul_model(capsys, tmp_path, limit, all_float):
+    model = tmp_path / "digits_mlp.onnx"
+    shutil.copy(MODELS / "digits_mlp.onnx", model)
+    code, stdout, _ = run_cli(capsys, "run", model, "-o", tmp_path / "out", "--ratio", "0.25", "--criterion", "l1",
+                              "--no-reconstruct", "--calib", MODELS / "digits_calib.npz", "--quantize", "static",
+                              "--max-layer-error", limit, "--json", *FAST)
+    assert code == 0
+    quantized = json.loads(stdout)["quantize"]
+    assert quantized["mode"] == "static" and quantized["smoothed"] is not None
+    assert bool(quantized["float_layers"]) == all_float
