@@ -390,7 +390,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
                                 measure=measure, session=session, bias_correction=bias_correction,
                                 smooth_outliers=smooth_outliers,
-                                **({} if max_layer_error is None else {"max_layer_error": max_layer_error}),
+                                max_layer_error=max_layer_error,
                                 block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup)
     data = report.to_dict()
     if evaluation_data is not None:

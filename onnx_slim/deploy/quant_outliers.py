@@ -93,9 +93,9 @@ def prepare_for_int8(
     report = OutlierReport()
     if not groups:
         return model, report
-    captures = _capture(model, groups, batches, session)
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
+    captures = _capture(prepared, groups, batches, session)
     scales: dict[str, np.ndarray] = {}
     for group in groups:
         capture = captures[group.activation]
@@ -155,12 +155,17 @@ class _Capture:
 
 
 def _capture(model, groups: list[_Group], batches, session: SessionSpec) -> dict[str, _Capture]:
-    """Per-channel ranges of every group's activation over all batches, and a sample of its rows."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    """Per-channel ranges of every group's activation over all batches, and a sample of its rows.
+
+    The activations are exposed as outputs of `model` only while the session is made (no second copy of a
+    large model's weights)."""
     names = [group.activation for group in groups]
-    add_graph_outputs(probe, names, {})
-    runner = create_session(probe, session)
+    outputs = len(model.graph.output)
+    add_graph_outputs(model, names, {})
+    try:
+        runner = create_session(model, session)
+    finally:
+        del model.graph.output[outputs:]
     budget_rows = CAPTURE_BYTES // (4 * sum(group.channels for group in groups))
     row_cap = int(np.clip(budget_rows, _MIN_ROWS, _MAX_ROWS))
     rng = np.random.default_rng(0)

@@ -143,7 +143,7 @@ def quantize_model(
     session: SessionSpec = SessionSpec(),
     bias_correction: bool = True,
     smooth_outliers: bool = True,
-    max_layer_error: float = MAX_LAYER_ERROR,
+    max_layer_error: float | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     symmetric: bool = True,
     keep_io_types: bool = True,
@@ -173,9 +173,10 @@ def quantize_model(
     `smooth_outliers` (int8 of MatMul-heavy models, real calibration data that
     can be iterated twice): SmoothQuant scales per activation, and float for
     layers whose simulated int8 error (mean relative error of an output row)
-    stays above `max_layer_error` (see `quant_outliers`).
+    stays above `max_layer_error` (None: `MAX_LAYER_ERROR`; see `quant_outliers`).
     `cleanup`: run `cleanup.clean_model` on each candidate.
     """
+    max_layer_error = MAX_LAYER_ERROR if max_layer_error is None else max_layer_error
     _check_options(mode, quant_format, method, calibration_batch_size, activation_type, max_layer_error)
     check_block_size(block_size)
     output = Path(output_path)

@@ -185,7 +185,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
         calibration_batch_size=settings.batch_size,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,
-        **({} if settings.max_layer_error is None else {"max_layer_error": settings.max_layer_error}),
+        max_layer_error=settings.max_layer_error,
     )
     say(report.decision)
     return report
