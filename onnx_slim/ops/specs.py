@@ -5,7 +5,9 @@ the output features and which the input features, how many MACs the node does,
 whether its weight reads as a [inputs, outputs] matrix for re-fitting (and how
 to write it back), whether a BatchNormalization after it can fold into it. A new
 weight-bearing op is one entry in `WEIGHT_OPS` plus its channel rule
-(`channels/rules/weights.py`).
+(`channels/rules/weights.py`). Recurrent layers (LSTM, GRU, RNN) are in
+`RECURRENT_OPS`: they read channels (their input features) but produce none we prune
+(the hidden size stays), so they are not weight ops to the other stages.
 """
 
 from __future__ import annotations
@@ -175,6 +177,37 @@ class MatMul(WeightOp):
 
 
 WEIGHT_OPS: dict[str, WeightOp] = {spec.op_type: spec for spec in (Conv(), ConvTranspose(), Gemm(), MatMul())}
+
+
+class Recurrent:
+    """LSTM, GRU or RNN: X [T, N, features] (or [N, T, features] with layout=1), W [directions,
+    gates * hidden, features], R [directions, gates * hidden, hidden]."""
+
+    in_axis = 2  # W's axis that reads the input features
+
+    def __init__(self, op_type: str, gates: int) -> None:
+        self.op_type, self.gates = op_type, gates
+
+    def input_macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
+        """The input projection's MACs (shrink with the input features)."""
+        return self._per_step(node, shapes, node.input[1])
+
+    def recurrent_macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
+        """The hidden-to-hidden MACs (fixed: the hidden size is never pruned)."""
+        return self._per_step(node, shapes, node.input[2])
+
+    @staticmethod
+    def _per_step(node, shapes, weight_name):
+        data, weight = _static(shapes, node.input[0]), _static(shapes, weight_name)
+        if data is None or weight is None or len(data) != 3:
+            return None
+        return math.prod(data[:2]) * math.prod(weight)  # every (step, sample) multiplies the whole matrix
+
+
+RECURRENT_OPS: dict[str, Recurrent] = {spec.op_type: spec for spec in (Recurrent("LSTM", 4), Recurrent("GRU", 3),
+                                                                      Recurrent("RNN", 1))}
+# ModelCost.node_macs key of a recurrent layer's fixed hidden-to-hidden part: node name + this.
+RECURRENCE_SUFFIX = "/recurrence"
 
 
 def _static(shapes: Shapes, name: str):

@@ -1,0 +1,100 @@
+"""Recurrent layers (LSTM, GRU, RNN) as CRNN text readers use them: a conv backbone's channels,
+folded with the height into features, feed the recurrent layer, which consumes them through W."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import assert_lossless, assert_valid, group_with, weight_dims
+from graphs import Graph
+
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.ops.cost import model_cost
+from onnx_slim.ops.specs import RECURRENCE_SUFFIX
+from onnx_slim.pipeline.prune import prune
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+HIDDEN, CHANNELS, HEIGHT, WIDTH = 6, 8, 2, 5
+
+
+def crnn(op_type: str = "LSTM", directions: int = 2, state_from_backbone: bool = False):
+    """x [1,1,2,5] -> conv(8) -> relu -> reshape [1, 16, 5] -> transpose to [5, 1, 16] ->
+    bidirectional recurrent layer -> reshape -> MatMul head. (onnxruntime runs only layout 0.)"""
+    g = Graph(opset=17)
+    h = g.relu(g.conv(g.input("x", [1, 1, HEIGHT, WIDTH]), CHANNELS, name="conv1"))
+    features = g.reshape(h, [1, CHANNELS * HEIGHT, WIDTH])
+    sequence = g.node("Transpose", [features], "to_sequence", perm=[2, 0, 1])
+    gates = GATES[op_type] * HIDDEN
+    inputs = [sequence, g.weight("W", [directions, gates, CHANNELS * HEIGHT]),
+              g.weight("R", [directions, gates, HIDDEN]),
+              g.weight("B", [directions, 2 * gates], scale=0.1)]
+    if state_from_backbone:  # initial_h read from the backbone: [directions, N, hidden]
+        state = g.reshape(g.gap(g.conv(h, HIDDEN, name="state_conv")), [1, 1, HIDDEN])
+        inputs += ["", state]
+        if directions == 2:
+            inputs[-1] = g.node("Concat", [inputs[-1], inputs[-1]], "state2", axis=0)
+    outputs = g.node(op_type, inputs, "rnn", outputs=2, hidden_size=HIDDEN,
+                     direction="bidirectional" if directions == 2 else "forward")
+    y = g.reshape(outputs[0], [WIDTH, directions * HIDDEN])  # Y: [T, dirs, 1, H]
+    return g.build(g.matmul(y, 3, name="head"))
+
+
+@pytest.mark.parametrize("op_type", GATES)
+def test_recurrent_layer_consumes_the_backbone_channels(op_type):
+    model = crnn(op_type)
+    group = group_with(analyze(model), "conv1")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert {member.use.node for member in group.consumers} == {"rnn"}
+    pruned, report = prune(model, ratio=0.5)
+    assert weight_dims(pruned, "conv1") == (CHANNELS // 2, 1, 3, 3)
+    # W's feature axis: each kept channel is HEIGHT features; R and B keep the hidden size.
+    gates = GATES[op_type] * HIDDEN
+    assert weight_dims(pruned, "rnn", 1) == (2, gates, CHANNELS // 2 * HEIGHT)
+    assert weight_dims(pruned, "rnn", 2) == (2, gates, HIDDEN)
+    assert_valid(pruned, model)
+    assert_lossless(model, 0.5)
+
+
+def test_recurrent_state_from_the_backbone_freezes_it():
+    analysis = analyze(crnn(state_from_backbone=True))
+    state_group = group_with(analysis, "state_conv")
+    assert not state_group.prunable
+    assert any(reason.node == "rnn" and "state" in reason.reason for reason in state_group.frozen)
+    assert group_with(analysis, "conv1").prunable  # the input features still are
+
+
+@pytest.mark.parametrize("op_type", GATES)
+def test_recurrent_macs_count_the_input_and_hidden_projections(op_type):
+    model = crnn(op_type)
+    cost = model_cost(model)
+    steps, gates = WIDTH, GATES[op_type] * HIDDEN
+    assert cost.node_macs["rnn"] == steps * 2 * gates * CHANNELS * HEIGHT
+    assert cost.node_macs["rnn" + RECURRENCE_SUFFIX] == steps * 2 * gates * HIDDEN
+    # Pruning shrinks only the input projection; the planner's prediction matches the count.
+    pruned, report = prune(model, ratio=0.5)
+    after = model_cost(pruned)
+    assert after.node_macs["rnn"] == cost.node_macs["rnn"] // 2
+    assert after.node_macs["rnn" + RECURRENCE_SUFFIX] == cost.node_macs["rnn" + RECURRENCE_SUFFIX]
+    assert report.macs_after == after.macs
+
+
+def test_recurrent_pruning_keeps_the_output_at_other_sequence_lengths():
+    """The recurrent layer's sequence axis comes from the image width: a symbolic width survives."""
+    g = Graph(opset=17)
+    h = g.relu(g.conv(g.input("x", ["n", 1, HEIGHT, "w"]), CHANNELS, name="conv1"))
+    shape = g.node("Shape", [h], "shape")
+    n_and_w = g.node("Gather", [shape, g.ints("nw", [0, 3])], "n_w")
+    target = g.node("Concat", [g.node("Slice", [n_and_w, g.ints("s0", [0]), g.ints("s1", [1])], "n"),
+                               g.ints("features", [CHANNELS * HEIGHT]),
+                               g.node("Slice", [n_and_w, g.ints("s2", [1]), g.ints("s3", [2])], "w")], "target", axis=0)
+    sequence = g.node("Transpose", [g.node("Reshape", [h, target], "fold")], "to_sequence", perm=[2, 0, 1])
+    gates = 4 * HIDDEN
+    y = g.node("LSTM", [sequence, g.weight("W", [1, gates, CHANNELS * HEIGHT]), g.weight("R", [1, gates, HIDDEN])],
+               "rnn", hidden_size=HIDDEN)
+    model = g.build(y)
+    pruned, _ = prune(model, ratio=0.5, input_shapes={"x": [1, 1, HEIGHT, 7]})
+    assert weight_dims(pruned, "rnn", 1) == (1, gates, CHANNELS // 2 * HEIGHT)
+    session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.random.default_rng(0).random((3, 1, HEIGHT, 11), dtype=np.float32)})[0]
+    assert out.shape == (11, 1, 3, HIDDEN)
