@@ -538,6 +538,32 @@ class ViT(nn.Module):
 
 
 # --------------------------------------------------------------------------
+# 7. CRNN text-line reader
+# --------------------------------------------------------------------------
+
+
+class CRNN(nn.Module):
+    """A captcha / text-line reader: conv backbone down to height 2, the height folded into the
+    features, a 2-layer bidirectional LSTM over the width, a per-step Linear (CTC classes)."""
+
+    def __init__(self, hidden: int = 24, num_classes: int = 12):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            *conv_bn(1, 16), nn.ReLU(), nn.MaxPool2d(2),
+            *conv_bn(16, 24), nn.ReLU(), nn.MaxPool2d(2),
+            *conv_bn(24, 32), nn.ReLU(), nn.MaxPool2d((2, 1)),
+        )
+        self.rnn = nn.LSTM(32 * 2, hidden, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, num_classes)
+
+    def forward(self, x):
+        f = self.backbone(x)  # [N, 32, 2, W/4]
+        n, c, h, w = f.shape
+        y, _ = self.rnn(f.reshape(n, c * h, w).permute(2, 0, 1))  # [T, N, 2 * hidden]
+        return self.head(y).permute(1, 0, 2)  # [N, T, classes]
+
+
+# --------------------------------------------------------------------------
 # registry
 # --------------------------------------------------------------------------
 
@@ -592,6 +618,13 @@ ARCHS: dict[str, Arch] = {
             "ViT (timm-style): 4x4 patch Conv, position embedding, 2 pre-norm blocks with a fused qkv "
             "Linear (4 heads) and scaled_dot_product_attention, MLP 32->64->32, LayerNorm, mean, Linear",
             "qkv Reshape [B, N, 3, H, D] + Transpose + Gather per part, q and k scaled by Mul, Softmax",
+        ),
+        Arch(
+            "crnn", CRNN, (1, 1, 16, 32),
+            "CRNN text reader: 3 Conv-BN-ReLU-MaxPool (16, 24, 32 ch) to height 2, height folded into "
+            "64 features, 2-layer bidirectional LSTM (hidden 24), per-step Linear (12 classes)",
+            "`LSTM` reading the backbone's channels through W, `Reshape` [N, C*H, W] + `Transpose` to "
+            "[T, N, F], a second `LSTM` on the first's output",
         ),
     ]
 }
@@ -651,6 +684,8 @@ def export_dynamo(model, x, path: Path, outs: list[str]) -> str:
         prog = export(None)
         mode = "static"
     proto = prog.model_proto
+    if mode == "dynamic" and not proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param:
+        mode = "static"  # the exporter specialized the batch without saying so (nn.LSTM does)
     # Drop the per-node Python stack traces (absolute paths and line numbers of
     # this script and of torch): they would make the files change with every
     # edit of this script. The other metadata_props stay, as in real exports.
