@@ -42,11 +42,19 @@ class PartBuilder:
         read = {name for node in nodes for name in node.input}
         body = onnx.helper.make_graph(
             list(nodes), graph.name, inputs,
-            [onnx.helper.make_tensor_value_info(name, self._types.get(name, 0), None) for name in outputs],
+            [_output(name, self._types.get(name)) for name in outputs],
             initializer=[init for init in graph.initializer if init.name in read],
             value_info=[info for info in graph.value_info if info.name in read])
         return onnx.helper.make_model(body, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                                       functions=list(model.functions))
+
+
+def _output(name: str, elem_type: int | None) -> onnx.ValueInfoProto:
+    """A typed output, or an untyped one (onnxruntime types it) where shape inference could not
+    (onnxruntime's own ops)."""
+    if elem_type:
+        return onnx.helper.make_tensor_value_info(name, elem_type, None)
+    return onnx.ValueInfoProto(name=name)
 
 
 def part_inputs(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> list[str]:

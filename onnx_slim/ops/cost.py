@@ -1,8 +1,8 @@
 """Parameters and multiply-accumulates (MACs) of a model, per node and in total.
 
-MACs are counted for Conv, ConvTranspose, Gemm, MatMul and the recurrent layers
-(LSTM, GRU, RNN: the input projection under the node's name, the fixed hidden-to-hidden
-part under name + RECURRENCE_SUFFIX) from inferred shapes, for one sample (symbolic batch = 1; other symbolic dims take the sizes given or a
+MACs are counted for Conv, ConvTranspose, Gemm, MatMul, the recurrent layers (LSTM,
+GRU, RNN) and onnxruntime's fused Attention from inferred shapes (`specs.macs_parts`: a
+node's parts that its weight does not scale are under its name + a suffix), for one sample (symbolic batch = 1; other symbolic dims take the sizes given or a
 default), which is what the pruning planner and the reports compare.
 """
 
@@ -17,7 +17,7 @@ from onnx import TensorProto
 
 from onnx_slim.ir.inputs import check_input_shapes, graph_inputs
 from onnx_slim.ir.shapes import concrete_shapes
-from onnx_slim.ops.specs import RECURRENCE_SUFFIX, RECURRENT_OPS, WEIGHT_OPS
+from onnx_slim.ops.specs import macs_parts
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 # Weights of quantized models are 8-bit integers; int32/int64 tensors are shape constants
@@ -66,15 +66,12 @@ def model_cost(
         shapes = concrete_shapes(model, concrete_input_shapes(model, input_shapes)).shapes
     cost = ModelCost(params=count_params(model), macs=0)
     for index, node in enumerate(model.graph.node):
-        if node.op_type not in WEIGHT_OPS and node.op_type not in RECURRENT_OPS:
+        parts = macs_parts(node, shapes)
+        if parts is None:
             continue
         # Unnamed or duplicate names (models that were not normalized) must not collide.
         key = node.name if node.name and node.name not in cost.node_macs else f"{node.op_type}_{index}"
-        if node.op_type in WEIGHT_OPS:
-            parts = {key: WEIGHT_OPS[node.op_type].macs(node, shapes)}
-        else:
-            spec = RECURRENT_OPS[node.op_type]
-            parts = {key: spec.input_macs(node, shapes), key + RECURRENCE_SUFFIX: spec.recurrent_macs(node, shapes)}
+        parts = {key + suffix: macs for suffix, macs in parts.items()}
         if None in parts.values():
             cost.uncounted.append(key)
             continue

@@ -7,7 +7,9 @@ to write it back), whether a BatchNormalization after it can fold into it. A new
 weight-bearing op is one entry in `WEIGHT_OPS` plus its channel rule
 (`channels/rules/weights.py`). Recurrent layers (LSTM, GRU, RNN) are in
 `RECURRENT_OPS`: they read channels (their input features) but produce none we prune
-(the hidden size stays), so they are not weight ops to the other stages.
+(the hidden size stays), so they are not weight ops to the other stages; nor is
+onnxruntime's fused `Attention` (`FUSED_ATTENTION`), whose heads are pruned by its
+own rule (`channels/rules/contrib.py`). `macs_parts` counts all of them.
 """
 
 from __future__ import annotations
@@ -206,8 +208,71 @@ class Recurrent:
 
 RECURRENT_OPS: dict[str, Recurrent] = {spec.op_type: spec for spec in (Recurrent("LSTM", 4), Recurrent("GRU", 3),
                                                                       Recurrent("RNN", 1))}
-# ModelCost.node_macs key of a recurrent layer's fixed hidden-to-hidden part: node name + this.
-RECURRENCE_SUFFIX = "/recurrence"
+
+CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's own ops (its transformer optimizer's fusions)
+
+
+class FusedAttention:
+    """onnxruntime's Attention: input [B, S, features] @ weights [features, 3 * hidden] (+ bias)
+    makes q, k and v of `num_heads` heads; output [B, S, hidden]."""
+
+    op_type, domain = "Attention", CONTRIB_DOMAIN
+
+    def matches(self, node: onnx.NodeProto) -> bool:
+        return node.op_type == self.op_type and node.domain == self.domain
+
+    def projection_macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
+        data, weight = _static(shapes, node.input[0]), _static(shapes, node.input[1])
+        if data is None or weight is None:
+            return None
+        return math.prod(data[:-1]) * math.prod(weight)
+
+    def attention_macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
+        """q·kᵀ and probabilities·v: each B * S * S * hidden (no past state)."""
+        data, weight = _static(shapes, node.input[0]), _static(shapes, node.input[1])
+        if data is None or weight is None or len(data) != 3:
+            return None
+        return 2 * math.prod(data[:-1]) * data[1] * (weight[1] // 3)
+
+
+FUSED_ATTENTION = FusedAttention()
+
+# ModelCost.node_macs keys of the parts of a node that its weight's sliced axes do not scale:
+# node name + one of these (the part they scale is under the name itself).
+RECURRENCE_PART = "/recurrence"  # a recurrent layer's hidden-to-hidden MACs: fixed
+ATTENTION_PART = "/attention"  # fused attention's score and context MACs: scale with the heads
+
+
+def _qlinear_conv_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
+    output, weight = _static(shapes, node.output[0]), _static(shapes, node.input[3])
+    return None if output is None or weight is None else math.prod(output) * math.prod(weight[1:])
+
+
+# Quantized forms count as the float op they compute (the reports compare a model before and
+# after quantization): ConvInteger reads its weight where Conv does, the MatMuls their A.
+QUANTIZED_MACS = {
+    "ConvInteger": WEIGHT_OPS["Conv"].macs,
+    "QLinearConv": _qlinear_conv_macs,
+    "MatMulInteger": WEIGHT_OPS["MatMul"].macs,
+    "QLinearMatMul": WEIGHT_OPS["MatMul"].macs,
+    "MatMulNBits": WEIGHT_OPS["MatMul"].macs,
+}
+
+
+def macs_parts(node: onnx.NodeProto, shapes: Shapes) -> dict[str, int | None] | None:
+    """A compute node's MACs by part, keyed by the suffix of its node_macs key; None when the
+    op is not counted, a None part when a shape is unknown."""
+    if node.op_type in WEIGHT_OPS:
+        return {"": WEIGHT_OPS[node.op_type].macs(node, shapes)}
+    if node.op_type in QUANTIZED_MACS:
+        return {"": QUANTIZED_MACS[node.op_type](node, shapes)}
+    if node.op_type in RECURRENT_OPS:
+        spec = RECURRENT_OPS[node.op_type]
+        return {"": spec.input_macs(node, shapes), RECURRENCE_PART: spec.recurrent_macs(node, shapes)}
+    if FUSED_ATTENTION.matches(node):
+        return {"": FUSED_ATTENTION.projection_macs(node, shapes),
+                ATTENTION_PART: FUSED_ATTENTION.attention_macs(node, shapes)}
+    return None
 
 
 def _static(shapes: Shapes, name: str):

@@ -11,7 +11,7 @@ from graphs import Graph
 
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.ops.cost import model_cost
-from onnx_slim.ops.specs import RECURRENCE_SUFFIX
+from onnx_slim.ops.specs import RECURRENCE_PART
 from onnx_slim.pipeline.prune import prune
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -70,12 +70,12 @@ def test_recurrent_macs_count_the_input_and_hidden_projections(op_type):
     cost = model_cost(model)
     steps, gates = WIDTH, GATES[op_type] * HIDDEN
     assert cost.node_macs["rnn"] == steps * 2 * gates * CHANNELS * HEIGHT
-    assert cost.node_macs["rnn" + RECURRENCE_SUFFIX] == steps * 2 * gates * HIDDEN
+    assert cost.node_macs["rnn" + RECURRENCE_PART] == steps * 2 * gates * HIDDEN
     # Pruning shrinks only the input projection; the planner's prediction matches the count.
     pruned, report = prune(model, ratio=0.5)
     after = model_cost(pruned)
     assert after.node_macs["rnn"] == cost.node_macs["rnn"] // 2
-    assert after.node_macs["rnn" + RECURRENCE_SUFFIX] == cost.node_macs["rnn" + RECURRENCE_SUFFIX]
+    assert after.node_macs["rnn" + RECURRENCE_PART] == cost.node_macs["rnn" + RECURRENCE_PART]
     assert report.macs_after == after.macs
 
 
