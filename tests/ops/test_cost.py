@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from graphs import Graph
 
@@ -92,3 +93,43 @@ def test_a_weight_shared_by_several_nodes_counts_once():
     h = g.node("MatMul", [g.node("MatMul", [x, w], "step1"), w], "step2")
     model = g.build(g.node("MatMul", [h, w], "step3"))
     assert analyze(model).cost.params == count_params(model) == 36
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "qoperator", "int4"])
+def test_quantized_models_count_the_macs_of_the_float_ops(tmp_path, mode):
+    """ConvInteger / MatMulInteger (dynamic int8), QLinearConv / QLinearMatMul (static, QOperator)
+    and MatMulNBits (int4) compute what Conv and MatMul did: the reports compare their MACs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    g = Graph()
+    h = g.relu(g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv"))
+    tokens = g.reshape(h, [1, 8, 64])
+    model = g.build(g.matmul(g.node("Transpose", [tokens], perm=[0, 2, 1]), 32, name="fc"))
+    float_cost = model_cost(model)
+    source, target = tmp_path / "float.onnx", tmp_path / "quantized.onnx"
+    source.write_bytes(model.SerializeToString())
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": np.random.default_rng(i).random((1, 3, 8, 8), dtype=np.float32)}
+                                 for i in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    if mode == "dynamic":
+        quantize_dynamic(str(source), str(target))
+        expected_ops = {"ConvInteger", "MatMulInteger"}
+    elif mode == "qoperator":
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QOperator)
+        expected_ops = {"QLinearConv", "QLinearMatMul"}
+    else:
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(target))
+        expected_ops = {"MatMulNBits"}
+    quantized = onnx.load(str(target))
+    assert expected_ops <= {node.op_type for node in quantized.graph.node}
+    cost = model_cost(quantized)
+    assert cost.macs == float_cost.macs and not cost.uncounted
