@@ -72,8 +72,9 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
         return
     click.echo(f"{model}: {human_count(data['params'])} params, {human_count(data['macs'])} MACs "
                f"(inputs {data['input_shapes']})")
-    if analysis.shapes_note:
-        click.echo(f"note: {analysis.shapes_note}")
+    for note in [analysis.shapes_note, *analysis.normalize_info.notes]:
+        if note:
+            click.echo(f"note: {note}")
     click.echo(f"{data['groups_prunable']} of {data['groups_total']} channel groups prunable, "
                f"covering {data['prunable_macs_fraction'] * 100:.1f}% of MACs\n")
     groups = sorted(data["groups"], key=lambda g: -g["macs_share"])

@@ -100,11 +100,27 @@ def test_opsets_11_to_21(opset):
     assert outputs_of(pruned, feeds)["output"].shape == outputs_of(converted, feeds)["output"].shape
 
 
-def test_old_opset_is_refused_with_a_hint():
+def test_old_opset_is_converted_first_and_said_so():
+    old = at_opset(onnx.load(str(MODEL_DIR / "resnet_torchscript.onnx")), 9)
+    pruned, report = prune(old, ratio=0.5)
+    assert next(o.version for o in pruned.opset_import if o.domain in ("", "ai.onnx")) == 13
+    assert any("converted from opset 9 to 13" in note for note in report.notes)
+    feeds = random_inputs(old, seed=3)
+    assert outputs_of(pruned, feeds)["output"].shape == outputs_of(old, feeds)["output"].shape
+    unpruned, _ = prune(old, ratio=0.0)
+    np.testing.assert_allclose(outputs_of(unpruned, feeds)["output"], outputs_of(old, feeds)["output"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_old_opset_that_cannot_be_converted_is_refused_in_one_line(monkeypatch):
     from onnx_slim import InvalidModelError
 
+    def refuse(model, target):
+        raise RuntimeError("No Adapter For Upsample\nmore detail")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
     old = at_opset(onnx.load(str(MODEL_DIR / "resnet_torchscript.onnx")), 9)
-    with pytest.raises(InvalidModelError, match="opset 9 is too old"):
+    with pytest.raises(InvalidModelError, match="opset 9 is too old .* converter failed: No Adapter For Upsample$"):
         prune(old, ratio=0.5)
 
 

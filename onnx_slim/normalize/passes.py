@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import helper, numpy_helper
 
-from onnx_slim.errors import InvalidModelError
+from onnx_slim.errors import InvalidModelError, first_line
 from onnx_slim.ir.graph import drop_unused_initializers, keep_nodes, names_read_in_subgraphs, opset_version
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
@@ -28,6 +29,9 @@ from onnx_slim.ops.specs import WEIGHT_OPS
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
+# Older models (the ONNX model zoo's opset 7-9 classics) are converted to this opset first:
+# few adapter hops, and quantization's per-channel QDQ needs 13.
+UPGRADE_OPSET = 13
 
 
 @dataclass
@@ -39,13 +43,20 @@ class NormalizeInfo:
     constants_lifted: int = 0
     copies_made: int = 0
     shape_nodes_folded: int = 0
+    opset_upgraded_from: int | None = None  # the model's opset, when it was older than MIN_OPSET
+
+    @property
+    def notes(self) -> list[str]:
+        if self.opset_upgraded_from is None:
+            return []
+        return [f"the model was converted from opset {self.opset_upgraded_from} to {UPGRADE_OPSET} "
+                f"(onnx.version_converter): the output is at opset {UPGRADE_OPSET}"]
 
 
 def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     """Normalize `model` in place (callers pass their own copy)."""
     check_not_quantized(model)
-    _check_opset(model)
-    info = NormalizeInfo()
+    info = NormalizeInfo(opset_upgraded_from=_upgrade_opset(model))
     # Exporters' intermediate shape annotations go stale as soon as a channel is removed
     # (onnxruntime refuses a model whose annotations contradict its weights): drop them,
     # shapes are inferred again where needed.
@@ -60,13 +71,21 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     return info
 
 
-def _check_opset(model: onnx.ModelProto) -> None:
+def _upgrade_opset(model: onnx.ModelProto) -> int | None:
+    """Convert a model older than MIN_OPSET to UPGRADE_OPSET in place; returns its old opset."""
     version = opset_version(model)
-    if version < MIN_OPSET:
+    if version >= MIN_OPSET:
+        return None
+    try:
+        converted = onnx.version_converter.convert_version(model, UPGRADE_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors on ops it cannot adapt
         raise InvalidModelError(
-            f"opset {version} is too old (need {MIN_OPSET} or newer): convert it first with "
-            f"onnx.version_converter.convert_version(model, 17)"
-        )
+            f"opset {version} is too old (need {MIN_OPSET} or newer) and onnx's version converter "
+            f"failed: {first_line(exc)}"
+        ) from None
+    model.CopyFrom(converted)
+    log.info("converted the model from opset %d to %d", version, UPGRADE_OPSET)
+    return version
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:

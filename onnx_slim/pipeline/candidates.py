@@ -384,7 +384,7 @@ class Pruner:
             groups_total=len(self.analysis.channels.groups), groups_prunable=len(self.groups),
             groups_pruned=len(candidate.plan),
             channels_removed=sum(len(removed) for removed in candidate.plan.values()),
-            seconds=0.0, notes=warnings + list(self.context.notes),
+            seconds=0.0, notes=warnings + self.analysis.normalize_info.notes + list(self.context.notes),
             groups=[{"id": g.id, "channels": g.channels, "kept": g.channels - len(candidate.plan.get(g.root, ()))}
                     for g in self.groups],
             allocate=candidate.allocate if settings.allocate != AUTO else f"auto: {candidate.allocate}",

@@ -266,11 +266,13 @@ def test_quantized_model_is_refused():
             call(model)
 
 
-def test_old_opset_is_refused():
+def test_old_opset_is_upgraded():
     model = conv_chain((8,))
     model.opset_import[0].version = 10
-    with pytest.raises(InvalidModelError, match="opset 10.*convert"):
-        analyze(model)
+    analysis = analyze(model)
+    assert analysis.normalize_info.opset_upgraded_from == 10
+    assert [o.version for o in analysis.model.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    assert model.opset_import[0].version == 10  # the caller's model is left alone
 
 
 def test_nodes_get_unique_names():
