@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+
 import onnx
 from onnx import helper
 
@@ -44,6 +46,43 @@ def names_read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
             names.update(name for inner in body.node for name in inner.input)
             names |= names_read_in_subgraphs(body)
     return names
+
+
+def sort_topologically(graph: onnx.GraphProto) -> bool:
+    """Order the nodes so each comes after the producers of what it reads (its subgraphs'
+    outer reads included), keeping the given order wherever it already is; returns whether
+    anything moved. ONNX asks for that order, but onnxruntime runs graphs without it (its
+    float16 converter appends the input Casts last), and every pass here walks nodes in order."""
+    nodes = list(graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    needs: list[set[int]] = []
+    for index, node in enumerate(nodes):
+        reads = set(node.input)
+        for body in subgraphs(node):
+            reads |= {name for inner in body.node for name in inner.input} | names_read_in_subgraphs(body)
+        needs.append({producer[name] for name in reads if name in producer and producer[name] != index})
+    if all(all(before < index for before in need) for index, need in enumerate(needs)):
+        return False
+    waiting = [len(need) for need in needs]
+    readers: dict[int, list[int]] = {}
+    for index, need in enumerate(needs):
+        for before in need:
+            readers.setdefault(before, []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers.get(index, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) != len(nodes):
+        return False  # a cycle: not a valid graph, left for the checker to report
+    del graph.node[:]
+    graph.node.extend(nodes[index] for index in order)
+    return True
 
 
 def keep_nodes(graph: onnx.GraphProto, kept: list[onnx.NodeProto], renamed: dict[str, str]) -> None:

@@ -21,7 +21,8 @@ import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from onnx_slim.errors import InvalidModelError, first_line
-from onnx_slim.ir.graph import drop_unused_initializers, keep_nodes, names_read_in_subgraphs, opset_version
+from onnx_slim.ir.graph import (drop_unused_initializers, keep_nodes, names_read_in_subgraphs, opset_version,
+                                sort_topologically)
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
 from onnx_slim.ops.specs import WEIGHT_OPS
@@ -61,6 +62,7 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     # (onnxruntime refuses a model whose annotations contradict its weights): drop them,
     # shapes are inferred again where needed.
     del model.graph.value_info[:]
+    sort_topologically(model.graph)
     _name_nodes(model.graph)
     info.constants_lifted = _lift_constants(model.graph)
     _bypass_constant_identities(model.graph)

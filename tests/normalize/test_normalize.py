@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_lossless, assert_same_outputs, assert_valid, random_feeds, run, weight_dims
+from conftest import assert_lossless, assert_same_outputs, assert_valid, group_with, random_feeds, run, weight_dims
 from graphs import Graph, conv_chain
 from onnx import TensorProto, helper, numpy_helper
 
@@ -273,6 +273,38 @@ def test_old_opset_is_upgraded():
     assert analysis.normalize_info.opset_upgraded_from == 10
     assert [o.version for o in analysis.model.opset_import if o.domain in ("", "ai.onnx")] == [13]
     assert model.opset_import[0].version == 10  # the caller's model is left alone
+
+
+def test_nodes_out_of_order_are_sorted_before_anything_walks_them():
+    """onnxruntime runs graphs whose nodes are not in topological order (its float16 converter
+    appends the input Casts last); the channel analysis must still see producers first."""
+    model = conv_chain((8, 8))
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[1:] + nodes[:1])  # the first conv last
+    result, _ = normalized(model)
+    position = {name: index for index, node in enumerate(result.graph.node) for name in node.output}
+    for index, node in enumerate(result.graph.node):
+        assert all(position.get(name, -1) < index for name in node.input)
+    assert_same_outputs(conv_chain((8, 8)), result)
+    assert group_with(analyze(model), "conv1").prunable
+
+
+def test_float16_model_with_float32_io_prunes_with_calibration():
+    """The usual float16 file (onnxruntime's converter, keep_io_types): input Cast appended last."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from onnx_slim.data.calibration import CalibrationSet
+
+    source = conv_chain((8, 8), size=8)
+    for value in (source.graph.input[0], source.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    model = convert_float_to_float16(source, keep_io_types=True)
+    assert model.graph.node[-1].op_type == "Cast"
+    calibration = CalibrationSet({"x": np.random.default_rng(0).random((16, 3, 8, 8), dtype=np.float32)})
+    pruned, report = prune(model, target_macs=0.6, criterion="thinet", reconstruct=True, calibration=calibration)
+    assert report.groups_pruned > 0 and report.reconstruction["layers"]
+    assert_valid(pruned, model)
 
 
 def test_nodes_get_unique_names():
