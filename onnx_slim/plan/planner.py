@@ -28,7 +28,11 @@ class PlanOptions:
 
 
 def kept_count(channels: int, remove: int, options: PlanOptions) -> int:
-    """Channels a group keeps when asked to remove `remove` of `channels`, after rounding."""
+    """Channels a group keeps when asked to remove `remove` of `channels`, after rounding. A
+    group asked to lose nothing keeps everything: rounding 40 channels to 32 at `--ratio 0`
+    would change the model nobody asked to change."""
+    if remove <= 0:
+        return channels
     step, floor_keep = _rounding_step(options)
     keep = max(channels - remove, floor_keep)
     if step > 1:

@@ -27,6 +27,14 @@ def test_round_to_and_min_channels(ratio, options, kept):
     assert weight_dims(pruned, "conv_out") == (2, kept, 3, 3)
 
 
+@pytest.mark.parametrize("round_to", [1, 8, 32])
+def test_ratio_zero_changes_nothing_whatever_the_rounding(round_to):
+    model = conv_chain((40, 24))
+    pruned, report = prune(model, ratio=0.0, round_to=round_to)
+    assert report.groups_pruned == 0 and report.macs_after == report.macs_before
+    assert weight_dims(pruned, "conv1")[0] == 40 and weight_dims(pruned, "conv2")[0] == 24
+
+
 def test_global_ranking_prunes_where_scores_are_lowest():
     """conv1 has four near-zero filters, conv2 none: global ranking takes them all from conv1."""
     model = conv_chain((8, 8))
@@ -68,6 +76,7 @@ class _Group:
     (16, 10, PlanOptions(round_to=4), 8),           # keeps 6: halves round up
     (16, 15, PlanOptions(round_to=4, min_channels=5), 8),
     (6, 0, PlanOptions(round_to=8), 6),             # never more than the group has
+    (40, 0, PlanOptions(round_to=32), 40),          # nothing asked: no rounding down either
 ])
 def test_kept_count(channels, remove, options, kept):
     assert kept_count(channels, remove, options) == kept
