@@ -972,7 +972,13 @@ FILE_NOTES = {
     "vit_torchscript": "flatten as `Reshape` to `Concat(Slice(Shape), [-1])`; SDPA scale from `Shape(q)`",
     "vit_dynamo": "unbind = `Slice` + `Squeeze`; kᵀ through `Reshape [-1, N, D]` and back to "
                   "`Concat(Slice(Shape(k)), ...)`",
+    "crnn_torchscript": "`Reshape` target from `Shape`/`Gather`/`Concat`; `LSTM` initial states from "
+                        "`ConstantOfShape` of the batch",
+    "crnn_dynamo": "batch specialized to 1 by the exporter (nn.LSTM's zero states); `Reshape [1, 64, 8]`",
 }
+
+
+PADDLE_SECTION = "## PaddlePaddle exports"
 
 
 def write_readme(out: Path, rows: list[dict]) -> None:
@@ -988,7 +994,12 @@ def write_readme(out: Path, rows: list[dict]) -> None:
         )
     lines.append(f"\nTotal: {sum(r['kb'] for r in rows):.0f} KB.\n")
     lines.append("\n" + README_NOTES)
-    (out / "README.md").write_text("".join(lines))
+    readme = out / "README.md"
+    # The Paddle exports' section belongs to make_paddle_models.py: keep it.
+    previous = readme.read_text() if readme.exists() else ""
+    if PADDLE_SECTION in previous:
+        lines.append("\n" + previous[previous.index(PADDLE_SECTION):])
+    readme.write_text("".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:

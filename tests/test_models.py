@@ -28,8 +28,10 @@ def model_path(request):
 
 def test_models_are_committed():
     names = {path.stem for path in MODELS}
-    for arch in ("resnet", "mobilenetv3", "efficientnet", "densenet", "yolov8", "transformer"):
+    for arch in ("resnet", "mobilenetv3", "efficientnet", "densenet", "yolov8", "transformer", "vit", "crnn"):
         assert {f"{arch}_torchscript", f"{arch}_dynamo"} <= names, arch
+    assert {"pplcnet_paddle", "dbnet_paddle", "dbnet_paddle_op14", "svtr_paddle", "svtr_paddle_op17",
+            "shufflenet_paddle"} <= names
     assert "digits_cnn" in names
 
 

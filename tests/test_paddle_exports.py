@@ -1,0 +1,71 @@
+"""paddle2onnx exports (models/*_paddle*.onnx, built by scripts/make_paddle_models.py): BatchNorm
+left unfolded, biases as Adds, Identity chains, invented symbolic dims, opset 11 and newer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnx_slim.channels.analysis import analyze
+from onnx_slim.data.calibration import CalibrationSet
+from onnx_slim.ir.runtime import create_session, run_session
+from onnx_slim.pipeline.prune import prune
+
+MODELS = Path(__file__).parent.parent / "models"
+
+
+def images(shape, seed=0) -> np.ndarray:
+    """Smooth random images (a blurred noise field per channel): closer to photos than white noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((shape[0], shape[1], shape[2] // 8 + 1, shape[3] // 8 + 1))
+    return np.repeat(np.repeat(coarse, 8, axis=2), 8, axis=3)[:, :, :shape[2], :shape[3]].astype(np.float32)
+
+
+def output_shapes(model, x) -> list:
+    return [value.shape for value in run_session(create_session(model), {"x": x}).values()]
+
+
+@pytest.mark.parametrize("name, analysis_shape, other_shapes", [
+    ("dbnet_paddle", [1, 3, 64, 96], [(2, 3, 96, 160), (1, 3, 128, 64)]),
+    ("dbnet_paddle_op14", [1, 3, 64, 96], [(2, 3, 96, 160)]),
+    ("svtr_paddle", [1, 3, 48, 128], [(2, 3, 48, 320), (1, 3, 48, 64)]),
+    ("svtr_paddle_op17", [1, 3, 48, 128], [(2, 3, 48, 320)]),
+])
+def test_dynamic_height_and_width_survive_pruning(name, analysis_shape, other_shapes):
+    original = onnx.load(str(MODELS / f"{name}.onnx"))
+    pruned, report = prune(original, ratio=0.3, input_shapes={"x": analysis_shape})
+    assert report.macs_after < 0.75 * report.macs_before
+    assert [d.dim_param != "" for d in pruned.graph.input[0].type.tensor_type.shape.dim] == \
+        [d.dim_param != "" for d in original.graph.input[0].type.tensor_type.shape.dim]
+    for shape in other_shapes:
+        x = images(shape)
+        assert output_shapes(pruned, x) == output_shapes(original, x)
+
+
+@pytest.mark.parametrize("name, shape", [("pplcnet_paddle", (24, 3, 48, 192)), ("dbnet_paddle", (16, 3, 64, 96))])
+def test_thinet_and_refit_on_unfolded_batchnorm_and_bias_adds(name, shape):
+    """paddle2onnx never folds BatchNorm into the Conv and adds conv biases with a separate Add:
+    normalization folds both, and the re-fit writes the new bias where it now lives."""
+    original = onnx.load(str(MODELS / f"{name}.onnx"))
+    calibration = CalibrationSet({"x": images(shape, seed=1)})
+    pruned, report = prune(original, target_macs=0.6, criterion="thinet", reconstruct=True,
+                           calibration=calibration, input_shapes={"x": [1, *shape[1:]]})
+    assert abs(report.macs_fraction - 0.6) < 0.05
+    assert report.reconstruction["methods"].get("fit", 0) > 0
+    x = images((2, *shape[1:]), seed=2)
+    before, after = run_session(create_session(original), {"x": x}), run_session(create_session(pruned), {"x": x})
+    for key in before:
+        assert after[key].shape == before[key].shape
+        assert np.isfinite(after[key]).all()
+
+
+def test_paddle_batchnorms_are_folded_and_identities_do_not_freeze():
+    analysis = analyze(MODELS / "pplcnet_paddle.onnx")
+    assert analysis.normalize_info.folded_batchnorms > 0
+    assert not any(node.op_type == "BatchNormalization" for node in analysis.model.graph.node)
+    reasons = [reason.reason for group in analysis.groups for reason in group.frozen]
+    assert all("Identity" not in reason for reason in reasons), reasons
+    assert len(analysis.channels.prunable_groups()) == len(analysis.groups) - 1  # all but the class scores
