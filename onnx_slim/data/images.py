@@ -150,7 +150,8 @@ def _image_size(spec: InputSpec, model_size: tuple, input_size, where: Path) -> 
     if requested is None:
         if None in model_size:
             raise UsageError(
-                f"input '{spec.name}' has no fixed height/width ({format_dims(spec.dims)}); give input_size (H, W)"
+                f"input '{spec.name}' has no fixed height/width ({format_dims(spec.dims)}); "
+                "pass --input-size H,W (input_size=(H, W) from Python)"
             )
         return model_size
     for known, wanted, what in zip(model_size, requested, ("height", "width")):

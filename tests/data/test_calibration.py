@@ -451,7 +451,7 @@ def test_image_folder_symbolic_size_needs_input_size(tmp_path):
     pytest.importorskip("PIL")
     write_image(tmp_path / "0.jpg", solid_image(10, 12, (10, 20, 30)))
     model = image_model(("N", 3, "height", "width"))
-    expected = r"input 'input' has no fixed height/width \(\[N,3,height,width\]\); give input_size"
+    expected = r"input 'input' has no fixed height/width \(\[N,3,height,width\]\); pass --input-size H,W"
     with pytest.raises(UsageError, match=expected):
         load_calibration(tmp_path, model)
     calib = load_calibration(tmp_path, model, input_size=(4, 6))
