@@ -1,5 +1,6 @@
 """`--mode auto`: every quantization that applies is made, timed against the float model and checked for
-agreement with it; the fastest that agrees is kept, or the float model when none is faster.
+agreement with it; the fastest that agrees is kept, or the float model when none is at least
+MIN_SPEEDUP faster.
 
 Candidates: static int8 (when there is calibration data), dynamic int8, int4
 (MatMul weights) and fp16 (a GPU provider only: onnxruntime's CPU provider has
@@ -31,6 +32,10 @@ from onnx_slim.deploy.quant_int4 import int4_weight_count, no_int4_weights_messa
 from onnx_slim.errors import VerificationError
 
 AGREEMENT_COSINE = 0.99
+# auto keeps a quantized model only when it is at least this much faster than the float one: a
+# few percent is within the timing noise of a busy machine (the same DBNet export went int8 in one
+# run and float in the next), and quantization always costs some accuracy.
+MIN_SPEEDUP = 1.05
 KINDS = {"static": "int8", "dynamic": "int8", "int4": "int4", "fp16": "fp16"}
 
 
@@ -123,6 +128,9 @@ def decide(requested: str, candidates: list[Candidate], float_latency: dict | No
     if fastest.latency_ms["p50"] >= float_ms:
         return Decision(None, fastest, f"kept the float model: {_slower(fastest, float_ms)}"
                         + (f"; also tried {others}" if others else ""))
+    if fastest.latency_ms["p50"] * MIN_SPEEDUP > float_ms:
+        return Decision(None, fastest, f"kept the float model: {_versus(fastest, float_ms)}, under the "
+                        f"{MIN_SPEEDUP:.2f}x a quantized model must gain" + (f"; also tried {others}" if others else ""))
     why = f"fastest of {len(agreeing)} agreeing (cosine >= {AGREEMENT_COSINE})" if len(candidates) > 1 else "agrees"
     return Decision(fastest, fastest, f"kept {fastest.label}: {_versus(fastest, float_ms)}; {why}"
                     + (f"; also tried {others}" if others else ""))

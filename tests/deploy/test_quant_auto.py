@@ -76,3 +76,19 @@ def test_no_candidate_faster_keeps_the_float_model_and_lists_them_all(tmp_path, 
     assert "also tried int8 (dynamic) p50 1.500 ms" in report.decision
     assert "static int8: no calibration data" in report.skipped
     assert onnx.load(str(tmp_path / "q.onnx")).SerializeToString() == onnx.load(str(source)).SerializeToString()
+
+
+@pytest.mark.parametrize("int4_ms, kept", [(0.97, "float"), (0.94, "int4")])
+def test_a_gain_within_timing_noise_keeps_the_float_model(tmp_path, monkeypatch, int4_ms, kept):
+    """A quantized model must be MIN_SPEEDUP faster: 3% is noise on a busy machine, not worth its accuracy."""
+    assert quant_auto.MIN_SPEEDUP == 1.05
+    monkeypatch.setattr(quant_speed, "measure_latencies", timer({"float": 1.0, "dynamic": 1.5, "int4": int4_ms}))
+    source = tmp_path / "mm.onnx"
+    onnx.save(matmul_net(), str(source))
+
+    report = quantize_model(source, tmp_path / "q.onnx")
+
+    assert report.kept == kept
+    if kept == "float":
+        assert "under the 1.05x a quantized model must gain" in report.decision
+        assert onnx.load(str(tmp_path / "q.onnx")).SerializeToString() == onnx.load(str(source)).SerializeToString()
