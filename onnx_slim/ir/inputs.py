@@ -31,6 +31,42 @@ class InputSpec:
         return tuple(shape)
 
 
+def concrete_dims(
+    specs: Sequence[InputSpec],
+    overrides: Mapping[str, Sequence[int]] | None = None,
+    default_batch: int = 1,
+    default_dim: int = 64,
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of all inputs: `overrides` first; a symbolic dim takes the same size
+    wherever its name appears (a recurrent state [2, batch, 128] beside an input [batch, time]:
+    sizing each input alone gave the state a batch of 64 and the model could not run). A
+    name seen on some input's first axis defaults to `default_batch`, any other to `default_dim`."""
+    overrides = dict(overrides or {})
+    sizes: dict[str, int] = {}
+    for spec in specs:  # what the given shapes say of each symbolic name
+        for dim, given in zip(spec.dims, overrides.get(spec.name, ())):
+            if isinstance(dim, str) and dim:
+                sizes.setdefault(dim, int(given))
+    for spec in specs:
+        if spec.dims and isinstance(spec.dims[0], str) and spec.dims[0]:
+            sizes.setdefault(spec.dims[0], default_batch)
+    shapes = {}
+    for spec in specs:
+        if spec.name in overrides:
+            shapes[spec.name] = tuple(int(d) for d in overrides[spec.name])
+            continue
+        shape = []
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, int) and dim > 0:
+                shape.append(dim)
+            elif isinstance(dim, str) and dim:
+                shape.append(sizes.setdefault(dim, default_dim))
+            else:
+                shape.append(default_batch if axis == 0 else default_dim)
+        shapes[spec.name] = tuple(shape)
+    return shapes
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     """The real inputs of the graph (initializers listed as inputs are left out)."""
     initializer_names = {init.name for init in model.graph.initializer}
@@ -122,10 +158,11 @@ def random_inputs(
     integers small non-negative values (valid as token ids or indices).
     """
     rng = np.random.default_rng(seed)
-    shapes = dict(shapes or {})
+    specs = graph_inputs(model)
+    concrete = concrete_dims(specs, shapes, default_batch=batch)
     feeds = {}
-    for spec in graph_inputs(model):
-        shape = tuple(shapes.get(spec.name) or spec.concrete_shape(default_batch=batch))
+    for spec in specs:
+        shape = concrete[spec.name]
         if np.issubdtype(spec.dtype, np.floating):
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype == np.bool_:

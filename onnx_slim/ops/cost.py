@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
-from onnx_slim.ir.inputs import check_input_shapes, graph_inputs
+from onnx_slim.ir.inputs import check_input_shapes, concrete_dims, graph_inputs
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.ops.specs import macs_parts
 
@@ -38,11 +38,7 @@ def concrete_input_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Input shapes with symbolic dims made concrete (batch 1), `overrides` first."""
     check_input_shapes(model, overrides)
-    overrides = dict(overrides or {})
-    return {
-        spec.name: tuple(overrides.get(spec.name) or spec.concrete_shape())
-        for spec in graph_inputs(model)
-    }
+    return concrete_dims(graph_inputs(model), overrides)
 
 
 def count_params(model: onnx.ModelProto) -> int:
