@@ -32,7 +32,7 @@ from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
-from onnx_slim.ops.specs import WEIGHT_OPS
+from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
 
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
 SENSITIVITY_FRACTIONS = tuple(round(0.1 * step, 1) for step in range(1, 10))
@@ -215,6 +215,11 @@ def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
         transposed_input = WEIGHT_OPS[node.op_type].data_channel_axis(node, 2) == 0  # Gemm's transA
         # [L, O]: rows are the input channels the group owns.
         return _matrix_sampler(np.moveaxis(weight, input_axis, 0), transposed_input)
+    if node.op_type in RECURRENT_OPS and weight.ndim == 3:
+        # The input projection: W [directions, gates * hidden, features] as one [features, outputs]
+        # matrix over x [steps, batch, features] (ThiNet on what the gates read).
+        features = np.moveaxis(weight, input_axis, 0)
+        return _matrix_sampler(features.reshape(features.shape[0], -1), False)
     return None
 
 

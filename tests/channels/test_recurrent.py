@@ -4,6 +4,7 @@ folded with the height into features, feed the recurrent layer, which consumes t
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from conftest import assert_lossless, assert_valid, group_with, weight_dims
@@ -98,3 +99,26 @@ def test_recurrent_pruning_keeps_the_output_at_other_sequence_lengths():
     session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.random.default_rng(0).random((3, 1, HEIGHT, 11), dtype=np.float32)})[0]
     assert out.shape == (11, 1, 3, HIDDEN)
+
+
+def test_thinet_scores_the_channels_a_recurrent_layer_reads_from_data():
+    """ThiNet samples the input projection (x @ W per gate), so the backbone's last group is scored by
+    the calibration data, not left to the l1 fallback; the channels that carry nothing go first."""
+    from onnx_slim.data.calibration import CalibrationSet
+
+    model = crnn("LSTM")
+    weights = {init.name: init for init in model.graph.initializer}
+    conv = onnx.numpy_helper.to_array(weights["conv1_w"]).copy()
+    conv[[1, 6]] *= 1e-4  # two filters whose outputs barely move
+    weights["conv1_w"].CopyFrom(onnx.numpy_helper.from_array(conv, "conv1_w"))
+    bias = onnx.numpy_helper.to_array(weights["conv1_b"]).copy()
+    bias[[1, 6]] = 0.0
+    weights["conv1_b"].CopyFrom(onnx.numpy_helper.from_array(bias, "conv1_b"))
+    calibration = CalibrationSet({"x": np.random.default_rng(0).random((16, 1, HEIGHT, WIDTH), dtype=np.float32)},
+                                 fixed_batch=1)
+    pruned, report = prune(model, ratio=0.25, criterion="thinet", calibration=calibration)
+    assert not any("scored by l1" in note for note in report.notes), report.notes
+    kept = onnx.numpy_helper.to_array(next(i for i in pruned.graph.initializer if i.name == "conv1_w"))
+    assert kept.shape[0] == CHANNELS - 2
+    assert np.abs(kept).min(axis=(1, 2, 3)).max() > 1e-3  # the two near-silent filters are the ones gone
+    assert_valid(pruned, model)
