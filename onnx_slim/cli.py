@@ -114,7 +114,8 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads of calibration runs and timing.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
-@click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans (not lossless).")
+@click.option("--prune-layernorm", is_flag=True,
+              help="Also prune groups a LayerNormalization (or its written-out ReduceMean form) spans (not lossless).")
 @grouped_conv_option
 @CLEANUP_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
@@ -244,7 +245,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
               help="Kept channel counts are multiples of this; auto times 1, 8, 16, 32 and keeps the fastest.")
 @click.option("--min-channels", default=1, show_default=True)
 @click.option("--exclude", multiple=True, metavar="PATTERN")
-@click.option("--prune-layernorm", is_flag=True, help="Also prune groups a LayerNormalization spans.")
+@click.option("--prune-layernorm", is_flag=True,
+              help="Also prune groups a LayerNormalization (or its written-out ReduceMean form) spans.")
 @grouped_conv_option
 @click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", default=5, show_default=True)

@@ -69,3 +69,24 @@ def test_paddle_batchnorms_are_folded_and_identities_do_not_freeze():
     reasons = [reason.reason for group in analysis.groups for reason in group.frozen]
     assert all("Identity" not in reason for reason in reasons), reasons
     assert len(analysis.channels.prunable_groups()) == len(analysis.groups) - 1  # all but the class scores
+
+
+@pytest.mark.parametrize("name", ["svtr_paddle", "svtr_paddle_op17"])
+def test_svtr_width_prunes_with_prune_layernorm(name):
+    """The SVTR neck's width is LayerNorm-normalized (written out at opset 11) and its reshape
+    back to NCHW reads C through Shape -> Slice -> Squeeze -> Identity -> Reshape -> Concat ->
+    Identity: with --prune-layernorm the count follows and the width prunes."""
+    original = onnx.load(str(MODELS / f"{name}.onnx"))
+
+    def width_group(**options):  # the neck's 1x1 conv starts the transformer stream
+        group = next(g for g in analyze(original, **options).groups if any(m.use.node == "Conv.10" for m in g.producers))
+        assert group.channels == 32 and {m.use.op_type for m in group.producers} >= {"Conv", "MatMul"}
+        return group
+
+    assert not width_group().prunable
+    assert width_group(prune_layernorm=True).prunable
+    pruned, report = prune(original, ratio=0.3, prune_layernorm=True, input_shapes={"x": [1, 3, 48, 128]})
+    assert report.groups_pruned == len(analyze(original, prune_layernorm=True).channels.prunable_groups())
+    for shape in [(2, 3, 48, 320), (1, 3, 48, 64)]:
+        x = images(shape)
+        assert output_shapes(pruned, x) == output_shapes(original, x)

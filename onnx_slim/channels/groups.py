@@ -127,16 +127,33 @@ def _check_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
                 continue
         if node.op_type == "Concat" and _carry_through_concat(ctx, node, name, carrier):
             continue
+        if _carry_as_is(ctx, node, name, index):
+            ctx.size_carriers[node.output[0]] = (layout, index if node.op_type in ("Identity", "Cast") else 0)
+            continue
         if node.op_type == "Reshape" and name == node.input[1]:
             continue  # the Reshape rule checks where the count lands
         ctx.freeze(layout, node, "reads the channel count through Shape")
+
+
+def _carry_as_is(ctx: AnalysisContext, node: onnx.NodeProto, name: str, index: int) -> bool:
+    """Identity and Cast pass a shape tensor on unchanged; Squeeze, Unsqueeze and Reshape turn the
+    count alone (one element) into a scalar and back (paddle2onnx writes Shape -> Slice -> Squeeze
+    -> Unsqueeze or Reshape -> Concat, with Identity nodes in between)."""
+    if name != node.input[0]:
+        return False
+    if node.op_type in ("Identity", "Cast"):
+        return True
+    shape = ctx.static_shape(name)
+    one_element = shape is not None and math.prod(shape) == 1 and index == 0
+    return node.op_type in ("Squeeze", "Unsqueeze", "Reshape") and one_element
 
 
 def _slice_bounds(ctx: AnalysisContext, node: onnx.NodeProto) -> tuple[int, int] | None:
     """[start, stop) of a Slice of a 1-D shape tensor with constant bounds and no step."""
     starts, ends = ctx.const(node.input[1]), ctx.const(node.input[2])
     length = (ctx.static_shape(node.input[0]) or (None,))[0]
-    if starts is None or ends is None or length is None or len(node.input) > 4 and node.input[4]:
+    steps = ctx.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    if starts is None or ends is None or length is None or steps is not None and int(steps[0]) != 1:
         return None
     start, stop, _ = slice(int(starts[0]), int(ends[0])).indices(length)
     return start, stop

@@ -323,6 +323,30 @@ def test_layer_norm_over_another_axis_freezes():
     check_frozen(model, "conv1", 8, "ln", "more than the channel axis")
 
 
+def decomposed_layer_norm_model(opset: int = 11):
+    """fc1 -> LayerNorm written out as exports before opset 17 do (ReduceMean, Sub, Pow,
+    ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta) -> fc2."""
+    g = Graph(opset=opset)
+    h = g.matmul(g.input("x", [1, 5, 8]), 16, name="fc1")
+    mean = g.node("ReduceMean", [h], "mean", axes=[-1], keepdims=1)
+    centred = g.node("Sub", [h, mean], "centred")
+    variance = g.node("ReduceMean", [g.node("Pow", [centred, g.const("two", np.float32(2.0))], "square")],
+                      "variance", axes=[-1], keepdims=1)
+    spread = g.node("Sqrt", [g.scalar("Add", variance, 1e-5, name="eps")], "spread")
+    normed = g.node("Div", [centred, spread], "normed")
+    h = g.node("Add", [g.node("Mul", [normed, g.weight("gamma", [16])], "scale"), g.weight("beta", [16])], "shift")
+    return g.build(g.matmul(g.relu(h), 8, name="fc2"))
+
+
+def test_decomposed_layer_norm_freezes_by_default_and_says_why():
+    check_frozen(decomposed_layer_norm_model(), "fc1", 16, "mean", "--prune-layernorm")
+
+
+def test_decomposed_layer_norm_rides_along_on_request():
+    check_rule(decomposed_layer_norm_model(), [("fc1", 16)],
+               {("scale", 1): (8,), ("shift", 1): (8,), ("fc2", 1): (8, 8)}, lossless=False, prune_layernorm=True)
+
+
 # -- Element-wise ------------------------------------------------------------------------------
 
 # (op type, attributes, opset, f(0) == 0)

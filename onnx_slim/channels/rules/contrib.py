@@ -11,7 +11,7 @@ from onnx_slim.channels.rules.elementwise import elementwise
 from onnx_slim.channels.rules.registry import input_at, pass_through, rule, unknown_op
 from onnx_slim.channels.space import Block
 from onnx_slim.ir.graph import attr
-from onnx_slim.ops.specs import ATTENTION_PART, CONTRIB_DOMAIN, FUSED_ATTENTION
+from onnx_slim.ops.specs import ATTENTION_PART, CONTRIB_DOMAIN
 
 
 def _contrib(function):

@@ -65,7 +65,9 @@ def _axes(ctx, node, input_index):
 @rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
       "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 def reduce(ctx, node):
-    """Reductions over spatial axes keep the channel (squeeze-excite); over channels they freeze."""
+    """Reductions over spatial axes keep the channel (squeeze-excite); over channels they freeze,
+    but for a mean over the channels alone with --prune-layernorm (a LayerNorm written out as
+    ReduceMean, Sub, Pow, ReduceMean, Sqrt, Div): its output broadcasts over the kept channels."""
     tracked = ctx.get(node.input[0])
     rank = ctx.rank(node.input[0])
     if tracked is None:
@@ -81,10 +83,14 @@ def reduce(ctx, node):
             ctx.freeze(tracked.layout, node, "reduces over every axis")
         return
     axes = [int(a) % rank for a in axes]
-    if tracked.axis in axes:
-        ctx.freeze(tracked.layout, node, "reduces over the channel axis")
-        return
     keepdims = attr(node, "keepdims", 1)
+    if axes == [tracked.axis] and keepdims and node.op_type == "ReduceMean" and ctx.prune_layernorm:
+        return  # a LayerNorm's statistics, written out (exports before opset 17): a broadcast value
+    if tracked.axis in axes:
+        statistic = axes == [tracked.axis] and keepdims and node.op_type == "ReduceMean"
+        ctx.freeze(tracked.layout, node, "reduces over the channel axis" + (
+            " (a decomposed LayerNorm's statistics: --prune-layernorm allows it)" if statistic else ""))
+        return
     new_axis = tracked.axis if keepdims else tracked.axis - sum(1 for a in axes if a < tracked.axis)
     ctx.track(node.output[0], new_axis, tracked.layout)
 
@@ -244,6 +250,8 @@ def _target_entries(ctx, name):
     if value is not None:
         return [(int(v), name) for v in value.reshape(-1)]
     concat = ctx.producer(name)
+    while concat is not None and concat.op_type in ("Identity", "Cast"):  # paddle2onnx's pass-throughs
+        concat = ctx.producer(concat.input[0])
     if concat is None or concat.op_type != "Concat":
         return None
     entries = []
