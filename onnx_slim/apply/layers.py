@@ -10,7 +10,7 @@ import onnx
 from onnx_slim.channels.context import PRODUCER
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import has_subgraphs
-from onnx_slim.ops.specs import WEIGHT_OPS
+from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
 
 UNUSABLE_BIAS = "<not per-feature>"  # a bias that cannot take a per-output intercept: the layer keeps its slice
 
@@ -26,6 +26,8 @@ def kept_outputs(analysis, node_name, weight, plan, original) -> list:
 
 
 def out_channels(node, dims) -> int:
+    if node.op_type in RECURRENT_OPS:
+        return RECURRENT_OPS[node.op_type].outputs(dims)
     return dims[WEIGHT_OPS[node.op_type].out_axis(node)]
 
 
@@ -38,6 +40,8 @@ def bias_target(node, model, readers) -> tuple[str | None, bool]:
         dims = list(initializers[name].dims) if name in initializers else []
         return bool(dims) and dims[-1] == features and math.prod(dims) == features
 
+    if node.op_type in RECURRENT_OPS:
+        return None, False
     if WEIGHT_OPS[node.op_type].bias_input is not None:
         if len(node.input) > 2 and node.input[2]:
             return (node.input[2], False) if per_feature(node.input[2]) else (UNUSABLE_BIAS, False)

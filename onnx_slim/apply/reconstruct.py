@@ -49,7 +49,7 @@ from onnx_slim.ir.graph import attr
 from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
-from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
+from onnx_slim.ops.specs import CONV_PATCHES, RECURRENT_OPS, REFIT_SPECS
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[
         if use.kind != CONSUMER or not touched.intersection(atoms.classes_in(use.layout)):
             continue
         node = nodes[use.node]
-        spec = WEIGHT_OPS.get(node.op_type)
+        spec = REFIT_SPECS.get(node.op_type)
         kind = spec.refit_kind(node) if spec is not None else None
         if kind is None or use.node in found:
             continue
@@ -277,8 +277,8 @@ def _capture_group(chunks: list, start: int, shapes: dict, batch_size: int) -> l
 
 def _original_tensors(consumers) -> set[str]:
     """What the targets of `consumers` are read from: each layer's input, output and residual sum."""
-    return ({c.node.output[0] for c in consumers} | {c.node.input[0] for c in consumers}
-            | {c.residual[0] for c in consumers if c.residual})
+    return ({c.node.output[0] for c in consumers if c.node.op_type not in RECURRENT_OPS}
+            | {c.node.input[0] for c in consumers} | {c.residual[0] for c in consumers if c.residual})
 
 
 def _bytes_per_batch(shape, batch_size: int) -> int:
@@ -297,9 +297,15 @@ def _collect_targets(original, consumers, staged: StagedCapture, calibration, to
     samples = len(calibration)
     sums = {c.node.name: None for c in consumers}
     counts = {c.node.name: 0 for c in consumers}
+    projections = {c.node.name: REFIT_SPECS[c.node.op_type].as_matrix(c.node, numpy_helper.to_array(
+        initializer(original, c.weight))) for c in consumers if c.node.op_type in RECURRENT_OPS}
     for (start, _), values in zip(batches, staged.run(original, names)):
         for consumer in consumers:
-            x, y = values[consumer.node.input[0]], values[consumer.node.output[0]]
+            x = values[consumer.node.input[0]]
+            if consumer.node.name in projections:  # what the gates read of the input, [..., outputs]
+                y = (x.astype(np.float64) @ projections[consumer.node.name]).astype(np.float32)
+            else:
+                y = values[consumer.node.output[0]]
             if consumer.residual and values[consumer.residual[0]].shape != y.shape:
                 consumer.residual = None  # the other addend broadcasts: fit the layer's own output
             if consumer.residual:
@@ -317,7 +323,7 @@ def _collect_targets(original, consumers, staged: StagedCapture, calibration, to
 
 
 def _accumulate_input_mean(consumer, x, sums, counts) -> None:
-    axis = WEIGHT_OPS[consumer.node.op_type].data_channel_axis(consumer.node, x.ndim)
+    axis = REFIT_SPECS[consumer.node.op_type].data_channel_axis(consumer.node, x.ndim)
     others = tuple(a for a in range(x.ndim) if a != axis)
     total = x.sum(axis=others, dtype=np.float64)  # accumulated in float64 without a float64 copy of x
     sums[consumer.node.name] = total if sums[consumer.node.name] is None else sums[consumer.node.name] + total
@@ -407,7 +413,7 @@ def _flush(consumer, pending: list) -> None:
 def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
     node = consumer.node
     weight = numpy_helper.to_array(initializer(pruned, consumer.weight))
-    current = WEIGHT_OPS[node.op_type].as_matrix(node, weight)  # [d, out]
+    current = REFIT_SPECS[node.op_type].as_matrix(node, weight)  # [d, out]
     features = current.shape[0]
     bias_now = _current_bias(pruned, consumer, current.shape[1])
     train, holdout = consumer.stats.train, consumer.stats.holdout
@@ -455,7 +461,7 @@ def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
 def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
     """What the removed input channels added on average to each output (all outputs)."""
     means = consumer.input_mean
-    matrix = WEIGHT_OPS[node.op_type].as_matrix(node, original_weight)  # [d_full, out_full]
+    matrix = REFIT_SPECS[node.op_type].as_matrix(node, original_weight)  # [d_full, out_full]
     if consumer.kind == CONV_PATCHES:
         taps = original_weight.shape[2] * original_weight.shape[3]
         per_channel = matrix.reshape(original_weight.shape[1], taps, -1).sum(axis=1)  # [C_in, out]
@@ -471,7 +477,7 @@ def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> Non
     weights_part = matrix[:-1] if consumer.bias_tensor is not None else matrix
     weight_init = initializer(pruned, consumer.weight)
     dtype = numpy_helper.to_array(weight_init).dtype
-    new_weight = WEIGHT_OPS[node.op_type].from_matrix(node, weights_part, weight_shape).astype(dtype)
+    new_weight = REFIT_SPECS[node.op_type].from_matrix(node, weights_part, weight_shape).astype(dtype)
     weight_init.CopyFrom(numpy_helper.from_array(new_weight, consumer.weight))
     if consumer.bias_tensor is None:
         return

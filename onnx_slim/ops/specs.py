@@ -183,12 +183,34 @@ WEIGHT_OPS: dict[str, WeightOp] = {spec.op_type: spec for spec in (Conv(), ConvT
 
 class Recurrent:
     """LSTM, GRU or RNN: X [T, N, features] (or [N, T, features] with layout=1), W [directions,
-    gates * hidden, features], R [directions, gates * hidden, hidden]."""
+    gates * hidden, features], R [directions, gates * hidden, hidden].
+
+    The re-fit reads the input projection x @ W (every gate of every direction) as a layer of its
+    own: W as a [features, directions * gates * hidden] matrix, its targets the original's
+    projection of the original input (the gates' input part is no tensor of the graph)."""
 
     in_axis = 2  # W's axis that reads the input features
+    bias_input = None  # B holds W's and R's biases side by side: the fit takes no intercept
 
     def __init__(self, op_type: str, gates: int) -> None:
         self.op_type, self.gates = op_type, gates
+
+    def data_channel_axis(self, node: onnx.NodeProto, rank: int) -> int:
+        return rank - 1
+
+    def refit_kind(self, node: onnx.NodeProto) -> str | None:
+        return MATRIX_ROWS
+
+    def as_matrix(self, node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
+        return weight.transpose(2, 0, 1).reshape(weight.shape[2], -1).astype(np.float64)
+
+    def from_matrix(self, node: onnx.NodeProto, matrix: np.ndarray, shape) -> np.ndarray:
+        directions, rows, _ = shape
+        return matrix.reshape(-1, directions, rows).transpose(1, 2, 0)
+
+    def outputs(self, weight_dims) -> int:
+        """Columns of the re-fit's matrix."""
+        return weight_dims[0] * weight_dims[1]
 
     def input_macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
         """The input projection's MACs (shrink with the input features)."""
@@ -208,6 +230,9 @@ class Recurrent:
 
 RECURRENT_OPS: dict[str, Recurrent] = {spec.op_type: spec for spec in (Recurrent("LSTM", 4), Recurrent("GRU", 3),
                                                                       Recurrent("RNN", 1))}
+
+# What the re-fit can read as [features, outputs]: the weight ops and the recurrent input projections.
+REFIT_SPECS: dict = {**WEIGHT_OPS, **RECURRENT_OPS}
 
 CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's own ops (its transformer optimizer's fusions)
 

@@ -436,7 +436,7 @@ def test_targets_are_captured_a_few_passes_ahead_within_a_byte_budget(monkeypatc
     import onnx_slim.apply.reconstruct as reconstruct_module
 
     def chunk(index):
-        node = SimpleNamespace(input=[f"x{index}"], output=[f"y{index}"])
+        node = SimpleNamespace(input=[f"x{index}"], output=[f"y{index}"], op_type="MatMul")
         return [SimpleNamespace(node=node, residual=None)]
 
     chunks = [chunk(i) for i in range(5)]

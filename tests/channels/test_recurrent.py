@@ -122,3 +122,32 @@ def test_thinet_scores_the_channels_a_recurrent_layer_reads_from_data():
     assert kept.shape[0] == CHANNELS - 2
     assert np.abs(kept).min(axis=(1, 2, 3)).max() > 1e-3  # the two near-silent filters are the ones gone
     assert_valid(pruned, model)
+
+
+def test_refit_matches_the_input_projection_of_the_original():
+    """With --reconstruct the recurrent layer's W is re-fitted so that x_pruned @ W' matches what
+    the original's gates read (x @ W): the outputs move closer to the original's than slicing."""
+    from onnx_slim.data.calibration import CalibrationSet
+
+    model = crnn("LSTM")
+    rng = np.random.default_rng(0)
+    calibration = CalibrationSet({"x": rng.random((40, 1, HEIGHT, WIDTH), dtype=np.float32)}, fixed_batch=1)
+    sliced, _ = prune(model, ratio=0.5, criterion="l1")
+    fitted, report = prune(model, ratio=0.5, criterion="l1", reconstruct=True, calibration=calibration)
+    layers = {layer["node"]: layer for layer in report.reconstruction["per_layer"]}
+    assert layers["rnn"]["method"] == "fit" and layers["rnn"]["error_fit"] < layers["rnn"]["error_slice"]
+    assert_valid(fitted, model)
+
+    def error(pruned):
+        total = 0.0
+        for index in range(8):
+            x = rng.random((1, 1, HEIGHT, WIDTH), dtype=np.float32)
+            total += float(np.sum((run_output(pruned, x) - run_output(model, x)) ** 2))
+        return total
+
+    assert error(fitted) < error(sliced)
+
+
+def run_output(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
