@@ -152,8 +152,9 @@ def _slice_bounds(ctx: AnalysisContext, node: onnx.NodeProto) -> tuple[int, int]
     """[start, stop) of a Slice of a 1-D shape tensor with constant bounds and no step."""
     starts, ends = ctx.const(node.input[1]), ctx.const(node.input[2])
     length = (ctx.static_shape(node.input[0]) or (None,))[0]
-    steps = ctx.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-    if starts is None or ends is None or length is None or steps is not None and int(steps[0]) != 1:
+    stepped = len(node.input) > 4 and bool(node.input[4])
+    steps = ctx.const(node.input[4]) if stepped else None
+    if starts is None or ends is None or length is None or stepped and (steps is None or int(steps[0]) != 1):
         return None
     start, stop, _ = slice(int(starts[0]), int(ends[0])).indices(length)
     return start, stop

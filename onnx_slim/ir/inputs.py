@@ -40,15 +40,23 @@ def concrete_dims(
     """Concrete shapes of all inputs: `overrides` first; a symbolic dim takes the same size
     wherever its name appears (a recurrent state [2, batch, 128] beside an input [batch, time]:
     sizing each input alone gave the state a batch of 64 and the model could not run). A
-    name seen on some input's first axis defaults to `default_batch`, any other to `default_dim`."""
+    name seen on some input's first axis defaults to `default_batch`, any other to `default_dim`.
+    A name used twice in one input (["?", 3, "?", "?"]) is a placeholder, not a shared size:
+    its axes take the positional defaults."""
     overrides = dict(overrides or {})
+    placeholders = {dim for spec in specs for dim in spec.dims
+                    if isinstance(dim, str) and dim and spec.dims.count(dim) > 1}
+
+    def named(dim) -> bool:
+        return isinstance(dim, str) and bool(dim) and dim not in placeholders
+
     sizes: dict[str, int] = {}
     for spec in specs:  # what the given shapes say of each symbolic name
         for dim, given in zip(spec.dims, overrides.get(spec.name, ())):
-            if isinstance(dim, str) and dim:
+            if named(dim):
                 sizes.setdefault(dim, int(given))
     for spec in specs:
-        if spec.dims and isinstance(spec.dims[0], str) and spec.dims[0]:
+        if spec.dims and named(spec.dims[0]):
             sizes.setdefault(spec.dims[0], default_batch)
     shapes = {}
     for spec in specs:
@@ -59,7 +67,7 @@ def concrete_dims(
         for axis, dim in enumerate(spec.dims):
             if isinstance(dim, int) and dim > 0:
                 shape.append(dim)
-            elif isinstance(dim, str) and dim:
+            elif named(dim):
                 shape.append(sizes.setdefault(dim, default_dim))
             else:
                 shape.append(default_batch if axis == 0 else default_dim)

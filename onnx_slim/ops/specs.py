@@ -262,8 +262,8 @@ class FusedAttention:
 
 FUSED_ATTENTION = FusedAttention()
 
-# ModelCost.node_macs keys of the parts of a node that its weight's sliced axes do not scale:
-# node name + one of these (the part they scale is under the name itself).
+# ModelCost.node_macs keys of the parts of a node that its weight's sliced axes do not scale
+# (fixed, or scaled by the heads): node name + one of these (the part they scale is under the name).
 RECURRENCE_PART = "/recurrence"  # a recurrent layer's hidden-to-hidden MACs: fixed
 ATTENTION_PART = "/attention"  # fused attention's score and context MACs: scale with the heads
 
@@ -291,8 +291,8 @@ def macs_parts(node: onnx.NodeProto, shapes: Shapes) -> dict[str, int | None] | 
         return {"": WEIGHT_OPS[node.op_type].macs(node, shapes)}
     if node.op_type in QUANTIZED_MACS:
         return {"": QUANTIZED_MACS[node.op_type](node, shapes)}
-    if node.op_type in RECURRENT_OPS:
-        spec = RECURRENT_OPS[node.op_type]
+    if node.op_type in RECURRENT_OPS or node.op_type == "DynamicQuantizeLSTM":  # int8 LSTM: same sizes
+        spec = RECURRENT_OPS.get(node.op_type, RECURRENT_OPS["LSTM"])
         return {"": spec.input_macs(node, shapes), RECURRENCE_PART: spec.recurrent_macs(node, shapes)}
     if FUSED_ATTENTION.matches(node):
         return {"": FUSED_ATTENTION.projection_macs(node, shapes),

@@ -90,3 +90,22 @@ def test_shared_computed_target_freezes():
     head = g.node("Gemm", [g.concat([ra, rb], axis=1), g.weight("head_w", (2, 16))], "head", transB=1)
     group = group_with(analyze(_build(g, head, ["batch", 2])), "fc_a")
     assert any("shared with other nodes" in reason.reason for reason in group.frozen), group.frozen
+
+
+def test_shared_computed_target_behind_an_identity_freezes():
+    """paddle2onnx style: the Concat reaches one Reshape through an Identity, the other directly."""
+    g = Graph()
+    x = g.input("x", ["batch", 16])
+    a = g.relu(g.gemm(x, 8, name="fc_a"))
+    b = g.relu(g.gemm(x, 8, name="fc_b"))
+    batch = g.node("Unsqueeze", [g.node("Gather", [g.node("Shape", [x]), g.ints("zero", 0)], axis=0),
+                                 g.ints("axes", [0])])
+    target = g.concat([batch, g.ints("width", [8])], axis=0, name="target")
+    ra = g.node("Reshape", [a, g.node("Identity", [target], "target_identity")], "reshape_a")
+    rb = g.node("Reshape", [b, target], "reshape_b")
+    head = g.node("Gemm", [g.concat([ra, rb], axis=1), g.weight("head_w", (2, 16))], "head", transB=1)
+    model = _build(g, head, ["batch", 2])
+    for name in ("fc_a", "fc_b"):
+        group = group_with(analyze(model), name)
+        assert any("shared with other nodes" in reason.reason for reason in group.frozen), group.frozen
+    assert_valid(prune(model, ratio=0.5)[0], model)

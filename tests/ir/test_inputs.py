@@ -38,3 +38,10 @@ def test_random_feeds_and_analysis_shapes_agree_on_shared_names():
     feeds = random_inputs(model, batch=3)
     assert feeds["input"].shape == (3, 128) and feeds["state"].shape == (2, 3, 128)
     assert concrete_input_shapes(model, {"input": [5, 128]}) == {"input": (5, 128), "state": (2, 5, 128)}
+
+
+def test_a_name_repeated_within_one_input_is_a_placeholder():
+    """Some exporters write every dynamic axis as "?": batch, height and width are not one size."""
+    image = InputSpec("x", ("?", 3, "?", "?"), np.dtype(np.float32))
+    assert concrete_dims([image]) == {"x": (1, 3, 64, 64)}
+    assert concrete_dims([image], default_batch=2) == {"x": (2, 3, 64, 64)}

@@ -133,3 +133,18 @@ def test_quantized_models_count_the_macs_of_the_float_ops(tmp_path, mode):
     assert expected_ops <= {node.op_type for node in quantized.graph.node}
     cost = model_cost(quantized)
     assert cost.macs == float_cost.macs and not cost.uncounted
+
+
+def test_dynamic_int8_lstm_counts_as_the_float_lstm(tmp_path):
+    """quantize_dynamic turns LSTM into com.microsoft DynamicQuantizeLSTM (W and R transposed,
+    same sizes): its MACs are the float layer's."""
+    from pathlib import Path
+
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = Path(__file__).parent.parent.parent / "models" / "crnn_torchscript.onnx"
+    target = tmp_path / "quantized.onnx"
+    quantize_dynamic(str(source), str(target))
+    quantized = onnx.load(str(target))
+    assert "DynamicQuantizeLSTM" in {node.op_type for node in quantized.graph.node}
+    assert model_cost(quantized).macs == model_cost(onnx.load(str(source))).macs

@@ -171,7 +171,7 @@ def reshape(ctx, node):
         ctx.freeze(tracked.layout, node, "the target's channel count is computed at run time")
         return
     if entry is not None and entry > 0:
-        if source != node.input[1] and ctx.readers(node.input[1]) > 1:
+        if source != node.input[1] and any(ctx.readers(name) > 1 for name in _target_chain(ctx, node.input[1])):
             # Rewriting the shared Concat's constant would resize the other readers too.
             ctx.freeze(tracked.layout, node, "the computed target shape is shared with other nodes")
             return
@@ -249,9 +249,7 @@ def _target_entries(ctx, name):
     value = ctx.const(name)
     if value is not None:
         return [(int(v), name) for v in value.reshape(-1)]
-    concat = ctx.producer(name)
-    while concat is not None and concat.op_type in ("Identity", "Cast"):  # paddle2onnx's pass-throughs
-        concat = ctx.producer(concat.input[0])
+    concat = ctx.producer(_target_chain(ctx, name)[-1])
     if concat is None or concat.op_type != "Concat":
         return None
     entries = []
@@ -265,6 +263,17 @@ def _target_entries(ctx, name):
         else:
             return None
     return entries
+
+
+def _target_chain(ctx, name) -> list[str]:
+    """`name`, then the inputs of the Identity or Cast nodes it comes through (paddle2onnx puts
+    them between a target's Concat and its Reshape), up to the tensor the Concat makes."""
+    chain = [name]
+    producer = ctx.producer(name)
+    while producer is not None and producer.op_type in ("Identity", "Cast"):
+        chain.append(producer.input[0])
+        producer = ctx.producer(producer.input[0])
+    return chain
 
 
 def _index_in(target, position: int) -> int:
