@@ -26,6 +26,7 @@ from onnx_slim.cli_options import (
     calibration_options,
     floats,
     grouped_conv_option,
+    layernorm_option,
     load_data,
     provider_options,
     session_spec,
@@ -56,7 +57,7 @@ def cli(ctx, debug):
 @shape_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--all", "show_all", is_flag=True, help="List every group, not only the largest.")
-@click.option("--prune-layernorm", is_flag=True, help="Count groups a LayerNormalization spans as prunable.")
+@layernorm_option
 @grouped_conv_option
 def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_conv):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
@@ -72,9 +73,8 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
         return
     click.echo(f"{model}: {human_count(data['params'])} params, {human_count(data['macs'])} MACs "
                f"(inputs {data['input_shapes']})")
-    for note in [analysis.shapes_note, *analysis.normalize_info.notes]:
-        if note:
-            click.echo(f"note: {note}")
+    for note in data["notes"]:
+        click.echo(f"note: {note}")
     click.echo(f"{data['groups_prunable']} of {data['groups_total']} channel groups prunable, "
                f"covering {data['prunable_macs_fraction'] * 100:.1f}% of MACs\n")
     groups = sorted(data["groups"], key=lambda g: -g["macs_share"])
@@ -114,8 +114,7 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--min-channels", default=1, show_default=True, help="Never keep fewer channels in a group.")
 @click.option("--threads", type=int, help="onnxruntime intra-op threads of calibration runs and timing.")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Leave groups touching these node-name globs alone (repeatable).")
-@click.option("--prune-layernorm", is_flag=True,
-              help="Also prune groups a LayerNormalization (or its written-out ReduceMean form) spans (not lossless).")
+@layernorm_option
 @grouped_conv_option
 @CLEANUP_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for random choices and verification inputs.")
@@ -182,7 +181,7 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
 @click.option("--criterion", default="l1", show_default=True, help="Which channels each trial removes.")
 @click.option("--samples", default=32, show_default=True, help="Calibration samples the errors are measured on.")
 @click.option("--exclude", multiple=True, metavar="PATTERN")
-@click.option("--prune-layernorm", is_flag=True, help="Also measure groups a LayerNormalization spans.")
+@layernorm_option
 @shape_option
 @provider_options
 @click.option("--seed", default=0, show_default=True)
@@ -245,8 +244,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
               help="Kept channel counts are multiples of this; auto times 1, 8, 16, 32 and keeps the fastest.")
 @click.option("--min-channels", default=1, show_default=True)
 @click.option("--exclude", multiple=True, metavar="PATTERN")
-@click.option("--prune-layernorm", is_flag=True,
-              help="Also prune groups a LayerNormalization (or its written-out ReduceMean form) spans.")
+@layernorm_option
 @grouped_conv_option
 @click.option("--runs", default=50, show_default=True, help="Timed benchmark runs per model.")
 @click.option("--warmup", default=5, show_default=True)

@@ -101,6 +101,11 @@ grouped_conv_option = click.option(
     help="Grouped convs (1 < group < C): remove the same channels from every group, or whole groups.",
 )
 
+layernorm_option = click.option(
+    "--prune-layernorm", is_flag=True,
+    help="Also prune groups a LayerNormalization (or a mean over the channels) spans (not lossless).",
+)
+
 shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
     help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",

@@ -58,6 +58,7 @@ class ModelAnalysis:
             "macs": self.cost.macs,
             "input_shapes": {name: list(shape) for name, shape in self.input_shapes.items()},
             "shapes_measured": self.shapes_measured,
+            "notes": [note for note in [self.shapes_note, *self.normalize_info.notes] if note],
             "groups_total": len(self.groups),
             "groups_prunable": len(self.channels.prunable_groups()),
             "prunable_macs_fraction": round(self.prunable_macs_fraction(), 4),
