@@ -2,7 +2,8 @@
 
 For every consumer of a pruned group (a Conv, Gemm or MatMul whose input
 channels were sliced) we want its output on the kept channels to match the
-ORIGINAL model's output of that layer (He et al. 2017; ThiNet 2017). The
+ORIGINAL model's output of that layer (He et al. 2017; ThiNet 2017). A recurrent
+layer's target is its input projection x @ W, computed from the original's input. The
 targets come from one pass of the original model at sampled positions; the
 features come from the pruned model itself, so each fit also absorbs what
 pruning changed upstream. Consumers are re-fitted by depth level (1 + the

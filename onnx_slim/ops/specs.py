@@ -7,9 +7,10 @@ to write it back), whether a BatchNormalization after it can fold into it. A new
 weight-bearing op is one entry in `WEIGHT_OPS` plus its channel rule
 (`channels/rules/weights.py`). Recurrent layers (LSTM, GRU, RNN) are in
 `RECURRENT_OPS`: they read channels (their input features) but produce none we prune
-(the hidden size stays), so they are not weight ops to the other stages; nor is
-onnxruntime's fused `Attention` (`FUSED_ATTENTION`), whose heads are pruned by its
-own rule (`channels/rules/contrib.py`). `macs_parts` counts all of them.
+(the hidden size stays), so BN folding, statistics correction and quantization leave
+them alone; the re-fit reads their input projection (`REFIT_SPECS`). onnxruntime's
+fused `Attention` (`FUSED_ATTENTION`) has its heads pruned by its own rule
+(`channels/rules/contrib.py`). `macs_parts` counts all of them.
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ class Recurrent:
     in_axis = 2  # W's axis that reads the input features
     bias_input = None  # B holds W's and R's biases side by side: the fit takes no intercept
 
-    def __init__(self, op_type: str, gates: int) -> None:
-        self.op_type, self.gates = op_type, gates
+    def __init__(self, op_type: str) -> None:
+        self.op_type = op_type
 
     def data_channel_axis(self, node: onnx.NodeProto, rank: int) -> int:
         return rank - 1
@@ -228,8 +229,7 @@ class Recurrent:
         return math.prod(data[:2]) * math.prod(weight)  # every (step, sample) multiplies the whole matrix
 
 
-RECURRENT_OPS: dict[str, Recurrent] = {spec.op_type: spec for spec in (Recurrent("LSTM", 4), Recurrent("GRU", 3),
-                                                                      Recurrent("RNN", 1))}
+RECURRENT_OPS: dict[str, Recurrent] = {op_type: Recurrent(op_type) for op_type in ("LSTM", "GRU", "RNN")}
 
 # What the re-fit can read as [features, outputs]: the weight ops and the recurrent input projections.
 REFIT_SPECS: dict = {**WEIGHT_OPS, **RECURRENT_OPS}
