@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from conftest import assert_lossless, assert_valid, group_with, run, zeroed_for_lossless
 from graphs import Graph, computed_reshape_encoder
 from onnx import numpy_helper
@@ -77,8 +78,10 @@ def test_channel_count_computed_at_run_time_freezes():
     assert any("channel count is computed at run time" in reason.reason for reason in group.frozen), group.frozen
 
 
-def test_shared_computed_target_freezes():
-    """One Concat target read by two Reshapes: rewriting it for one would resize the other."""
+@pytest.mark.parametrize("through_identity", [False, True])
+def test_shared_computed_target_freezes(through_identity):
+    """One Concat target read by two Reshapes: rewriting it for one would resize the other; also
+    when one of them reads it through an Identity (paddle2onnx style)."""
     g = Graph()
     x = g.input("x", ["batch", 16])
     a = g.relu(g.gemm(x, 8, name="fc_a"))
@@ -86,23 +89,8 @@ def test_shared_computed_target_freezes():
     batch = g.node("Unsqueeze", [g.node("Gather", [g.node("Shape", [x]), g.ints("zero", 0)], axis=0),
                                  g.ints("axes", [0])])
     target = g.concat([batch, g.ints("width", [8])], axis=0, name="target")
-    ra, rb = g.node("Reshape", [a, target], "reshape_a"), g.node("Reshape", [b, target], "reshape_b")
-    head = g.node("Gemm", [g.concat([ra, rb], axis=1), g.weight("head_w", (2, 16))], "head", transB=1)
-    group = group_with(analyze(_build(g, head, ["batch", 2])), "fc_a")
-    assert any("shared with other nodes" in reason.reason for reason in group.frozen), group.frozen
-
-
-def test_shared_computed_target_behind_an_identity_freezes():
-    """paddle2onnx style: the Concat reaches one Reshape through an Identity, the other directly."""
-    g = Graph()
-    x = g.input("x", ["batch", 16])
-    a = g.relu(g.gemm(x, 8, name="fc_a"))
-    b = g.relu(g.gemm(x, 8, name="fc_b"))
-    batch = g.node("Unsqueeze", [g.node("Gather", [g.node("Shape", [x]), g.ints("zero", 0)], axis=0),
-                                 g.ints("axes", [0])])
-    target = g.concat([batch, g.ints("width", [8])], axis=0, name="target")
-    ra = g.node("Reshape", [a, g.node("Identity", [target], "target_identity")], "reshape_a")
-    rb = g.node("Reshape", [b, target], "reshape_b")
+    target_a = g.node("Identity", [target], "target_identity") if through_identity else target
+    ra, rb = g.node("Reshape", [a, target_a], "reshape_a"), g.node("Reshape", [b, target], "reshape_b")
     head = g.node("Gemm", [g.concat([ra, rb], axis=1), g.weight("head_w", (2, 16))], "head", transB=1)
     model = _build(g, head, ["batch", 2])
     for name in ("fc_a", "fc_b"):
