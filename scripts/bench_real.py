@@ -61,6 +61,8 @@ OURS = {  # method -> onnx_slim.prune options
     "thinet+rec+sens": {"criterion": "thinet", "reconstruct": True, "allocate": "sensitivity"},
     "thinet+rec+interior": {"criterion": "thinet", "reconstruct": True, "allocate": "interior"},
     "thinet+rec+auto": {"criterion": "thinet", "reconstruct": True, "allocate": "auto"},
+    # the same with the LayerNorm-normalized residual stream prunable too (--prune-layernorm)
+    "thinet+rec+auto+ln": {"criterion": "thinet", "reconstruct": True, "allocate": "auto", "prune_layernorm": True},
     # No data: the same on 256 synthetic dead-leaves images instead of calib.npz
     "synthetic+rec": {"criterion": "thinet", "reconstruct": True, "allocate": "uniform", "calib": "synthetic"},
     "synthetic+rec+interior": {"criterion": "thinet", "reconstruct": True, "allocate": "interior",
