@@ -23,6 +23,7 @@ Usage::
     python scripts/make_models.py                 # all models into models/
     python scripts/make_models.py --only resnet --only yolov8 --out /tmp/zoo
     python scripts/make_models.py --bert          # models/bert_torchscript.onnx (needs transformers)
+                                                  # and models/bert_ort_fused.onnx
 
 Weights are seeded (``--seed``, default 0): the same seed gives the same
 weights. ``models/README.md`` is rewritten when every architecture is built.
@@ -842,6 +843,40 @@ def make_bert(out: Path, seed: int, *, hidden: int = 32, layers: int = 2, heads:
     return {"file": file, "kb": path.stat().st_size / 1024, "nodes": len(proto.graph.node), "diff": diff}
 
 
+FUSED_BERT_FILE = "bert_ort_fused.onnx"
+
+
+def make_fused_bert(out: Path, heads: int = 2, hidden: int = 32) -> dict:
+    """`BERT_FILE` as onnxruntime's transformer optimizer rewrites it (the "optimized" files HF
+    repos ship): com.microsoft Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization.
+    Checked against the unfused file at three batch/sequence sizes."""
+    import logging
+
+    from onnxruntime.transformers import optimizer
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    source, path = out / BERT_FILE, out / FUSED_BERT_FILE
+    print(f"fusing {BERT_FILE} -> {FUSED_BERT_FILE} ...", flush=True)
+    fused = optimizer.optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                     opt_level=1).model
+    ops = collections.Counter(node.op_type for node in fused.graph.node if node.domain == "com.microsoft")
+    if not {"Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization"} <= set(ops):
+        raise SystemExit(f"error: onnxruntime's optimizer fused only {dict(ops)}")
+    onnx.save(fused, str(path))
+    reference = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng, diff = np.random.default_rng(0), 0.0
+    for batch, sequence in ((2, 16), (1, 7), (3, 33)):
+        feeds = {"input_ids": rng.integers(0, 100, (batch, sequence)),
+                 "attention_mask": np.ones((batch, sequence), dtype=np.int64),
+                 "token_type_ids": np.zeros((batch, sequence), dtype=np.int64)}
+        diff = max(diff, float(np.max(np.abs(session.run(None, feeds)[0] - reference.run(None, feeds)[0]))))
+    print(f"  {path.stat().st_size / 1024:.1f} KB, fused ops {dict(ops)}, max|diff| {diff:.2e} against {BERT_FILE}")
+    if diff >= TOL:
+        raise SystemExit(f"error: {FUSED_BERT_FILE}: differs from {BERT_FILE} by {diff:.3g}")
+    return {"file": FUSED_BERT_FILE, "kb": path.stat().st_size / 1024, "diff": diff}
+
+
 def print_table(rows: list[dict]) -> None:
     w = max(len(r["file"]) for r in rows)
     print()
@@ -1009,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"build only this architecture (repeatable): {', '.join(ARCHS)}")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     p.add_argument("--bert", action="store_true",
-                   help=f"build only {BERT_FILE}, a tiny BERT encoder (needs transformers)")
+                   help=f"build only {BERT_FILE}, a tiny BERT encoder (needs transformers), and "
+                        f"{FUSED_BERT_FILE}, the same fused by onnxruntime's optimizer")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -1018,6 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.bert:
         make_bert(args.out, args.seed)
+        make_fused_bert(args.out)
         return 0
     names = args.only or list(ARCHS)
     rows = []

@@ -1,9 +1,9 @@
-"""onnxruntime's fused transformer ops, in the BERT export as onnxruntime's own transformer
-optimizer rewrites it (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)."""
+"""onnxruntime's fused transformer ops, in the zoo BERT as onnxruntime's own transformer optimizer
+rewrites it (models/bert_ort_fused.onnx: Attention, SkipLayerNormalization, BiasGelu,
+EmbedLayerNormalization)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +18,13 @@ from onnx_slim.ops.cost import model_cost
 from onnx_slim.ops.specs import ATTENTION_PART, CONTRIB_DOMAIN
 from onnx_slim.pipeline.prune import prune
 
-BERT = Path(__file__).parent.parent.parent / "models" / "bert_torchscript.onnx"
+FUSED_BERT = Path(__file__).parent.parent.parent / "models" / "bert_ort_fused.onnx"
 
 
 @pytest.fixture(scope="module")
 def fused_bert() -> onnx.ModelProto:
-    from onnxruntime.transformers import optimizer
-
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    model = optimizer.optimize_model(str(BERT), model_type="bert", num_heads=2, hidden_size=32, opt_level=1).model
+    """The zoo BERT as onnxruntime's optimizer fuses it (scripts/make_models.py --bert)."""
+    model = onnx.load(str(FUSED_BERT))
     fused = {node.op_type for node in model.graph.node if node.domain == CONTRIB_DOMAIN}
     assert {"Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization"} <= fused, fused
     return model
