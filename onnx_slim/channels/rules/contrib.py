@@ -1,7 +1,7 @@
 """onnxruntime's fused transformer ops (domain com.microsoft), as its transformer optimizer
 writes them into "optimized" ONNX files: BiasGelu / FastGelu, EmbedLayerNormalization,
-SkipLayerNormalization and Attention (whose heads are pruned like the unfused ones). The same op names in another
-domain are not these ops: they are left to `unknown_op`.
+SkipLayerNormalization and Attention (whose heads are pruned like the unfused ones). The
+same op names in another domain are not these ops: they are left to `unknown_op`.
 """
 
 from __future__ import annotations
