@@ -130,7 +130,8 @@ def decide(requested: str, candidates: list[Candidate], float_latency: dict | No
                         + (f"; also tried {others}" if others else ""))
     if fastest.latency_ms["p50"] * MIN_SPEEDUP > float_ms:
         return Decision(None, fastest, f"kept the float model: {_versus(fastest, float_ms)}, under the "
-                        f"{MIN_SPEEDUP:.2f}x a quantized model must gain" + (f"; also tried {others}" if others else ""))
+                        f"{MIN_SPEEDUP:.2f}x a quantized model must gain"
+                        + (f"; also tried {others}" if others else ""))
     why = f"fastest of {len(agreeing)} agreeing (cosine >= {AGREEMENT_COSINE})" if len(candidates) > 1 else "agrees"
     return Decision(fastest, fastest, f"kept {fastest.label}: {_versus(fastest, float_ms)}; {why}"
                     + (f"; also tried {others}" if others else ""))

@@ -1,9 +1,10 @@
 """Parameters and multiply-accumulates (MACs) of a model, per node and in total.
 
 MACs are counted for Conv, ConvTranspose, Gemm, MatMul, the recurrent layers (LSTM,
-GRU, RNN) and onnxruntime's fused Attention from inferred shapes (`specs.macs_parts`: a
-node's parts that its weight does not scale are under its name + a suffix), for one sample (symbolic batch = 1; other symbolic dims take the sizes given or a
-default), which is what the pruning planner and the reports compare.
+GRU, RNN), onnxruntime's fused Attention and the quantized forms of these, from inferred
+shapes (`specs.macs_parts`: a node's parts that its weight does not scale are under its
+name + a suffix), for one sample (symbolic batch = 1; other symbolic dims take the sizes
+given or a default), which is what the pruning planner and the reports compare.
 """
 
 from __future__ import annotations
