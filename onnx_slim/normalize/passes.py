@@ -12,6 +12,7 @@ Conv/ConvTranspose/Gemm, and every node has a unique name.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class NormalizeInfo:
     constants_lifted: int = 0
     copies_made: int = 0
     shape_nodes_folded: int = 0
+    bias_adds_folded: int = 0
     opset_upgraded_from: int | None = None  # the model's opset, when it was older than MIN_OPSET
 
     @property
@@ -65,9 +67,10 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     sort_topologically(model.graph)
     _name_nodes(model.graph)
     info.constants_lifted = _lift_constants(model.graph)
-    _bypass_constant_identities(model.graph)
+    _bypass_identities(model.graph)
     info.shape_nodes_folded = fold_shape_computations(model)
     info.copies_made = _unshare_initializers(model.graph)
+    info.bias_adds_folded = _fold_bias_adds(model.graph)
     _fold_batchnorms(model.graph, info)
     drop_unused_initializers(model)  # the folded BatchNormalizations' parameters
     return info
@@ -135,8 +138,10 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None  # sparse or string constants stay as they are
 
 
-def _bypass_constant_identities(graph: onnx.GraphProto) -> None:
-    """Read initializers directly instead of through Identity or Cast nodes."""
+def _bypass_identities(graph: onnx.GraphProto) -> None:
+    """Read every tensor directly instead of through Identity nodes (paddle2onnx writes dozens, and
+    one between a conv's bias Add and its BatchNormalization kept the BN from folding), and
+    initializers directly instead of through Cast nodes."""
     initializers = {init.name: init for init in graph.initializer}
     # Subgraphs read outer names directly: those names must keep existing.
     pinned = {output.name for output in graph.output} | names_read_in_subgraphs(graph)
@@ -145,6 +150,9 @@ def _bypass_constant_identities(graph: onnx.GraphProto) -> None:
     for node in graph.node:
         source = node.input[0] if node.input else ""
         source = renamed.get(source, source)
+        if node.op_type == "Identity" and source and node.output[0] not in pinned:
+            renamed[node.output[0]] = source
+            continue
         if node.op_type in ("Identity", "Cast") and source in initializers and node.output[0] not in pinned:
             if node.op_type == "Identity":
                 renamed[node.output[0]] = source
@@ -197,6 +205,67 @@ def _fresh_name(base: str, taken: set) -> str:
         name = f"{base}_{suffix}"
     taken.add(name)
     return name
+
+
+def _fold_bias_adds(graph: onnx.GraphProto) -> int:
+    """Fold `Conv -> Add(per-channel constant)` into the Conv's bias (paddle2onnx writes every
+    conv bias as such an Add), so that a BatchNormalization after it folds too, and a re-fit
+    writes its intercept into the Conv. ConvTranspose likewise. Returns how many were folded."""
+    initializers = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers = Counter(name for node in graph.node for name in node.input)
+    pinned = {output.name for output in graph.output} | names_read_in_subgraphs(graph)
+    taken = set(initializers) | set(producer)
+    removed, renamed = set(), {}
+    for add in graph.node:
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+            continue
+        for data, constant in (add.input, list(reversed(add.input))):
+            source = producer.get(data)
+            if (source is None or source.op_type not in ("Conv", "ConvTranspose") or constant not in initializers
+                    or readers[data] != 1 or data in pinned or source.input[1] not in initializers):
+                continue
+            bias = _per_channel_bias(source, initializers, numpy_helper.to_array(initializers[constant]))
+            if bias is None:
+                continue
+            name = source.input[2] if len(source.input) > 2 and source.input[2] else _fresh_name(
+                f"{source.name}_bias", taken)
+            dtype = numpy_helper.to_array(initializers[source.input[1]]).dtype
+            value = numpy_helper.from_array(bias.astype(dtype), name)
+            if name in initializers:
+                initializers[name].CopyFrom(value)
+            else:
+                graph.initializer.append(value)
+                initializers[name] = value
+                while len(source.input) < 3:
+                    source.input.append("")
+                source.input[2] = name
+            removed.add(add.name)
+            if add.output[0] in pinned:
+                source.output[0] = add.output[0]  # output names never change
+            else:
+                renamed[add.output[0]] = source.output[0]
+            break
+    if removed:
+        keep_nodes(graph, [node for node in graph.node if node.name not in removed], renamed)
+    return len(removed)
+
+
+def _per_channel_bias(source, initializers, constant: np.ndarray) -> np.ndarray | None:
+    """The Conv's bias plus `constant`, when the constant adds one value per output channel
+    (shape [1, C, 1, ...] or [C, 1, ...] against the output's rank, or a scalar); else None."""
+    weight = initializers[source.input[1]]
+    group = next((a.i for a in source.attribute if a.name == "group"), 1)
+    channels = weight.dims[0] if source.op_type == "Conv" else weight.dims[1] * group
+    rank = len(weight.dims)  # the output's rank
+    if constant.ndim > rank or source.input[2:] and source.input[2] and source.input[2] not in initializers:
+        return None
+    shape = (1,) * (rank - constant.ndim) + constant.shape
+    if constant.size != 1 and (shape[1] != channels or math.prod(shape) != channels):
+        return None
+    old = (numpy_helper.to_array(initializers[source.input[2]]).astype(np.float64)
+           if len(source.input) > 2 and source.input[2] else np.zeros(channels))
+    return old + np.broadcast_to(constant.astype(np.float64).reshape(-1), (channels,))
 
 
 def _fold_batchnorms(graph: onnx.GraphProto, info: NormalizeInfo) -> None:

@@ -423,9 +423,9 @@ def test_two_branches_join_one_group(op_type):
 
 @pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div"])
 def test_per_channel_constant_is_sliced(op_type):
-    g = Graph()
-    h = g.per_channel(op_type, g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1"), name="scale")
-    model = finish(g, g.relu(h))
+    g = Graph()  # (right after the conv, an Add would fold into its bias: see test_normalize)
+    h = g.per_channel(op_type, g.relu(g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1")), name="scale")
+    model = finish(g, h)
     group = expect_group(analyze(model), "conv1", 8)
     assert [m.use.tensor for m in group.params if m.use.node == "scale"] == ["scale_c"]
     check_rule(model, [], {("scale", 1): (4, 1, 1)})
@@ -434,7 +434,7 @@ def test_per_channel_constant_is_sliced(op_type):
 @pytest.mark.parametrize("op_type, zero_to_zero", [("Add", False), ("Sub", False), ("Mul", True), ("Div", True)])
 def test_scalar_constant_broadcasts(op_type, zero_to_zero):
     g = Graph()
-    h = g.scalar(op_type, g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1"), name="scale")
+    h = g.scalar(op_type, g.relu(g.conv(g.input("x", [1, 3, 8, 8]), 8, name="conv1")), name="scale")
     check_rule(finish(g, h), [("conv1", 8)], {("scale", 1): ()}, lossless=zero_to_zero)
 
 

@@ -215,6 +215,34 @@ def test_batchnorm_folding_keeps_outputs(producer):
     assert_same_outputs(model, result, rtol=1e-5)
 
 
+@pytest.mark.parametrize("producer, bias, constant_shape", [
+    ("Conv", False, (1, 8, 1, 1)),  # paddle2onnx: every conv bias is an Add of [1, C, 1, 1]
+    ("Conv", True, (8, 1, 1)),
+    ("Conv", True, ()),  # a scalar adds the same to every channel
+    ("ConvTranspose", True, (1, 8, 1, 1)),
+])
+def test_bias_add_after_a_conv_folds_into_its_bias_and_lets_a_batchnorm_fold(producer, bias, constant_shape):
+    g = Graph()
+    x = g.input("x", [1, 4, 8, 8])
+    h = g.conv(x, 8, bias=bias, name="source") if producer == "Conv" else g.conv_transpose(x, 8, name="source")
+    h = g.node("Add", [h, g.const("offset", g.rng.standard_normal(constant_shape).astype(np.float32))], "bias_add")
+    model = g.build(g.conv(g.relu(g.bn(g.node("Identity", [h], "identity"), name="bn")), 2, name="out"))
+    result, info = normalized(model)
+    assert info.bias_adds_folded == 1 and info.folded_batchnorms == 1
+    assert [node.op_type for node in result.graph.node] == [producer, "Relu", "Conv"]
+    assert_same_outputs(model, result, rtol=1e-5)
+
+
+def test_bias_add_is_kept_when_something_else_reads_the_conv_output():
+    g = Graph()
+    h = g.conv(g.input("x", [1, 4, 8, 8]), 8, name="source")
+    shifted = g.node("Add", [h, g.const("offset", np.ones((1, 8, 1, 1), dtype=np.float32))], "bias_add")
+    model = g.build(g.conv(g.add(shifted, h), 2, name="out"))
+    result, info = normalized(model)
+    assert info.bias_adds_folded == 0 and node_named(result, "bias_add").op_type == "Add"
+    assert_same_outputs(model, result, rtol=1e-5)
+
+
 def test_batchnorm_without_producer_bias_gets_one():
     g = Graph()
     h = g.bn(g.conv(g.input("x", [1, 3, 8, 8]), 8, bias=False, name="conv1"), name="bn")
