@@ -103,7 +103,9 @@ def test_attention_bias_over_the_heads_freezes_them(fused_bert):
     node.input.extend([""] * (5 - len(node.input)) + ["relative_bias"])
     analysis = analyze(model)
     producers = {m.use.node for g in analysis.channels.prunable_groups() for m in g.producers}
-    assert node.name not in producers  # its heads are left whole
+    assert node.name not in producers  # its heads are left whole, and inspect says why
+    heads = group_with(analysis, node.name)
+    assert heads.channels == 2 and any("attention bias" in reason.reason for reason in heads.frozen)
     assert attention_nodes(model)[1].name in producers
     pruned, _ = prune(model, ratio=0.5)
     assert weight_dims(pruned, node.name, 1) == (32, 96)

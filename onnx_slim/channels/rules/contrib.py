@@ -84,7 +84,7 @@ def fused_attention(ctx, node):
     num_heads columns of each third (and of the bias), and D features of the output, which
     the output projection reads. Pruning heads rewrites num_heads."""
     why = _unsupported_attention(ctx, node)
-    if why:
+    if why and not _splits_into_heads(ctx, node):
         ctx.freeze_inputs(node, why)
         return
     weight, bias = node.input[1], input_at(node, 2)
@@ -101,9 +101,21 @@ def fused_attention(ctx, node):
     ctx.use(PRODUCER, node, weight, 1, q + k + v)
     if bias:
         ctx.use(PARAM, node, bias, 0, q + k + v)
-    ctx.fix(node, [q], _set_heads(node.name, q, head_size))
     ctx.track(node.output[0], ctx.rank(node.output[0]) - 1, v)
+    if why:  # the heads are a group `inspect` lists, frozen with the reason
+        ctx.freeze(q, node, why)
+        return
+    ctx.fix(node, [q], _set_heads(node.name, q, head_size))
     ctx.scaled[node.name + ATTENTION_PART] = q
+
+
+def _splits_into_heads(ctx, node) -> bool:
+    """Whether the weight is a constant [features, 3 * heads * D] and the output [B, S, heads * D]."""
+    weight, bias, heads = node.input[1], input_at(node, 2), attr(node, "num_heads", 0)
+    if not ctx.is_const(weight) or (bias and not ctx.is_const(bias)) or ctx.rank(node.output[0]) != 3:
+        return False
+    dims = list(ctx.initializers[weight].dims)
+    return len(dims) == 2 and heads >= 1 and dims[1] % (3 * heads) == 0 and ctx.rank(node.input[0]) == 3
 
 
 def _unsupported_attention(ctx, node) -> str | None:
