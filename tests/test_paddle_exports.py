@@ -90,3 +90,16 @@ def test_svtr_width_prunes_with_prune_layernorm(name):
     for shape in [(2, 3, 48, 320), (1, 3, 48, 64)]:
         x = images(shape)
         assert output_shapes(pruned, x) == output_shapes(original, x)
+
+
+def test_shufflenet_channel_shuffle_prunes_losslessly():
+    """paddle.vision's ShuffleNetV2: every unit's channel shuffle ties its two halves; with it the
+    units prune (18 of 51 groups prunable before the shuffle was understood)."""
+    from conftest import assert_lossless
+
+    original = onnx.load(str(MODELS / "shufflenet_paddle.onnx"))
+    pruned, report = prune(original, ratio=0.5)
+    assert report.macs_after < 0.5 * report.macs_before
+    x = images((2, 3, 64, 64))
+    assert output_shapes(pruned, x) == output_shapes(original, x)
+    assert_lossless(original, 0.5)

@@ -107,6 +107,10 @@ class AnalysisContext:
         self._small_values: dict[str, np.ndarray] = {}
         self._producers = {name: node for node in self.model.graph.node for name in node.output}
         self._readers = Counter(name for node in self.model.graph.node for name in set(node.input))
+        self._reader_nodes: dict[str, list] = {}
+        for node in self.model.graph.node:
+            for name in set(node.input):
+                self._reader_nodes.setdefault(name, []).append(node)
         self._independent: dict[str, bool] = {}
 
     # -- reading -----------------------------------------------------------
@@ -124,6 +128,10 @@ class AnalysisContext:
 
     def producer(self, name: str) -> onnx.NodeProto | None:
         return self._producers.get(name)
+
+    def reader_nodes(self, name: str) -> list:
+        """The nodes that read `name`."""
+        return self._reader_nodes.get(name, [])
 
     def readers(self, name: str) -> int:
         """How many nodes read `name`."""

@@ -323,6 +323,21 @@ def test_layer_norm_over_another_axis_freezes():
     check_frozen(model, "conv1", 8, "ln", "more than the channel axis")
 
 
+def test_channel_shuffle_ties_its_parts_and_rewrites_both_targets():
+    """ShuffleNet: Reshape [1, 8, H, W] -> [1, 2, 4, H, W], Transpose (0, 2, 1, 3, 4), Reshape back:
+    output channel 2i + j is part j's channel i, so the two halves lose the same channels."""
+    g = Graph()
+    h = g.relu(g.conv(g.input("x", [1, 3, 6, 6]), 8, name="conv1"))
+    parts = g.node("Reshape", [h, g.ints("split_target", [1, 2, 4, 6, 6])], "split")
+    swapped = g.node("Transpose", [parts], "swap", perm=[0, 2, 1, 3, 4])
+    shuffled = g.node("Reshape", [swapped, g.ints("merge_target", [1, 8, 6, 6])], "merge")
+    model = finish(g, shuffled)
+    group = expect_group(analyze(model), "conv1", 4)  # a class channel is one filter of each half
+    assert group.prunable
+    pruned, _ = check_rule(model, [], {("conv1", 1): (4, 3, 3, 3), ("conv_out", 1): (2, 4, 3, 3)})
+    assert const_value(pruned, "split", 1) == [1, 2, 2, 6, 6] and const_value(pruned, "merge", 1) == [1, 4, 6, 6]
+
+
 def decomposed_layer_norm_model(opset: int = 11):
     """fc1 -> LayerNorm written out as exports before opset 17 do (ReduceMean, Sub, Pow,
     ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta) -> fc2."""

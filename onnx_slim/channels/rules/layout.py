@@ -153,6 +153,8 @@ def reshape(ctx, node):
     if in_shape is None or out_shape is None:
         ctx.freeze(tracked.layout, node, "shapes not static")
         return
+    if _channel_shuffle(ctx, node, tracked, in_shape, out_shape):
+        return
     mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
     if mapped is not None:
         out_axis, repeat = mapped
@@ -180,6 +182,48 @@ def reshape(ctx, node):
         ctx.freeze(tracked.layout, node, "target copies a dimension from another position")
         return
     ctx.track(node.output[0], out_axis, layout)
+
+
+def _channel_shuffle(ctx, node, tracked, in_shape, out_shape) -> bool:
+    """ShuffleNet's channel shuffle, handled at its first Reshape: [.., C, ..] -> [.., g, C/g, ..],
+    a Transpose swapping those two axes, a Reshape back to [.., C, ..]. Output channel i*g + j is
+    part j's channel i: the g parts are tied channel by channel, so each class channel covers g
+    consecutive outputs. Both targets' counts are rewritten. False when the three nodes are not
+    this pattern (the Reshape is then handled as any other)."""
+    axis = tracked.axis
+    split = list(out_shape[axis:axis + 2]) if len(out_shape) == len(in_shape) + 1 else []
+    if (len(split) != 2 or split[0] < 2 or split[0] * split[1] != in_shape[axis]
+            or list(out_shape[:axis]) + list(out_shape[axis + 2:]) != list(in_shape[:axis]) + list(in_shape[axis + 1:])):
+        return False
+    groups, per_group = split
+    transposes = ctx.reader_nodes(node.output[0])
+    if len(transposes) != 1 or transposes[0].op_type != "Transpose":
+        return False
+    swap = list(range(len(out_shape)))
+    swap[axis], swap[axis + 1] = axis + 1, axis
+    merges = ctx.reader_nodes(transposes[0].output[0])
+    if (list(attr(transposes[0], "perm", [])) != swap or len(merges) != 1 or merges[0].op_type != "Reshape"
+            or list(ctx.static_shape(merges[0].output[0]) or ()) != list(in_shape)):
+        return False
+    merge = merges[0]
+    first, second = _target_entries(ctx, node.input[1]), _target_entries(ctx, merge.input[1])
+    if (first is None or second is None or first[axis + 1][0] not in (per_group, -1)
+            or second[axis][0] not in (in_shape[axis], -1)
+            or any(ctx.readers(name) > 1 for target in (node.input[1], merge.input[1])
+                   for name in _target_chain(ctx, target))):
+        ctx.freeze(tracked.layout, node, "channel shuffle whose target shapes cannot be rewritten")
+        return True
+    parts = [ctx.atoms.sub_layout(tracked.layout, j * per_group, (j + 1) * per_group) for j in range(groups)]
+    if None in parts or not all(ctx.atoms.unify(parts[0], part, coarsen=True) for part in parts[1:]):
+        ctx.freeze(tracked.layout, node, "channel shuffle of parts that cannot be tied channel by channel")
+        return True
+    shuffled = repeat_layout(parts[0], groups)
+    if first[axis + 1][0] > 0:
+        ctx.fix(node, [parts[0]], set_const_entry(first[axis + 1][1], _index_in(first, axis + 1), parts[0]))
+    if second[axis][0] > 0:
+        ctx.fix(merge, [shuffled], set_const_entry(second[axis][1], _index_in(second, axis), shuffled))
+    ctx.track(merge.output[0], axis, shuffled)
+    return True
 
 
 def _carries_own_count(ctx, carrier, out_axis: int, layout) -> bool:
