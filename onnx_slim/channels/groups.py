@@ -116,7 +116,13 @@ def _check_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
         layout, index = carrier
         if node.op_type == "Gather" and name == node.input[0]:
             indices = ctx.const(node.input[1])
-            if indices is not None and index not in {int(i) for i in indices.reshape(-1)}:
+            picked = [] if indices is None else [int(i) for i in indices.reshape(-1)]
+            if indices is not None and index not in picked:
+                continue
+            if indices is not None and indices.ndim == 1 and picked.count(index) == 1:
+                # A permuted read (tf2onnx reads an NHWC shape as Shape(NCHW)[0, 2, 3, 1]): the
+                # count moves to its new position, where the readers are checked in turn.
+                ctx.size_carriers[node.output[0]] = (layout, picked.index(index))
                 continue
         if node.op_type == "Slice" and name == node.input[0]:
             bounds = _slice_bounds(ctx, node)

@@ -790,6 +790,37 @@ def test_reshape_flatten_into_gemm_rewrites_the_shape(target):
     assert const_value(pruned, "flat", 1) == ([1, 64] if target[1] > 0 else [1, -1])
 
 
+@pytest.mark.parametrize("flatten", ["reshape", "reshape-1", "flatten"])
+def test_channels_last_flatten_tiles_the_channels(flatten):
+    """Keras / tf2onnx: [N, H, W, C] flattened into a Dense: channel c is every C-th feature."""
+    g = Graph()
+    nhwc = g.node("Transpose", [trunk(g, size=4)], "to_nhwc", perm=[0, 2, 3, 1])  # [1, 4, 4, 8]
+    if flatten == "flatten":
+        h = g.node("Flatten", [nhwc], "flat", axis=1)
+    else:
+        h = g.reshape(nhwc, [1, 128] if flatten == "reshape" else [-1, 128], name="flat")
+    model = g.build(g.gemm(h, 3, name="fc"))
+    group = expect_group(analyze(model), "conv1", 8)
+    assert [(m.use.node, m.offset, m.repeat) for m in group.consumers] == [("fc", 8 * i, 1) for i in range(16)]
+    pruned, _ = check_rule(model, [], {("fc", 1): (3, 64)})
+    if flatten != "flatten":
+        assert const_value(pruned, "flat", 1) == [1 if flatten == "reshape" else -1, 64]
+
+
+def test_permuted_shape_read_carries_the_count_to_its_new_position():
+    """tf2onnx reads an NHWC shape as Gather(Shape(nchw), [0, 2, 3, 1]); keeping only the batch
+    entry of it (for a flatten's target) leaves the channel count behind."""
+    g = Graph()  # a symbolic batch: the shape read is not folded away
+    conv = g.relu(g.conv(g.input("x", ["batch", 3, 4, 4]), 8, name="conv1"), name="conv1_relu")
+    nhwc = g.node("Transpose", [conv], "to_nhwc", perm=[0, 2, 3, 1])
+    permuted = g.node("Gather", [g.node("Shape", [conv], "shape"), g.ints("perm", [0, 2, 3, 1])], "permuted", axis=0)
+    batch = g.node("Slice", [permuted, g.ints("start", [0]), g.ints("stop", [1])], "batch")
+    target = g.concat([batch, g.ints("features", [128])], axis=0, name="target")
+    flat = g.node("Reshape", [nhwc, target], "flat")
+    model = g.build(g.node("Gemm", [flat, g.weight("fc_w", (3, 128))], "fc", transB=1))
+    check_rule(model, [("conv1", 8)], {("fc", 1): (3, 64)})
+
+
 def test_flatten_with_negative_axis_into_transposed_gemm():
     """Flatten(axis=-1) of [1,8,4,4] is [32,4]: channel c owns rows 4c..4c+3."""
     g = Graph()

@@ -131,10 +131,12 @@ def flatten(ctx, node):
         outer, inner, out_axis = shape[split:tracked.axis], shape[tracked.axis + 1:], 1
     else:
         outer, inner, out_axis = shape[:tracked.axis], shape[tracked.axis + 1:split], 0
-    if math.prod(outer) != 1:
-        ctx.freeze(tracked.layout, node, "flattens the channel axis after other axes")
+    if out_axis == 0 and math.prod(outer) != 1:
+        ctx.freeze(tracked.layout, node, "flattens the channel axis with the batch")
         return
-    ctx.track(node.output[0], out_axis, repeat_layout(tracked.layout, math.prod(inner)))
+    # Axes merged before the channel (channels-last) tile it: channel c recurs every
+    # prod(inner) indices, once per outer position.
+    ctx.track(node.output[0], out_axis, repeat_layout(tracked.layout, math.prod(inner)) * math.prod(outer))
 
 
 @rule("Reshape")
@@ -156,9 +158,13 @@ def reshape(ctx, node):
     if _channel_shuffle(ctx, node, tracked, in_shape, out_shape):
         return
     mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
+    tiled = tiled_channel_axis(in_shape, out_shape, tracked.axis) if mapped is None else None
     if mapped is not None:
         out_axis, repeat = mapped
         layout = repeat_layout(tracked.layout, repeat)
+    elif tiled is not None:
+        out_axis, tiles, repeat = tiled
+        layout = repeat_layout(tracked.layout, repeat) * tiles
     else:
         heads = split_heads(ctx, node, tracked, in_shape, out_shape)
         if heads is None:
@@ -324,6 +330,23 @@ def _index_in(target, position: int) -> int:
     """The index of target entry `position` within the constant that holds it."""
     source = target[position][1]
     return sum(1 for _, other in target[:position] if other == source)
+
+
+def tiled_channel_axis(in_shape, out_shape, axis) -> tuple[int, int, int] | None:
+    """(output axis, tiles, repeat) when the reshape merges the channel axis with axes before it
+    (and maybe after it) into one: a channels-last flatten ([N, H, W, C] -> [N, H*W*C], as Keras
+    models feed a Dense) puts channel c at every `tiles`-th block of `repeat` indices. None
+    when no output axis is exactly such a merge, or no axis before the channel is merged."""
+    before_in = [math.prod(in_shape[:index]) for index in range(len(in_shape) + 1)]
+    before_out = [math.prod(out_shape[:index]) for index in range(len(out_shape) + 1)]
+    for out_axis in range(len(out_shape)):
+        starts = [k for k in range(axis + 1) if before_in[k] == before_out[out_axis]]
+        stops = [m for m in range(axis, len(in_shape)) if before_in[m + 1] == before_out[out_axis + 1]]
+        if starts and stops:
+            start, stop = max(starts), min(stops)  # leading and trailing size-1 axes stay out
+            tiles = math.prod(in_shape[start:axis])
+            return (out_axis, tiles, math.prod(in_shape[axis + 1:stop + 1])) if tiles > 1 else None
+    return None
 
 
 def reshape_channel_axis(in_shape, out_shape, axis) -> tuple[int, int] | None:
