@@ -1,5 +1,7 @@
-"""paddle2onnx exports (models/*_paddle*.onnx, built by scripts/make_paddle_models.py): BatchNorm
-left unfolded, biases as Adds, Identity chains, invented symbolic dims, opset 11 and newer."""
+"""Exports from the other frameworks users bring: paddle2onnx (models/*_paddle*.onnx, built by
+scripts/make_paddle_models.py: BatchNorm left unfolded, biases as Adds, Identity chains, invented
+symbolic dims, opset 11 and newer) and tf2onnx (models/resnet_tf2onnx.onnx, scripts/make_tf_models.py:
+channels-last graphs)."""
 
 from __future__ import annotations
 
@@ -102,4 +104,20 @@ def test_shufflenet_channel_shuffle_prunes_losslessly():
     assert report.macs_after < 0.5 * report.macs_before
     x = images((2, 3, 64, 64))
     assert output_shapes(pruned, x) == output_shapes(original, x)
+    assert_lossless(original, 0.5)
+
+
+def test_keras_resnet_from_tf2onnx_prunes_through_its_channels_last_flatten():
+    """tf2onnx (models/resnet_tf2onnx.onnx, scripts/make_tf_models.py): NHWC Transposes, a shape
+    read as Gather(Shape, [0, 2, 3, 1]), Flatten of [N, 4, 4, 64] into a Dense."""
+    from conftest import assert_lossless
+
+    original = onnx.load(str(MODELS / "resnet_tf2onnx.onnx"))
+    analysis = analyze(original)
+    assert len(analysis.channels.prunable_groups()) == len(analysis.groups) - 1  # all but the 10 logits
+    pruned, report = prune(original, ratio=0.3)
+    assert report.macs_after < 0.56 * report.macs_before
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    before, after = run_session(create_session(original), {"image": x}), run_session(create_session(pruned), {"image": x})
+    assert [v.shape for v in after.values()] == [v.shape for v in before.values()]
     assert_lossless(original, 0.5)
