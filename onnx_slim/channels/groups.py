@@ -138,6 +138,8 @@ def _check_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
             continue
         if node.op_type == "Reshape" and name == node.input[1]:
             continue  # the Reshape rule checks where the count lands
+        if node.op_type == "Resize" and len(node.input) > 3 and name == node.input[3]:
+            continue  # so does the Resize rule (sizes read from its own input's shape)
         ctx.freeze(layout, node, "reads the channel count through Shape")
 
 

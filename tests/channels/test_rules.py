@@ -683,6 +683,19 @@ def test_resize_with_sizes_rewrites_the_channel_count():
     assert const_value(pruned, "up", 3) == [1, 4, 16, 16]
 
 
+def test_resize_with_sizes_read_from_its_own_input_follows_the_channels():
+    """tf2onnx: sizes = Concat(Slice(Shape(x), 0, 2), [2H, 2W]): the count is read at run time
+    from the pruned input itself, so nothing needs rewriting."""
+    g = Graph()  # a symbolic batch: the shape read is not folded away
+    x = g.relu(g.conv(g.input("x", ["batch", 3, 8, 8]), 8, name="conv1"), name="conv1_relu")
+    batch_and_channels = g.node("Slice", [g.node("Shape", [x], "shape"), g.ints("start", [0]), g.ints("stop", [2])],
+                                "n_c")
+    sizes = g.concat([batch_and_channels, g.ints("hw", [16, 16])], axis=0, name="sizes")
+    h = g.node("Resize", [x, "", "", sizes], "up", mode="nearest")
+    model = g.build(g.node("Conv", [h, g.weight("conv_out_w", (2, 8, 3, 3))], "conv_out", pads=[1] * 4))
+    check_rule(model, [("conv1", 8)], {("conv_out", 1): (2, 4, 3, 3)})
+
+
 def test_resize_of_channel_axis_freezes():
     g = Graph()
     scales = g.const("scales", np.array([1, 2, 1, 1], dtype=np.float32))

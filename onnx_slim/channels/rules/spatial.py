@@ -68,8 +68,13 @@ def resize(ctx, node):
             return
         index = axes.index(tracked.axis)
     scales, sizes = ctx.const(scales_name), ctx.const(sizes_name)
-    if sizes_name:
+    carrier = ctx.size_carriers.get(sizes_name) if sizes_name else None
+    if carrier is not None and carrier[1] == index and ctx.atoms.unify(carrier[0], tracked.layout):
+        pass  # sizes = [N, C] read from the input's own shape + new H, W (tf2onnx): C follows by itself
+    elif sizes_name:
         if sizes is None:
+            if carrier is not None:
+                ctx.freeze(carrier[0], node, "reads the channel count through Shape")
             ctx.freeze(tracked.layout, node, "output sizes are computed at run time")
             return
         ctx.fix(node, [tracked.layout], set_const_entry(sizes_name, index, tracked.layout))
