@@ -17,7 +17,6 @@ that axis's layout), static shapes, and constant values. It records:
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -106,7 +105,6 @@ class AnalysisContext:
         self.opset = opset_version(self.model)
         self._small_values: dict[str, np.ndarray] = {}
         self._producers = {name: node for node in self.model.graph.node for name in node.output}
-        self._readers = Counter(name for node in self.model.graph.node for name in set(node.input))
         self._reader_nodes: dict[str, list] = {}
         for node in self.model.graph.node:
             for name in set(node.input):
@@ -135,7 +133,7 @@ class AnalysisContext:
 
     def readers(self, name: str) -> int:
         """How many nodes read `name`."""
-        return self._readers[name]
+        return len(self._reader_nodes.get(name, ()))
 
     def shape(self, name: str) -> tuple | None:
         return self.shapes.get(name)

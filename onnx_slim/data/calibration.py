@@ -24,7 +24,7 @@ from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_cou
 from onnx_slim.data.synthetic import IMAGE_CHANNELS, image_layout, synthetic_images
 from onnx_slim.data.tokens import TokenMask, find_token_mask
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, random_inputs
+from onnx_slim.ir.inputs import InputSpec, concrete_dims, fixed_batch_size, graph_inputs, random_inputs
 from onnx_slim.ir.model import load_model
 
 logger = logging.getLogger(__name__)
@@ -269,14 +269,13 @@ def _load_directory(path, specs, samples, input_size, mean, std, layout, channel
 
 
 def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch) -> CalibrationSet:
-    shapes = {}
     for spec in specs:
         if not spec.dims:
             raise OnnxSlimError(
                 f"input '{spec.name}' has no shape in the model, so random data cannot be shaped; give an .npz"
             )
-        shapes[spec.name] = (samples,) + spec.concrete_shape()[1:]
-    arrays = random_inputs(model, seed=seed, shapes=shapes)
+    concrete = concrete_dims(specs)
+    arrays = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:] for spec in specs})
     return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch)
 
 
@@ -299,7 +298,8 @@ def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int
     arrays = {spec.name: synthetic_images(spec, samples, seed) for spec in images}
     if others:
         logger.warning("synthetic data: random values for the non-image inputs %s", ", ".join(s.name for s in others))
-        arrays.update(random_inputs(model, seed=seed, shapes={spec.name: (samples,) + spec.concrete_shape()[1:]
+        concrete = concrete_dims(sized)
+        arrays.update(random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:]
                                                                 for spec in others}))
         arrays = {spec.name: arrays[spec.name] for spec in specs}
     return CalibrationSet(arrays, is_synthetic=True, origin=SYNTHETIC_SOURCE, fixed_batch=fixed_batch)

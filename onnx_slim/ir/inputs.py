@@ -20,16 +20,6 @@ class InputSpec:
     dims: tuple
     dtype: np.dtype
 
-    def concrete_shape(self, default_batch: int = 1, default_dim: int = 64) -> tuple[int, ...]:
-        """Dims with symbolic ones replaced: the first by `default_batch`, others by `default_dim`."""
-        shape = []
-        for axis, dim in enumerate(self.dims):
-            if isinstance(dim, int) and dim > 0:
-                shape.append(dim)
-            else:
-                shape.append(default_batch if axis == 0 else default_dim)
-        return tuple(shape)
-
 
 def concrete_dims(
     specs: Sequence[InputSpec],

@@ -119,14 +119,9 @@ def _splits_into_heads(ctx, node) -> bool:
 
 
 def _unsupported_attention(ctx, node) -> str | None:
-    """Why this Attention's heads cannot be pruned here, or None."""
-    weight, bias = node.input[1], input_at(node, 2)
-    heads = attr(node, "num_heads", 0)
-    if not ctx.is_const(weight) or (bias and not ctx.is_const(bias)):
-        return "weights are computed at run time"
-    dims = list(ctx.initializers[weight].dims)
-    if len(dims) != 2 or heads < 1 or dims[1] % (3 * heads):
-        return "weights do not split into q, k and v of num_heads heads"
+    """Why this Attention's heads cannot be pruned here, or None (its shape is `_splits_into_heads`'s)."""
+    if not _splits_into_heads(ctx, node):
+        return "weights or input are not a constant [features, 3 * heads * D] and [batch, sequence, features]"
     sizes = attr(node, "qkv_hidden_sizes", None)
     if sizes is not None and len(set(sizes)) != 1:
         return "q, k and v have different sizes"
@@ -134,8 +129,8 @@ def _unsupported_attention(ctx, node) -> str | None:
         return "past state or an attention bias spans the heads"
     if len(node.output) > 1 and node.output[1]:
         return "the present state is an output"
-    if attr(node, "do_rotary", 0) or ctx.rank(node.input[0]) != 3 or ctx.rank(node.output[0]) != 3:
-        return "rotary embedding or input not [batch, sequence, features]"
+    if attr(node, "do_rotary", 0):
+        return "rotary embedding"
     return None
 
 
