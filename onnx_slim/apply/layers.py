@@ -17,11 +17,14 @@ UNUSABLE_BIAS = "<not per-feature>"  # a bias that cannot take a per-output inte
 
 def kept_outputs(analysis, node_name, weight, plan, original) -> list:
     """The original output-channel indices a layer keeps under `plan` (all of them if it is no producer)."""
-    for use in analysis.context.uses:
-        if use.kind == PRODUCER and use.node == node_name and use.tensor == weight:
-            return analysis.atoms.kept_indices(use.layout, plan)
     dims = initializer(original, weight).dims
     node = next(n for n in original.graph.node if n.name == node_name)
+    for use in analysis.context.uses:
+        if use.kind == PRODUCER and use.node == node_name and use.tensor == weight:
+            kept = analysis.atoms.kept_indices(use.layout, plan)
+            if node.op_type in RECURRENT_OPS:  # kept rows of W, in every direction
+                return RECURRENT_OPS[node.op_type].output_columns(kept, dims)
+            return kept
     return list(range(out_channels(node, dims)))
 
 

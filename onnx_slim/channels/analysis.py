@@ -16,6 +16,7 @@ from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
 from onnx_slim.ops.cost import ModelCost, concrete_input_shapes, count_params, model_cost
+from onnx_slim.ops.specs import RECURRENCE_PART, RECURRENT_OPS
 
 
 @dataclass
@@ -86,10 +87,14 @@ class ModelAnalysis:
 
 
     def _shrinking_nodes(self, group: ChannelGroup) -> set[str]:
-        """The weight-bearing nodes of `group`, and the MatMuls between activations it scales."""
+        """The cost keys `group` shrinks: its weight-bearing nodes, the recurrence of the recurrent
+        layers whose hidden units it is, and the MatMuls between activations it scales."""
         atoms, scaled = self.channels.atoms, self.channels.context.scaled
         nodes = {member.use.node for member in group.producers + group.consumers}
-        return nodes | {node for node, layout in scaled.items() if group.root in set(atoms.classes_in(layout))}
+        recurrences = {member.use.node + RECURRENCE_PART for member in group.producers
+                       if member.use.op_type in RECURRENT_OPS}
+        return nodes | recurrences | {node for node, layout in scaled.items()
+                                      if group.root in set(atoms.classes_in(layout))}
 
 
 def analyze(

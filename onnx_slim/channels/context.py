@@ -149,12 +149,19 @@ class AnalysisContext:
     def independent_of_channels(self, name: str) -> bool:
         """Whether no tracked tensor and no channel count flows into `name`: pruning any group
         leaves its shape (and, but for upstream approximation, its values) as they are."""
+        return name not in self.size_carriers and self._computed_without_channels(name)
+
+    def _computed_without_channels(self, name: str) -> bool:
+        """No tracked tensor's values reach `name`. Sizes read by Shape do not count: the channel
+        counts among them are size carriers, and a tensor computed from a carrier that is no
+        carrier itself took none of its count (the batch size read from an activation's shape,
+        as exporters size a zero initial state)."""
         if name not in self._independent:
             self._independent[name] = True  # provisional: graphs are acyclic
             producer = self._producers.get(name)
-            self._independent[name] = (
-                name not in self.tracked and name not in self.size_carriers
-                and (producer is None or all(self.independent_of_channels(part) for part in producer.input if part)))
+            self._independent[name] = name not in self.tracked and (
+                producer is None or producer.op_type == "Shape"
+                or all(self._computed_without_channels(part) for part in producer.input if part))
         return self._independent[name]
 
     def get(self, name: str) -> Tracked | None:

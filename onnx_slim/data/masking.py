@@ -19,7 +19,8 @@ only. Masking the consumers alone would leave the removed channels in those
 statistics (on the transformer test models that is an error of about 10% of the
 output scale), so each such LayerNormalization is rewritten in the masked model
 as its formula with masked statistics (mean and variance over the kept channels),
-which makes it exact too.
+which makes it exact too. A recurrent layer reads its own hidden units back at
+every step: its R columns are masked as well.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.channels.space import Layout
 from onnx_slim.data.metrics import AgreementAccumulator
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
+from onnx_slim.ops.specs import RECURRENT_OPS, Recurrent
 
 MASK_PREFIX = "onnx_slim_mask"
 
@@ -51,8 +53,9 @@ class MaskSlot:
     layout: Layout
     length: int
     dtype: np.dtype
-    consumers: tuple  # nodes whose data input now reads the masked tensor
+    consumers: tuple  # nodes whose input `position` now reads the masked tensor
     layer_norms: tuple = ()  # LayerNormalization nodes rewritten with masked statistics
+    position: int = 0  # the data input; a recurrent layer's R (2) for its own hidden units
 
     def shape(self) -> list[int]:
         dims = [1] * self.rank
@@ -130,6 +133,29 @@ def _mask_slots(channels: ChannelAnalysis, groups: list[ChannelGroup]) -> list[M
             consumers=tuple(reading["consumers"]),
             layer_norms=tuple(reading["layer_norms"]),
         ))
+    return slots + _recurrence_slots(channels, groups, nodes, start=len(slots))
+
+
+def _recurrence_slots(channels: ChannelAnalysis, groups: list[ChannelGroup], nodes: dict, start: int) -> list:
+    """A recurrent layer reads its own hidden units back through R's columns: masking only the
+    readers downstream would leave a removed unit feeding the others, so R's columns are
+    masked too (with R's rows kept, the removed unit still runs, but nothing reads it)."""
+    slots = []
+    for group in groups:
+        for member in group.params:
+            use, node = member.use, nodes[member.use.node]
+            if use.op_type in RECURRENT_OPS and use.axis == Recurrent.hidden_axis and use.tensor == node.input[2]:
+                slots.append(MaskSlot(
+                    input_name=f"{MASK_PREFIX}_{start + len(slots)}",
+                    tensor=use.tensor,
+                    axis=use.axis,
+                    rank=3,
+                    layout=use.layout,
+                    length=channels.atoms.length(use.layout),
+                    dtype=np.dtype(helper.tensor_dtype_to_np_dtype(channels.context.initializers[use.tensor].data_type)),
+                    consumers=(node.name,),
+                    position=2,
+                ))
     return slots
 
 
@@ -159,7 +185,7 @@ def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot]) -> None:
             first = next(node for node in graph.node if node.name in slot.consumers)
             before.setdefault(first.name, []).append(multiply)
             for name in slot.consumers:
-                nodes[name].input[0] = masked
+                nodes[name].input[slot.position] = masked
         for name in slot.layer_norms:
             replaced[name] = _masked_layer_norm(nodes[name], slot, graph)
     ordered = []

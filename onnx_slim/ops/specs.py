@@ -184,7 +184,11 @@ WEIGHT_OPS: dict[str, WeightOp] = {spec.op_type: spec for spec in (Conv(), ConvT
 
 class Recurrent:
     """LSTM, GRU or RNN: X [T, N, features] (or [N, T, features] with layout=1), W [directions,
-    gates * hidden, features], R [directions, gates * hidden, hidden].
+    gates * hidden, features], R [directions, gates * hidden, hidden], B [directions,
+    2 * gates * hidden] (W's biases, then R's), peepholes P [directions, 3 * hidden] (LSTM),
+    initial states [directions, N, hidden] (or [N, directions, hidden]); outputs Y [T,
+    directions, N, hidden] (or [N, T, directions, hidden]) and the last states, shaped like the
+    initial ones: the hidden units are the last axis of every state tensor.
 
     The re-fit reads the input projection x @ W (every gate of every direction) as a layer of its
     own: W as a [features, directions * gates * hidden] matrix, its targets the original's
@@ -192,9 +196,17 @@ class Recurrent:
 
     in_axis = 2  # W's axis that reads the input features
     bias_input = None  # B holds W's and R's biases side by side: the fit takes no intercept
+    hidden_axis = 2  # R's axis that reads the previous hidden state
+    B, INITIAL_H, INITIAL_C, P = 3, 5, 6, 7  # input positions
 
     def __init__(self, op_type: str) -> None:
         self.op_type = op_type
+        self.gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op_type]  # W's and R's row blocks, in order
+
+    def output_columns(self, kept_rows: list[int], weight_dims) -> list[int]:
+        """The columns of `as_matrix` that kept rows (indices into W's axis 1) leave."""
+        directions, rows = weight_dims[:2]
+        return [direction * rows + row for direction in range(directions) for row in kept_rows]
 
     def data_channel_axis(self, node: onnx.NodeProto, rank: int) -> int:
         return rank - 1
@@ -218,7 +230,7 @@ class Recurrent:
         return self._per_step(node, shapes, node.input[1])
 
     def recurrent_macs(self, node: onnx.NodeProto, shapes: Shapes) -> int | None:
-        """The hidden-to-hidden MACs (fixed: the hidden size is never pruned)."""
+        """The hidden-to-hidden MACs (shrink with the square of the hidden size)."""
         return self._per_step(node, shapes, node.input[2])
 
     @staticmethod
@@ -262,10 +274,20 @@ class FusedAttention:
 
 FUSED_ATTENTION = FusedAttention()
 
-# ModelCost.node_macs keys of the parts of a node that its weight's sliced axes do not scale
-# (fixed, or scaled by the heads): node name + one of these (the part they scale is under the name).
-RECURRENCE_PART = "/recurrence"  # a recurrent layer's hidden-to-hidden MACs: fixed
+# ModelCost.node_macs keys of the parts of a node that its weight (input 1) does not scale:
+# node name + one of these (the part input 1 scales is under the name).
+RECURRENCE_PART = "/recurrence"  # a recurrent layer's hidden-to-hidden MACs: scale with R's axes
 ATTENTION_PART = "/attention"  # fused attention's score and context MACs: scale with the heads
+
+
+def scaling_weights(node: onnx.NodeProto) -> dict[str, str]:
+    """node_macs key suffix -> the weight whose kept fraction (of every sliced axis) scales that part."""
+    if len(node.input) < 2:
+        return {}
+    weights = {"": node.input[1]}
+    if node.op_type in RECURRENT_OPS:
+        weights[RECURRENCE_PART] = node.input[2]
+    return weights
 
 
 def _qlinear_conv_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:

@@ -17,6 +17,7 @@ import numpy as np
 from onnx_slim.channels.analysis import ModelAnalysis
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ops.specs import scaling_weights
 
 Plan = dict  # class root -> list[int] of removed channels
 
@@ -113,10 +114,11 @@ class CostModel:
         self.axis_layouts = defaultdict(dict)  # tensor -> axis -> layout
         for use in analysis.context.uses:
             self.axis_layouts[use.tensor][use.axis] = use.layout
-        self.node_weight = {}  # compute node -> its weight tensor
+        self.node_weight = {}  # node_macs key (a compute node, or a part of it) -> the weight that scales it
         for node in analysis.context.model.graph.node:
-            if node.name in node_macs and len(node.input) > 1 and node.input[1] in self.axis_layouts:
-                self.node_weight[node.name] = node.input[1]
+            for suffix, weight in scaling_weights(node).items():
+                if node.name + suffix in node_macs and weight in self.axis_layouts:
+                    self.node_weight[node.name + suffix] = weight
         # Attention's MatMuls between activations shrink with the heads they keep.
         self.node_layouts = {name: layout for name, layout in analysis.context.scaled.items() if name in node_macs}
         self.macs = sum(node_macs.values())

@@ -1,5 +1,7 @@
 """Recurrent layers (LSTM, GRU, RNN) as CRNN text readers use them: a conv backbone's channels,
-folded with the height into features, feed the recurrent layer, which consumes them through W."""
+folded with the height into features, feed the recurrent layer, which consumes them through W;
+its hidden units are a group of their own (W's and R's rows per gate, R's columns, the biases,
+the states), read by the head."""
 
 from __future__ import annotations
 
@@ -47,14 +49,79 @@ def test_recurrent_layer_consumes_the_backbone_channels(op_type):
     group = group_with(analyze(model), "conv1")
     assert group.prunable, [str(reason) for reason in group.frozen]
     assert {member.use.node for member in group.consumers} == {"rnn"}
-    pruned, report = prune(model, ratio=0.5)
+    pruned, report = prune(model, ratio=0.5, exclude=["head"])  # the hidden units (read by head) stay
     assert weight_dims(pruned, "conv1") == (CHANNELS // 2, 1, 3, 3)
     # W's feature axis: each kept channel is HEIGHT features; R and B keep the hidden size.
     gates = GATES[op_type] * HIDDEN
     assert weight_dims(pruned, "rnn", 1) == (2, gates, CHANNELS // 2 * HEIGHT)
     assert weight_dims(pruned, "rnn", 2) == (2, gates, HIDDEN)
     assert_valid(pruned, model)
-    assert_lossless(model, 0.5)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("op_type", GATES)
+def test_hidden_units_are_removed_from_every_gate_and_direction(op_type, directions):
+    model = crnn(op_type, directions)
+    hidden = group_with(analyze(model), "rnn")
+    assert hidden.prunable and hidden.channels == HIDDEN, [str(reason) for reason in hidden.frozen]
+    assert {member.use.node for member in hidden.consumers} == {"head"}  # reads Y of every direction
+    pruned, report = prune(model, ratio=0.5, exclude=["conv1"])
+    gates, kept = GATES[op_type], HIDDEN // 2
+    assert weight_dims(pruned, "rnn", 1) == (directions, gates * kept, CHANNELS * HEIGHT)
+    assert weight_dims(pruned, "rnn", 2) == (directions, gates * kept, kept)
+    assert weight_dims(pruned, "rnn", 3) == (directions, 2 * gates * kept)
+    assert weight_dims(pruned, "head") == (directions * kept, 3)
+    node = next(n for n in pruned.graph.node if n.name == "rnn")
+    assert onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "hidden_size")) == kept
+    assert_valid(pruned, model)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("op_type", GATES)
+def test_removing_zeroed_hidden_units_and_channels_is_lossless(op_type, directions):
+    """A unit whose W and R rows and biases are zero stays at 0 from a zero state (LSTM: every gate
+    at 0.5, its cell at 0; GRU: the candidate at 0; RNN: tanh(0)), so removing it changes nothing."""
+    pruned = assert_lossless(crnn(op_type, directions), 0.5)
+    assert weight_dims(pruned, "rnn", 2)[2] == HIDDEN - HIDDEN // 2
+
+
+def test_masked_hidden_units_equal_the_pruned_layer():
+    """The masked model (sensitivity, allocation) masks R's columns too: a removed unit must not
+    feed the kept ones through the recurrence. Masked and pruned outputs agree."""
+    from onnx_slim.apply.surgery import apply_plan, refresh_shapes
+    from onnx_slim.data.masking import MaskedModel
+
+    analysis = analyze(crnn("LSTM"))
+    hidden = group_with(analysis, "rnn")
+    plan = {hidden.root: [0, 3, 4]}
+    masked = MaskedModel(analysis, [hidden])
+    x = np.random.default_rng(1).random((1, 1, HEIGHT, WIDTH), dtype=np.float32)
+    expected = masked.run({"x": x}, plan)
+    unmasked_r = masked.run({"x": x}, {})
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    pruned = run_output(analysis.model, x)
+    np.testing.assert_allclose(pruned, next(iter(expected.values())), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(pruned, next(iter(unmasked_r.values())), atol=1e-4)  # the mask mattered
+
+
+@pytest.mark.parametrize("name", ["crnn_torchscript", "crnn_dynamo"])
+def test_exported_lstm_hidden_units_prune(name):
+    """Both exporters' nn.LSTM: the TorchScript exporter sizes the zero initial states from the
+    batch (ConstantOfShape(Concat(2, Shape(x)[1], hidden))), gathered where the layer reads them;
+    dynamo writes them as constants. The pruned model keeps the symbolic batch."""
+    from pathlib import Path
+
+    model = onnx.load(str(Path(__file__).parent.parent.parent / "models" / f"{name}.onnx"))
+    analysis = analyze(model)
+    lstms = [node.name for node in analysis.model.graph.node if node.op_type == "LSTM"]
+    assert all(group_with(analysis, lstm).prunable for lstm in lstms)
+    pruned = assert_lossless(model, 0.5)
+    assert {weight_dims(pruned, lstm, 2)[2] for lstm in lstms} == {12}  # 24 hidden units, half removed
+    if name == "crnn_torchscript":  # symbolic batch
+        session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).random((3, 1, 16, 32), dtype=np.float32)
+        assert session.run(None, {"input": x})[0].shape == (3, 8, 12)
 
 
 def test_recurrent_state_from_the_backbone_freezes_it():
@@ -63,6 +130,8 @@ def test_recurrent_state_from_the_backbone_freezes_it():
     assert not state_group.prunable
     assert any(reason.node == "rnn" and "state" in reason.reason for reason in state_group.frozen)
     assert group_with(analysis, "conv1").prunable  # the input features still are
+    hidden = group_with(analysis, "rnn")  # a state computed from pruned channels: units stay
+    assert any("initial hidden state depends on pruned channels" in reason.reason for reason in hidden.frozen)
 
 
 @pytest.mark.parametrize("op_type", GATES)
@@ -72,11 +141,12 @@ def test_recurrent_macs_count_the_input_and_hidden_projections(op_type):
     steps, gates = WIDTH, GATES[op_type] * HIDDEN
     assert cost.node_macs["rnn"] == steps * 2 * gates * CHANNELS * HEIGHT
     assert cost.node_macs["rnn" + RECURRENCE_PART] == steps * 2 * gates * HIDDEN
-    # Pruning shrinks only the input projection; the planner's prediction matches the count.
+    # The input projection shrinks with the input features and the hidden units, the recurrence
+    # with the square of the hidden units; the planner's prediction matches the count.
     pruned, report = prune(model, ratio=0.5)
     after = model_cost(pruned)
-    assert after.node_macs["rnn"] == cost.node_macs["rnn"] // 2
-    assert after.node_macs["rnn" + RECURRENCE_PART] == cost.node_macs["rnn" + RECURRENCE_PART]
+    assert after.node_macs["rnn"] == cost.node_macs["rnn"] // 4
+    assert after.node_macs["rnn" + RECURRENCE_PART] == cost.node_macs["rnn" + RECURRENCE_PART] // 4
     assert report.macs_after == after.macs
 
 

@@ -5,7 +5,9 @@ package. A node whose op has no rule freezes every tracked layout it reads (see
 `unknown_op`): a channel group we do not understand is left alone, never guessed.
 """
 
-from onnx_slim.channels.rules import contrib, elementwise, layout, normalization, routing, spatial, weights  # noqa: F401
+from onnx_slim.channels.rules import (  # noqa: F401
+    contrib, elementwise, layout, normalization, recurrent, routing, spatial, weights,
+)
 from onnx_slim.channels.rules.registry import RULES, unknown_op
 
 __all__ = ["RULES", "unknown_op"]

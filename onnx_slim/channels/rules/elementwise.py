@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-from onnx import helper
-
 from onnx_slim.channels.context import PARAM
-from onnx_slim.channels.rules.registry import joined_inputs, pass_through, rule
+from onnx_slim.channels.rules.registry import gather_kept, joined_inputs, pass_through, rule
 
 rule(
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -65,19 +62,5 @@ def elementwise(ctx, node):
     for name, axis in per_channel_params:
         ctx.use(PARAM, node, name, axis, layouts[0])
     for position, axis in side_inputs:
-        ctx.fix(node, [layouts[0]], _gather_kept(node.name, position, axis, layouts[0]))
+        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
     ctx.track(output, out_axis, layouts[0])
-
-
-def _gather_kept(node_name: str, position: int, axis: int, layout):
-    """Feed input `position` of the node through a Gather of the kept channels on `axis`."""
-    def apply(editor, kept_length):
-        node = editor.node(node_name)
-        source = node.input[position]
-        indices = editor.add_initializer(f"{node_name}_in{position}_kept",
-                                         np.asarray(kept_length.indices(layout), dtype=np.int64))
-        gathered = f"{source}__kept_for_{node_name}"
-        editor.insert_before(node_name, helper.make_node("Gather", [source, indices], [gathered],
-                                                         name=gathered, axis=axis))
-        editor.node(node_name).input[position] = gathered
-    return apply

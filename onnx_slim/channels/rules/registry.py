@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import onnx
+from onnx import helper
 
 from onnx_slim.channels.context import AnalysisContext
 from onnx_slim.channels.space import Layout
@@ -61,6 +63,21 @@ def set_const_entry(tensor_name: str, index: int, layout: Layout):
         values = editor.value(tensor_name).copy()
         values[index] = kept_length(layout)
         editor.set_value(tensor_name, values)
+    return apply
+
+
+def gather_kept(node_name: str, position: int, axis: int, layout):
+    """A fix: feed input `position` of the node through a Gather of the kept channels on `axis`
+    (a computed side input that carries the channels but is not tracked)."""
+    def apply(editor, kept_length):
+        node = editor.node(node_name)
+        source = node.input[position]
+        indices = editor.add_initializer(f"{node_name}_in{position}_kept",
+                                         np.asarray(kept_length.indices(layout), dtype=np.int64))
+        gathered = f"{source}__kept_for_{node_name}_in{position}"
+        editor.insert_before(node_name, helper.make_node("Gather", [source, indices], [gathered],
+                                                         name=gathered, axis=axis))
+        editor.node(node_name).input[position] = gathered
     return apply
 
 

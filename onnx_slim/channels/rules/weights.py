@@ -1,5 +1,5 @@
-"""Weight-bearing ops: Conv, ConvTranspose, Gemm and MatMul produce and consume channels;
-the recurrent layers (LSTM, GRU, RNN) consume them."""
+"""Weight-bearing ops: Conv, ConvTranspose, Gemm and MatMul produce and consume channels
+(the recurrent layers are in `recurrent.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from onnx_slim.channels.rules.attention import matmul_of_activations
 from onnx_slim.channels.rules.registry import input_at, rule
 from onnx_slim.channels.space import Block, Layout, repeat_layout
 from onnx_slim.ir.graph import attr
-from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 
 @rule("Conv")
@@ -187,22 +187,3 @@ def matmul(ctx, node):
     ctx.use(PRODUCER, node, weight, 1, layout)
     ctx.track(node.output[0], max(data_rank, 2) - 1, layout)
 
-
-@rule(*RECURRENT_OPS)
-def recurrent(ctx, node):
-    """A recurrent layer reads the input's features through W (a consumer, like MatMul's weight);
-    its outputs carry the hidden state, whose size is never pruned, so they stay untracked."""
-    data, weight = node.input[0], node.input[1]
-    for name in node.input[1:]:
-        tracked = ctx.get(name)
-        if tracked is not None:
-            ctx.freeze(tracked.layout, node, "reaches a recurrent layer's weights, state or lengths")
-    tracked = ctx.get(data)
-    if tracked is None:
-        return
-    if not ctx.is_const(weight):
-        ctx.freeze(tracked.layout, node, "weights are computed at run time")
-    elif ctx.rank(data) != 3 or tracked.axis != 2:
-        ctx.freeze(tracked.layout, node, "channels are not the feature axis")
-    else:
-        ctx.use(CONSUMER, node, weight, RECURRENT_OPS[node.op_type].in_axis, tracked.layout)
