@@ -76,7 +76,7 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
     for note in data["notes"]:
         click.echo(f"note: {note}")
     click.echo(f"{data['groups_prunable']} of {data['groups_total']} channel groups prunable, "
-               f"covering {data['prunable_macs_fraction'] * 100:.1f}% of MACs\n")
+               f"{data['prunable_macs_fraction'] * 100:.1f}% of MACs in layers they shrink\n")
     groups = sorted(data["groups"], key=lambda g: -g["macs_share"])
     shown = groups if show_all else groups[:25]
     rows = []
