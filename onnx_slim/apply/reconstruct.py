@@ -11,7 +11,8 @@ deepest consumer upstream), one pass per level over the pruned model cut after
 that level, with every earlier level already re-fitted. A level never holds a
 layer downstream of another one of it: that layer's fit would compensate an
 upstream error the upstream fit then removes (on MobileNetV2, merging levels
-into 12 passes took top-1 from 79% to 8% at 2% of the channels removed).
+into 12 passes took top-1 from 79% to 8% at 2% of the channels removed). Copies of one
+weight (an unrolled recurrent cell) are fitted together, as one layer (refit_layers.py).
 
 Only sufficient statistics are kept: per layer the Gram matrix of its features
 and their product with the targets (a training and a held-out part), so memory
@@ -39,9 +40,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, mark_residuals, readers_of
-from onnx_slim.apply.least_squares import SHRINK_NAMES, FitStats, refit_on_all, shrunk_fits
-from onnx_slim.channels.context import CONSUMER
+from onnx_slim.apply.layers import initializer, mark_residuals
+from onnx_slim.apply.least_squares import SHRINK_NAMES, refit_on_all, shrunk_fits
+from onnx_slim.apply.refit_layers import Consumer, chunks_by_depth, find_consumers
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.staged import DEFAULT_BUDGET_BYTES, StagedCapture
@@ -60,9 +61,6 @@ HOLDOUT_EVERY = 5  # every 5th calibration sample is held out to choose between 
 # Rows sampled per least-squares unknown. 4 over-fitted the calibration set: on MobileNetV2
 # (expansion channels -30%) calibration agreement 80% but test top-1 27%; 32 gives 58%.
 ROWS_PER_FEATURE = 32
-# Gram statistics one pass may hold (float64, training and held-out parts): a level wider than
-# this is split into several passes (an unrolled LSTM has 40 MatMuls of 3336 inputs on one level).
-PASS_STATISTICS_BYTES = 1 << 30
 # Original-model tensors captured in one run, per calibration batch: a few passes' worth.
 TARGET_CAPTURE_BYTES = 64 << 20
 # Fit a layer that feeds a residual Add to the original sum minus the pruned stream. bench_real, thinet +
@@ -85,6 +83,7 @@ class LayerFit:
     error_fit: float | None = None  # the best of the fits
     shrink: float | None = None  # with "fit": the shrinkage toward the slice chosen (None: plain ridge)
     residual: bool = False  # fitted so that its residual sum, not its own output, matches the original
+    copies: int = 1  # layers sharing this fit (copies of one weight, e.g. an unrolled recurrent cell)
 
 
 @dataclass
@@ -102,30 +101,6 @@ class ReconstructReport:
     def to_dict(self) -> dict:
         return {**self.summary(), "calibration": self.calibration, "padding": self.padding, "seconds": self.seconds,
                 "per_layer": [asdict(layer) for layer in self.layers]}
-
-
-@dataclass
-class _Consumer:
-    """One layer to re-fit, with its geometry and its running statistics."""
-
-    node: onnx.NodeProto
-    weight: str
-    kept_in: list  # original input-axis indices kept
-    removed_in: list
-    kept_out: list  # original output-channel indices kept
-    bias_tensor: str | None  # where the fitted intercept goes (None: no intercept)
-    bias_is_following_add: bool  # MatMul: the intercept is added to the next Add's constant
-    kind: str  # CONV_PATCHES or MATRIX_ROWS (ops.specs)
-    features: int  # columns of the least-squares system (without the intercept)
-    kernel: list  # Conv kernel (from the weight: the attribute is optional)
-    # With a residual connection: the Add's output (whose original values are the targets) and the
-    # other addend (whose pruned values are taken off them), so the fit also absorbs the stream's drift.
-    residual: tuple[str, str] | None = None
-    targets: list = field(default_factory=list)  # per batch: [S, out] original outputs
-    positions: list = field(default_factory=list)  # per batch: conv positions or row indices
-    held: list = field(default_factory=list)  # per batch: which of those rows are held out
-    input_mean: np.ndarray | None = None  # original input channel means (bias correction)
-    stats: FitStats = field(default_factory=FitStats)
 
 
 def reconstruct(
@@ -153,7 +128,7 @@ def reconstruct(
     started = time.perf_counter()
     say = progress or (lambda message: None)
     report = ReconstructReport(calibration=calibration.description)
-    consumers = _consumers(original, pruned, analysis, plan)
+    consumers = find_consumers(original, pruned, analysis, plan)
     if not consumers:
         return report
     if calibration.is_synthetic:
@@ -165,7 +140,7 @@ def reconstruct(
         report.padding = tokens.description
         say(f"re-fit: rows at padding left out: {report.padding}")
     rng = np.random.default_rng(seed)
-    chunks = _chunks_by_depth(pruned, consumers)
+    chunks = chunks_by_depth(pruned, consumers)
     if RESIDUAL_TARGETS if residual_targets is None else residual_targets:
         mark_residuals(pruned, chunks)
     report.passes = len(chunks)
@@ -187,78 +162,13 @@ def reconstruct(
             collected = index - 1 + len(ahead)
         _accumulate_features(pruned, chunk, staged)
         for consumer in chunk:
-            report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
-            staged.rewritten(pruned, [name for name in (consumer.weight, consumer.bias_tensor) if name])
-            consumer.stats = FitStats()
-            consumer.targets.clear()
-            consumer.held.clear()
+            if consumer.leads:
+                report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
+                for member in consumer.members:
+                    staged.rewritten(pruned, [name for name in (member.weight, member.bias_tensor) if name])
+                consumer.reset_statistics()
     report.seconds = round(time.perf_counter() - started, 2)
     return report
-
-
-# -- which layers, and how they are laid out ------------------------------------------
-
-
-def _consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[_Consumer]:
-    atoms = analysis.atoms
-    touched = set(plan)
-    nodes = {node.name: node for node in pruned.graph.node}
-    readers = readers_of(pruned)
-    found: dict[str, _Consumer] = {}
-    for use in analysis.context.uses:
-        if use.kind != CONSUMER or not touched.intersection(atoms.classes_in(use.layout)):
-            continue
-        node = nodes[use.node]
-        spec = REFIT_SPECS.get(node.op_type)
-        kind = spec.refit_kind(node) if spec is not None else None
-        if kind is None or use.node in found:
-            continue
-        full = atoms.length(use.layout)
-        kept_in = atoms.kept_indices(use.layout, plan)
-        removed_in = sorted(set(range(full)) - set(kept_in))
-        kept_out = kept_outputs(analysis, use.node, use.tensor, plan, original)
-        bias, following = bias_target(node, pruned, readers)
-        if bias == UNUSABLE_BIAS:
-            continue
-        dims = list(initializer(original, use.tensor).dims)
-        if kind == CONV_PATCHES and len(dims) != 4:
-            continue  # patches are implemented for 2-D convolutions; others keep the slice
-        kernel = dims[2:] if kind == CONV_PATCHES else []
-        found[use.node] = _Consumer(node, use.tensor, kept_in, removed_in, kept_out, bias, following, kind,
-                                    features=len(kept_in) * math.prod(kernel), kernel=kernel)
-    order = {node.name: i for i, node in enumerate(pruned.graph.node)}
-    return sorted(found.values(), key=lambda c: order[c.node.name])
-
-
-def _chunks_by_depth(pruned: onnx.ModelProto, consumers: list) -> list[list]:
-    """Consumers grouped by depth level, shallowest first: no chunk holds two layers one of which
-    reads the other's output, directly or not; a level whose statistics would pass
-    PASS_STATISTICS_BYTES is split."""
-    names = {consumer.node.name for consumer in consumers}
-    depth: dict[str, int] = {}  # tensor -> level of the deepest consumer upstream
-    level_of: dict[str, int] = {}
-    for node in pruned.graph.node:  # topological, as ONNX requires
-        level = max((depth.get(name, 0) for name in node.input if name), default=0)
-        if node.name in names:
-            level += 1
-            level_of[node.name] = level
-        for name in node.output:
-            depth[name] = level
-    levels: dict[int, list] = {}
-    for consumer in consumers:
-        levels.setdefault(level_of[consumer.node.name], []).append(consumer)
-    chunks = []
-    for level in sorted(levels):
-        chunk, held = [], 0
-        for consumer in levels[level]:
-            size = 2 * 8 * (consumer.features + 1) ** 2
-            if chunk and held + size > PASS_STATISTICS_BYTES:
-                chunks.append(chunk)
-                chunk, held = [], 0
-            chunk.append(consumer)
-            held += size
-        chunks.append(chunk)
-    return chunks
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -312,7 +222,8 @@ def _collect_targets(original, consumers, staged: StagedCapture, calibration, to
             if consumer.residual:
                 y = values[consumer.residual[0]]
             _accumulate_input_mean(consumer, x, sums, counts)
-            budget = min(max_samples, max(1024, ROWS_PER_FEATURE * consumer.features))
+            # A family's rows come from all its members: each samples its share.
+            budget = min(max_samples, max(1024, ROWS_PER_FEATURE * consumer.features)) // len(consumer.members)
             real_rows = tokens.real_rows(values, y.shape) if tokens else None
             positions, targets, sample_of_row = _sample_targets(consumer, y, len(batches), samples, budget, rng,
                                                                 real_rows)
@@ -411,7 +322,7 @@ def _flush(consumer, pending: list) -> None:
 # -- choosing and writing the new weights ------------------------------------------------
 
 
-def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
+def _refit(pruned, consumer: Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
     node = consumer.node
     weight = numpy_helper.to_array(initializer(pruned, consumer.weight))
     current = REFIT_SPECS[node.op_type].as_matrix(node, weight)  # [d, out]
@@ -419,7 +330,7 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
     bias_now = _current_bias(pruned, consumer, current.shape[1])
     train, holdout = consumer.stats.train, consumer.stats.holdout
     layer = LayerFit(node.name, node.op_type, "slice", features, consumer.stats.rows_seen, 0.0,
-                     residual=consumer.residual is not None)
+                     residual=consumer.residual is not None, copies=len(consumer.members))
     if train is None or holdout is None or holdout.energy == 0:
         return layer
 
@@ -428,7 +339,8 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
 
     candidates = {"slice": stacked(current, bias_now)}
     if consumer.bias_tensor is not None and consumer.removed_in:
-        correction = _mean_contribution(node, original_weight, consumer)
+        means = np.mean([member.input_mean for member in consumer.members], axis=0)
+        correction = _mean_contribution(node, original_weight, consumer, means)
         candidates["bias"] = stacked(current, bias_now + correction[consumer.kept_out])
     if features <= MAX_FEATURES:
         candidates.update(shrunk_fits(train, candidates["slice"], ridge, node.name))
@@ -444,7 +356,8 @@ def _refit(pruned, consumer: _Consumer, original_weight: np.ndarray, ridge: floa
         refitted = refit_on_all(train, holdout, candidates["slice"], ridge, layer.shrink)
         candidates[best] = candidates[best] if refitted is None else refitted
     if best != "slice":
-        _write(pruned, consumer, candidates[best], weight.shape)
+        for member in consumer.members:
+            _write(pruned, member, candidates[best], weight.shape)
     return layer
 
 
@@ -459,9 +372,9 @@ def _current_bias(pruned, consumer, outputs) -> np.ndarray | None:
     return numpy_helper.to_array(initializer(pruned, consumer.bias_tensor)).astype(np.float64).reshape(-1)
 
 
-def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
-    """What the removed input channels added on average to each output (all outputs)."""
-    means = consumer.input_mean
+def _mean_contribution(node, original_weight, consumer, means: np.ndarray) -> np.ndarray:
+    """What the removed input channels (of original input channel `means`) added on average to
+    each output (all outputs)."""
     matrix = REFIT_SPECS[node.op_type].as_matrix(node, original_weight)  # [d_full, out_full]
     if consumer.kind == CONV_PATCHES:
         taps = original_weight.shape[2] * original_weight.shape[3]
@@ -473,7 +386,7 @@ def _mean_contribution(node, original_weight, consumer) -> np.ndarray:
     return channel_means[removed] @ per_channel[removed]
 
 
-def _write(pruned, consumer: _Consumer, matrix: np.ndarray, weight_shape) -> None:
+def _write(pruned, consumer: Consumer, matrix: np.ndarray, weight_shape) -> None:
     node = consumer.node
     weights_part = matrix[:-1] if consumer.bias_tensor is not None else matrix
     weight_init = initializer(pruned, consumer.weight)

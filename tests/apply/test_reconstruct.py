@@ -216,12 +216,12 @@ def two_branches(width=24, seed=0):
 
 @pytest.mark.parametrize("budget, passes", [(1 << 30, 1), (2 * 8 * 25 ** 2, 2)])
 def test_a_wide_level_is_split_so_one_pass_holds_bounded_statistics(monkeypatch, budget, passes):
-    import onnx_slim.apply.reconstruct as reconstruct_module
+    import onnx_slim.apply.refit_layers as refit_layers
     from onnx_slim.data.calibration import CalibrationSet
 
     calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)})
     # Each branch's statistics take 2 * 8 * 25^2 bytes: the small budget allows one per pass.
-    monkeypatch.setattr(reconstruct_module, "PASS_STATISTICS_BYTES", budget)
+    monkeypatch.setattr(refit_layers, "PASS_STATISTICS_BYTES", budget)
     _, report = prune(two_branches(), ratio=0.25, criterion="l1", calibration=calibration, reconstruct=True)
     assert report.reconstruction["layers"] == 2 and report.reconstruction["passes"] == passes
 
@@ -337,10 +337,10 @@ def test_a_projection_shortcut_joining_a_deeper_branch_keeps_its_own_target(monk
     per pass (a tiny statistics budget), conv_a and conv_s share a level but not a pass."""
     from graphs import Graph
 
-    import onnx_slim.apply.reconstruct as reconstruct_module
+    import onnx_slim.apply.refit_layers as refit_layers
     from onnx_slim.data.calibration import CalibrationSet
 
-    monkeypatch.setattr(reconstruct_module, "PASS_STATISTICS_BYTES", 1)
+    monkeypatch.setattr(refit_layers, "PASS_STATISTICS_BYTES", 1)
 
     g = Graph(seed=4)
     h = g.relu(g.conv(g.input("x", ["N", 3, 8, 8]), 8, name="conv0"), name="relu0")
@@ -447,3 +447,67 @@ def test_targets_are_captured_a_few_passes_ahead_within_a_byte_budget(monkeypatc
     monkeypatch.setattr(reconstruct_module, "TARGET_CAPTURE_BYTES", 1)
     assert len(reconstruct_module._capture_group(chunks, 0, shapes, batch_size=8)) == 1  # at least one
     assert len(reconstruct_module._capture_group(chunks, 0, {}, batch_size=8)) == 5  # unknown sizes: 0 bytes
+
+
+def unrolled_steps(steps=4, features=10, hidden=12, seed=5):
+    """x [N, steps, features] -> MatMul + relu (the pruned group) -> one shared MatMul per step
+    (Gather of step t, a weight every step reads, as an unrolled recurrent cell writes it) -> the
+    steps' outputs summed -> y."""
+    from graphs import Graph
+
+    g = Graph(seed=seed)
+    h = g.relu(g.add_bias(g.matmul(g.input("x", ["N", steps, features]), hidden, name="fc_in")))
+    shared = g.weight("shared_w", [hidden, 5])
+    outputs = [g.node("MatMul", [g.node("Gather", [h, g.ints(f"t{t}", t)], f"step{t}", axis=1), shared], f"cell{t}")
+               for t in range(steps)]
+    total = outputs[0]
+    for t, part in enumerate(outputs[1:], 1):
+        total = g.add(total, part, name=f"sum{t}")
+    return g.build(total)
+
+
+def test_copies_of_one_weight_are_fitted_together_and_stay_shared(tmp_path):
+    """The steps' MatMuls read one weight (normalization gives each a copy): they are re-fitted as one
+    family, on the rows of every step, with one solve, and the saved model holds one weight again."""
+    from onnx_slim.data.calibration import CalibrationSet
+    from onnx_slim.ir import model as model_io
+
+    model = unrolled_steps()
+    calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((60, 4, 10)).astype(np.float32)})
+    pruned, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
+    layers = report.reconstruction["per_layer"]
+    assert [(layer["copies"], layer["method"]) for layer in layers] == [(4, "fit")]
+    assert layers[0]["error_fit"] < layers[0]["error_slice"]
+    path = tmp_path / "pruned.onnx"
+    model_io.save_model(pruned, path)
+    saved = onnx.load(str(path))
+    cells = [node for node in saved.graph.node if node.name.startswith("cell")]
+    assert len({node.input[1] for node in cells}) == 1  # the fitted copies are one tensor again
+    assert_same_shapes_and_runs(model, saved)
+
+
+def test_a_family_fit_is_no_worse_than_fitting_each_copy(monkeypatch):
+    """Fitting the copies apart (the old way) unshares the weight; the family fit, on the rows of
+    every step, is closer to the original's output on new data (more rows per unknown)."""
+    import onnx_slim.apply.refit_layers as refit_layers
+    from onnx_slim.data.calibration import CalibrationSet
+
+    rng = np.random.default_rng(1)
+    calibration = CalibrationSet({"x": rng.standard_normal((60, 4, 10)).astype(np.float32)})
+    test = {"x": rng.standard_normal((40, 4, 10)).astype(np.float32)}
+    model = unrolled_steps()
+    together, _ = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
+    monkeypatch.setattr(refit_layers, "_link_families", lambda original, consumers: None)
+    apart, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
+    assert [layer["copies"] for layer in report.reconstruction["per_layer"]] == [1, 1, 1, 1]
+    reference = run_session(create_session(model), test)
+    error = {name: float(np.square(next(iter(run_session(create_session(m), test).values()))
+                                   - next(iter(reference.values()))).sum())
+             for name, m in (("together", together), ("apart", apart))}
+    assert error["together"] < error["apart"], error
+
+
+def assert_same_shapes_and_runs(original, pruned):
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 4, 10)).astype(np.float32)}
+    before, after = run_session(create_session(original), feeds), run_session(create_session(pruned), feeds)
+    assert [value.shape for value in before.values()] == [value.shape for value in after.values()]
