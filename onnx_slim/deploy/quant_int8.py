@@ -48,7 +48,8 @@ from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, OutlierReport, prep
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import is_quantized_op, save_model
-from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session
+from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.ops import cost as cost_module
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def _preprocess(
             with working_directory(scratch):  # where onnxruntime dumps a failed symbolic inference's model
                 quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
             prepared = onnx.load(str(preprocessed_path))
+            _check_preprocessed(float_path, preprocessed_path, model)
         except Exception as exc:
             failure = failure or exc
             continue
@@ -262,6 +264,27 @@ def _preprocess(
         return preprocessed_path, prepared, True
     report_warnings.append(f"pre-processing failed, quantizing the model as given: {first_line(failure)}")
     return float_path, model, False
+
+
+def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.ModelProto) -> None:
+    """Raise unless the pre-processed model computes what the float model does at batch 1 and 2.
+
+    Symbolic shape inference can get a shape wrong where the model states none (a paddle2onnx
+    flatten whose target is computed from Shape, once pruning dropped its annotations: a rank-1
+    [200] for [N, 200]); the optimization then fuses a MatMul + Add into a Gemm between Reshapes
+    to the batch it saw, and calibration fails at any other batch."""
+    float_session = create_session(str(float_path), CHECK)
+    prepared_session = create_session(str(preprocessed_path), CHECK)
+    for batch in (1, 2):
+        feeds = random_inputs(model, batch=batch, seed=batch)
+        try:
+            expected = run_session(float_session, feeds)
+        except OnnxSlimError:
+            return  # random inputs the model cannot take (token ids out of range): nothing to compare
+        got = run_session(prepared_session, feeds)
+        for name, value in expected.items():
+            if got[name].shape != value.shape or not np.allclose(got[name], value, rtol=1e-3, atol=1e-4):
+                raise OnnxSlimError(f"pre-processing changed output {name} at batch {batch}")
 
 
 @contextlib.contextmanager

@@ -299,3 +299,37 @@ def test_model_proto_input_and_json_report(tmp_path):
     assert data["method"] == "percentile" and data["per_channel"] is False
     assert data["output_path"] == str(tmp_path / "q.onnx")
     assert model.graph.node[0].op_type == "Conv"  # the caller's model is untouched
+
+
+def paddle_flatten_net() -> onnx.ModelProto:
+    """Conv -> global pool -> flatten as paddle2onnx writes it (the target [N, C] computed from the
+    pooled tensor's Shape through Slice, Squeeze, a Reshape to a scalar, Unsqueeze and Concat) ->
+    MatMul + Add, with no shape annotations (as a pruned model has them after re-inference)."""
+    from graphs import Graph
+
+    g = Graph(seed=2, opset=13)
+    pooled = g.node("GlobalAveragePool", [g.relu(g.conv(g.input("x", ["N", 3, 8, 8]), 6, name="conv"))], "pool")
+    batch = g.node("Squeeze", [g.node("Slice", [g.node("Shape", [pooled], "shape"), g.ints("zero", [0]),
+                                                 g.ints("one", [1])], "first"), g.ints("axis0", [0])], "squeeze")
+    scalar = g.node("Reshape", [batch, g.ints("scalar_shape", np.zeros(0, dtype=np.int64))], "to_scalar")
+    target = g.node("Concat", [g.node("Unsqueeze", [scalar, g.ints("axis0b", [0])], "unsqueeze"),
+                               g.ints("features", [6])], "target", axis=0)
+    flat = g.node("Reshape", [pooled, target], "flatten")
+    model = g.build(g.node("Add", [g.node("MatMul", [flat, g.weight("fc_w", [6, 2])], "fc"),
+                                   g.weight("fc_b", [2])], "logits"))
+    del model.graph.value_info[:]
+    return model
+
+
+def test_preprocessing_that_changes_the_model_is_not_used(tmp_path):
+    """onnxruntime's symbolic shape inference reads the computed flatten target as rank 1 and its
+    optimizer fuses MatMul + Add into a Gemm between Reshapes to batch 1: calibration at batch 8
+    failed ("requested shape {1,6}"). The pre-processed model is checked against the float one at
+    batch 1 and 2 and the variant without symbolic inference taken instead."""
+    model = paddle_flatten_net()
+    calibration = [random_inputs(model, batch=8, seed=index) for index in range(4)]
+    output = tmp_path / "q.onnx"
+    report = quantize_model(model, output, mode="static", calibration=calibration, measure=False)
+    assert report.preprocessed
+    feeds = random_inputs(model, batch=3)
+    assert run_session(create_session(output), feeds)["logits"].shape == (3, 2)
