@@ -333,3 +333,23 @@ def test_preprocessing_that_changes_the_model_is_not_used(tmp_path):
     assert report.preprocessed
     feeds = random_inputs(model, batch=3)
     assert run_session(create_session(output), feeds)["logits"].shape == (3, 2)
+
+
+def test_static_int8_leaves_a_final_softmax_float(tmp_path):
+    """A Softmax over many classes writes probabilities far below one int8 step (1/255): quantized,
+    they all read 0. The op that writes the output stays float; the MAC-carrying Gemm is int8."""
+    from graphs import Graph
+
+    g = Graph(seed=1)
+    features = g.relu(g.conv(g.input("x", ["N", 3, 32, 32]), 32, name="conv"))  # Conv-heavy: every op type is int8
+    logits = g.gemm(g.flatten(g.gap(features)), 2000, name="fc")
+    model = g.build(g.node("Softmax", [logits], "probabilities", axis=1))
+    output = tmp_path / "q.onnx"
+    report = quantize_model(model, output, mode="static", calibration=eval_batches(model), measure=False)
+    quantized = onnx.load(str(output))
+    assert producers(quantized)["probabilities"] == "Softmax"  # no DequantizeLinear after it
+    assert report.quantized_ops["QuantizeLinear"] > 0
+    feeds = random_inputs(model, batch=4, seed=9)
+    expected = run_session(create_session(model), feeds)["probabilities"]
+    got = run_session(create_session(output), feeds)["probabilities"]
+    assert got.min() > 0 and np.abs(got - expected).max() < 0.2 * expected.max()
