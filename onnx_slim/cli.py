@@ -200,7 +200,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
     session = session_spec(providers=providers, provider_options=provider_options)
     calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude),
-                       prune_layernorm=prune_layernorm, copy=False)
+                       prune_layernorm=prune_layernorm, copy=False, sample_shapes=calibration.sample_shapes())
     levels = floats(ratios)
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")

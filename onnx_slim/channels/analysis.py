@@ -12,6 +12,7 @@ from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, analyze_cha
 from onnx_slim.channels.space import FreezeReason
 from onnx_slim.channels.streams import stream_roots
 from onnx_slim.errors import InvalidModelError
+from onnx_slim.ir.inputs import shapes_from_samples
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
@@ -105,14 +106,18 @@ def analyze(
     prune_layernorm: bool = False,
     whole_conv_groups: bool = False,
     copy: bool = True,
+    sample_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> ModelAnalysis:
     """Normalize a copy of `model` and find its channel groups. `prune_layernorm`: groups a
     LayerNormalization spans are prunable too (not lossless); `whole_conv_groups`: grouped
-    Convs lose whole groups instead of the same channels from every group."""
+    Convs lose whole groups instead of the same channels from every group; `sample_shapes`
+    (of the calibration data) size the inputs that `input_shapes` does not name."""
     proto = load_model(model, copy=copy)
     # Counted before normalization gives each reader of a shared weight its own copy.
     params = count_params(proto)
     info = normalize(proto)
+    if sample_shapes:
+        input_shapes = shapes_from_samples(proto, sample_shapes, input_shapes)
     concrete = concrete_input_shapes(proto, input_shapes)
     found = concrete_shapes(proto, concrete)
     shapes = found.shapes

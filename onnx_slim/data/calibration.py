@@ -88,6 +88,13 @@ class CalibrationSet:
         """All samples in memory. Decodes every image of an image folder: prefer `batches`."""
         return {name: source.read_all() for name, source in self._sources.items()}
 
+    def sample_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """The shape of each input's first sample, batch axis included (reads one sample); None for
+        random values, which are sized from the model's defaults and say nothing of the real data."""
+        if self.is_random and not self.is_synthetic:
+            return None
+        return {name: tuple(source.read(0, 1).shape) for name, source in self._sources.items()}
+
     def token_mask(self) -> TokenMask | None:
         """Which positions are padding, for text inputs that show it (`data.tokens`)."""
         if self._token_mask is False:

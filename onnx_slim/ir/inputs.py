@@ -143,6 +143,25 @@ def check_input_shapes(
             raise UsageError(f"{option} {name}={','.join(map(str, dims))} contradicts the model's [{shown}]")
 
 
+def shapes_from_samples(
+    model: onnx.ModelProto, sample_shapes: Mapping[str, Sequence[int]], given: Mapping[str, Sequence[int]] | None
+) -> dict[str, tuple[int, ...]]:
+    """`given` input shapes, completed from the shapes of the data's samples (`[N, ...]`, e.g. a
+    calibration set's): an input not given takes its samples' sizes on every axis but the batch,
+    which keeps the model's static size or 1. So a detector with symbolic height and width is
+    analyzed, costed and timed at the size of its data, not at a default (the data must fit the
+    model: a contradiction is a UsageError, as for --input-shape)."""
+    shapes = {name: tuple(int(d) for d in dims) for name, dims in (given or {}).items()}
+    specs = {spec.name: spec for spec in graph_inputs(model)}
+    derived = {}
+    for name, sample in sample_shapes.items():
+        if name in specs and name not in shapes and len(sample) == len(specs[name].dims) and sample:
+            batch = specs[name].dims[0]
+            derived[name] = (batch if isinstance(batch, int) and batch > 0 else 1, *map(int, sample[1:]))
+    check_input_shapes(model, derived, option="the calibration data's sample shape")
+    return {**shapes, **derived}
+
+
 def random_inputs(
     model: onnx.ModelProto,
     *,

@@ -268,9 +268,11 @@ class Pruner:
         self.say = progress or (lambda message: None)
         self.say("analyzing channel groups")
         size_before = model.ByteSize() if isinstance(model, onnx.ModelProto) else None
+        # Real data sizes the symbolic dims (a detector's H and W) for the cost, the timing and the checks.
+        samples = settings.calibration.sample_shapes() if settings.calibration is not None else None
         self.analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
                                 prune_layernorm=settings.prune_layernorm,
-                                whole_conv_groups=settings.whole_conv_groups, copy=copy)
+                                whole_conv_groups=settings.whole_conv_groups, copy=copy, sample_shapes=samples)
         self.size_before = model_file_size(model) if size_before is None else size_before  # a file, loaded now
         self.groups = self.analysis.channels.prunable_groups()
         self.calibration, self.check_data = _held_out_check(settings)

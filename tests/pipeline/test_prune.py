@@ -53,3 +53,36 @@ def test_options_out_of_range_are_refused():
     for options in ({"ratio": 1.0}, {"ratio": 0.5, "target_macs": 0.5}, {"ratio": 0.5, "round_to": 0}):
         with pytest.raises(OnnxSlimError):
             prune(model, **options)
+
+
+def detector(height="H", width="W"):
+    """A fully convolutional net with symbolic height and width, as text detectors are exported."""
+    from graphs import Graph
+
+    g = Graph(seed=7)
+    h = g.relu(g.conv(g.input("x", ["N", 3, height, width]), 8, name="conv1"))
+    return g.build(g.conv(g.relu(g.conv(h, 8, name="conv2")), 1, kernel=1, name="head"))
+
+
+def test_calibration_data_sizes_the_symbolic_height_and_width():
+    """With no --input-shape, the analysis, the MACs and the checks take the calibration samples'
+    size, not the 64 x 64 default: the plan is costed at the size the model will run at."""
+    from onnx_slim.data.calibration import CalibrationSet
+    from onnx_slim.ops.cost import model_cost
+
+    model = detector()
+    calibration = CalibrationSet({"x": np.random.default_rng(0).random((12, 3, 40, 96), dtype=np.float32)})
+    _, report = prune(model, ratio=0.25, criterion="thinet", calibration=calibration, round_to=1)
+    assert report.macs_before == model_cost(model, {"x": [1, 3, 40, 96]}).macs != model_cost(model).macs
+    _, given = prune(model, ratio=0.25, criterion="thinet", calibration=calibration, round_to=1,
+                     input_shapes={"x": [1, 3, 32, 32]})
+    assert given.macs_before == model_cost(model, {"x": [1, 3, 32, 32]}).macs  # --input-shape still rules
+
+
+def test_calibration_samples_that_do_not_fit_the_model_are_a_usage_error():
+    from onnx_slim.data.calibration import CalibrationSet
+    from onnx_slim.errors import UsageError
+
+    calibration = CalibrationSet({"x": np.random.default_rng(0).random((4, 3, 40, 96), dtype=np.float32)})
+    with pytest.raises(UsageError, match="calibration data's sample shape x=1,3,40,96 contradicts"):
+        prune(detector(height=32, width=32), ratio=0.25, criterion="thinet", calibration=calibration)
