@@ -3,7 +3,7 @@ agreement with it; the fastest that agrees is kept, or the float model when none
 MIN_SPEEDUP faster.
 
 Candidates: static int8 (when there is calibration data), dynamic int8, int4
-(MatMul weights) and fp16 (a GPU provider only: onnxruntime's CPU provider has
+(MatMul weights, when they carry at least MIN_INT4_MACS_SHARE of the MACs) and fp16 (a GPU provider only: onnxruntime's CPU provider has
 almost no float16 kernels). All are timed interleaved with the float model in
 one loop (as `bench` does), on the session spec the model will run with.
 
@@ -28,14 +28,18 @@ import onnx
 from onnx_slim.data.metrics import agreement
 from onnx_slim.deploy.cleanup import CleanupReport
 from onnx_slim.deploy.quant_fp16 import is_gpu
-from onnx_slim.deploy.quant_int4 import int4_weight_count, no_int4_weights_message
+from onnx_slim.deploy.quant_int4 import int4_macs_share, int4_weight_count, no_int4_weights_message
 from onnx_slim.errors import VerificationError
+from onnx_slim.ops.cost import model_cost
 
 AGREEMENT_COSINE = 0.99
 # auto keeps a quantized model only when it is at least this much faster than the float one: a
 # few percent is within the timing noise of a busy machine (the same DBNet export went int8 in one
 # run and float in the next), and quantization always costs some accuracy.
 MIN_SPEEDUP = 1.05
+# int4 leaves Conv and Gemm float: on a CNN whose only MatMul is a small classifier (PP-LCNet: one
+# 1280 x 4 MatMul) it cannot be faster, and a timing that says so is noise.
+MIN_INT4_MACS_SHARE = 0.2
 KINDS = {"static": "int8", "dynamic": "int8", "int4": "int4", "fp16": "fp16"}
 
 
@@ -161,8 +165,12 @@ def candidate_modes(model: onnx.ModelProto, calibration, providers) -> tuple[lis
     else:
         skipped.append("static int8: no calibration data")
     modes.append("dynamic")
-    if int4_weight_count(model):
+    share = int4_macs_share(model, model_cost(model)) if int4_weight_count(model) else 0.0
+    if share >= MIN_INT4_MACS_SHARE:
         modes.append("int4")
+    elif share:
+        skipped.append(f"int4: the MatMuls it quantizes carry {share:.1%} of the MACs; auto tries it from "
+                       f"{MIN_INT4_MACS_SHARE:.0%} (a gain below that is timing noise)")
     else:
         skipped.append(f"int4: {no_int4_weights_message()}")
     if is_gpu(providers):

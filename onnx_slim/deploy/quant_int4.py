@@ -33,6 +33,14 @@ def int4_weight_count(model: onnx.ModelProto) -> int:
                if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in matrices)
 
 
+def int4_macs_share(model: onnx.ModelProto, model_cost) -> float:
+    """The share of the model's MACs in the MatMuls int4 quantizes (1.0 when nothing is counted)."""
+    matrices = {init.name for init in model.graph.initializer if len(init.dims) == 2}
+    quantized = sum(model_cost.node_macs.get(node.name, 0) for node in model.graph.node
+                    if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in matrices)
+    return quantized / model_cost.macs if model_cost.macs else 1.0
+
+
 def no_int4_weights_message() -> str:
     return "int4 quantizes MatMul weights, and this model has no MatMul with a constant 2-D weight"
 

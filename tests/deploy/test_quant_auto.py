@@ -92,3 +92,17 @@ def test_a_gain_within_timing_noise_keeps_the_float_model(tmp_path, monkeypatch,
     if kept == "float":
         assert "under the 1.05x a quantized model must gain" in report.decision
         assert onnx.load(str(tmp_path / "q.onnx")).SerializeToString() == onnx.load(str(source)).SerializeToString()
+
+
+def test_auto_does_not_try_int4_where_its_matmuls_carry_few_macs():
+    """int4 leaves Conv float: a CNN whose only MatMul is a small classifier cannot gain from it, and
+    a timing that says it does is noise. A MatMul-heavy model still gets the candidate."""
+    from graphs import Graph
+
+    g = Graph(seed=3)
+    features = g.flatten(g.gap(g.relu(g.conv(g.input("x", ["N", 3, 32, 32]), 32, name="conv"))))
+    cnn = g.build(g.matmul(features, 4, name="classifier"))
+    modes, skipped = quant_auto.candidate_modes(cnn, None, ["CPUExecutionProvider"])
+    assert "int4" not in modes
+    assert any(note.startswith("int4: the MatMuls it quantizes carry") for note in skipped), skipped
+    assert "int4" in quant_auto.candidate_modes(matmul_net(), None, ["CPUExecutionProvider"])[0]
