@@ -152,17 +152,23 @@ class AnalysisContext:
         return name not in self.size_carriers and self._computed_without_channels(name)
 
     def _computed_without_channels(self, name: str) -> bool:
-        """No tracked tensor's values reach `name`. Sizes read by Shape do not count: the channel
-        counts among them are size carriers, and a tensor computed from a carrier that is no
-        carrier itself took none of its count (the batch size read from an activation's shape,
-        as exporters size a zero initial state)."""
+        """No tracked tensor's values and no channel count reach `name`. Sizes read by Shape are
+        channel counts only where they are size carriers; a Gather or Slice that leaves the
+        carried count out (the batch size read from an activation's shape, as exporters size a
+        zero initial state) reads none."""
         if name not in self._independent:
             self._independent[name] = True  # provisional: graphs are acyclic
             producer = self._producers.get(name)
             self._independent[name] = name not in self.tracked and (
                 producer is None or producer.op_type == "Shape"
-                or all(self._computed_without_channels(part) for part in producer.input if part))
+                or all(self._reads_no_channels(producer, part) for part in producer.input if part))
         return self._independent[name]
+
+    def _reads_no_channels(self, node: onnx.NodeProto, part: str) -> bool:
+        if part in self.size_carriers:
+            return (node.op_type in ("Gather", "Slice") and part == node.input[0]
+                    and not any(output in self.size_carriers for output in node.output))
+        return self._computed_without_channels(part)
 
     def get(self, name: str) -> Tracked | None:
         return self.tracked.get(name) if name else None

@@ -11,6 +11,7 @@ from graphs import Graph
 from onnx_slim.apply.surgery import apply_plan, refresh_shapes
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.data.masking import MaskedModel
+from onnx_slim.pipeline.prune import prune
 
 
 def conditioned_cnn() -> onnx.ModelProto:
@@ -54,3 +55,19 @@ def test_a_side_input_sized_by_the_pruned_channels_still_freezes():
     assert not group.prunable
     assert any(reason.node == "ones" and "channel count through Shape" in reason.reason for reason in group.frozen), \
         [str(reason) for reason in group.frozen]
+
+
+def test_a_side_input_resized_to_the_pruned_tensors_shape_freezes():
+    """Resize(constant, sizes=Shape(h)) takes h's channel count at run time: after pruning its
+    channels would no longer match the kept indices a Gather takes of it, so the group stays whole."""
+    g = Graph(seed=0)
+    h = g.relu(g.conv(g.input("x", ["N", 3, "H", "W"]), 8, name="conv1"))
+    empty = g.const("empty", np.zeros(0, np.float32))
+    resized = g.node("Resize", [g.weight("pos", [1, 8, 4, 4]), empty, empty, g.node("Shape", [h], "shape_h")],
+                     "resize_pos", mode="nearest")
+    model = g.build(g.conv(g.add(h, resized, name="plus_pos"), 4, name="conv2"))
+    group = group_with(analyze(model).channels, "conv1")
+    assert not group.prunable
+    pruned, _ = prune(model, ratio=0.5, criterion="l1")  # nothing to remove, and it still runs
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    assert run(pruned, feeds)["conv2"].shape == (2, 4, 8, 8)
