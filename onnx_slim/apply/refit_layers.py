@@ -7,7 +7,9 @@ each reader its own (an unrolled recurrent cell: the same input projection at ev
 step; weight-shared transformer layers) form a *family*: one fit over the rows of every
 member, written to each, so the weight stays shared (the copies are merged again when the
 model is saved) and one least-squares solve serves them all. A family is fitted in the pass
-of its deepest member, where every member's input is known.
+of its deepest member, where every member's input is known; copies of which a shallower one
+feeds another layer fitted before that pass are fitted apart (that layer would see the copy
+change after its own fit).
 """
 
 from __future__ import annotations
@@ -110,8 +112,9 @@ def _link_families(original, consumers: list[Consumer]) -> None:
     """Link the layers that are copies of one layer: same op, same weight and bias values, same
     kept inputs and outputs (so one fitted matrix is right for each)."""
     by_key: dict[tuple, list[Consumer]] = {}
+    names = {init.name for init in original.graph.initializer}
     for consumer in consumers:
-        by_key.setdefault(_family_key(original, consumer), []).append(consumer)
+        by_key.setdefault(_family_key(original, consumer, names), []).append(consumer)
     for members in by_key.values():
         if len(members) > 1:
             for member in members:
@@ -119,9 +122,14 @@ def _link_families(original, consumers: list[Consumer]) -> None:
                 member.stats = members[0].stats
 
 
-def _family_key(original, consumer: Consumer) -> tuple:
+def _unlink(family: list[Consumer]) -> None:
+    for member in family:
+        member.family = []
+        member.stats = FitStats()
+
+
+def _family_key(original, consumer: Consumer, names: set) -> tuple:
     def digest(name):
-        names = {init.name for init in original.graph.initializer}
         if not name or name not in names:
             return None  # no bias, or one the re-fit creates
         init = initializer(original, name)
@@ -148,6 +156,9 @@ def chunks_by_depth(pruned: onnx.ModelProto, consumers: list[Consumer]) -> list[
             level_of[node.name] = level
         for name in node.output:
             depth[name] = level
+    for consumer in consumers:
+        if consumer.family and consumer.leads and _fitted_after_its_readers(pruned, consumer.family, level_of, names):
+            _unlink(consumer.family)
     levels: dict[int, list] = {}
     for consumer in consumers:
         if consumer.leads:
@@ -165,3 +176,26 @@ def chunks_by_depth(pruned: onnx.ModelProto, consumers: list[Consumer]) -> list[
             held += size
         chunks.append(chunk)
     return chunks
+
+
+def _fitted_after_its_readers(pruned: onnx.ModelProto, family: list[Consumer], level_of: dict, names: set) -> bool:
+    """Whether a family, fitted at its deepest member's level, would come after a layer (not of the
+    family) that reads a shallower member's output: that layer would be fitted to the member's
+    sliced output, which the family's fit then changes. Such copies are fitted apart."""
+    deepest = max(level_of[member.node.name] for member in family)
+    members = {member.node.name for member in family}
+    readers: dict[str, list] = {}
+    for node in pruned.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    stack = [output for member in family if level_of[member.node.name] < deepest for output in member.node.output]
+    seen = set()
+    while stack:
+        for node in readers.get(stack.pop(), []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.name in names and node.name not in members and level_of[node.name] <= deepest:
+                return True
+            stack.extend(node.output)
+    return False

@@ -30,7 +30,6 @@ from onnx_slim.deploy.cleanup import CleanupReport
 from onnx_slim.deploy.quant_fp16 import is_gpu
 from onnx_slim.deploy.quant_int4 import int4_macs_share, int4_weight_count, no_int4_weights_message
 from onnx_slim.errors import VerificationError
-from onnx_slim.ops.cost import model_cost
 
 AGREEMENT_COSINE = 0.99
 # auto keeps a quantized model only when it is at least this much faster than the float one: a
@@ -165,7 +164,7 @@ def candidate_modes(model: onnx.ModelProto, calibration, providers) -> tuple[lis
     else:
         skipped.append("static int8: no calibration data")
     modes.append("dynamic")
-    share = int4_macs_share(model, model_cost(model)) if int4_weight_count(model) else 0.0
+    share = int4_macs_share(model) if int4_weight_count(model) else 0.0
     if share >= MIN_INT4_MACS_SHARE:
         modes.append("int4")
     elif share:

@@ -13,6 +13,9 @@ import onnx
 from onnxruntime.quantization import QuantFormat
 
 from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.ir.shapes import concrete_shapes
+from onnx_slim.ops.cost import concrete_input_shapes
+from onnx_slim.ops.specs import macs_parts
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +36,20 @@ def int4_weight_count(model: onnx.ModelProto) -> int:
                if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in matrices)
 
 
-def int4_macs_share(model: onnx.ModelProto, model_cost) -> float:
-    """The share of the model's MACs in the MatMuls int4 quantizes (1.0 when nothing is counted)."""
+def int4_macs_share(model: onnx.ModelProto) -> float:
+    """The share of the model's MACs in the MatMuls int4 quantizes (1.0 when they cannot be counted)."""
+    shapes = concrete_shapes(model, concrete_input_shapes(model)).shapes
     matrices = {init.name for init in model.graph.initializer if len(init.dims) == 2}
-    quantized = sum(model_cost.node_macs.get(node.name, 0) for node in model.graph.node
-                    if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in matrices)
-    return quantized / model_cost.macs if model_cost.macs else 1.0
+    total = quantized = 0
+    for node in model.graph.node:
+        parts = macs_parts(node, shapes) or {}
+        if None in parts.values():
+            return 1.0
+        macs = sum(parts.values())
+        total += macs
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in matrices:
+            quantized += macs
+    return quantized / total if total else 1.0
 
 
 def no_int4_weights_message() -> str:

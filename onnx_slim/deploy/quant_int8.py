@@ -295,7 +295,9 @@ def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.M
             return  # random inputs the model cannot take (token ids out of range): nothing to compare
         got = run_session(prepared_session, feeds)
         for name, value in expected.items():
-            if got[name].shape != value.shape or not np.allclose(got[name], value, rtol=1e-3, atol=1e-4):
+            same = got[name].shape == value.shape and np.allclose(got[name], value, rtol=1e-3, atol=1e-4,
+                                                                    equal_nan=True)  # random inputs may give NaN
+            if not same:
                 raise OnnxSlimError(f"pre-processing changed output {name} at batch {batch}")
 
 

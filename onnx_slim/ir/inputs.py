@@ -153,11 +153,11 @@ def shapes_from_samples(
     model: a contradiction is a UsageError, as for --input-shape)."""
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (given or {}).items()}
     specs = {spec.name: spec for spec in graph_inputs(model)}
+    batches = concrete_dims(list(specs.values()), shapes)  # a symbolic batch shared with a given input agrees
     derived = {}
     for name, sample in sample_shapes.items():
         if name in specs and name not in shapes and len(sample) == len(specs[name].dims) and sample:
-            batch = specs[name].dims[0]
-            derived[name] = (batch if isinstance(batch, int) and batch > 0 else 1, *map(int, sample[1:]))
+            derived[name] = (batches[name][0], *map(int, sample[1:]))
     check_input_shapes(model, derived, option="the calibration data's sample shape")
     return {**shapes, **derived}
 

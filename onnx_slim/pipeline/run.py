@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -26,7 +27,7 @@ from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
-from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.inputs import random_inputs, shapes_from_samples
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.pipeline.config import PipelineConfig
@@ -61,6 +62,12 @@ def run_pipeline(
     if settings.quantize == "static" and calibration is None:  # refused before minutes of pruning, not after
         raise UsageError("quantize static needs calibration data: set calib (a path; 'random' only for a "
                          "structure-only smoke test, not for deployment), or use quantize auto or dynamic")
+    # Symbolic dims take the data's size (a detector's H and W) in every stage: analysis, timing,
+    # checks and the benchmark.
+    data = held_out if held_out is not None else calibration
+    samples = data.sample_shapes() if data is not None else None
+    if samples:
+        settings = replace(settings, input_shapes=shapes_from_samples(model, samples, settings.input_shapes or None))
     # Searches and the rounding choice time candidates on what the benchmark will run.
     timing_inputs = (next(iter(held_out.batches(1))) if held_out is not None
                      else random_inputs(model, batch=1, shapes=settings.input_shapes or None, seed=settings.seed))

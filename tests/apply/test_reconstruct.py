@@ -511,3 +511,26 @@ def assert_same_shapes_and_runs(original, pruned):
     feeds = {"x": np.random.default_rng(3).standard_normal((2, 4, 10)).astype(np.float32)}
     before, after = run_session(create_session(original), feeds), run_session(create_session(pruned), feeds)
     assert [value.shape for value in before.values()] == [value.shape for value in after.values()]
+
+
+def test_copies_with_other_layers_between_them_are_fitted_apart():
+    """A1 -> B -> C -> gate -> A2, A1 and A2 copies of one weight: fitted as one family (in A2's pass)
+    they would come after B and C, which read A1's sliced output; the re-fit fits them apart
+    instead, each in its own pass, so no layer is fitted before a layer upstream of it."""
+    from graphs import Graph
+
+    from onnx_slim.data.calibration import CalibrationSet
+
+    g = Graph(seed=2)
+    h = g.relu(g.add_bias(g.matmul(g.input("x", ["N", 10]), 12, name="fc0")))
+    shared, shared_bias = g.weight("S", [12, 12]), g.weight("SB", [12])
+    a1 = g.relu(g.add(g.node("MatMul", [h, shared], "A1"), shared_bias))
+    gate = g.node("Sigmoid", [g.add_bias(g.matmul(g.relu(g.add_bias(g.matmul(a1, 12, name="B"))), 12, name="C"))])
+    a2 = g.relu(g.add(g.node("MatMul", [g.node("Mul", [h, gate], "gate"), shared], "A2"), shared_bias))
+    model = g.build(g.matmul(a2, 3, name="head"))
+    calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((200, 10)).astype(np.float32)})
+    _, report = prune(model, ratio=0.5, criterion="l1", calibration=calibration, reconstruct=True)
+    layers = report.reconstruction["per_layer"]
+    assert [(layer["node"], layer["copies"]) for layer in layers] == [("A1", 1), ("B", 1), ("C", 1), ("A2", 1),
+                                                                      ("head", 1)]
+    assert report.reconstruction["passes"] == 5

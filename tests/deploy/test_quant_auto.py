@@ -106,3 +106,11 @@ def test_auto_does_not_try_int4_where_its_matmuls_carry_few_macs():
     assert "int4" not in modes
     assert any(note.startswith("int4: the MatMuls it quantizes carry") for note in skipped), skipped
     assert "int4" in quant_auto.candidate_modes(matmul_net(), None, ["CPUExecutionProvider"])[0]
+
+
+def test_int4_share_counts_unnamed_nodes():
+    """`quantize` reads the user's model as it is: nodes without names still count their MACs."""
+    model = matmul_net()
+    for node in model.graph.node:
+        node.name = ""
+    assert "int4" in quant_auto.candidate_modes(model, None, ["CPUExecutionProvider"])[0]

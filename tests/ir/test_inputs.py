@@ -45,3 +45,19 @@ def test_a_name_repeated_within_one_input_is_a_placeholder():
     image = InputSpec("x", ("?", 3, "?", "?"), np.dtype(np.float32))
     assert concrete_dims([image]) == {"x": (1, 3, 64, 64)}
     assert concrete_dims([image], default_batch=2) == {"x": (2, 3, 64, 64)}
+
+
+def test_sample_shapes_complete_the_given_shapes_and_keep_their_batch():
+    """An input the calibration covers takes its samples' sizes; its symbolic batch, shared with a
+    given input, takes the given size (not 1); a static batch stays; given shapes are kept."""
+    from onnx_slim.ir.inputs import shapes_from_samples
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+              helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", "L"]),
+              helper.make_tensor_value_info("fixed", TensorProto.FLOAT, [2, "K"])]
+    graph = helper.make_graph([], "g", inputs, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    samples = {"x": (1, 3, 40, 96), "s": (1, 8), "fixed": (1, 5)}
+    assert shapes_from_samples(model, samples, {"x": [4, 3, 32, 32]}) == {
+        "x": (4, 3, 32, 32), "s": (4, 8), "fixed": (2, 5)}
+    assert shapes_from_samples(model, samples, None)["x"] == (1, 3, 40, 96)

@@ -286,3 +286,24 @@ def test_run_passes_max_layer_error_to_int8_of_a_matmul_model(capsys, tmp_path, 
     quantized = json.loads(stdout)["quantize"]
     assert quantized["mode"] == "static" and quantized["smoothed"] is not None
     assert bool(quantized["float_layers"]) == all_float
+
+
+def test_run_sizes_symbolic_dims_from_the_calibration_data(capsys, tmp_path):
+    """A detector with symbolic H and W calibrated on 40 x 96 samples is pruned, timed, verified and
+    benchmarked at 40 x 96, not at the 64 x 64 default."""
+    import numpy as np
+    from test_prune import detector
+
+    from onnx_slim.ops.cost import model_cost
+
+    model = detector()
+    path = tmp_path / "detector.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((8, 3, 40, 96), dtype=np.float32))
+    code, stdout, _ = run_cli(capsys, "run", path, "-o", tmp_path / "out", "--ratio", "0.25", "--criterion", "l1",
+                              "--no-reconstruct", "--calib", tmp_path / "calib.npz", "--quantize", "none", "--json",
+                              *FAST)
+    assert code == 0
+    report = json.loads(stdout)
+    at_data_size = model_cost(model, {"x": [1, 3, 40, 96]}).macs
+    assert report["prune"]["macs_before"] == report["bench"]["models"][0]["macs"] == at_data_size
