@@ -124,14 +124,17 @@ def test_exported_lstm_hidden_units_prune(name):
         assert session.run(None, {"input": x})[0].shape == (3, 8, 12)
 
 
-def test_recurrent_state_from_the_backbone_freezes_it():
-    analysis = analyze(crnn(state_from_backbone=True))
-    state_group = group_with(analysis, "state_conv")
-    assert not state_group.prunable
-    assert any(reason.node == "rnn" and "state" in reason.reason for reason in state_group.frozen)
-    assert group_with(analysis, "conv1").prunable  # the input features still are
-    hidden = group_with(analysis, "rnn")  # a state computed from pruned channels: units stay
-    assert any("initial hidden state depends on pruned channels" in reason.reason for reason in hidden.frozen)
+@pytest.mark.parametrize("directions", [1, 2])
+def test_a_state_computed_by_another_layer_ties_its_channels_to_the_hidden_units(directions):
+    """initial_h read from a conv's channels (an encoder's last state starting a decoder is the same
+    case): channel j of that conv is hidden unit j's start, so they are one group, pruned together."""
+    model = crnn(directions=directions, state_from_backbone=True)
+    analysis = analyze(model)
+    hidden = group_with(analysis, "rnn")
+    assert hidden is group_with(analysis, "state_conv") and hidden.prunable, [str(r) for r in hidden.frozen]
+    assert group_with(analysis, "conv1").prunable  # the input features too
+    pruned = assert_lossless(model, 0.5)
+    assert weight_dims(pruned, "state_conv")[0] == weight_dims(pruned, "rnn", 2)[2] == HIDDEN - HIDDEN // 2
 
 
 @pytest.mark.parametrize("op_type", GATES)
@@ -221,3 +224,33 @@ def test_refit_matches_the_input_projection_of_the_original():
 def run_output(model, x):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
+
+
+def test_an_encoders_last_state_starting_a_decoder_ties_their_units():
+    """Encoder LSTM -> (Y_h, Y_c) -> decoder LSTM's initial states: unit j of one starts unit j of the
+    other, so both layers lose the same units; removing zeroed ones is lossless and the masked model
+    (R's columns of both masked) equals the pruned one."""
+    from onnx_slim.apply.surgery import apply_plan, refresh_shapes
+    from onnx_slim.data.masking import MaskedModel
+
+    g = Graph(opset=17)
+    x = g.input("x", [WIDTH, 1, 4])
+    gates = 4 * HIDDEN
+    encoder = g.node("LSTM", [x, g.weight("We", [1, gates, 4]), g.weight("Re", [1, gates, HIDDEN]),
+                              g.weight("Be", [1, 2 * gates], scale=0.1)], "encoder", outputs=3, hidden_size=HIDDEN)
+    decoder = g.node("LSTM", [x, g.weight("Wd", [1, gates, 4]), g.weight("Rd", [1, gates, HIDDEN]),
+                              g.weight("Bd", [1, 2 * gates], scale=0.1), "", encoder[1], encoder[2]], "decoder",
+                     hidden_size=HIDDEN)
+    model = g.build(g.matmul(g.reshape(decoder, [WIDTH, HIDDEN]), 3, name="head"))
+    analysis = analyze(model)
+    units = group_with(analysis, "encoder")
+    assert units is group_with(analysis, "decoder") and units.prunable, [str(r) for r in units.frozen]
+    assert_lossless(model, 0.5)
+    plan = {units.root: [0, 2, 5]}
+    masked = MaskedModel(analysis, [units])
+    sequence = np.random.default_rng(0).random((WIDTH, 1, 4), dtype=np.float32)
+    expected = next(iter(masked.run({"x": sequence}, plan).values()))
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    session = ort.InferenceSession(analysis.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": sequence})[0], expected, rtol=1e-5, atol=1e-6)

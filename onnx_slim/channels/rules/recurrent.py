@@ -31,10 +31,10 @@ def recurrent(ctx, node):
 def _read_input_features(ctx, node, spec: Recurrent) -> None:
     """W reads the input's features on its axis 2 (a consumer, like MatMul's weight)."""
     data, weight = node.input[0], node.input[1]
-    for name in node.input[1:]:
+    for position, name in enumerate(node.input[1:], 1):
         tracked = ctx.get(name)
-        if tracked is not None:
-            ctx.freeze(tracked.layout, node, "reaches a recurrent layer's weights, state or lengths")
+        if tracked is not None and position not in _STATES:  # a state is tied to the units (below)
+            ctx.freeze(tracked.layout, node, "reaches a recurrent layer's weights, bias or lengths")
     tracked = ctx.get(data)
     if tracked is None:
         return
@@ -76,13 +76,20 @@ def _produce_hidden_units(ctx, node, spec: Recurrent) -> None:
 
 def _initial_state(ctx, node, position: int, what: str, layout: Layout, hidden: int) -> None:
     """A constant initial state loses the removed units; one computed from nothing the pruning
-    resizes (zeros sized from the batch, as exporters write them) is gathered where it is read."""
+    resizes (zeros sized from the batch, as exporters write them) is gathered where it is read;
+    another layer's units (an encoder's last state starting a decoder) are tied to these."""
     name = input_at(node, position)
     if not name:
         return
-    shape = ctx.shape(name)
+    shape, tracked = ctx.shape(name), ctx.get(name)
     if shape is None or len(shape) != 3 or shape[2] != hidden:
         ctx.freeze(layout, node, f"{what}: shape unknown or not [.., .., hidden]")
+        if tracked is not None:
+            ctx.freeze(tracked.layout, node, f"reaches a recurrent layer's {what} of another size")
+    elif tracked is not None:
+        if tracked.axis != 2 or not ctx.atoms.unify(tracked.layout, layout):
+            ctx.freeze(tracked.layout, node, f"{what}: its units cannot be tied to the layer's")
+            ctx.freeze(layout, node, f"{what}: its units cannot be tied to the layer's")
     elif ctx.is_const(name):
         ctx.use(PARAM, node, name, 2, layout)
     elif ctx.independent_of_channels(name):
