@@ -3,9 +3,10 @@ agreement with it; the fastest that agrees is kept, or the float model when none
 MIN_SPEEDUP faster.
 
 Candidates: static int8 (when there is calibration data), dynamic int8, int4
-(MatMul weights, when they carry at least MIN_INT4_MACS_SHARE of the MACs) and fp16 (a GPU provider only: onnxruntime's CPU provider has
-almost no float16 kernels). All are timed interleaved with the float model in
-one loop (as `bench` does), on the session spec the model will run with.
+(MatMul weights, when they carry at least MIN_INT4_MACS_SHARE of the MACs) and
+fp16 (a GPU provider only: onnxruntime's CPU provider has almost no float16
+kernels). All are timed interleaved with the float model in one loop (as
+`bench` does), on the session spec the model will run with.
 
 Agreement threshold: the mean per-sample cosine similarity between a
 candidate's outputs and the float model's, on the worst output, must be at

@@ -148,7 +148,8 @@ def shapes_from_samples(
 ) -> dict[str, tuple[int, ...]]:
     """`given` input shapes, completed from the shapes of the data's samples (`[N, ...]`, e.g. a
     calibration set's): an input not given takes its samples' sizes on every axis but the batch,
-    which keeps the model's static size or 1. So a detector with symbolic height and width is
+    which keeps the model's static size, or a given input's size for a shared symbolic name, or 1.
+    So a detector with symbolic height and width is
     analyzed, costed and timed at the size of its data, not at a default (the data must fit the
     model: a contradiction is a UsageError, as for --input-shape)."""
     shapes = {name: tuple(int(d) for d in dims) for name, dims in (given or {}).items()}
