@@ -295,10 +295,22 @@ def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.M
             return  # random inputs the model cannot take (token ids out of range): nothing to compare
         got = run_session(prepared_session, feeds)
         for name, value in expected.items():
-            same = got[name].shape == value.shape and np.allclose(got[name], value, rtol=1e-3, atol=1e-4,
-                                                                    equal_nan=True)  # random inputs may give NaN
-            if not same:
+            if got[name].shape != value.shape or not _close(got[name], value):
                 raise OnnxSlimError(f"pre-processing changed output {name} at batch {batch}")
+
+
+def _close(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Within 1% of the output's range: the optimizer's BatchNorm folding and fusions move random-input
+    outputs by float rounding (8e-3 on PicoDet box logits of +-184); a broken rewrite moves them by far
+    more. NaN (random inputs through Log) counts as equal to NaN."""
+    got, expected = got.astype(np.float64), expected.astype(np.float64)
+    if not np.array_equal(np.isnan(got), np.isnan(expected)):
+        return False
+    finite = ~np.isnan(expected)
+    if not finite.any():
+        return True
+    error = np.abs(got[finite] - expected[finite]).max()
+    return bool(error <= 1e-2 * np.abs(expected[finite]).max() + 1e-5)
 
 
 @contextlib.contextmanager

@@ -353,3 +353,19 @@ def test_static_int8_leaves_a_final_softmax_float(tmp_path):
     expected = run_session(create_session(model), feeds)["probabilities"]
     got = run_session(create_session(output), feeds)["probabilities"]
     assert got.min() > 0 and np.abs(got - expected).max() < 0.2 * expected.max()
+
+
+def test_the_preprocessing_check_allows_rounding_but_not_a_changed_output():
+    """BatchNorm folding moves random-input outputs by float rounding (PicoDet's box logits of +-184
+    by 8e-3, which a fixed 1e-4 tolerance rejected, so quantization ran on un-folded BatchNorm);
+    one changed row, or NaN where there was none, is a real change."""
+    from onnx_slim.deploy.quant_int8 import _close
+
+    expected = np.random.default_rng(0).standard_normal((2, 32)) * 184
+    assert _close(expected + 8e-3, expected)
+    changed = expected.copy()
+    changed[1] = changed[0]
+    assert not _close(changed, expected)
+    with_nan = expected.copy()
+    with_nan[0, 0] = np.nan
+    assert _close(with_nan, with_nan) and not _close(with_nan, expected)
