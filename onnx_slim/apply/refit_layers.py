@@ -156,8 +156,9 @@ def chunks_by_depth(pruned: onnx.ModelProto, consumers: list[Consumer]) -> list[
             level_of[node.name] = level
         for name in node.output:
             depth[name] = level
+    readers = readers_of(pruned)
     for consumer in consumers:
-        if consumer.family and consumer.leads and _fitted_after_its_readers(pruned, consumer.family, level_of, names):
+        if consumer.family and consumer.leads and _fitted_after_its_readers(readers, consumer.family, level_of, names):
             _unlink(consumer.family)
     levels: dict[int, list] = {}
     for consumer in consumers:
@@ -178,16 +179,12 @@ def chunks_by_depth(pruned: onnx.ModelProto, consumers: list[Consumer]) -> list[
     return chunks
 
 
-def _fitted_after_its_readers(pruned: onnx.ModelProto, family: list[Consumer], level_of: dict, names: set) -> bool:
+def _fitted_after_its_readers(readers: dict, family: list[Consumer], level_of: dict, names: set) -> bool:
     """Whether a family, fitted at its deepest member's level, would come after a layer (not of the
     family) that reads a shallower member's output: that layer would be fitted to the member's
     sliced output, which the family's fit then changes. Such copies are fitted apart."""
     deepest = max(level_of[member.node.name] for member in family)
     members = {member.node.name for member in family}
-    readers: dict[str, list] = {}
-    for node in pruned.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
     stack = [output for member in family if level_of[member.node.name] < deepest for output in member.node.output]
     seen = set()
     while stack:
