@@ -136,7 +136,7 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
     check_output_path(model, output, force)
-    params = {**image_options, "seed": seed}
+    params = {**image_options, "seed": seed, "input_shapes": parse_input_shapes(input_shapes)}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation = load_data(eval_path, model, params)
     if allocate is None:
@@ -198,7 +198,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
     console = Console(quiet, bars=not as_json)
     session = session_spec(providers=providers, provider_options=provider_options)
-    calibration = load_data(calib, model, {**image_options, "seed": seed}, calib_samples)
+    calibration = load_data(calib, model, {**image_options, "seed": seed,
+                                           "input_shapes": parse_input_shapes(input_shapes)}, calib_samples)
     analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude),
                        prune_layernorm=prune_layernorm, copy=False, sample_shapes=calibration.sample_shapes())
     levels = floats(ratios)
@@ -365,20 +366,23 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @calibration_options
 @click.option("--eval", "eval_path", metavar="PATH", help="Held-out data: agreement with the float model.")
 @click.option("--seed", default=0, show_default=True)
+@shape_option
 @click.option("--force", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction,
              smooth_outliers, max_layer_error, block_size, symmetric, keep_io_types, cleanup, measure, threads,
-             providers, provider_options, calib, calib_samples, batch_size, eval_path, seed, force, as_json, quiet,
-             **image_options):
+             providers, provider_options, calib, calib_samples, batch_size, eval_path, seed, input_shapes, force,
+             as_json, quiet, **image_options):
     """Quantize MODEL with onnxruntime: int8 (static QDQ or dynamic), int4 MatMul weights or float16."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import RANDOM, quantize_model
+    from onnx_slim.ir.inputs import parse_input_shapes
 
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
-    params = {**image_options, "seed": seed}
+    shapes = parse_input_shapes(input_shapes)
+    params = {**image_options, "seed": seed, "input_shapes": shapes}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
@@ -392,7 +396,8 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                                 measure=measure, session=session, bias_correction=bias_correction,
                                 smooth_outliers=smooth_outliers,
                                 max_layer_error=max_layer_error,
-                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup)
+                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup,
+                                input_shapes=shapes)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")

@@ -176,7 +176,7 @@ def load_data(path, model, params, samples=None):
         path, model, samples=samples, input_size=floats(params.get("input_size"), int),
         mean=floats(params.get("mean")), std=floats(params.get("std")),
         layout=params.get("layout", "nchw"), channel_order=params.get("channel_order", "rgb"),
-        seed=params.get("seed", 0),
+        seed=params.get("seed", 0), input_shapes=params.get("input_shapes"),
     )
 
 

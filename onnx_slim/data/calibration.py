@@ -213,6 +213,7 @@ def load_calibration(
     layout: str = "nchw",
     channel_order: str = "rgb",
     seed: int = 0,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> CalibrationSet:
     """Load and validate calibration samples for `model` from `source`.
 
@@ -223,7 +224,8 @@ def load_calibration(
     inputs, `data/synthetic.py`). `samples` keeps the first N samples (for ``"random"``
     and ``"synthetic"``: how many to make, default 16 and up to 256). `input_size`, `mean`, `std`, `layout` and
     `channel_order` describe how images become the model input; `mean`/`std`
-    are per channel, in 0..1 units, in the model's channel order.
+    are per channel, in 0..1 units, in the model's channel order. `input_shapes` (``--input-shape``)
+    sizes the symbolic dims of ``"random"`` and ``"synthetic"`` data (their batch axis is `samples`).
     """
     model = load_model(model, copy=False)
     _check_common_options(samples, layout, channel_order)
@@ -233,10 +235,10 @@ def load_calibration(
     fixed_batch = fixed_batch_size(specs)
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
-        return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch)
+        return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch, input_shapes)
     if isinstance(source, str) and source == SYNTHETIC_SOURCE:
         _warn_unused_image_options(None, mean, std)
-        return _synthetic_set(model, specs, samples, seed, fixed_batch, input_size)
+        return _synthetic_set(model, specs, samples, seed, fixed_batch, input_size, input_shapes)
     path = Path(source)
     if not path.exists():
         raise OnnxSlimError(
@@ -275,23 +277,25 @@ def _load_directory(path, specs, samples, input_size, mean, std, layout, channel
     )
 
 
-def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch) -> CalibrationSet:
+def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch, input_shapes) -> CalibrationSet:
     for spec in specs:
         if not spec.dims:
             raise OnnxSlimError(
                 f"input '{spec.name}' has no shape in the model, so random data cannot be shaped; give an .npz"
             )
-    concrete = concrete_dims(specs)
+    concrete = concrete_dims(specs, input_shapes)
     arrays = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:] for spec in specs})
     return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch)
 
 
 def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int, fixed_batch,
-                   input_size) -> CalibrationSet:
+                   input_size, input_shapes) -> CalibrationSet:
     """`samples` (default: up to DEFAULT_SYNTHETIC_SAMPLES within SYNTHETIC_BUDGET_BYTES) dead-leaves
     images for the image inputs (`input_size` gives symbolic heights and widths), random values for
     any other input."""
-    sized = [_with_input_size(spec, input_size) for spec in specs]
+    given = concrete_dims(specs, input_shapes) if input_shapes else {}
+    sized = [_with_input_size(InputSpec(spec.name, given[spec.name], spec.dtype) if spec.name in (input_shapes or {})
+                              else spec, input_size) for spec in specs]
     images = [spec for spec in sized if image_layout(spec)]
     others = [spec for spec in sized if spec not in images]
     if not images:

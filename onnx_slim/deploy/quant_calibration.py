@@ -22,7 +22,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs
+from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs, shapes_at_batch
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,14 @@ CALIBRATION_METHODS = {
 _CALIBRATED_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def calibration_reader(model: onnx.ModelProto, calibration, batch_size: int) -> LazyCalibrationReader:
-    """A reader over `calibration` (feed dicts, or RANDOM) re-batched to the model's fixed batch or `batch_size`."""
+def calibration_reader(model: onnx.ModelProto, calibration, batch_size: int,
+                       input_shapes: Mapping[str, Sequence[int]] | None = None) -> LazyCalibrationReader:
+    """A reader over `calibration` (feed dicts, or RANDOM, sized by `input_shapes`) re-batched to the
+    model's fixed batch or `batch_size`."""
     specs = graph_inputs(model)
     fixed = fixed_batch_size(specs)
     size = fixed or batch_size
-    source = _random_samples(model) if calibration == RANDOM else calibration
+    source = _random_samples(model, input_shapes) if calibration == RANDOM else calibration
     return LazyCalibrationReader(rebatched(source, specs, size, exact=fixed is not None), size)
 
 
@@ -122,9 +124,10 @@ class _Chunk(CalibrationDataReader):
         return self._reader.get_next()
 
 
-def _random_samples(model: onnx.ModelProto) -> Iterator[dict[str, np.ndarray]]:
+def _random_samples(model: onnx.ModelProto, input_shapes) -> Iterator[dict[str, np.ndarray]]:
+    shapes = shapes_at_batch(model, input_shapes, 1)
     for seed in range(RANDOM_CALIBRATION_SAMPLES):
-        yield random_inputs(model, batch=1, seed=seed)
+        yield random_inputs(model, batch=1, seed=seed, shapes=shapes)
 
 
 def rebatched(

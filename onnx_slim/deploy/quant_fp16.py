@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnx_slim.ir.graph import subgraphs
+from onnx_slim.ops.specs import WEIGHT_OPS
 
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504: larger magnitudes are clipped to it
 # Execution providers that run on a GPU (or an accelerator) and have float16 kernels worth using.
@@ -33,6 +34,14 @@ class Fp16Result:
     blocked_ops: list[str]  # op types of the model kept in float32
     block_source: str  # where the block list came from
     warnings: list[str] = field(default_factory=list)
+
+
+def float16_layers(model: onnx.ModelProto) -> list[str]:
+    """Conv/Gemm/MatMul nodes whose weight is a float16 initializer: a model exported in half precision,
+    which onnxruntime's int8 and int4 quantizers do not take (they expect float32 weights)."""
+    halves = {init.name for init in model.graph.initializer if init.data_type == TensorProto.FLOAT16}
+    return [node.name or node.op_type for node in model.graph.node
+            if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in halves]
 
 
 def is_gpu(providers: Sequence[str]) -> bool:

@@ -50,7 +50,7 @@ from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, OutlierReport, prep
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import is_quantized_op, save_model
-from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.inputs import random_inputs, shapes_at_batch
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.ops import cost as cost_module
 from onnx_slim.ops.specs import WEIGHT_OPS
@@ -134,12 +134,13 @@ def ignored_option_warnings(settings: Int8Settings, calibration, activation_type
     return warnings
 
 
-def opset_for_per_channel(model: onnx.ModelProto, settings: Int8Settings, report_warnings: list[str]):
+def opset_for_per_channel(model: onnx.ModelProto, settings: Int8Settings, report_warnings: list[str],
+                          input_shapes=None):
     """(model to quantize, settings): per-channel QDQ below opset 13 converts the model, or goes per-tensor."""
     opset = opset_version(model)
     if not (settings.per_channel and settings.format == "qdq" and opset < PER_CHANNEL_OPSET):
         return model, settings
-    converted, note = convert_for_per_channel(model)
+    converted, note = convert_for_per_channel(model, input_shapes)
     if converted is not None:
         report_warnings.append(note)
         return converted, settings
@@ -178,17 +179,18 @@ class Int8Outcome:
 
 def quantize_int8(
     float_model, scratch: Path, settings: Int8Settings, exclude, calibration, calibration_batch_size, report_warnings,
-    session: SessionSpec,
+    session: SessionSpec, input_shapes=None,
 ) -> Int8Outcome:
-    """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere."""
+    """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere. `input_shapes`
+    (--input-shape) sizes the symbolic dims of random inputs."""
     outliers = None
     if settings.smooth_outliers:
-        batches = calibration_reader(float_model, calibration, calibration_batch_size)
+        batches = calibration_reader(float_model, calibration, calibration_batch_size, input_shapes)
         simulation = Int8Simulation(weight_levels=63 if settings.reduce_range else 127,
                                     per_channel=settings.per_channel)
         float_model, outliers = guarded(prepare_for_int8, float_model, iter(batches.get_next, None), simulation,
                                         session, settings.max_layer_error)
-    prepared_path, prepared, preprocessed = _preprocess(float_model, scratch, report_warnings)
+    prepared_path, prepared, preprocessed = _preprocess(float_model, scratch, report_warnings, input_shapes)
     # Match after pre-processing: its fusions can remove nodes the patterns name.
     excluded = excluded_nodes(prepared, exclude, report_warnings)
     if outliers is not None:
@@ -200,7 +202,7 @@ def quantize_int8(
         calibration_note = "none (dynamic: activation ranges computed at run time)"
     else:
         excluded += [name for name in _output_ops(prepared) if name not in excluded]
-        reader = calibration_reader(prepared, calibration, calibration_batch_size)
+        reader = calibration_reader(prepared, calibration, calibration_batch_size, input_shapes)
         cache_path = scratch / "calibration.json"
         guarded(calibrate, prepared_path, reader, settings.method, cache_path)
         _quantize_static(prepared_path, quantized_path, settings, excluded, cache_path)
@@ -217,7 +219,7 @@ def quantize_int8(
     quantized = onnx.load(str(quantized_path))
     corrected = {}
     if settings.bias_correction:
-        again = calibration_reader(prepared, calibration, calibration_batch_size)
+        again = calibration_reader(prepared, calibration, calibration_batch_size, input_shapes)
         corrected = guarded(correct_biases, quantized, prepared, iter(again.get_next, None), session)
     check_loads(quantized)
     return Int8Outcome(quantized, quantized_op_counts(quantized), calibration_note, preprocessed, excluded, example,
@@ -250,7 +252,7 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _preprocess(
-    model: onnx.ModelProto, scratch: Path, report_warnings: list[str]
+    model: onnx.ModelProto, scratch: Path, report_warnings: list[str], input_shapes=None
 ) -> tuple[Path, onnx.ModelProto, bool]:
     """Shape inference + basic optimization as onnxruntime recommends; the float model if that fails.
 
@@ -267,7 +269,7 @@ def _preprocess(
             with working_directory(scratch):  # where onnxruntime dumps a failed symbolic inference's model
                 quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
             prepared = onnx.load(str(preprocessed_path))
-            _check_preprocessed(float_path, preprocessed_path, model)
+            _check_preprocessed(float_path, preprocessed_path, model, input_shapes)
         except Exception as exc:
             failure = failure or exc
             continue
@@ -278,7 +280,7 @@ def _preprocess(
     return float_path, model, False
 
 
-def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.ModelProto) -> None:
+def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.ModelProto, input_shapes=None) -> None:
     """Raise unless the pre-processed model computes what the float model does at batch 1 and 2.
 
     Symbolic shape inference can get a shape wrong where the model states none (a paddle2onnx
@@ -288,7 +290,7 @@ def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.M
     float_session = create_session(str(float_path), CHECK)
     prepared_session = create_session(str(preprocessed_path), CHECK)
     for batch in (1, 2):
-        feeds = random_inputs(model, batch=batch, seed=batch)
+        feeds = random_inputs(model, batch=batch, seed=batch, shapes=shapes_at_batch(model, input_shapes, batch))
         try:
             expected = run_session(float_session, feeds)
         except OnnxSlimError:

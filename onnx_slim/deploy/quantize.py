@@ -29,7 +29,7 @@ from onnx_slim.deploy import quant_speed
 from onnx_slim.deploy.cleanup import clean_model
 from onnx_slim.deploy.quant_auto import Candidate, candidate_modes, check_and_score, decide
 from onnx_slim.deploy.quant_calibration import RANDOM, RANDOM_CALIBRATION
-from onnx_slim.deploy.quant_fp16 import convert_to_fp16
+from onnx_slim.deploy.quant_fp16 import convert_to_fp16, float16_layers
 from onnx_slim.deploy.quant_int4 import DEFAULT_BLOCK_SIZE, check_block_size, quantize_int4
 from onnx_slim.deploy.quant_int8 import (
     CONV_OPS,
@@ -46,7 +46,7 @@ from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.inputs import feeds_for, fixed_batch_size, graph_inputs, random_inputs
+from onnx_slim.ir.inputs import feeds_for, fixed_batch_size, graph_inputs, random_inputs, shapes_at_batch
 from onnx_slim.ir.model import ModelSource, check_not_quantized, check_output_path, load_model, save_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -123,6 +123,7 @@ class _Options:
     symmetric: bool
     keep_io_types: bool
     cleanup: bool
+    input_shapes: Mapping[str, Sequence[int]] | None
 
 
 def quantize_model(
@@ -148,6 +149,7 @@ def quantize_model(
     symmetric: bool = True,
     keep_io_types: bool = True,
     cleanup: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> QuantizeReport:
     """Quantize a float model and write it (or the float model, if faster) to `output_path` atomically.
 
@@ -174,7 +176,9 @@ def quantize_model(
     can be iterated twice): SmoothQuant scales per activation, and float for
     layers whose simulated int8 error (mean relative error of an output row)
     stays above `max_layer_error` (None: `MAX_LAYER_ERROR`; see `quant_outliers`).
-    `cleanup`: run `cleanup.clean_model` on each candidate.
+    `cleanup`: run `cleanup.clean_model` on each candidate. `input_shapes` (NAME -> dims, --input-shape)
+    sizes the symbolic dims of random inputs (checks, timing, "random" calibration): a raw audio input
+    [batch, samples] cannot run at the default guess.
     """
     max_layer_error = MAX_LAYER_ERROR if max_layer_error is None else max_layer_error
     _check_options(mode, quant_format, method, calibration_batch_size, activation_type, max_layer_error)
@@ -183,9 +187,10 @@ def quantize_model(
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
     check_not_quantized(float_model, advice="quantize the float model instead")
+    _check_float32(float_model, mode)
     options = _Options(calibration, quant_format, per_channel, method, reduce_range, exclude, calibration_batch_size,
                        activation_type, session, bias_correction, smooth_outliers, max_layer_error, block_size,
-                       symmetric, keep_io_types, cleanup)
+                       symmetric, keep_io_types, cleanup, input_shapes)
 
     skipped: list[str] = []
     if mode == "auto" and measure:
@@ -215,10 +220,10 @@ def quantize_model(
                 continue
             candidates.append(candidate)
             example = example if example is not None else batch
-    candidates = _score(float_model, candidates, example, session, mode == "auto", skipped)
+    candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, input_shapes)
     if not candidates:
         raise OnnxSlimError("no quantization applies to this model: " + "; ".join(skipped))
-    latency = _measure(float_model, candidates, example, session) if measure else None
+    latency = _measure(float_model, candidates, example, session, input_shapes) if measure else None
     decision = decide(mode, candidates, latency["float"] if latency else None)
     described = decision.described
     report_warnings = list(described.warnings)
@@ -241,6 +246,16 @@ def quantize_model(
         cleanup=described.cleanup.to_dict() if described.cleanup and decision.kept is not None else None,
         warnings=report_warnings,
     )
+
+
+def _check_float32(model: onnx.ModelProto, mode: str) -> None:
+    """int8 and int4 start from float32 weights; a half-precision export is refused in one line (onnxruntime's
+    quantizer would fail on the Casts its optimizer puts in front of float16 weights)."""
+    halves = float16_layers(model)
+    if halves and mode != "fp16":
+        raise OnnxSlimError(f"the model computes in float16 ({len(halves)} layers have float16 weights, e.g. "
+                            f"{halves[0]}): int8 and int4 quantization start from float32; quantize its float32 "
+                            f"export")
 
 
 def choose_mode(model: onnx.ModelProto) -> tuple[str, str]:
@@ -330,9 +345,9 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
     )
     if requested:  # under auto, dynamic is one candidate among others: the options meant for static are not ignored
         warnings += ignored_option_warnings(settings, options.calibration, options.activation_type, options.method)
-    to_quantize, settings = opset_for_per_channel(float_model, settings, warnings)
+    to_quantize, settings = opset_for_per_channel(float_model, settings, warnings, options.input_shapes)
     outcome = quantize_int8(to_quantize, folder, settings, options.exclude, options.calibration,
-                            options.calibration_batch_size, warnings, options.session)
+                            options.calibration_batch_size, warnings, options.session, options.input_shapes)
     details = dict(
         format=settings.format, activation_type=settings.activation_type, weight_type="int8",
         per_channel=settings.per_channel, reduce_range=settings.reduce_range,
@@ -344,11 +359,13 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
     return outcome.model, details, outcome.counts, outcome.example
 
 
-def _score(float_model, candidates: list[Candidate], example, session: SessionSpec, auto: bool, skipped: list[str]):
+def _score(float_model, candidates: list[Candidate], example, session: SessionSpec, auto: bool, skipped: list[str],
+           input_shapes=None):
     """Run every candidate once beside the float model: it must load, run and keep the outputs; record agreement.
 
     A candidate that fails is dropped under auto (and said so in `skipped`) and refused otherwise."""
-    feeds = example if example is not None else random_inputs(float_model, batch=_AGREEMENT_SAMPLES)
+    feeds = example if example is not None else random_inputs(
+        float_model, batch=_AGREEMENT_SAMPLES, shapes=shapes_at_batch(float_model, input_shapes, _AGREEMENT_SAMPLES))
     reference = run_session(create_session(float_model, session), feeds)
     kept = []
     for candidate in candidates:
@@ -364,9 +381,9 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
     return kept
 
 
-def _measure(float_model, candidates: list[Candidate], example, session: SessionSpec) -> dict:
+def _measure(float_model, candidates: list[Candidate], example, session: SessionSpec, input_shapes=None) -> dict:
     """Time the float model and every candidate interleaved; returns {"float": stats} and fills each candidate's."""
-    feeds = _timing_feeds(float_model, example)
+    feeds = _timing_feeds(float_model, example, input_shapes)
     models = {"float": float_model, **{candidate.mode: candidate.model for candidate in candidates}}
     latency = quant_speed.measure_latencies(models, feeds, session=session)
     for candidate in candidates:
@@ -374,10 +391,11 @@ def _measure(float_model, candidates: list[Candidate], example, session: Session
     return {"float": latency["float"]}
 
 
-def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None,
+                  input_shapes=None) -> dict[str, np.ndarray]:
     """One sample of the calibration data (the model's fixed batch, if it has one), else random inputs."""
     if example is None:
-        return random_inputs(model, batch=1)
+        return random_inputs(model, batch=1, shapes=shapes_at_batch(model, input_shapes, 1))
     if fixed_batch_size(graph_inputs(model)) is not None:
         return example
     return {name: array[:1] for name, array in example.items()}

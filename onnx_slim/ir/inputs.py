@@ -11,6 +11,9 @@ from onnx import helper
 
 from onnx_slim.errors import UsageError
 
+# The size a symbolic dim other than the batch takes when nothing says better (--input-shape, data).
+DEFAULT_SYMBOLIC_SIZE = 64
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -25,7 +28,7 @@ def concrete_dims(
     specs: Sequence[InputSpec],
     overrides: Mapping[str, Sequence[int]] | None = None,
     default_batch: int = 1,
-    default_dim: int = 64,
+    default_dim: int = DEFAULT_SYMBOLIC_SIZE,
 ) -> dict[str, tuple[int, ...]]:
     """Concrete shapes of all inputs: `overrides` first; a symbolic dim takes the same size
     wherever its name appears (a recurrent state [2, batch, 128] beside an input [batch, time]:
@@ -161,6 +164,17 @@ def shapes_from_samples(
             derived[name] = (batches[name][0], *map(int, sample[1:]))
     check_input_shapes(model, derived, option="the calibration data's sample shape")
     return {**shapes, **derived}
+
+
+def shapes_at_batch(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None,
+                    batch: int) -> dict[str, tuple[int, ...]] | None:
+    """`shapes` (NAME -> dims, as --input-shape gives them) with each symbolic batch axis set to `batch`:
+    the user's sequence length or image size, at the batch a check or a timing runs."""
+    if not shapes:
+        return None
+    specs = {spec.name: spec for spec in graph_inputs(model)}
+    return {name: ((batch,) if name in specs and specs[name].dims and not isinstance(specs[name].dims[0], int)
+                   else tuple(dims[:1])) + tuple(dims[1:]) for name, dims in shapes.items()}
 
 
 def random_inputs(

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_slim.errors import OnnxSlimError, UsageError, first_line
+from onnx_slim.ir.inputs import DEFAULT_SYMBOLIC_SIZE
 from onnx_slim.ir.providers import CPU, DEVICE_OF, parse_provider_options, provider_arguments, resolve_providers
 
 _ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime's log severities
@@ -126,5 +127,22 @@ def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) 
     try:
         values = session.run(names, dict(feeds))
     except Exception as exc:
-        raise OnnxSlimError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+        raise OnnxSlimError(f"onnxruntime failed to run the model: {first_line(exc)}{_guessed_sizes_hint(session, feeds)}") \
+            from None
     return dict(zip(names, values))
+
+
+def _guessed_sizes_hint(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> str:
+    """A hint when a symbolic size other than the batch was fed at the default guess: a raw audio
+    input [batch, samples] of 64 samples shrinks to nothing in a conv front end."""
+    guessed = [
+        f"{spec.name}={','.join(str(d) for d in np.shape(feeds[spec.name]))}" for spec in session.get_inputs()
+        if spec.name in feeds and any(
+            not isinstance(dim, int) and axis > 0 and axis < np.ndim(feeds[spec.name])
+            and np.shape(feeds[spec.name])[axis] == DEFAULT_SYMBOLIC_SIZE
+            for axis, dim in enumerate(spec.shape))
+    ]
+    if not guessed:
+        return ""
+    return (f" (symbolic sizes were guessed: {' '.join(guessed)}; give the real ones with --input-shape NAME=DIMS "
+            f"or real data with --calib)")

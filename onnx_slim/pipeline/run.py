@@ -24,6 +24,7 @@ from onnx_slim.apply.verify import verify_model
 from onnx_slim.data.calibration import load_calibration
 from onnx_slim.data.evaluate import evaluate_all, quality_drop_points
 from onnx_slim.deploy.bench import benchmark
+from onnx_slim.deploy.quant_fp16 import float16_layers
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
@@ -174,11 +175,15 @@ def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
         path, model, samples=settings.calib_samples if path == settings.calib else None,
         input_size=settings.input_size, mean=settings.mean, std=settings.std,
         layout=settings.layout, channel_order=settings.channel_order, seed=settings.seed,
+        input_shapes=settings.input_shapes or None,
     )
 
 
 def _quantize(settings, pruned_path: Path, final_path: Path, calibration, session: SessionSpec, say):
-    if settings.quantize == "none":
+    halves = float16_layers(onnx.load(str(pruned_path), load_external_data=False))
+    if settings.quantize == "none" or (settings.quantize == "auto" and halves):
+        if settings.quantize == "auto":
+            say(f"not quantizing: the model computes in float16 ({len(halves)} layers), int8 starts from float32")
         shutil.copyfile(pruned_path, final_path)
         return None
     say(f"quantizing ({settings.quantize})")
@@ -192,7 +197,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
         calibration_batch_size=settings.batch_size,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,
-        max_layer_error=settings.max_layer_error,
+        max_layer_error=settings.max_layer_error, input_shapes=settings.input_shapes or None,
     )
     say(report.decision)
     return report

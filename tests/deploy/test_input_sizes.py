@@ -1,0 +1,126 @@
+"""Models that random inputs at the default sizes cannot run, and models int8 does not take.
+
+A raw-audio front end ([batch, samples] into strided 1-D convs, as wav2vec2 exports are) shrinks
+the default guess of 64 samples to nothing: `--input-shape` must size every random input the
+commands make (calibration, checks, timing), and without it the error must say so. A model
+exported in half precision is refused by int8 in one line, and `run` leaves it unquantized.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import run_cli
+
+from onnx_slim.data.calibration import load_calibration
+from onnx_slim.deploy.quantize import RANDOM, quantize_model
+from onnx_slim.errors import OnnxSlimError
+from onnx_slim.ir.runtime import create_session, run_session
+
+SAMPLES = 4000
+
+
+def audio_net(seed: int = 0) -> onnx.ModelProto:
+    """x [batch, samples] -> three strided Conv1d + Relu -> mean over time -> MatMul [batch, 4].
+    64 samples leave one frame after the second conv, too few for the third."""
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+                    numpy_helper.from_array((rng.standard_normal((8, 4)) / 3).astype(np.float32), "head")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis1"], ["wave"], name="unsqueeze")]
+    source, channels = "wave", 1
+    for index, (kernel, stride) in enumerate([(16, 8), (4, 4), (4, 4)]):
+        weight = (rng.standard_normal((8, channels, kernel)) / np.sqrt(channels * kernel)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, f"conv{index}.weight"))
+        nodes += [helper.make_node("Conv", [source, f"conv{index}.weight"], [f"conv{index}"], name=f"conv{index}",
+                                   kernel_shape=[kernel], strides=[stride]),
+                  helper.make_node("Relu", [f"conv{index}"], [f"relu{index}"], name=f"relu{index}")]
+        source, channels = f"relu{index}", 8
+    nodes += [helper.make_node("ReduceMean", [source], ["pooled"], name="pool", axes=[2], keepdims=0),
+              helper.make_node("MatMul", ["pooled", "head"], ["y"], name="head")]
+    graph = helper.make_graph(
+        nodes, "audio_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def half_net() -> onnx.ModelProto:
+    """A Conv + Relu in float16 end to end, as `model.half()` exports it."""
+    weight = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["out"], name="relu")],
+        "half_net", [helper.make_tensor_value_info("image", TensorProto.FLOAT16, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT16, ["batch", 4, 8, 8])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def audio_path(tmp_path):
+    path = tmp_path / "audio.onnx"
+    onnx.save(audio_net(), str(path))
+    return path
+
+
+def test_random_calibration_takes_the_given_sizes(audio_path):
+    calibration = load_calibration("random", audio_path, samples=5, input_shapes={"x": [1, SAMPLES]})
+    assert calibration.arrays["x"].shape == (5, SAMPLES)
+    assert load_calibration("random", audio_path, samples=5).arrays["x"].shape == (5, 64)
+
+
+def test_quantize_without_the_sizes_says_which_option_gives_them(audio_path, tmp_path):
+    with pytest.raises(OnnxSlimError, match=r"symbolic sizes were guessed: x=\d+,64; give the real ones with "
+                                            r"--input-shape"):
+        quantize_model(audio_path, tmp_path / "q.onnx", mode="dynamic", measure=False)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("mode, calibration", [("dynamic", None), ("static", RANDOM)])
+def test_quantize_runs_every_check_at_the_given_sizes_and_keeps_the_symbolic_axes(audio_path, tmp_path, mode,
+                                                                                  calibration):
+    out = tmp_path / f"{mode}.onnx"
+    report = quantize_model(audio_path, out, mode=mode, calibration=calibration, input_shapes={"x": [1, SAMPLES]})
+    assert report.mode == mode and out.exists()
+    written = onnx.load(str(out))
+    assert [d.dim_param for d in written.graph.input[0].type.tensor_type.shape.dim] == ["batch", "samples"]
+    feeds = {"x": np.random.default_rng(1).standard_normal((3, 3000)).astype(np.float32)}
+    expected = run_session(create_session(audio_net()), feeds)["y"]
+    got = run_session(create_session(written), feeds)["y"]
+    assert got.shape == (3, 4) and np.all(np.isfinite(got))
+    cosine = float(np.sum(got * expected) / np.linalg.norm(got) / np.linalg.norm(expected))
+    assert cosine > 0.97  # int8 of a 4-output head calibrated on random data: close, not exact
+
+
+def test_prune_with_random_calibration_uses_the_given_sizes(capsys, audio_path, tmp_path):
+    code, stdout, stderr = run_cli(capsys, "prune", audio_path, "-o", tmp_path / "p.onnx", "--target-macs", "0.6",
+                                   "--calib", "random", "--reconstruct", "--input-shape", f"x=1,{SAMPLES}",
+                                   "--json", "--quiet")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["reconstruction"]["layers"] > 0 and report["macs_fraction"] < 0.75
+
+
+def test_quantize_refuses_a_float16_model_in_one_line(tmp_path):
+    path = tmp_path / "half.onnx"
+    onnx.save(half_net(), str(path))
+    for mode in ("dynamic", "static", "auto"):
+        with pytest.raises(OnnxSlimError, match="the model computes in float16 .*start from float32"):
+            quantize_model(path, tmp_path / "q.onnx", mode=mode, calibration=RANDOM if mode == "static" else None)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_run_leaves_a_float16_model_unquantized(capsys, tmp_path):
+    path = tmp_path / "half.onnx"
+    onnx.save(half_net(), str(path))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(capsys, "run", path, "-o", out, "--ratio", "0", "--no-measure", "--json")
+    assert code == 0, stderr
+    assert "not quantizing: the model computes in float16" in stderr
+    assert json.loads(stdout)["quantize"] is None
+    written = onnx.load(str(out / "model.onnx"))
+    assert written.graph.initializer[0].data_type == TensorProto.FLOAT16
+    shutil.rmtree(out)
