@@ -125,8 +125,7 @@ def deduplicate_initializers(model: onnx.ModelProto) -> int:
     for init in graph.initializer:
         if init.name in pinned or init.data_location == onnx.TensorProto.EXTERNAL:
             continue
-        payload = init.raw_data or _without_name(init)
-        key = (init.data_type, tuple(init.dims), hashlib.sha1(payload).hexdigest())
+        key = initializer_key(init)
         if key in first_by_digest:
             replace[init.name] = first_by_digest[key]
         else:
@@ -141,6 +140,12 @@ def deduplicate_initializers(model: onnx.ModelProto) -> int:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return len(replace)
+
+
+def initializer_key(init: onnx.TensorProto) -> tuple:
+    """Equal for initializers of equal type, shape and values, whatever their names."""
+    payload = init.raw_data or _without_name(init)
+    return init.data_type, tuple(init.dims), hashlib.sha1(payload).hexdigest()
 
 
 def _without_name(init: onnx.TensorProto) -> bytes:

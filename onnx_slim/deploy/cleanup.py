@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnx_slim.apply.surgery import deduplicate_initializers
+from onnx_slim.apply.surgery import deduplicate_initializers, initializer_key
 from onnx_slim.errors import first_line
 from onnx_slim.ir.graph import names_read_in_subgraphs, subgraphs
 from onnx_slim.ir.model import is_quantized_op
@@ -52,6 +52,7 @@ def clean_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, CleanupReport]
     work.CopyFrom(model)
     notes: list[str] = []
     bypassed = bypass_identities(work.graph)
+    _tie_transposed_copies(work.graph)
     cleaned = _graphsurgeon_pass(work, notes)
     merged = deduplicate_initializers(cleaned)
     before, after = Counter(n.op_type for n in model.graph.node), Counter(n.op_type for n in cleaned.graph.node)
@@ -104,7 +105,7 @@ def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPr
             # Never larger than the largest weight: folding an Expand or Tile must not bloat the file.
             graph.fold_constants(size_threshold=max(weight_bytes, default=0) or None,
                                  should_exclude_node=lambda node: is_quantized_op(node.op)
-                                 or node.domain not in (None, "", "ai.onnx"))
+                                 or node.domain not in (None, "", "ai.onnx") or _copies_a_shared_weight(node))
         except Exception as exc:  # graphsurgeon's own failures; the unfolded graph is still valid
             notes.append(f"constant folding skipped: {first_line(exc)}")
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -112,6 +113,32 @@ def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPr
     _keep_model_fields(model, cleaned)
     _hoist_outer_initializers(model.graph, cleaned.graph)
     return cleaned
+
+
+def _tie_transposed_copies(graph: onnx.GraphProto) -> None:
+    """Point each Transpose of a weight at an identical weight that another node reads: normalization
+    gives every reader its own copy, and folding the Transpose of one copy would store the table twice."""
+    transposed = {node.input[0] for node in graph.node if node.op_type == "Transpose" and node.input}
+    if not transposed:
+        return
+    keys = {init.name: initializer_key(init) for init in graph.initializer
+            if init.data_location != onnx.TensorProto.EXTERNAL}
+    read_elsewhere = {}
+    for node in graph.node:
+        if node.op_type != "Transpose":
+            for name in node.input:
+                if name in keys:
+                    read_elsewhere.setdefault(keys[name], name)
+    for node in graph.node:
+        if node.op_type == "Transpose" and node.input and node.input[0] in keys:
+            node.input[0] = read_elsewhere.get(keys[node.input[0]], node.input[0])
+
+
+def _copies_a_shared_weight(node: gs.Node) -> bool:
+    """A Transpose of a weight that other nodes read too (a tied embedding and the output projection
+    that reads it transposed, as the dynamo exporter writes GPT-2): folding it would store the weight twice."""
+    source = node.inputs[0] if node.op == "Transpose" and node.inputs else None
+    return isinstance(source, gs.Constant) and len(source.outputs) > 1
 
 
 def _hoist_outer_initializers(original: onnx.GraphProto, cleaned: onnx.GraphProto) -> None:

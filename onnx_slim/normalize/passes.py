@@ -26,6 +26,7 @@ from onnx_slim.ir.graph import (drop_unused_initializers, keep_nodes, names_read
                                 sort_topologically)
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
+from onnx_slim.normalize.targets import unshare_reshape_targets
 from onnx_slim.ops.specs import WEIGHT_OPS
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class NormalizeInfo:
     constants_lifted: int = 0
     copies_made: int = 0
     shape_nodes_folded: int = 0
+    targets_unshared: int = 0  # Reshapes given their own copy of a shared computed target
     bias_adds_folded: int = 0
     opset_upgraded_from: int | None = None  # the model's opset, when it was older than MIN_OPSET
 
@@ -69,6 +71,7 @@ def normalize(model: onnx.ModelProto) -> NormalizeInfo:
     info.constants_lifted = _lift_constants(model.graph)
     _bypass_identities(model.graph)
     info.shape_nodes_folded = fold_shape_computations(model)
+    info.targets_unshared = unshare_reshape_targets(model.graph)
     info.copies_made = _unshare_initializers(model.graph)
     info.bias_adds_folded = _fold_bias_adds(model.graph)
     _fold_batchnorms(model.graph, info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_lossless, assert_valid, group_with, run, zeroed_for_lossless
+from conftest import assert_lossless, assert_same_outputs, assert_valid, group_with, run, zeroed_for_lossless
 from graphs import Graph, computed_reshape_encoder
 from onnx import numpy_helper
 
@@ -78,10 +78,10 @@ def test_channel_count_computed_at_run_time_freezes():
     assert any("channel count is computed at run time" in reason.reason for reason in group.frozen), group.frozen
 
 
-@pytest.mark.parametrize("through_identity", [False, True])
-def test_shared_computed_target_freezes(through_identity):
-    """One Concat target read by two Reshapes: rewriting it for one would resize the other; also
-    when one of them reads it through an Identity (paddle2onnx style)."""
+def _shared_target_model(through_identity: bool, shared_with_output: bool = False) -> onnx.ModelProto:
+    """One Concat target [batch, 8] read by two Reshapes (as the dynamo exporter shares one view target
+    between a block's projections), one of them maybe through an Identity (paddle2onnx style);
+    `shared_with_output`: the target is also a graph output."""
     g = Graph()
     x = g.input("x", ["batch", 16])
     a = g.relu(g.gemm(x, 8, name="fc_a"))
@@ -92,8 +92,37 @@ def test_shared_computed_target_freezes(through_identity):
     target_a = g.node("Identity", [target], "target_identity") if through_identity else target
     ra, rb = g.node("Reshape", [a, target_a], "reshape_a"), g.node("Reshape", [b, target], "reshape_b")
     head = g.node("Gemm", [g.concat([ra, rb], axis=1), g.weight("head_w", (2, 16))], "head", transB=1)
-    model = _build(g, head, ["batch", 2])
+    outputs = [onnx.helper.make_tensor_value_info(head, onnx.TensorProto.FLOAT, ["batch", 2])]
+    if shared_with_output:
+        outputs.append(onnx.helper.make_tensor_value_info(target, onnx.TensorProto.INT64, [2]))
+    model = g._model(outputs)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("through_identity, shared_with_output", [(False, False), (True, False), (False, True)])
+def test_a_shared_computed_target_is_copied_for_each_reshape(through_identity, shared_with_output):
+    """Each Reshape gets its own copy of the target, so the two groups prune apart; removing
+    zeroed channels, 2 from one branch and 6 from the other, changes nothing."""
+    model = _shared_target_model(through_identity, shared_with_output)
+    analysis = analyze(model)
+    assert analysis.normalize_info.targets_unshared == (2 if shared_with_output else 1)
     for name in ("fc_a", "fc_b"):
-        group = group_with(analyze(model), name)
-        assert any("shared with other nodes" in reason.reason for reason in group.frozen), group.frozen
-    assert_valid(prune(model, ratio=0.5)[0], model)
+        assert group_with(analysis, name).prunable, group_with(analysis, name).frozen
+    zeroed = analysis.model  # normalized: each branch reads its own weights
+    weights = {init.name: init for init in zeroed.graph.initializer}
+    for layer, count in (("fc_a", 2), ("fc_b", 6)):
+        gemm = next(node for node in zeroed.graph.node if node.name == layer)
+        for position in (1, 2):
+            value = numpy_helper.to_array(weights[gemm.input[position]]).copy()
+            value[:count] = 0.0
+            weights[gemm.input[position]].CopyFrom(numpy_helper.from_array(value, gemm.input[position]))
+    pruned, report = prune(zeroed, ratio=0.5, criterion="l1", global_ranking=True)
+    assert report.channels_removed == 8
+    assert sorted(group["kept"] for group in report.groups) == [2, 6]
+    assert_valid(pruned, zeroed)
+    assert_same_outputs(pruned, zeroed)
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((5, 16)).astype(np.float32)}
+    np.testing.assert_allclose(run(pruned, feeds)[pruned.graph.output[0].name],
+                               run(zeroed, feeds)[zeroed.graph.output[0].name], rtol=1e-5, atol=1e-6)

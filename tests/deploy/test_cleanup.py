@@ -117,3 +117,45 @@ def test_quantize_and_prune_report_the_cleanup(tmp_path):
     _, unclean = prune(conv_net(), ratio=0.5, cleanup=False)
     assert unclean.cleanup is None
     assert random_inputs(conv_net())  # the helper graph is unchanged by either call
+
+
+def tied_embedding_lm() -> onnx.ModelProto:
+    """A tied embedding as the dynamo exporter writes GPT-2: the table [V, d] read by the token Gather
+    and, through a Transpose, by the output projection."""
+    table = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embed"),
+        helper.make_node("Relu", ["embedded"], ["hidden"], name="act"),
+        helper.make_node("Transpose", ["table"], ["table_t"], name="tie", perm=[1, 0]),
+        helper.make_node("MatMul", ["hidden", "table_t"], ["logits"], name="lm_head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 50])],
+        [numpy_helper.from_array(table, "table")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_tied_weight_stays_one_tensor_read_through_its_transpose():
+    """Folding the Transpose would store the table twice (the pruned GPT-2 grew by 36% of its params)."""
+    model = tied_embedding_lm()
+    separate = onnx.ModelProto()
+    separate.CopyFrom(model)  # each reader its own copy, as normalization leaves it
+    separate.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(model.graph.initializer[0]),
+                                                              "table_copy"))
+    separate.graph.node[2].input[0] = "table_copy"
+    for source in (model, separate):
+        cleaned, _ = clean_model(source)
+        assert len(cleaned.graph.initializer) == 1
+        assert [node.op_type for node in cleaned.graph.node].count("Transpose") == 1
+        feeds = {"ids": np.array([[1, 7, 49]], np.int64)}
+        np.testing.assert_array_equal(run_session(create_session(cleaned), feeds)["logits"],
+                                      run_session(create_session(model), feeds)["logits"])
+
+
+def test_a_transpose_of_a_weight_read_once_is_still_folded():
+    model = tied_embedding_lm()
+    model.graph.node[0].input[0] = "other_table"
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((50, 8), np.float32), "other_table"))
+    cleaned, _ = clean_model(model)
+    assert "Transpose" not in [node.op_type for node in cleaned.graph.node]
