@@ -126,3 +126,47 @@ def test_a_shared_computed_target_is_copied_for_each_reshape(through_identity, s
     feeds = {"x": rng.standard_normal((5, 16)).astype(np.float32)}
     np.testing.assert_allclose(run(pruned, feeds)[pruned.graph.output[0].name],
                                run(zeroed, feeds)[zeroed.graph.output[0].name], rtol=1e-5, atol=1e-6)
+
+
+def _computed_pad_model(channel_pads_computed: bool = False) -> onnx.ModelProto:
+    """Conv -> Relu -> Pad -> stride-2 Conv, the pads computed as PyTorch exports `F.pad` of sizes
+    read through Shape (timm's TF "same" padding): a pad list [w_l, w_r, h_t, h_b] from the input's
+    width, zeros for the channel and batch axes, reshaped to pairs, reversed, transposed and flattened
+    into ONNX's order. `channel_pads_computed`: the channel pair is computed too."""
+    g = Graph()
+    x = g.input("x", ["batch", 3, "height", "width"])
+    h = g.relu(g.conv(x, 8, name="conv1"), name="relu1")
+    width = g.node("Gather", [g.node("Shape", [h]), g.ints("w_axis", 3)], axis=0)
+    odd = g.node("Unsqueeze", [g.node("Mod", [width, g.ints("two", 2)]), g.ints("unsq", [0])])
+    listed = g.concat([odd, odd, odd, odd] + ([odd, odd] if channel_pads_computed else []), axis=0)
+    zeros = g.node("ConstantOfShape", [g.ints("zero_count", [2 if channel_pads_computed else 4])],
+                   value=numpy_helper.from_array(np.array([0], np.int64)))
+    pairs = g.node("Reshape", [g.concat([listed, zeros], axis=0), g.ints("pairs", [-1, 2])])
+    reversed_pairs = g.node("Slice", [pairs, g.ints("rs", [-1]), g.ints("re", [-(2 ** 63) + 1]), g.ints("ra", [0]),
+                                      g.ints("rstep", [-1])])
+    pads = g.node("Reshape", [g.node("Transpose", [reversed_pairs], perm=[1, 0]), g.ints("flat", [-1])])
+    padded = g.node("Pad", [h, pads], "pad")
+    y = g.node("Conv", [padded, g.weight("conv2_w", (4, 8, 3, 3)), g.weight("conv2_b", (4,))], "conv2",
+               strides=[2, 2])  # shape inference cannot see through the computed pads: weights by hand
+    return _build(g, y, ["batch", 4, "h2", "w2"])
+
+
+def test_pads_computed_at_run_time_keep_the_channels_when_their_channel_entries_are_constant_zeros():
+    model = _computed_pad_model()
+    shapes = {"x": [1, 3, 9, 9]}
+    group = group_with(analyze(model, input_shapes=shapes), "conv1")
+    assert group.prunable, group.frozen
+    zeroed, chosen = zeroed_for_lossless(model, 0.5)
+    assert chosen
+    pruned, report = prune(zeroed, ratio=0.5, criterion="l1", input_shapes=shapes)
+    assert report.channels_removed == 4
+    rng = np.random.default_rng(0)
+    for size in (9, 12):  # an odd width pads one column, an even one none
+        feeds = {"x": rng.standard_normal((2, 3, size, size)).astype(np.float32)}
+        np.testing.assert_allclose(run(pruned, feeds)["conv2"], run(zeroed, feeds)["conv2"], rtol=1e-5, atol=1e-5)
+
+
+def test_pads_of_the_channel_axis_computed_at_run_time_freeze():
+    group = group_with(analyze(_computed_pad_model(channel_pads_computed=True), input_shapes={"x": [1, 3, 9, 9]}),
+                       "conv1")
+    assert any("pads of the channel axis are computed at run time" in r.reason for r in group.frozen), group.frozen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx_slim.channels.partial import UNKNOWN, known_entries
 from onnx_slim.channels.rules.registry import input_at, rule, set_const_entry
 from onnx_slim.ir.graph import attr
 
@@ -30,15 +31,20 @@ def pad(ctx, node):
     rank = ctx.rank(node.input[0])
     if tracked is None:
         return
-    pads = ctx.const(input_at(node, 1)) if ctx.opset >= 11 else np.array(attr(node, "pads", []))
+    # Pads computed at run time (F.pad of sizes read through Shape) still keep constant zeros on the
+    # axes they leave alone: those entries are enough (`partial`).
+    pads = known_entries(ctx, input_at(node, 1)) if ctx.opset >= 11 else np.array(attr(node, "pads", []))
     axes_input = input_at(node, 3)
     axes = ctx.const(axes_input) if axes_input else np.arange(rank or 0)
-    if pads is None or axes is None or rank is None:
+    if pads is None or axes is None or rank is None or len(pads.reshape(-1)) != 2 * len(axes):
         ctx.freeze(tracked.layout, node, "pads are computed at run time")
         return
-    axes = [int(a) % rank for a in axes]
+    axes, pads = [int(a) % rank for a in axes], pads.reshape(-1)
     if tracked.axis in axes:
         index = axes.index(tracked.axis)
+        if UNKNOWN in (pads[index], pads[index + len(axes)]):
+            ctx.freeze(tracked.layout, node, "pads of the channel axis are computed at run time")
+            return
         if pads[index] != 0 or pads[index + len(axes)] != 0:
             ctx.freeze(tracked.layout, node, "pads the channel axis")
             return
