@@ -198,9 +198,9 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
     console = Console(quiet, bars=not as_json)
     session = session_spec(providers=providers, provider_options=provider_options)
-    calibration = load_data(calib, model, {**image_options, "seed": seed,
-                                           "input_shapes": parse_input_shapes(input_shapes)}, calib_samples)
-    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), exclude=list(exclude),
+    shapes = parse_input_shapes(input_shapes)
+    calibration = load_data(calib, model, {**image_options, "seed": seed, "input_shapes": shapes}, calib_samples)
+    analysis = analyze(model, input_shapes=shapes, exclude=list(exclude),
                        prune_layernorm=prune_layernorm, copy=False, sample_shapes=calibration.sample_shapes())
     levels = floats(ratios)
     if any(not 0 < level < 1 for level in levels):
@@ -376,7 +376,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
              as_json, quiet, **image_options):
     """Quantize MODEL with onnxruntime: int8 (static QDQ or dynamic), int4 MatMul weights or float16."""
     from onnx_slim.data.evaluate import evaluate
-    from onnx_slim.deploy.quantize import RANDOM, quantize_model
+    from onnx_slim.deploy.quantize import calibration_source, quantize_model
     from onnx_slim.ir.inputs import parse_input_shapes
 
     console = Console(quiet, bars=not as_json)
@@ -386,18 +386,15 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
-    batches = None
-    if calibration is not None:
-        batches = RANDOM if calibration.is_random else calibration.batch_stream(batch_size)
     with writing_output(output):
-        report = quantize_model(model, output, mode=mode, calibration=batches, quant_format=quant_format,
-                                per_channel=per_channel, method=method, reduce_range=reduce_range,
+        report = quantize_model(model, output, mode=mode, calibration=calibration_source(calibration, batch_size),
+                                quant_format=quant_format, per_channel=per_channel, method=method,
+                                reduce_range=reduce_range,
                                 exclude=list(exclude), calibration_batch_size=batch_size, force=force,
                                 measure=measure, session=session, bias_correction=bias_correction,
-                                smooth_outliers=smooth_outliers,
-                                max_layer_error=max_layer_error,
-                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, cleanup=cleanup,
-                                input_shapes=shapes)
+                                smooth_outliers=smooth_outliers, max_layer_error=max_layer_error,
+                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types,
+                                cleanup=cleanup, input_shapes=shapes)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")

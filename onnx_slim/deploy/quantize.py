@@ -248,6 +248,14 @@ def quantize_model(
     )
 
 
+def calibration_source(calibration, batch_size: int):
+    """What `quantize_model` takes for a `CalibrationSet` (or None): RANDOM for random data, which only
+    smoke-tests static int8 and is flagged so, else its batches."""
+    if calibration is None:
+        return None
+    return RANDOM if calibration.is_random else calibration.batch_stream(batch_size)
+
+
 def _check_float32(model: onnx.ModelProto, mode: str) -> None:
     """int8 and int4 start from float32 weights; a half-precision export is refused in one line (onnxruntime's
     quantizer would fail on the Casts its optimizer puts in front of float16 weights)."""

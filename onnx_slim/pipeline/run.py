@@ -25,7 +25,7 @@ from onnx_slim.data.calibration import load_calibration
 from onnx_slim.data.evaluate import evaluate_all, quality_drop_points
 from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quant_fp16 import float16_layers
-from onnx_slim.deploy.quantize import RANDOM, quantize_model
+from onnx_slim.deploy.quantize import calibration_source, quantize_model
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.inputs import random_inputs, shapes_from_samples
@@ -189,11 +189,9 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
     say(f"quantizing ({settings.quantize})")
     # Without real data, auto quantizes dynamically and static is refused; only an explicit
     # `--calib random` calibrates on random data, which the report flags as not for deployment.
-    batches = None
-    if calibration is not None:
-        batches = RANDOM if calibration.is_random else calibration.batch_stream(settings.batch_size)
     report = quantize_model(
-        pruned_path, final_path, mode=settings.quantize, calibration=batches,
+        pruned_path, final_path, mode=settings.quantize,
+        calibration=calibration_source(calibration, settings.batch_size),
         calibration_batch_size=settings.batch_size,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,

@@ -67,7 +67,8 @@ def _axes(ctx, node, input_index):
 def reduce(ctx, node):
     """Reductions over spatial axes keep the channel (squeeze-excite); over channels they freeze,
     but for a mean over the channels alone with --prune-layernorm (a LayerNorm written out as
-    ReduceMean, Sub, Pow, ReduceMean, Sqrt, Div): its output broadcasts over the kept channels."""
+    ReduceMean, Sub, Pow, ReduceMean, Sqrt, Div, or GRN's mean of the channels' norms): its output
+    broadcasts over the kept channels."""
     tracked = ctx.get(node.input[0])
     rank = ctx.rank(node.input[0])
     if tracked is None:
@@ -89,7 +90,8 @@ def reduce(ctx, node):
     if tracked.axis in axes:
         statistic = axes == [tracked.axis] and keepdims and node.op_type == "ReduceMean"
         ctx.freeze(tracked.layout, node, "reduces over the channel axis" + (
-            " (a decomposed LayerNorm's statistics: --prune-layernorm allows it)" if statistic else ""))
+            " (a statistic over the channels, as a decomposed LayerNorm or ConvNeXt-V2's GRN takes: "
+            "--prune-layernorm allows it)" if statistic else ""))
         return
     new_axis = tracked.axis if keepdims else tracked.axis - sum(1 for a in axes if a < tracked.axis)
     ctx.track(node.output[0], new_axis, tracked.layout)
