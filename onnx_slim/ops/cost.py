@@ -62,7 +62,10 @@ def model_cost(
     if shapes is None:
         shapes = concrete_shapes(model, concrete_input_shapes(model, input_shapes)).shapes
     cost = ModelCost(params=count_params(model), macs=0)
+    constant = constant_tensors(model.graph)
     for index, node in enumerate(model.graph.node):
+        if node.output and all(name in constant for name in node.output if name):
+            continue  # computed from constants only: once, when onnxruntime loads the model
         parts = macs_parts(node, shapes)
         if parts is None:
             continue
@@ -75,3 +78,17 @@ def model_cost(
         cost.node_macs.update(parts)
         cost.macs += sum(parts.values())
     return cost
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Initializers, Constant outputs and the outputs of nodes that read only those (transitively,
+    in graph order): a MatMul of two constants (DeBERTa's relative-position projections) runs once,
+    when onnxruntime folds it at load time, not per sample."""
+    constant = {init.name for init in graph.initializer}
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        has_body = any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                       for attribute in node.attribute)
+        if node.op_type == "Constant" or (inputs and not has_body and all(name in constant for name in inputs)):
+            constant.update(name for name in node.output if name)
+    return constant

@@ -148,3 +148,16 @@ def test_dynamic_int8_lstm_counts_as_the_float_lstm(tmp_path):
     quantized = onnx.load(str(target))
     assert "DynamicQuantizeLSTM" in {node.op_type for node in quantized.graph.node}
     assert model_cost(quantized).macs == model_cost(onnx.load(str(source))).macs
+
+
+def test_a_matmul_of_constants_costs_nothing_per_sample():
+    """DeBERTa's relative-position projections: a MatMul of a constant table by a weight (here behind
+    a Transpose) runs once, when onnxruntime folds it at load time."""
+    g = Graph()
+    x = g.input("x", [1, 4, 8])
+    table = g.node("Transpose", [g.weight("table", (8, 6))], perm=[1, 0])  # [6, 8]
+    projected = g.node("MatMul", [table, g.weight("proj", (8, 8))], "relative")  # [6, 8], constant
+    y = g.node("MatMul", [x, g.node("Transpose", [projected], perm=[1, 0])], "scores")  # [1, 4, 6]
+    cost = model_cost(g.build(y))
+    assert "relative" not in cost.node_macs
+    assert cost.macs == cost.node_macs["scores"] == 4 * 8 * 6
