@@ -41,8 +41,11 @@ def _evaluate(ctx, node, depth) -> np.ndarray | None:
     def entries(position: int) -> np.ndarray | None:
         return known_entries(ctx, node.input[position], depth + 1) if len(node.input) > position else None
 
+    def given(position: int) -> bool:
+        return len(node.input) > position and bool(node.input[position])
+
     def constant(position: int) -> np.ndarray | None:
-        return ctx.const(node.input[position]) if len(node.input) > position and node.input[position] else None
+        return ctx.const(node.input[position]) if given(position) else None
 
     op = node.op_type
     if op in ("Cast", "Identity"):
@@ -67,11 +70,17 @@ def _evaluate(ctx, node, depth) -> np.ndarray | None:
         shape = ctx.static_shape(node.output[0])
         return None if shape is None else source.reshape(shape)
     if op == "Slice":
-        return _slice(source, [constant(i) for i in range(1, 5)])
+        arguments = [constant(i) for i in range(1, 5)]
+        # An axes or steps input computed at run time is not "every axis, step 1".
+        if any(given(i) and arguments[i - 1] is None for i in range(1, 5)):
+            return None
+        return _slice(source, arguments)
     return None
 
 
 def _slice(source: np.ndarray, arguments) -> np.ndarray | None:
+    """ONNX Slice on an object array: bounds clamped as the operator's definition says (negative
+    ones count from the end; INT64 min/max mean "from the start" and "to the end")."""
     starts, ends, axes, steps = arguments
     if starts is None or ends is None:
         return None
@@ -79,9 +88,14 @@ def _slice(source: np.ndarray, arguments) -> np.ndarray | None:
     steps = [1] * len(starts) if steps is None else steps
     index = [slice(None)] * source.ndim
     for axis, start, end, step in zip(axes, starts, ends, steps):
-        length = source.shape[axis]
-        # ONNX clamps out-of-range bounds (INT64 min/max mark "to the end"), as Python slices do
-        # once brought into range.
-        start, end = (max(min(int(v), length + 1), -length - 1) for v in (start, end))
-        index[axis] = slice(start, end if end >= -length else None, int(step))
+        length, start, end, step = source.shape[axis], int(start), int(end), int(step)
+        if step == 0:
+            return None
+        start, end = (value + length if value < 0 else value for value in (start, end))
+        if step > 0:
+            start, end = min(max(start, 0), length), min(max(end, 0), length)
+            index[axis] = slice(start, end, step)
+        else:
+            start, end = min(max(start, 0), length - 1), min(max(end, -1), length - 1)
+            index[axis] = slice(start, None if end == -1 else end, step)
     return source[tuple(index)]

@@ -24,7 +24,8 @@ from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_cou
 from onnx_slim.data.synthetic import IMAGE_CHANNELS, image_layout, synthetic_images
 from onnx_slim.data.tokens import TokenMask, find_token_mask
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.ir.inputs import InputSpec, concrete_dims, fixed_batch_size, graph_inputs, random_inputs
+from onnx_slim.ir.inputs import (InputSpec, check_input_shapes, concrete_dims, fixed_batch_size, graph_inputs,
+                                random_inputs)
 from onnx_slim.ir.model import load_model
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ def load_calibration(
     specs = graph_inputs(model)
     if not specs:
         raise OnnxSlimError("the model has no inputs: nothing to calibrate")
+    check_input_shapes(model, input_shapes)
     fixed_batch = fixed_batch_size(specs)
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
@@ -309,9 +311,14 @@ def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int
     arrays = {spec.name: synthetic_images(spec, samples, seed) for spec in images}
     if others:
         logger.warning("synthetic data: random values for the non-image inputs %s", ", ".join(s.name for s in others))
-        concrete = concrete_dims(sized)
-        arrays.update(random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:]
-                                                                for spec in others}))
+        # The images' sizes (given or from --input-size) size the symbols they share with the others
+        # (a mask [N, H, W] beside the image).
+        image_sizes = {spec.name: (1,) + tuple(spec.dims[1:]) for spec in images
+                       if all(isinstance(dim, int) and dim > 0 for dim in spec.dims[1:])}
+        concrete = concrete_dims(specs, {**(input_shapes or {}), **image_sizes})
+        made = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:]
+                                                       for spec in others})
+        arrays.update({spec.name: made[spec.name] for spec in others})
         arrays = {spec.name: arrays[spec.name] for spec in specs}
     return CalibrationSet(arrays, is_synthetic=True, origin=SYNTHETIC_SOURCE, fixed_batch=fixed_batch)
 

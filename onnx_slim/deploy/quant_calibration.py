@@ -22,7 +22,8 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.inputs import InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs, shapes_at_batch
+from onnx_slim.ir.inputs import (InputShapes, InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs,
+                                shapes_at_batch)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _CALIBRATED_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
 def calibration_reader(model: onnx.ModelProto, calibration, batch_size: int,
-                       input_shapes: Mapping[str, Sequence[int]] | None = None) -> LazyCalibrationReader:
+                       input_shapes: InputShapes | None = None) -> LazyCalibrationReader:
     """A reader over `calibration` (feed dicts, or RANDOM, sized by `input_shapes`) re-batched to the
     model's fixed batch or `batch_size`."""
     specs = graph_inputs(model)
@@ -124,7 +125,7 @@ class _Chunk(CalibrationDataReader):
         return self._reader.get_next()
 
 
-def _random_samples(model: onnx.ModelProto, input_shapes) -> Iterator[dict[str, np.ndarray]]:
+def _random_samples(model: onnx.ModelProto, input_shapes: InputShapes | None) -> Iterator[dict[str, np.ndarray]]:
     shapes = shapes_at_batch(model, input_shapes, 1)
     for seed in range(RANDOM_CALIBRATION_SAMPLES):
         yield random_inputs(model, batch=1, seed=seed, shapes=shapes)

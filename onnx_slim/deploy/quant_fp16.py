@@ -37,11 +37,14 @@ class Fp16Result:
 
 
 def float16_layers(model: onnx.ModelProto) -> list[str]:
-    """Conv/Gemm/MatMul nodes whose weight is a float16 initializer: a model exported in half precision,
-    which onnxruntime's int8 and int4 quantizers do not take (they expect float32 weights)."""
+    """Conv/Gemm/MatMul nodes that read a float16 constant (an initializer or a Constant node's): a model
+    exported in half precision, which onnxruntime's int8 and int4 quantizers do not take (they expect
+    float32 weights). A float16 weight cast to float32 before its layer (mixed precision) does not count."""
     halves = {init.name for init in model.graph.initializer if init.data_type == TensorProto.FLOAT16}
+    halves |= {node.output[0] for node in model.graph.node if node.op_type == "Constant"
+               and any(a.name == "value" and a.t.data_type == TensorProto.FLOAT16 for a in node.attribute)}
     return [node.name or node.op_type for node in model.graph.node
-            if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in halves]
+            if node.op_type in WEIGHT_OPS and any(name in halves for name in node.input)]
 
 
 def is_gpu(providers: Sequence[str]) -> bool:

@@ -50,7 +50,7 @@ from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, OutlierReport, prep
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
 from onnx_slim.ir.model import is_quantized_op, save_model
-from onnx_slim.ir.inputs import random_inputs, shapes_at_batch
+from onnx_slim.ir.inputs import InputShapes, random_inputs, shapes_at_batch
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.ops import cost as cost_module
 from onnx_slim.ops.specs import WEIGHT_OPS
@@ -76,8 +76,10 @@ class Int8Settings:
     max_layer_error: float = MAX_LAYER_ERROR  # above it a smoothed layer stays float
 
 
-def int8_settings(model, mode, quant_format, per_channel, reduce_range, activation_type, method, cpu) -> Int8Settings:
-    """The effective format, types, per-channel and reduce-range for this model, mode and CPU."""
+def int8_settings(model, mode, quant_format, per_channel, reduce_range, activation_type, method, cpu,
+                  input_shapes: InputShapes | None = None) -> Int8Settings:
+    """The effective format, types, per-channel and reduce-range for this model, mode and CPU
+    (`input_shapes` size the MACs that tell a conv model)."""
     is_x86 = cpu["machine"].lower() in ("x86_64", "amd64", "i386", "i686", "x86")
     if mode == "dynamic":
         quant_format, activation_type = "qoperator", "uint8"  # onnxruntime's dynamic mode: U8S8 integer ops
@@ -87,7 +89,7 @@ def int8_settings(model, mode, quant_format, per_channel, reduce_range, activati
         # 7-bit weights avoid the int16 saturation of 8-bit products on x86 without VNNI
         # (onnxruntime runs QDQ int8 activations through the same u8s8 kernels there).
         reduce_range = is_x86 and not cpu["vnni"]
-    heavy = conv_heavy(model)
+    heavy = conv_heavy(model, input_shapes)
     matmul_heavy = not heavy and any(node.op_type in MATMUL_OPS for node in model.graph.node)
     if per_channel is None:
         # Dynamic: onnxruntime's integer ops take per-channel weights at no cost in speed. Static MatMul
@@ -135,7 +137,7 @@ def ignored_option_warnings(settings: Int8Settings, calibration, activation_type
 
 
 def opset_for_per_channel(model: onnx.ModelProto, settings: Int8Settings, report_warnings: list[str],
-                          input_shapes=None):
+                          input_shapes: InputShapes | None = None):
     """(model to quantize, settings): per-channel QDQ below opset 13 converts the model, or goes per-tensor."""
     opset = opset_version(model)
     if not (settings.per_channel and settings.format == "qdq" and opset < PER_CHANNEL_OPSET):
@@ -148,13 +150,13 @@ def opset_for_per_channel(model: onnx.ModelProto, settings: Int8Settings, report
     return model, replace(settings, per_channel=False)
 
 
-def conv_heavy(model: onnx.ModelProto) -> bool:
+def conv_heavy(model: onnx.ModelProto, input_shapes: InputShapes | None = None) -> bool:
     """Conv layers carry at least half of the counted MACs (or, if none count, the model has Conv)."""
     has_conv = any(node.op_type in CONV_OPS for node in model.graph.node)
     if not has_conv:
         return False
     try:
-        model_cost = cost_module.model_cost(model)
+        model_cost = cost_module.model_cost(model, input_shapes=input_shapes)
     except Exception:  # shape inference failed: fall back to the presence of Conv
         return True
     conv_names = {node.name for node in model.graph.node if node.op_type in CONV_OPS}
@@ -179,7 +181,7 @@ class Int8Outcome:
 
 def quantize_int8(
     float_model, scratch: Path, settings: Int8Settings, exclude, calibration, calibration_batch_size, report_warnings,
-    session: SessionSpec, input_shapes=None,
+    session: SessionSpec, input_shapes: InputShapes | None = None,
 ) -> Int8Outcome:
     """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere. `input_shapes`
     (--input-shape) sizes the symbolic dims of random inputs."""
@@ -252,7 +254,8 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _preprocess(
-    model: onnx.ModelProto, scratch: Path, report_warnings: list[str], input_shapes=None
+    model: onnx.ModelProto, scratch: Path, report_warnings: list[str],
+    input_shapes: InputShapes | None = None,
 ) -> tuple[Path, onnx.ModelProto, bool]:
     """Shape inference + basic optimization as onnxruntime recommends; the float model if that fails.
 
@@ -280,7 +283,8 @@ def _preprocess(
     return float_path, model, False
 
 
-def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.ModelProto, input_shapes=None) -> None:
+def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.ModelProto,
+                        input_shapes: InputShapes | None = None) -> None:
     """Raise unless the pre-processed model computes what the float model does at batch 1 and 2.
 
     Symbolic shape inference can get a shape wrong where the model states none (a paddle2onnx

@@ -8,7 +8,7 @@ from onnx import version_converter
 
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.inputs import random_inputs, shapes_at_batch
+from onnx_slim.ir.inputs import InputShapes, random_inputs, shapes_at_batch
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 PER_CHANNEL_OPSET = 13
@@ -17,7 +17,7 @@ PER_CHANNEL_OPSET = 13
 _RTOL, _ATOL = 1e-5, 1e-6
 
 
-def convert_for_per_channel(model: onnx.ModelProto, input_shapes=None) -> tuple[onnx.ModelProto | None, str]:
+def convert_for_per_channel(model: onnx.ModelProto, input_shapes: InputShapes | None = None) -> tuple[onnx.ModelProto | None, str]:
     """(the model at opset 13, note) when the converted model computes the same outputs; else (None, why not).
 
     The check runs both models, without graph optimizations, on one random batch.

@@ -46,7 +46,8 @@ from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.inputs import feeds_for, fixed_batch_size, graph_inputs, random_inputs, shapes_at_batch
+from onnx_slim.ir.inputs import (InputShapes, check_input_shapes, feeds_for, fixed_batch_size, graph_inputs,
+                                random_inputs, shapes_at_batch)
 from onnx_slim.ir.model import ModelSource, check_not_quantized, check_output_path, load_model, save_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -123,7 +124,7 @@ class _Options:
     symmetric: bool
     keep_io_types: bool
     cleanup: bool
-    input_shapes: Mapping[str, Sequence[int]] | None
+    input_shapes: InputShapes | None
 
 
 def quantize_model(
@@ -149,7 +150,7 @@ def quantize_model(
     symmetric: bool = True,
     keep_io_types: bool = True,
     cleanup: bool = True,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_shapes: InputShapes | None = None,
 ) -> QuantizeReport:
     """Quantize a float model and write it (or the float model, if faster) to `output_path` atomically.
 
@@ -186,6 +187,7 @@ def quantize_model(
     output = Path(output_path)
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
+    check_input_shapes(float_model, input_shapes)
     check_not_quantized(float_model, advice="quantize the float model instead")
     _check_float32(float_model, mode)
     options = _Options(calibration, quant_format, per_channel, method, reduce_range, exclude, calibration_batch_size,
@@ -344,7 +346,7 @@ def _make_candidate(mode: str, float_model: onnx.ModelProto, folder: Path, optio
 
 def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bool, warnings: list[str]):
     settings = int8_settings(float_model, mode, options.quant_format, options.per_channel, options.reduce_range,
-                             options.activation_type, options.method, cpu_info())
+                             options.activation_type, options.method, cpu_info(), options.input_shapes)
     settings = replace(
         settings,
         bias_correction=bias_correction_applies(settings, options.calibration, options.bias_correction, warnings),
@@ -368,7 +370,7 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
 
 
 def _score(float_model, candidates: list[Candidate], example, session: SessionSpec, auto: bool, skipped: list[str],
-           input_shapes=None):
+           input_shapes: InputShapes | None = None):
     """Run every candidate once beside the float model: it must load, run and keep the outputs; record agreement.
 
     A candidate that fails is dropped under auto (and said so in `skipped`) and refused otherwise."""
@@ -389,7 +391,8 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
     return kept
 
 
-def _measure(float_model, candidates: list[Candidate], example, session: SessionSpec, input_shapes=None) -> dict:
+def _measure(float_model, candidates: list[Candidate], example, session: SessionSpec,
+             input_shapes: InputShapes | None = None) -> dict:
     """Time the float model and every candidate interleaved; returns {"float": stats} and fills each candidate's."""
     feeds = _timing_feeds(float_model, example, input_shapes)
     models = {"float": float_model, **{candidate.mode: candidate.model for candidate in candidates}}
@@ -400,7 +403,7 @@ def _measure(float_model, candidates: list[Candidate], example, session: Session
 
 
 def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None,
-                  input_shapes=None) -> dict[str, np.ndarray]:
+                  input_shapes: InputShapes | None = None) -> dict[str, np.ndarray]:
     """One sample of the calibration data (the model's fixed batch, if it has one), else random inputs."""
     if example is None:
         return random_inputs(model, batch=1, shapes=shapes_at_batch(model, input_shapes, 1))

@@ -13,6 +13,7 @@ from onnx_slim.errors import UsageError
 
 # The size a symbolic dim other than the batch takes when nothing says better (--input-shape, data).
 DEFAULT_SYMBOLIC_SIZE = 64
+InputShapes = Mapping[str, Sequence[int]]  # input name -> concrete dims, as --input-shape gives them
 
 
 @dataclass(frozen=True)
@@ -168,13 +169,20 @@ def shapes_from_samples(
 
 def shapes_at_batch(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None,
                     batch: int) -> dict[str, tuple[int, ...]] | None:
-    """`shapes` (NAME -> dims, as --input-shape gives them) with each symbolic batch axis set to `batch`:
-    the user's sequence length or image size, at the batch a check or a timing runs."""
+    """`shapes` (NAME -> dims, as --input-shape gives them) at another batch: every axis named by a
+    symbol that is the first axis of an input of rank 2 or more (the batch) takes `batch`; the user's
+    sequence length or image size stays."""
     if not shapes:
         return None
     specs = {spec.name: spec for spec in graph_inputs(model)}
-    return {name: ((batch,) if name in specs and specs[name].dims and not isinstance(specs[name].dims[0], int)
-                   else tuple(dims[:1])) + tuple(dims[1:]) for name, dims in shapes.items()}
+    batch_symbols = {spec.dims[0] for spec in specs.values()
+                     if len(spec.dims) >= 2 and isinstance(spec.dims[0], str) and spec.dims[0]}
+    sized = {}
+    for name, dims in shapes.items():
+        symbols = specs[name].dims if name in specs else ()
+        sized[name] = tuple(batch if axis < len(symbols) and symbols[axis] in batch_symbols else int(size)
+                            for axis, size in enumerate(dims))
+    return sized
 
 
 def random_inputs(

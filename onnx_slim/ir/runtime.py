@@ -127,14 +127,17 @@ def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) 
     try:
         values = session.run(names, dict(feeds))
     except Exception as exc:
-        raise OnnxSlimError(f"onnxruntime failed to run the model: {first_line(exc)}{_guessed_sizes_hint(session, feeds)}") \
+        error = first_line(exc)
+        raise OnnxSlimError(f"onnxruntime failed to run the model: {error}{_guessed_sizes_hint(session, feeds, error)}") \
             from None
     return dict(zip(names, values))
 
 
-def _guessed_sizes_hint(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> str:
-    """A hint when a symbolic size other than the batch was fed at the default guess: a raw audio
-    input [batch, samples] of 64 samples shrinks to nothing in a conv front end."""
+def _guessed_sizes_hint(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], error: str) -> str:
+    """A hint when a shape error follows feeds whose symbolic size other than the batch is the default
+    guess: a raw audio input [batch, samples] of 64 samples shrinks to nothing in a conv front end."""
+    if "shape" not in error.lower() and "dimension" not in error.lower():
+        return ""
     guessed = [
         f"{spec.name}={','.join(str(d) for d in np.shape(feeds[spec.name]))}" for spec in session.get_inputs()
         if spec.name in feeds and any(

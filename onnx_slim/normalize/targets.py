@@ -17,7 +17,7 @@ from collections import Counter
 
 import onnx
 
-from onnx_slim.ir.graph import names_read_in_subgraphs
+from onnx_slim.ir.graph import names_read_in_subgraphs, subgraphs
 
 TARGET_PASSTHROUGH = ("Cast",)  # nodes a target may go through between its Concat and the Reshape
 
@@ -30,7 +30,8 @@ def unshare_reshape_targets(graph: onnx.GraphProto) -> int:
     producers = {name: node for node in graph.node for name in node.output}
     readers = Counter(name for node in graph.node for name in node.input if name)
     pinned = {output.name for output in graph.output} | names_read_in_subgraphs(graph)
-    taken = set(producers) | {name for node in graph.node for name in node.input} | {n.name for n in graph.node}
+    taken = (set(producers) | {name for node in graph.node for name in node.input} | {n.name for n in graph.node}
+             | {value.name for value in [*graph.input, *graph.output, *graph.initializer]} | _subgraph_names(graph))
     nodes, copies = [], 0
     for node in graph.node:
         chain = _target_chain(node, producers)
@@ -70,7 +71,8 @@ def _target_chain(node: onnx.NodeProto, producers: dict) -> list[onnx.NodeProto]
 
 
 def _drop_unread(graph: onnx.GraphProto, nodes: list, pinned: set) -> None:
-    """Set the graph's nodes, without originals that every reader now reads a copy of."""
+    """Set the graph's nodes, without the Concat and Cast nodes nothing reads any more (the originals
+    whose readers all read copies now, and any such node the exporter left unread)."""
     while True:
         read = {name for node in nodes for name in node.input} | pinned
         kept = [node for node in nodes if node.op_type not in ("Concat",) + TARGET_PASSTHROUGH
@@ -80,6 +82,15 @@ def _drop_unread(graph: onnx.GraphProto, nodes: list, pinned: set) -> None:
         nodes = kept
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
+    """Every node, tensor and value name inside the bodies of If/Loop/Scan nodes."""
+    names = set()
+    for body in (body for node in graph.node for body in subgraphs(node)):
+        names |= {node.name for node in body.node} | {name for node in body.node for name in [*node.input, *node.output]}
+        names |= {value.name for value in [*body.input, *body.output, *body.initializer]} | _subgraph_names(body)
+    return names
 
 
 def _fresh(base: str, taken: set) -> str:

@@ -128,11 +128,12 @@ def test_a_shared_computed_target_is_copied_for_each_reshape(through_identity, s
                                run(zeroed, feeds)[zeroed.graph.output[0].name], rtol=1e-5, atol=1e-6)
 
 
-def _computed_pad_model(channel_pads_computed: bool = False) -> onnx.ModelProto:
+def _computed_pad_model(channel_pads_computed: bool = False, axes_fed: bool = False) -> onnx.ModelProto:
     """Conv -> Relu -> Pad -> stride-2 Conv, the pads computed as PyTorch exports `F.pad` of sizes
     read through Shape (timm's TF "same" padding): a pad list [w_l, w_r, h_t, h_b] from the input's
     width, zeros for the channel and batch axes, reshaped to pairs, reversed, transposed and flattened
-    into ONNX's order. `channel_pads_computed`: the channel pair is computed too."""
+    into ONNX's order. `channel_pads_computed`: the channel pair is computed too; `axes_fed`: the
+    reversing Slice's axes are a graph input (0 when fed, but nothing says so before run time)."""
     g = Graph()
     x = g.input("x", ["batch", 3, "height", "width"])
     h = g.relu(g.conv(x, 8, name="conv1"), name="relu1")
@@ -142,8 +143,10 @@ def _computed_pad_model(channel_pads_computed: bool = False) -> onnx.ModelProto:
     zeros = g.node("ConstantOfShape", [g.ints("zero_count", [2 if channel_pads_computed else 4])],
                    value=numpy_helper.from_array(np.array([0], np.int64)))
     pairs = g.node("Reshape", [g.concat([listed, zeros], axis=0), g.ints("pairs", [-1, 2])])
-    reversed_pairs = g.node("Slice", [pairs, g.ints("rs", [-1]), g.ints("re", [-(2 ** 63) + 1]), g.ints("ra", [0]),
-                                      g.ints("rstep", [-1])])
+    if axes_fed:
+        g.inputs.append(onnx.helper.make_tensor_value_info("slice_axes", onnx.TensorProto.INT64, [1]))
+    reversed_pairs = g.node("Slice", [pairs, g.ints("rs", [-1]), g.ints("re", [-(2 ** 63) + 1]),
+                                      "slice_axes" if axes_fed else g.ints("ra", [0]), g.ints("rstep", [-1])])
     pads = g.node("Reshape", [g.node("Transpose", [reversed_pairs], perm=[1, 0]), g.ints("flat", [-1])])
     padded = g.node("Pad", [h, pads], "pad")
     y = g.node("Conv", [padded, g.weight("conv2_w", (4, 8, 3, 3)), g.weight("conv2_b", (4,))], "conv2",
@@ -170,3 +173,39 @@ def test_pads_of_the_channel_axis_computed_at_run_time_freeze():
     group = group_with(analyze(_computed_pad_model(channel_pads_computed=True), input_shapes={"x": [1, 3, 9, 9]}),
                        "conv1")
     assert any("pads of the channel axis are computed at run time" in r.reason for r in group.frozen), group.frozen
+
+
+def test_reshape_as_a_tensor_of_the_same_channels_follows_them():
+    """timm's LeViT normalizes a Linear's output with BatchNorm1d on [B*N, C], then `reshape_as` the
+    Linear's output: the target is Shape of that tensor, whose channel count shrinks with it."""
+    g = Graph()
+    x = g.input("x", ["batch", 4, 8])
+    h = g.matmul(x, 16, name="fc1")
+    flat = g.node("Reshape", [h, g.ints("flat", [-1, 16])], "flatten")
+    normed = g.node("BatchNormalization", [flat, g.const("bn_scale", np.linspace(0.5, 2, 16).astype(np.float32)),
+                                          g.weight("bn_bias", (16,)), g.weight("bn_mean", (16,)),
+                                          g.const("bn_var", np.linspace(1, 3, 16).astype(np.float32))], "bn")
+    back = g.node("Reshape", [normed, g.node("Shape", [h])], "reshape_as")
+    y = g.node("MatMul", [g.relu(back), g.weight("fc2_w", (16, 4))], "fc2")
+    model = _build(g, y, ["batch", 4, 4])
+    group = group_with(analyze(model), "fc1")
+    assert group.prunable, group.frozen
+    pruned = assert_lossless(model, 0.5)
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 4, 8)).astype(np.float32)}
+    assert run(pruned, feeds)["fc2"].shape == (3, 4, 4)
+
+
+def test_pads_reshuffled_by_a_slice_with_run_time_axes_freeze():
+    """Which axis the Slice reverses decides where the zeros land: unknown axes are not "every axis"."""
+    model = _computed_pad_model(axes_fed=True)
+    group = group_with(analyze(model, input_shapes={"x": [1, 3, 9, 9], "slice_axes": [1]}), "conv1")
+    assert not group.prunable
+    assert any(r.op_type == "Pad" and "computed at run time" in r.reason for r in group.frozen), group.frozen
+
+
+def test_a_target_copy_never_takes_a_name_the_graph_already_uses():
+    model = _shared_target_model(through_identity=False)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("target__for_reshape_a", onnx.TensorProto.FLOAT, [1]))
+    analysis = analyze(model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    assert analysis.normalize_info.targets_unshared == 1

@@ -19,7 +19,8 @@ from test_cli import run_cli
 
 from onnx_slim.data.calibration import load_calibration
 from onnx_slim.deploy.quantize import RANDOM, quantize_model
-from onnx_slim.errors import OnnxSlimError
+from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.ir.inputs import shapes_at_batch
 from onnx_slim.ir.runtime import create_session, run_session
 
 SAMPLES = 4000
@@ -124,3 +125,55 @@ def test_run_leaves_a_float16_model_unquantized(capsys, tmp_path):
     written = onnx.load(str(out / "model.onnx"))
     assert written.graph.initializer[0].data_type == TensorProto.FLOAT16
     shutil.rmtree(out)
+
+
+def test_shapes_at_batch_moves_only_the_batch_symbol():
+    """A position input [seq] beside token ids [batch, seq]: its first axis is the sequence, not a batch."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["ids", "pos"], ["y"])], "two_inputs",
+        [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "seq"]),
+         helper.make_tensor_value_info("pos", TensorProto.FLOAT, ["seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert shapes_at_batch(model, {"ids": [1, 10], "pos": [10]}, 8) == {"ids": (8, 10), "pos": (10,)}
+
+
+def test_given_sizes_are_checked_against_the_model(audio_path, tmp_path):
+    with pytest.raises(UsageError, match="has no such input"):
+        quantize_model(audio_path, tmp_path / "q.onnx", mode="dynamic", input_shapes={"X": [1, SAMPLES]})
+    with pytest.raises(UsageError, match="contradicts"):
+        load_calibration("random", audio_path, input_shapes={"x": [1, SAMPLES, 2]})
+
+
+def test_synthetic_images_keep_their_pixels_beside_a_random_mask(tmp_path):
+    """An image [N, 3, H, W] and a mask [N, H, W] sharing H and W: the mask is random at the images' size."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["pixels", "channel_axis"], ["gray"], keepdims=0),
+         helper.make_node("Mul", ["gray", "mask"], ["y"])], "image_and_mask",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "H", "W"])],
+        [numpy_helper.from_array(np.array([1], np.int64), "channel_axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    data = load_calibration("synthetic", model, samples=3, input_shapes={"pixels": [1, 3, 32, 32]}).arrays
+    assert data["pixels"].shape == (3, 3, 32, 32) and data["mask"].shape == (3, 32, 32)
+    pixels = data["pixels"]  # dead leaves: flat patches, so neighbours are often equal (never in noise)
+    assert np.mean(pixels[..., 1:] == pixels[..., :-1]) > 0.3
+    run_session(create_session(model), {name: array[:1] for name, array in data.items()})
+
+
+@pytest.mark.parametrize("where", ["constant node", "first input"])
+def test_float16_weights_are_found_in_constant_nodes_and_on_any_input(tmp_path, where):
+    weight = numpy_helper.from_array(np.full((8, 4), 0.1, np.float16), "w")
+    nodes = [helper.make_node("MatMul", ["w", "x"] if where == "first input" else ["x", "w"], ["y"], name="fc")]
+    initializers = [weight]
+    if where == "constant node":
+        nodes.insert(0, helper.make_node("Constant", [], ["w"], name="w_const", value=weight))
+        initializers = []
+    x_shape, y_shape = ([4, "batch"], [8, "batch"]) if where == "first input" else (["batch", 8], ["batch", 4])
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, y_shape)], initializers)
+    path = tmp_path / "half.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(OnnxSlimError, match="computes in float16"):
+        quantize_model(path, tmp_path / "q.onnx", mode="dynamic")

@@ -36,8 +36,11 @@ def pad(ctx, node):
     pads = known_entries(ctx, input_at(node, 1)) if ctx.opset >= 11 else np.array(attr(node, "pads", []))
     axes_input = input_at(node, 3)
     axes = ctx.const(axes_input) if axes_input else np.arange(rank or 0)
-    if pads is None or axes is None or rank is None or len(pads.reshape(-1)) != 2 * len(axes):
+    if pads is None or axes is None or rank is None:
         ctx.freeze(tracked.layout, node, "pads are computed at run time")
+        return
+    if pads.size != 2 * len(axes):
+        ctx.freeze(tracked.layout, node, f"{pads.size} pads for {len(axes)} axes")
         return
     axes, pads = [int(a) % rank for a in axes], pads.reshape(-1)
     if tracked.axis in axes:
