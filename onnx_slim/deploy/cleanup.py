@@ -118,8 +118,7 @@ def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPr
 def _tie_transposed_copies(graph: onnx.GraphProto) -> None:
     """Point each Transpose of a weight at an identical weight that another node reads: normalization
     gives every reader its own copy, and folding the Transpose of one copy would store the table twice."""
-    transposed = {node.input[0] for node in graph.node if node.op_type == "Transpose" and node.input}
-    if not transposed:
+    if not any(node.op_type == "Transpose" for node in graph.node):
         return
     keys = {init.name: initializer_key(init) for init in graph.initializer
             if init.data_location != onnx.TensorProto.EXTERNAL}

@@ -167,8 +167,7 @@ def shapes_from_samples(
     return {**shapes, **derived}
 
 
-def shapes_at_batch(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None,
-                    batch: int) -> dict[str, tuple[int, ...]] | None:
+def shapes_at_batch(model: onnx.ModelProto, shapes: InputShapes | None, batch: int) -> dict[str, tuple[int, ...]] | None:
     """`shapes` (NAME -> dims, as --input-shape gives them) at another batch: every axis named by a
     symbol that is the first axis of an input of rank 2 or more (the batch) takes `batch`; the user's
     sequence length or image size stays."""

@@ -180,8 +180,8 @@ def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
 
 
 def _quantize(settings, pruned_path: Path, final_path: Path, calibration, session: SessionSpec, say):
-    halves = float16_layers(onnx.load(str(pruned_path), load_external_data=False))
-    if settings.quantize == "none" or (settings.quantize == "auto" and halves):
+    halves = float16_layers(onnx.load(str(pruned_path), load_external_data=False)) if settings.quantize == "auto" else []
+    if settings.quantize == "none" or halves:
         if settings.quantize == "auto":
             say(f"not quantizing: the model computes in float16 ({len(halves)} layers), int8 starts from float32")
         shutil.copyfile(pruned_path, final_path)

@@ -301,16 +301,16 @@ def _target_entries(ctx, name):
     value = ctx.const(name)
     if value is not None:
         return [(int(v), name) for v in value.reshape(-1)]
-    concat = ctx.producer(_target_chain(ctx, name)[-1])
+    producer = ctx.producer(_target_chain(ctx, name)[-1])
     shape = ctx.static_shape(name)
-    if concat is not None and concat.op_type == "Shape" and shape is not None and len(shape) == 1:
+    if producer is not None and producer.op_type == "Shape" and shape is not None and len(shape) == 1:
         # `y.reshape_as(x)` (timm's LeViT: BatchNorm1d on a flattened Linear output): every entry is
         # read at run time; the channel count follows when it is x's own (the rule's size carrier).
         return [(None, None)] * shape[0]
-    if concat is None or concat.op_type != "Concat":
+    if producer is None or producer.op_type != "Concat":
         return None
     entries = []
-    for part in concat.input:
+    for part in producer.input:
         value = ctx.const(part)
         shape = ctx.static_shape(part)
         if value is not None:
