@@ -123,3 +123,13 @@ def add_graph_outputs(model: onnx.ModelProto, names, element_types) -> None:
             model.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
         else:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
+
+
+def fresh_name(base: str, taken: set) -> str:
+    """`base`, or `base_1`, `base_2`... the first not in `taken`; recorded there as taken."""
+    name, suffix = base, 0
+    while name in taken:
+        suffix += 1
+        name = f"{base}_{suffix}"
+    taken.add(name)
+    return name

@@ -22,8 +22,8 @@ import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from onnx_slim.errors import InvalidModelError, first_line
-from onnx_slim.ir.graph import (drop_unused_initializers, keep_nodes, names_read_in_subgraphs, opset_version,
-                                sort_topologically)
+from onnx_slim.ir.graph import (drop_unused_initializers, fresh_name, keep_nodes, names_read_in_subgraphs,
+                                opset_version, sort_topologically)
 from onnx_slim.ir.model import check_not_quantized
 from onnx_slim.normalize.fold import fold_shape_computations
 from onnx_slim.normalize.targets import unshare_reshape_targets
@@ -191,7 +191,7 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
             seen[name] += 1
             if seen[name] == 1 and name not in pinned:
                 continue
-            copy_name = _fresh_name(f"{name}__{node.name}", taken)
+            copy_name = fresh_name(f"{name}__{node.name}", taken)
             copy = onnx.TensorProto()
             copy.CopyFrom(initializers[name])
             copy.name = copy_name
@@ -199,15 +199,6 @@ def _unshare_initializers(graph: onnx.GraphProto) -> int:
             node.input[index] = copy_name
             copies += 1
     return copies
-
-
-def _fresh_name(base: str, taken: set) -> str:
-    name, suffix = base, 0
-    while name in taken:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    taken.add(name)
-    return name
 
 
 def _fold_bias_adds(graph: onnx.GraphProto) -> int:
@@ -231,7 +222,7 @@ def _fold_bias_adds(graph: onnx.GraphProto) -> int:
             bias = _per_channel_bias(source, initializers, numpy_helper.to_array(initializers[constant]))
             if bias is None:
                 continue
-            name = source.input[2] if len(source.input) > 2 and source.input[2] else _fresh_name(
+            name = source.input[2] if len(source.input) > 2 and source.input[2] else fresh_name(
                 f"{source.name}_bias", taken)
             dtype = numpy_helper.to_array(initializers[source.input[1]]).dtype
             value = numpy_helper.from_array(bias.astype(dtype), name)

@@ -17,7 +17,7 @@ from collections import Counter
 
 import onnx
 
-from onnx_slim.ir.graph import names_read_in_subgraphs, subgraphs
+from onnx_slim.ir.graph import fresh_name, names_read_in_subgraphs, subgraphs
 
 TARGET_PASSTHROUGH = ("Cast",)  # nodes a target may go through between its Concat and the Reshape
 
@@ -40,8 +40,8 @@ def unshare_reshape_targets(graph: onnx.GraphProto) -> int:
             for original in reversed(chain):  # the Concat first
                 copy = onnx.NodeProto()
                 copy.CopyFrom(original)
-                copy.name = _fresh(f"{original.name}__for_{node.name}", taken)
-                copy.output[0] = _fresh(f"{original.output[0]}__for_{node.name}", taken)
+                copy.name = fresh_name(f"{original.name}__for_{node.name}", taken)
+                copy.output[0] = fresh_name(f"{original.output[0]}__for_{node.name}", taken)
                 copy.input[:] = [renamed.get(name, name) for name in original.input]
                 renamed[original.output[0]] = copy.output[0]
                 for name in copy.input:
@@ -91,12 +91,3 @@ def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
         names |= {node.name for node in body.node} | {name for node in body.node for name in [*node.input, *node.output]}
         names |= {value.name for value in [*body.input, *body.output, *body.initializer]} | _subgraph_names(body)
     return names
-
-
-def _fresh(base: str, taken: set) -> str:
-    name, suffix = base, 0
-    while name in taken:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    taken.add(name)
-    return name
