@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
+from onnx_slim.ir.graph import subgraphs
 from onnx_slim.ir.inputs import check_input_shapes, concrete_dims, graph_inputs
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.ops.specs import macs_parts
@@ -87,8 +88,6 @@ def constant_tensors(graph: onnx.GraphProto) -> set[str]:
     constant = {init.name for init in graph.initializer}
     for node in graph.node:
         inputs = [name for name in node.input if name]
-        has_body = any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                       for attribute in node.attribute)
-        if node.op_type == "Constant" or (inputs and not has_body and all(name in constant for name in inputs)):
+        if node.op_type == "Constant" or (inputs and not subgraphs(node) and all(name in constant for name in inputs)):
             constant.update(name for name in node.output if name)
     return constant

@@ -69,6 +69,10 @@ def run_pipeline(
     samples = data.sample_shapes() if data is not None else None
     if samples:
         settings = replace(settings, input_shapes=shapes_from_samples(model, samples, settings.input_shapes or None))
+    halves = float16_layers(model) if settings.quantize == "auto" else []  # pruning keeps the weights' types
+    if halves:
+        say(f"not quantizing: the model computes in float16 ({len(halves)} layers), int8 starts from float32")
+        settings = replace(settings, quantize="none")
     # Searches and the rounding choice time candidates on what the benchmark will run.
     timing_inputs = (next(iter(held_out.batches(1))) if held_out is not None
                      else random_inputs(model, batch=1, shapes=settings.input_shapes or None, seed=settings.seed))
@@ -180,10 +184,7 @@ def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
 
 
 def _quantize(settings, pruned_path: Path, final_path: Path, calibration, session: SessionSpec, say):
-    halves = float16_layers(onnx.load(str(pruned_path), load_external_data=False)) if settings.quantize == "auto" else []
-    if settings.quantize == "none" or halves:
-        if settings.quantize == "auto":
-            say(f"not quantizing: the model computes in float16 ({len(halves)} layers), int8 starts from float32")
+    if settings.quantize == "none":
         shutil.copyfile(pruned_path, final_path)
         return None
     say(f"quantizing ({settings.quantize})")
