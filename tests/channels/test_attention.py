@@ -314,3 +314,83 @@ def test_a_side_input_computed_from_pruned_channels_still_freezes():
     assert not group.prunable
     assert any("Atan" in str(reason) for reason in group.frozen), [str(r) for r in group.frozen]
     assert any("with_odd" in str(reason) and "not tracked" in str(reason) for reason in group.frozen)
+
+
+KV_HEADS, REPEATS = 2, 2  # grouped-query attention: each k/v head serves REPEATS query heads
+
+
+def _repeat_kv(g: Graph, h: str, name: str, style: str) -> str:
+    """transformers' repeat_kv on [B, KV, S, D]: h[:, :, None].expand(B, KV, REPEATS, S, D)
+    .reshape(B, KV * REPEATS, S, D). TorchScript reads KV from h's shape (a scalar Gather),
+    normalizes the expand sizes with Where(Equal(sizes, -1), 1, sizes) and multiplies the count
+    by REPEATS for the reshape; dynamo writes both counts as constants."""
+    unsqueezed = g.node("Unsqueeze", [h, g.ints(f"{name}_new_axis", [2])], f"{name}_unsqueeze")
+    batch, sequence = _dim(g, h, 0), _dim(g, h, 2)
+    if style == "torchscript":
+        count = g.node("Gather", [g.node("Shape", [h], f"{name}_shape_of"), g.ints(f"{name}_kv_index", 1)],
+                       f"{name}_kv_count", axis=0)
+        kv = g.node("Unsqueeze", [count, g.ints(f"{name}_kv_axes", [0])])
+        sizes = g.node("Reshape", [g.concat([batch, kv, g.ints(f"{name}_rep", [REPEATS]), sequence,
+                                             g.ints(f"{name}_d", [HEAD_DIM])], axis=0), g.ints(f"{name}_flat", [-1])])
+        unset = g.node("Equal", [sizes, g.ints(f"{name}_minus_ones", [-1] * 5)])
+        shape = g.node("Where", [unset, g.ints(f"{name}_ones", [1] * 5), sizes], f"{name}_expand_shape")
+        repeated = g.node("Mul", [count, g.ints(f"{name}_times", REPEATS)], f"{name}_rep_count")
+        heads = g.node("Unsqueeze", [repeated, g.ints(f"{name}_heads_axes", [0])])
+    else:
+        shape = g.concat([batch, g.ints(f"{name}_kv", [KV_HEADS]), g.ints(f"{name}_rep", [REPEATS]), sequence,
+                          g.ints(f"{name}_d", [HEAD_DIM])], axis=0, name=f"{name}_expand_shape")
+        heads = g.ints(f"{name}_all_heads", [KV_HEADS * REPEATS])
+    expanded = g.node("Expand", [unsqueezed, shape], f"{name}_expand")
+    target = g.concat([batch, heads, sequence, g.ints(f"{name}_target_d", [HEAD_DIM])], axis=0,
+                      name=f"{name}_merge_shape")
+    return g.node("Reshape", [expanded, target], f"{name}_repeated")
+
+
+def gqa_attention(style: str) -> onnx.ModelProto:
+    """LLaMA-style grouped-query attention: HEADS query heads, KV_HEADS key/value heads repeated."""
+    g = Graph(seed=8)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    q = _linear(g, x, HEADS * HEAD_DIM, "q")
+    heads = [g.node("Transpose", [g.node("Reshape", [q, _target(g, x, "q_shape", [HEADS, HEAD_DIM])], "q_heads")],
+                    "q_t", perm=[0, 2, 1, 3])]
+    for part in "kv":
+        projected = _linear(g, x, KV_HEADS * HEAD_DIM, part)
+        # view(*input_shape, -1, head_dim): the head count is left to the Reshape, so static inference
+        # loses it, and TorchScript's repeat_kv reads it back through Shape at run time
+        split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [-1, HEAD_DIM])], f"{part}_heads")
+        heads.append(_repeat_kv(g, g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]), part, style))
+    out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
+    return _model(g, g.add(out, x, name="residual"))
+
+
+@pytest.mark.parametrize("style", ["torchscript", "dynamo"])
+def test_grouped_query_attention_loses_a_kv_head_with_the_query_heads_it_serves(style):
+    analysis = analyze(gqa_attention(style))
+    group = group_with(analysis.channels, "k")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert group.channels == KV_HEADS
+    assert {m.use.node for m in group.producers} == {"q", "k", "v"}
+    pruned, masked, plan = _prune_heads(gqa_attention(style), "k", [1])
+    assert weight_dims(pruned, "k") == weight_dims(pruned, "v") == (WIDTH, HEAD_DIM)
+    assert weight_dims(pruned, "q") == (WIDTH, REPEATS * HEAD_DIM)  # query heads 2 and 3 went with kv head 1
+    assert weight_dims(pruned, "out") == (REPEATS * HEAD_DIM, WIDTH)
+    if style == "torchscript":  # the repeated count is still read at run time, now from the pruned k
+        assert any(node.name == "k_rep_count" for node in pruned.graph.node)
+    else:
+        assert _constant_of(pruned, "k_merge_shape") == [[REPEATS], [HEAD_DIM]]
+    _assert_equals_masked(pruned, masked, plan)
+
+
+def test_an_expand_reading_the_count_into_another_axis_freezes():
+    """A count read from k's shape sizes a new axis of an Expand: pruning would resize that axis."""
+    g = Graph(seed=9)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    k = g.node("Reshape", [_linear(g, x, WIDTH, "k"), _target(g, x, "k_view", [-1])], "k_viewed")  # width unknown statically
+    count = g.node("Gather", [g.node("Shape", [k], "k_shape_of"), g.ints("k_count_index", 2)], "k_count", axis=0)
+    shape = g.concat([_dim(g, x, 0), g.node("Unsqueeze", [count, g.ints("count_axes", [0])]), _dim(g, x, 1),
+                      g.ints("width", [WIDTH])], axis=0, name="tile_shape")
+    tiled = g.node("Expand", [g.node("Unsqueeze", [k, g.ints("k_new_axis", [1])], "k_unsqueeze"), shape], "tile")
+    summed = g.node("ReduceMean", [tiled], "collapse", axes=[1], keepdims=0)
+    model = _model(g, g.add(_linear(g, summed, WIDTH, "out"), x, name="residual"))
+    group = group_with(analyze(model).channels, "k")
+    assert any(reason.node == "tile" and "another axis" in reason.reason for reason in group.frozen), group.frozen

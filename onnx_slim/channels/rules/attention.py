@@ -7,7 +7,9 @@ def matmul_of_activations(ctx, node) -> None:
     """[..., M, K] @ [..., K, N]: the leading (batch) axes broadcast as in an element-wise op,
     so channels there (the heads of q, k and v) are tied across both inputs; A's rows and B's
     columns pass through to the output. Channels on the contracted axis are summed over:
-    removing one would change every output, so they freeze."""
+    removing one would change every output, so they freeze. Grouped-query attention meets q's
+    heads with k's repeated ones (each k/v head covering n_rep query heads): q's heads are then
+    coarsened so that each k/v head goes with the query heads it serves."""
     names = node.input[:2]
     tracked = {name: ctx.get(name) for name in names if ctx.get(name) is not None}
     if not tracked:
@@ -39,7 +41,7 @@ def matmul_of_activations(ctx, node) -> None:
             ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
             return
     layouts = [t.layout for t in tracked.values()]
-    if not all(ctx.atoms.unify(layouts[0], other) for other in layouts[1:]):
+    if not all(ctx.atoms.unify(layouts[0], other, coarsen=True) for other in layouts[1:]):
         ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
         return
     ctx.track(node.output[0], out_axis, layouts[0])

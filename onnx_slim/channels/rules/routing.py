@@ -275,6 +275,9 @@ def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
         ctx.freeze(tracked.layout, node, "shape computed at run time, of unknown length")
         return
     index = out_axis - (ctx.rank(node.output[0]) - shape_size)
+    carrier = ctx.size_carriers.get(node.input[1])
+    if carrier is not None and carrier[1] != index:
+        ctx.freeze(carrier[0], node, "reads the channel count through Shape into another axis")
     if index >= 0:
         ctx.fix(node, [tracked.layout], _broadcast_shape_entry(node.name, index, shape_size))
     ctx.track(node.output[0], out_axis, tracked.layout)
