@@ -394,3 +394,33 @@ def test_an_expand_reading_the_count_into_another_axis_freezes():
     model = _model(g, g.add(_linear(g, summed, WIDTH, "out"), x, name="residual"))
     group = group_with(analyze(model).channels, "k")
     assert any(reason.node == "tile" and "another axis" in reason.reason for reason in group.frozen), group.frozen
+
+
+def test_keys_viewed_with_a_fixed_batch_merged_in_prune_with_their_heads():
+    """The dynamo exporter's kᵀ for a fixed batch B > 1 (MobileViT's patches): [B, H, S, D] viewed
+    as [B*H, S, D], transposed, viewed back as [B, H, D, S], both targets constant."""
+    batch, sequence = 2, 6
+    g = Graph(seed=10)
+    x = g.input("x", [batch, sequence, WIDTH])
+    q, k, v = (g.node("Transpose", [g.reshape(_linear(g, x, HEADS * HEAD_DIM, part), [batch, sequence, HEADS, HEAD_DIM],
+                                              name=f"{part}_heads")], f"{part}_t", perm=[0, 2, 1, 3]) for part in "qkv")
+    flat = g.reshape(k, [-1, sequence, HEAD_DIM], name="k_flat")  # [B*H, S, D]: heads tiled B times
+    kt = g.reshape(g.node("Transpose", [flat], "k_flat_t", perm=[0, 2, 1]), [batch, HEADS, HEAD_DIM, sequence],
+                   name="k_back")
+    probabilities = g.node("Softmax", [g.node("MatMul", [q, kt], "scores")], "softmax", axis=-1)
+    merged = g.node("Transpose", [g.node("MatMul", [probabilities, v], "context")], "merge_t", perm=[0, 2, 1, 3])
+    out = _linear(g, g.reshape(merged, [batch, sequence, WIDTH], name="merge"), WIDTH, "out")
+    model = g.build(g.add(out, x, name="residual"))
+    analysis = analyze(model)
+    group = group_with(analysis.channels, "k")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert (group.channels, group.unit) == (HEADS, HEAD_DIM)
+    plan = {group.root: [0, 3]}
+    masked = MaskedModel(analysis, [group])
+    apply_plan(analysis.model, analysis.channels, plan)
+    refresh_shapes(analysis.model)
+    onnx.checker.check_model(analysis.model, full_check=True)
+    assert _constant_of(analysis.model, "k_back") == [[batch, 2, HEAD_DIM, sequence]]
+    feeds = _feeds(batch, sequence)
+    np.testing.assert_allclose(run(analysis.model, feeds)["residual"], masked.run(feeds, plan)["residual"],
+                               rtol=1e-5, atol=1e-5)

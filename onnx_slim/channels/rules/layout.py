@@ -161,12 +161,15 @@ def reshape(ctx, node):
         return
     mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
     tiled = tiled_channel_axis(in_shape, out_shape, tracked.axis) if mapped is None else None
+    untiled = untiled_channel_axis(tracked.layout, in_shape, out_shape, tracked.axis) if mapped is tiled is None else None
     if mapped is not None:
         out_axis, repeat = mapped
         layout = repeat_layout(tracked.layout, repeat)
     elif tiled is not None:
         out_axis, tiles, repeat = tiled
         layout = repeat_layout(tracked.layout, repeat) * tiles
+    elif untiled is not None:
+        out_axis, layout = untiled
     else:
         heads = split_heads(ctx, node, tracked, in_shape, out_shape)
         if heads is None:
@@ -353,6 +356,21 @@ def tiled_channel_axis(in_shape, out_shape, axis) -> tuple[int, int, int] | None
             start, stop = max(starts), min(stops)  # leading and trailing size-1 axes stay out
             tiles = math.prod(in_shape[start:axis])
             return (out_axis, tiles, math.prod(in_shape[axis + 1:stop + 1])) if tiles > 1 else None
+    return None
+
+
+def untiled_channel_axis(layout, in_shape, out_shape, axis) -> tuple[int, tuple] | None:
+    """(output axis, layout) when the reshape splits a tiled channel axis back into [tiles, C]: the
+    dynamo exporter's kᵀ in attention over a fixed batch B > 1 (MobileViT's patches) views k
+    [B, H, N, D] as [B*H, N, D], transposes it and views it back as [B, H, D, N]. None unless the
+    channel axis holds `tiles` copies of one layout and the reshape cuts it exactly there."""
+    for tiles in range(2, len(layout) + 1):
+        base = layout[:len(layout) // tiles]
+        if len(layout) % tiles or base * tiles != tuple(layout):
+            continue
+        split = list(in_shape[:axis]) + [tiles, in_shape[axis] // tiles] + list(in_shape[axis + 1:])
+        if in_shape[axis] % tiles == 0 and list(out_shape) == split:
+            return axis + 1, base
     return None
 
 
