@@ -54,6 +54,8 @@ def follow_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
             continue
         if node.op_type == "Mul" and _carry_multiple(ctx, node, name, carrier):
             continue
+        if node.op_type == "Div" and _divide_out(ctx, node, name, carrier):
+            continue
         if node.op_type == "Shape" or node.op_type == "Equal" and _never_equal(ctx, node, name, index):
             continue  # a shape tensor's own shape, or a comparison no count can satisfy
         if node.op_type == "Where" and _carry_unless_equal(ctx, node, name, index):
@@ -62,7 +64,7 @@ def follow_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
             continue  # the Reshape rule checks where the count lands
         if node.op_type == "Resize" and len(node.input) > 3 and name == node.input[3]:
             continue  # so does the Resize rule (sizes read from its own input's shape)
-        if node.op_type == "Expand" and name == node.input[1] and ctx.get(node.input[0]) is not None:
+        if node.op_type == "Expand" and name == node.input[1]:
             continue  # and the Expand rule (repeat_kv's expand(b, kv_heads, n_rep, t, d))
         ctx.freeze(layout, node, "reads the channel count through Shape")
 
@@ -97,6 +99,27 @@ def _carry_multiple(ctx: AnalysisContext, node: onnx.NodeProto, name: str, carri
         return False
     ctx.size_carriers[node.output[0]] = (repeat_layout(layout, int(value)), index)
     return True
+
+
+def _divide_out(ctx: AnalysisContext, node: onnx.NodeProto, name: str, carrier) -> bool:
+    """The count alone divided by a constant equal to it: DeBERTa reads the batch back as
+    Shape(q)[0] // heads from q viewed as [B*H, S, D]. The constant is rewritten to the kept
+    count, so the quotient stays the batch and no longer depends on the channels."""
+    layout, _ = carrier
+    divisor, shape = ctx.const(node.input[1]), ctx.static_shape(name)
+    if (name != node.input[0] or divisor is None or divisor.size != 1 or shape is None or math.prod(shape) != 1
+            or int(divisor.reshape(-1)[0]) != ctx.length(layout) or ctx.readers(node.input[1]) != 1):
+        return False
+    ctx.fix(node, [layout], _set_count(node.input[1], layout))
+    ctx.counts_divided_out.add(node.output[0])
+    return True
+
+
+def _set_count(tensor_name: str, layout):
+    def apply(editor, kept_length):
+        values = editor.value(tensor_name)
+        editor.set_value(tensor_name, np.full_like(values, kept_length(layout)))
+    return apply
 
 
 def _never_equal(ctx: AnalysisContext, node: onnx.NodeProto, name: str, index: int) -> bool:

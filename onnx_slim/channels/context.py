@@ -96,6 +96,8 @@ class AnalysisContext:
     fixes: list = field(default_factory=list)
     # Shape outputs that hold a channel count: name -> (layout, index of that count)
     size_carriers: dict = field(default_factory=dict)
+    # Outputs of a carrier divided by its own count (DeBERTa's B*H // H): the batch, whatever is kept
+    counts_divided_out: set = field(default_factory=set)
     # Weightless compute nodes whose MACs shrink with a layout's kept channels: name -> layout
     # (attention's MatMuls between activations, by the heads they keep)
     scaled: dict = field(default_factory=dict)
@@ -166,8 +168,9 @@ class AnalysisContext:
 
     def _reads_no_channels(self, node: onnx.NodeProto, part: str) -> bool:
         if part in self.size_carriers:
-            return (node.op_type in ("Gather", "Slice") and part == node.input[0]
-                    and not any(output in self.size_carriers for output in node.output))
+            return node.output[0] in self.counts_divided_out or (
+                node.op_type in ("Gather", "Slice") and part == node.input[0]
+                and not any(output in self.size_carriers for output in node.output))
         return self._computed_without_channels(part)
 
     def get(self, name: str) -> Tracked | None:

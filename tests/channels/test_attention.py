@@ -424,3 +424,86 @@ def test_keys_viewed_with_a_fixed_batch_merged_in_prune_with_their_heads():
     feeds = _feeds(batch, sequence)
     np.testing.assert_allclose(run(analysis.model, feeds)["residual"], masked.run(feeds, plan)["residual"],
                                rtol=1e-5, atol=1e-5)
+
+
+SPAN = 4  # relative positions -SPAN..SPAN-1
+
+
+def _scalar_dim(g: Graph, tensor: str, index: int, name: str) -> str:
+    return g.node("Gather", [g.node("Shape", [tensor], f"{name}_shape"), g.ints(f"{name}_index", index)], name, axis=0)
+
+
+def _batch_heads_view(g: Graph, projected: str, x: str, name: str) -> str:
+    """DeBERTa's transpose_for_scores: [B, S, H*D] -> [B, S, H, D] -> [B, H, S, D] -> [B*H, S, D]."""
+    split = g.node("Reshape", [projected, _target(g, x, f"{name}_split_shape", [HEADS, -1])], f"{name}_split")
+    heads = g.node("Transpose", [split], f"{name}_t", perm=[0, 2, 1, 3])
+    sequence = g.node("Unsqueeze", [_scalar_dim(g, heads, 2, f"{name}_len"), g.ints(f"{name}_len_axes", [0])])
+    target = g.concat([g.ints(f"{name}_rows", [-1]), sequence, g.ints(f"{name}_d", [HEAD_DIM])], axis=0,
+                      name=f"{name}_merge_shape")
+    return g.node("Reshape", [heads, target], f"{name}_bh")
+
+
+def deberta_attention() -> onnx.ModelProto:
+    """DeBERTa-v2's disentangled attention as TorchScript exports it: q, k, v viewed as [B*H, S, D];
+    positional keys projected from a relative-embedding table, tiled by the batch (read back as
+    Shape(q)[0] // H); content-to-position scores picked by GatherElements with relative-position
+    indices expanded to [B*H, S, S] through q's shape."""
+    g = Graph(seed=11)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    q, k, v = (_batch_heads_view(g, _linear(g, x, HEADS * HEAD_DIM, part), x, part) for part in "qkv")
+    table = g.weight("rel_table", (1, 2 * SPAN, WIDTH))
+    pos = g.node("MatMul", [table, g.weight("pos_k_w", (WIDTH, HEADS * HEAD_DIM))], "pos_k")
+    pos = g.node("Transpose", [g.reshape(pos, [1, 2 * SPAN, HEADS, -1], name="pos_k_split")], "pos_k_t", perm=[0, 2, 1, 3])
+    pos = g.reshape(pos, [-1, 2 * SPAN, HEAD_DIM], name="pos_k_bh")
+    rows = _scalar_dim(g, q, 0, "rows_of_q")  # B*H
+    batch = g.node("Div", [rows, g.ints("heads_count", HEADS)], "batch_of_rows")
+    pos = g.node("Tile", [pos, g.concat([g.node("Unsqueeze", [batch, g.ints("batch_axes", [0])]), g.ints("tile_rest", [1, 1])],
+                                         axis=0, name="tile_repeats")], "pos_k_tiled")
+    c2p = g.node("MatMul", [q, g.node("Transpose", [pos], "pos_k_kt", perm=[0, 2, 1])], "c2p")
+    length = _scalar_dim(g, x, 1, "seq")
+    positions = g.node("Range", [g.ints("zero", 0), length, g.ints("one", 1)], "positions")
+    relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints("col_axes", [1])]),
+                              g.node("Unsqueeze", [positions, g.ints("row_axes", [0])])], "relative")
+    index = g.node("Clip", [g.node("Add", [relative, g.ints("span", SPAN)]), g.ints("lo", 0), g.ints("hi", 2 * SPAN - 1)])
+    square = g.node("Unsqueeze", [length, g.ints("square_axes", [0])])
+    expanded = g.node("Expand", [g.node("Unsqueeze", [index, g.ints("index_axes", [0])]),
+                                 g.concat([g.node("Unsqueeze", [rows, g.ints("rows_axes", [0])]), square, square],
+                                          axis=0, name="index_shape")], "index_expand")
+    picked = g.node("GatherElements", [c2p, expanded], "c2p_picked", axis=-1)
+    scores = g.node("MatMul", [q, g.node("Transpose", [k], "kt", perm=[0, 2, 1])], "scores")
+    scores = g.node("Add", [g.node("Mul", [scores, g.const("scale", np.float32(HEAD_DIM ** -0.5))]), picked], "scores_all")
+    probabilities = g.node("Softmax", [scores], "softmax", axis=-1)
+    context = g.node("MatMul", [probabilities, v], "context")  # [B*H, S, D]
+    context = g.node("Reshape", [context, g.concat([g.ints("ctx_rows", [-1]), g.ints("ctx_heads", [HEADS]),
+                                                    square, g.ints("ctx_d", [HEAD_DIM])], axis=0, name="ctx_shape")], "ctx_split")
+    merged = g.node("Transpose", [context], "merge_t", perm=[0, 2, 1, 3])
+    merged = g.node("Reshape", [merged, _target(g, x, "merge_shape", [HEADS * HEAD_DIM])], "merge")
+    return _model(g, g.add(_linear(g, merged, WIDTH, "out"), x, name="residual"))
+
+
+def test_deberta_style_disentangled_attention_prunes_heads_at_any_batch():
+    """Heads merged with the batch, positional keys tiled by B = Shape(q)[0] // H (the divisor
+    becomes the kept head count), relative-position indices expanded through q's shape and
+    picked with GatherElements: all follow the kept heads, at batch 1 and 3."""
+    analysis = analyze(deberta_attention())
+    group = group_with(analysis.channels, "q")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert {m.use.node for m in group.producers} == {"q", "k", "v", "pos_k"}
+    pruned, masked, plan = _prune_heads(deberta_attention(), "q", [1, 2])
+    assert weight_dims(pruned, "pos_k") == (WIDTH, 2 * HEAD_DIM)
+    assert _constant_of(pruned, "batch_of_rows") == [2]
+    _assert_equals_masked(pruned, masked, plan)
+
+
+def test_a_tile_by_the_channel_count_freezes():
+    """Repeats read from k's own width would change with pruning: the Tile keeps k's channels whole."""
+    g = Graph(seed=12)
+    x = g.input("x", ["batch", "sequence", WIDTH])
+    k = g.node("Reshape", [_linear(g, x, WIDTH, "k"), _target(g, x, "k_view", [-1])], "k_viewed")  # width unknown statically
+    count = g.node("Unsqueeze", [_scalar_dim(g, k, 2, "k_width"), g.ints("width_axes", [0])])
+    tiled = g.node("Tile", [k, g.concat([g.ints("keep_batch", [1]), count, g.ints("keep_width", [1])], axis=0,
+                                        name="repeats")], "tile")
+    pooled = g.node("ReduceMean", [tiled], "pool", axes=[1], keepdims=1)
+    model = _model(g, g.add(_linear(g, pooled, WIDTH, "out"), x, name="residual"))
+    group = group_with(analyze(model).channels, "k")
+    assert any(reason.node == "tile" and "channel count" in reason.reason for reason in group.frozen), group.frozen

@@ -1,4 +1,4 @@
-"""Routing ops: Concat, Split, Slice, Gather, Tile/Expand, Shape/Size."""
+"""Routing ops: Concat, Split, Slice, Gather, GatherElements, Tile/Expand, Shape/Size."""
 
 from __future__ import annotations
 
@@ -209,6 +209,24 @@ def gather(ctx, node):
     ctx.track(node.output[0], new_axis, tracked.layout)
 
 
+@rule("GatherElements")
+def gather_elements(ctx, node):
+    """Picks along one axis with an index tensor of the data's rank (DeBERTa's relative-position
+    scores): channels on another axis pass through when data and indices carry the same ones."""
+    data, indices = ctx.get(node.input[0]), ctx.get(node.input[1])
+    rank = ctx.rank(node.input[0])
+    if data is None and indices is None:
+        return
+    axis = None if rank is None else attr(node, "axis", 0) % rank
+    if data is None or indices is None or data.axis != indices.axis or axis == data.axis:
+        ctx.freeze_inputs(node, "gathers elements along the channels, or from tensors that do not both carry them")
+        return
+    if not ctx.atoms.unify(data.layout, indices.layout):
+        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
+        return
+    ctx.track(node.output[0], data.axis, data.layout)
+
+
 def _gather_every_channel(ctx, node, tracked) -> None:
     """Gathering along the channel axis with constant indices 0, 1, ..., C-1 along one axis of
     the indices (the dynamo exporter's `as_strided` of a [C] tensor to [1, C, 1, 1]) moves the
@@ -236,32 +254,65 @@ def _count_kept(indices_name: str, axis: int, layout):
 def tile_expand(ctx, node):
     tracked = ctx.get(node.input[0])
     in_rank, out_rank = ctx.rank(node.input[0]), ctx.rank(node.output[0])
+    carrier = ctx.size_carriers.get(input_at(node, 1)) if node.op_type == "Expand" else None
     if tracked is None:
+        if carrier is not None:
+            _expand_to_channel_count(ctx, node, carrier)
         return
     if in_rank is None or out_rank is None:
         ctx.freeze(tracked.layout, node, "rank unknown")
         return
     out_axis = tracked.axis + out_rank - in_rank
-    if node.op_type == "Expand" and ctx.const(node.input[1]) is None:
+    if node.op_type == "Tile":
+        _tile(ctx, node, tracked)
+        return
+    if ctx.const(node.input[1]) is None:
         _expand_to_computed_shape(ctx, node, tracked, out_axis)
         return
-    values = ctx.const(input_at(node, 1))
-    if values is None:
-        ctx.freeze(tracked.layout, node, "repeats computed at run time")
-        return
-    # Tile's repeats match the input rank; Expand's shape is right-aligned with the output.
-    index = tracked.axis if node.op_type == "Tile" else out_axis - (out_rank - values.size)
+    values = ctx.const(node.input[1])
+    index = out_axis - (out_rank - values.size)  # Expand's shape is right-aligned with the output
     entry = int(values[index]) if 0 <= index < values.size else 1
     channels = ctx.length(tracked.layout)
-    if node.op_type == "Tile" and entry != 1:
-        ctx.freeze(tracked.layout, node, "tiles the channel axis")
-        return
-    if node.op_type == "Expand" and entry not in (1, channels):
+    if entry not in (1, channels):
         ctx.freeze(tracked.layout, node, "expands the channel axis")
         return
-    if node.op_type == "Expand" and entry == channels and channels != 1:
+    if entry == channels and channels != 1:
         ctx.fix(node, [tracked.layout], set_const_entry(node.input[1], index, tracked.layout))
     ctx.track(node.output[0], out_axis, tracked.layout)
+
+
+def _tile(ctx, node, tracked) -> None:
+    """Tiling the channel axis r times makes r copies of its layout; the repeats stay as they are,
+    so they must not depend on the channels (DeBERTa tiles its relative-position heads by the
+    batch, computed as Shape(q)[0] // heads). r is read from the shapes when computed."""
+    values = ctx.const(node.input[1])
+    in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
+    if values is not None:
+        tiles = int(values[tracked.axis])
+    elif ctx.independent_of_channels(node.input[1]) and in_shape is not None and out_shape is not None:
+        tiles = out_shape[tracked.axis] // in_shape[tracked.axis]
+    else:
+        ctx.freeze(tracked.layout, node, "repeats computed from the channel count")
+        return
+    ctx.track(node.output[0], tracked.axis, tracked.layout * tiles)
+
+
+def _expand_to_channel_count(ctx, node, carrier) -> None:
+    """Expand of a tensor without channels to a shape holding a channel count read through Shape
+    (DeBERTa's relative-position indices expanded to [B*H, S, S]): the copies along that axis are
+    all equal, so the output carries those channels, and after pruning it reads the kept count."""
+    layout, index = carrier
+    shape, size = ctx.static_shape(node.input[0]), (ctx.static_shape(node.input[1]) or (None,))[0]
+    out_rank = ctx.rank(node.output[0])
+    if shape is None or size is None or out_rank is None:
+        ctx.freeze(layout, node, "reads the channel count through Shape")
+        return
+    out_axis = index + out_rank - size
+    source_axis = out_axis - (out_rank - len(shape))
+    if source_axis >= 0 and shape[source_axis] != 1:
+        ctx.freeze(layout, node, "reads the channel count through Shape")
+        return
+    ctx.track(node.output[0], out_axis, layout)
 
 
 def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
