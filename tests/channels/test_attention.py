@@ -385,7 +385,8 @@ def test_an_expand_reading_the_count_into_another_axis_freezes():
     """A count read from k's shape sizes a new axis of an Expand: pruning would resize that axis."""
     g = Graph(seed=9)
     x = g.input("x", ["batch", "sequence", WIDTH])
-    k = g.node("Reshape", [_linear(g, x, WIDTH, "k"), _target(g, x, "k_view", [-1])], "k_viewed")  # width unknown statically
+    # viewed as [B, S, -1]: static inference loses the width, so Shape reads it at run time
+    k = g.node("Reshape", [_linear(g, x, WIDTH, "k"), _target(g, x, "k_view", [-1])], "k_viewed")
     count = g.node("Gather", [g.node("Shape", [k], "k_shape_of"), g.ints("k_count_index", 2)], "k_count", axis=0)
     shape = g.concat([_dim(g, x, 0), g.node("Unsqueeze", [count, g.ints("count_axes", [0])]), _dim(g, x, 1),
                       g.ints("width", [WIDTH])], axis=0, name="tile_shape")
@@ -453,29 +454,34 @@ def deberta_attention() -> onnx.ModelProto:
     q, k, v = (_batch_heads_view(g, _linear(g, x, HEADS * HEAD_DIM, part), x, part) for part in "qkv")
     table = g.weight("rel_table", (1, 2 * SPAN, WIDTH))
     pos = g.node("MatMul", [table, g.weight("pos_k_w", (WIDTH, HEADS * HEAD_DIM))], "pos_k")
-    pos = g.node("Transpose", [g.reshape(pos, [1, 2 * SPAN, HEADS, -1], name="pos_k_split")], "pos_k_t", perm=[0, 2, 1, 3])
+    pos = g.reshape(pos, [1, 2 * SPAN, HEADS, -1], name="pos_k_split")
+    pos = g.node("Transpose", [pos], "pos_k_t", perm=[0, 2, 1, 3])
     pos = g.reshape(pos, [-1, 2 * SPAN, HEAD_DIM], name="pos_k_bh")
     rows = _scalar_dim(g, q, 0, "rows_of_q")  # B*H
     batch = g.node("Div", [rows, g.ints("heads_count", HEADS)], "batch_of_rows")
-    pos = g.node("Tile", [pos, g.concat([g.node("Unsqueeze", [batch, g.ints("batch_axes", [0])]), g.ints("tile_rest", [1, 1])],
-                                         axis=0, name="tile_repeats")], "pos_k_tiled")
+    repeats = g.concat([g.node("Unsqueeze", [batch, g.ints("batch_axes", [0])]), g.ints("tile_rest", [1, 1])],
+                       axis=0, name="tile_repeats")
+    pos = g.node("Tile", [pos, repeats], "pos_k_tiled")
     c2p = g.node("MatMul", [q, g.node("Transpose", [pos], "pos_k_kt", perm=[0, 2, 1])], "c2p")
     length = _scalar_dim(g, x, 1, "seq")
     positions = g.node("Range", [g.ints("zero", 0), length, g.ints("one", 1)], "positions")
     relative = g.node("Sub", [g.node("Unsqueeze", [positions, g.ints("col_axes", [1])]),
                               g.node("Unsqueeze", [positions, g.ints("row_axes", [0])])], "relative")
-    index = g.node("Clip", [g.node("Add", [relative, g.ints("span", SPAN)]), g.ints("lo", 0), g.ints("hi", 2 * SPAN - 1)])
+    shifted = g.node("Add", [relative, g.ints("span", SPAN)])
+    index = g.node("Clip", [shifted, g.ints("lo", 0), g.ints("hi", 2 * SPAN - 1)])
     square = g.node("Unsqueeze", [length, g.ints("square_axes", [0])])
     expanded = g.node("Expand", [g.node("Unsqueeze", [index, g.ints("index_axes", [0])]),
                                  g.concat([g.node("Unsqueeze", [rows, g.ints("rows_axes", [0])]), square, square],
                                           axis=0, name="index_shape")], "index_expand")
     picked = g.node("GatherElements", [c2p, expanded], "c2p_picked", axis=-1)
     scores = g.node("MatMul", [q, g.node("Transpose", [k], "kt", perm=[0, 2, 1])], "scores")
-    scores = g.node("Add", [g.node("Mul", [scores, g.const("scale", np.float32(HEAD_DIM ** -0.5))]), picked], "scores_all")
+    scaled = g.node("Mul", [scores, g.const("scale", np.float32(HEAD_DIM ** -0.5))])
+    scores = g.node("Add", [scaled, picked], "scores_all")
     probabilities = g.node("Softmax", [scores], "softmax", axis=-1)
     context = g.node("MatMul", [probabilities, v], "context")  # [B*H, S, D]
-    context = g.node("Reshape", [context, g.concat([g.ints("ctx_rows", [-1]), g.ints("ctx_heads", [HEADS]),
-                                                    square, g.ints("ctx_d", [HEAD_DIM])], axis=0, name="ctx_shape")], "ctx_split")
+    split_shape = g.concat([g.ints("ctx_rows", [-1]), g.ints("ctx_heads", [HEADS]), square, g.ints("ctx_d", [HEAD_DIM])],
+                           axis=0, name="ctx_shape")
+    context = g.node("Reshape", [context, split_shape], "ctx_split")
     merged = g.node("Transpose", [context], "merge_t", perm=[0, 2, 1, 3])
     merged = g.node("Reshape", [merged, _target(g, x, "merge_shape", [HEADS * HEAD_DIM])], "merge")
     return _model(g, g.add(_linear(g, merged, WIDTH, "out"), x, name="residual"))
@@ -499,7 +505,8 @@ def test_a_tile_by_the_channel_count_freezes():
     """Repeats read from k's own width would change with pruning: the Tile keeps k's channels whole."""
     g = Graph(seed=12)
     x = g.input("x", ["batch", "sequence", WIDTH])
-    k = g.node("Reshape", [_linear(g, x, WIDTH, "k"), _target(g, x, "k_view", [-1])], "k_viewed")  # width unknown statically
+    # viewed as [B, S, -1]: static inference loses the width, so Shape reads it at run time
+    k = g.node("Reshape", [_linear(g, x, WIDTH, "k"), _target(g, x, "k_view", [-1])], "k_viewed")
     count = g.node("Unsqueeze", [_scalar_dim(g, k, 2, "k_width"), g.ints("width_axes", [0])])
     tiled = g.node("Tile", [k, g.concat([g.ints("keep_batch", [1]), count, g.ints("keep_width", [1])], axis=0,
                                         name="repeats")], "tile")

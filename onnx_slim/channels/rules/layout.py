@@ -161,7 +161,9 @@ def reshape(ctx, node):
         return
     mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
     tiled = tiled_channel_axis(in_shape, out_shape, tracked.axis) if mapped is None else None
-    untiled = untiled_channel_axis(tracked.layout, in_shape, out_shape, tracked.axis) if mapped is tiled is None else None
+    untiled = None
+    if mapped is None and tiled is None:
+        untiled = untiled_channel_axis(tracked.layout, in_shape, out_shape, tracked.axis)
     if mapped is not None:
         out_axis, repeat = mapped
         layout = repeat_layout(tracked.layout, repeat)
