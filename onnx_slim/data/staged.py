@@ -55,7 +55,7 @@ class StagedCapture:
             self._reset()
             plan = _Plan(graph, self._done, {}, wanted)
         part = None
-        if plan.nodes:
+        if plan.order:
             nodes = [graph.node[i] for i in plan.order]
             part = create_session(self._parts.build(model, nodes, self._cache[0] if self._cache else {}, plan.outputs),
                                   self.session)
@@ -128,7 +128,10 @@ class _Plan:
                       for name in node.input if name in dynamic}
         produced = {name for i in self.nodes for name in graph.node[i].output if name}
         self.frontier = sorted((set(cached) | produced) & read_later)
-        self.outputs = sorted(produced & (read_later | set(wanted)))
+        # A wanted tensor computed from constants only (the input of Swin-V2's position-bias MLP
+        # layer) is an output too: recomputed with the part, never cached.
+        wanted_constants = {name for i in constant_nodes for name in graph.node[i].output if name in wanted}
+        self.outputs = sorted(produced & (read_later | set(wanted)) | wanted_constants)
 
 
 def _dynamic_tensors(graph: onnx.GraphProto, graph_inputs: set[str]) -> set[str]:

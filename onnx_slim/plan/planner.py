@@ -162,6 +162,9 @@ def plan_for_target_macs(
     """
     if cost.macs == 0:
         raise OnnxSlimError("the model has no countable MACs (Conv/Gemm/MatMul with known shapes)")
+    # A group no per-sample MAC depends on (a layer computed from constants only, as Swin-V2's
+    # position-bias MLP) would only lose accuracy: a MACs target leaves it whole.
+    groups = [group for group in groups if cost.macs_after({group.root: range(group.channels)}) < cost.macs]
 
     def fraction(ratio):
         plan = plan_for_ratio(groups, scores, ratio, options, global_ranking)

@@ -157,3 +157,20 @@ def test_a_wanted_tensor_already_cached_is_echoed_beside_a_new_part(parts):
     assert parts[-1] == ["relu_b"]
     for name in ("relu_b", "relu1"):
         np.testing.assert_allclose(got[name], full_run(model, [name], data, 4)[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_wanted_tensor_computed_from_constants_only_is_returned_for_every_batch():
+    """Swin-V2's position-bias MLP: its hidden layer reads only constants, yet the re-fit asks for it."""
+    g = Graph(seed=4)
+    x = g.input("x", ["N", 3, 8, 8])
+    hidden = g.relu(g.node("MatMul", [g.weight("table", (8, 2)), g.weight("mlp1_w", (2, 6))], "mlp1"), name="hidden")
+    bias = g.node("MatMul", [hidden, g.weight("mlp2_w", (6, 8))], "mlp2")  # [8, 8], broadcast over N and C
+    model = g.build(g.add(g.conv(x, 8, name="conv"), bias, name="out"))
+    data = calibration(6)
+    expected = ActivationCapture(model, ["hidden"]).run(next(data.batches(4)))["hidden"]
+    staged = StagedCapture(data, batch_size=4)
+    for wanted in (["hidden"], ["conv", "hidden"]):  # the constant alone, then beside a new part
+        got = list(staged.run(model, wanted))
+        assert len(got) == 2  # 6 samples in batches of 4
+        for batch in got:
+            np.testing.assert_allclose(batch["hidden"], expected, rtol=1e-6)

@@ -56,6 +56,22 @@ def test_target_macs_within_two_percent(global_ranking):
     assert_valid(pruned, model)
 
 
+def test_a_macs_target_leaves_groups_that_no_per_sample_mac_depends_on():
+    """A position-bias MLP computed from constants only (Swin-V2): pruning its hidden units saves
+    no MACs, so a MACs target leaves them whole; a ratio prunes every group alike."""
+    g = Graph(seed=5)
+    x = g.input("x", ["N", 3, 8, 8])
+    hidden = g.relu(g.node("MatMul", [g.weight("table", (1, 2)), g.weight("mlp1_w", (2, 16))], "mlp1"))
+    bias = g.reshape(g.node("MatMul", [hidden, g.weight("mlp2_w", (16, 16))], "mlp2"), [1, 16, 1, 1])
+    h = g.add(g.relu(g.conv(x, 16, name="conv1")), bias)
+    model = g.build(g.conv(h, 2, name="conv_out"))
+    pruned, report = prune(model, target_macs=0.6, cleanup=False)  # the clean-up would fold the MLP away
+    assert weight_dims(pruned, "mlp1") == (2, 16)
+    assert weight_dims(pruned, "conv1")[0] < 16 and abs(report.macs_fraction - 0.6) <= 0.03
+    pruned, _ = prune(model, ratio=0.5, cleanup=False)
+    assert weight_dims(pruned, "mlp1") == (2, 8)
+
+
 # -- the planner's own functions ---------------------------------------------------------------
 
 
