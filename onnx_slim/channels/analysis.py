@@ -31,6 +31,7 @@ class ModelAnalysis:
     shapes: dict
     input_shapes: dict
     shapes_measured: bool = False  # static inference fell short: shapes come from one onnxruntime run
+    run_failure: str | None = None  # that run failed: the model does not run at `input_shapes`
 
     @property
     def shapes_note(self) -> str:
@@ -126,7 +127,7 @@ def analyze(
     _apply_excludes(channels.groups, exclude)
     cost = model_cost(proto, shapes=shapes)
     cost.params = params
-    return ModelAnalysis(proto, info, channels, cost, shapes, concrete, found.measured)
+    return ModelAnalysis(proto, info, channels, cost, shapes, concrete, found.measured, found.failure)
 
 
 def _check_weight_shapes(channels: ChannelAnalysis, shapes: Mapping[str, tuple]) -> None:

@@ -103,6 +103,7 @@ class ConcreteShapes:
     shapes: dict  # name -> shape tuple
     types: dict  # name -> onnx elem_type
     measured: bool = False  # some shapes were read from an onnxruntime run
+    failure: str | None = None  # why that run failed: the model does not run at these input shapes
 
 
 def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> ConcreteShapes:
@@ -119,7 +120,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[
         measured = _measure_shapes(model, input_shapes, types)
     except OnnxSlimError as exc:
         log.warning("shapes of %d tensors are unknown and onnxruntime could not measure them: %s", len(unknown), exc)
-        return ConcreteShapes(shapes, types)
+        return ConcreteShapes(shapes, types, failure=str(exc))
     for name, value in measured.items():
         if not isinstance(value, np.ndarray):
             continue  # a sequence or map: no shape to record

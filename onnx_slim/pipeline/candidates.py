@@ -23,7 +23,7 @@ from onnx_slim.channels.analysis import analyze
 from onnx_slim.channels.streams import stream_roots
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.deploy.cleanup import clean_model
-from onnx_slim.errors import UsageError
+from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.model import load_model, model_file_size
@@ -273,6 +273,8 @@ class Pruner:
         self.analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
                                 prune_layernorm=settings.prune_layernorm,
                                 whole_conv_groups=settings.whole_conv_groups, copy=copy, sample_shapes=samples)
+        if self.analysis.run_failure:
+            raise OnnxSlimError(_does_not_run(self.analysis.input_shapes, self.analysis.run_failure))
         self.size_before = model_file_size(model) if size_before is None else size_before  # a file, loaded now
         self.groups = self.analysis.channels.prunable_groups()
         self.calibration, self.check_data = _held_out_check(settings)
@@ -399,6 +401,14 @@ class Pruner:
         )
         report.seconds = round(time.perf_counter() - self.started, 3)
         return report
+
+
+def _does_not_run(input_shapes: Mapping, failure: str) -> str:
+    """The error for a model that fails at the sizes the analysis runs it at (an export that fixed
+    the traced sequence length while declaring it symbolic): which sizes, and what to give."""
+    sizes = " ".join(f"{name}={','.join(str(d) for d in shape)}" for name, shape in input_shapes.items())
+    hint = "" if "--input-shape" in failure else "; give the sizes it runs at with --input-shape NAME=DIMS"
+    return f"the original model does not run at the input sizes used ({sizes}): {failure}{hint}"
 
 
 def _held_out_check(settings: PruneOptions):

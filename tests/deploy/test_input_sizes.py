@@ -177,3 +177,50 @@ def test_float16_weights_are_found_in_constant_nodes_and_on_any_input(tmp_path, 
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(OnnxSlimError, match="computes in float16"):
         quantize_model(path, tmp_path / "q.onnx", mode="dynamic")
+
+
+def fixed_length_net() -> onnx.ModelProto:
+    """x [batch, seq, 8] declared symbolic, but a position table fixes seq at 16 (as exports that fold a
+    relative-position tensor traced at one length do); a computed view hides seq from static inference."""
+    rng = np.random.default_rng(2)
+    initializers = [numpy_helper.from_array(rng.standard_normal((1, 16, 8)).astype(np.float32), "table"),
+                    numpy_helper.from_array(np.array([0], np.int64), "first"),
+                    numpy_helper.from_array(np.array([1], np.int64), "second"),
+                    numpy_helper.from_array(np.array([-1, 8], np.int64), "rest"),
+                    numpy_helper.from_array((rng.standard_normal((8, 8)) / 3).astype(np.float32), "w")]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "first", "second"], ["batch"], name="batch"),
+             helper.make_node("Concat", ["batch", "rest"], ["view_shape"], name="view_shape", axis=0),
+             helper.make_node("Reshape", ["x", "view_shape"], ["viewed"], name="view"),
+             helper.make_node("Add", ["viewed", "table"], ["placed"], name="place"),
+             helper.make_node("MatMul", ["placed", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(
+        nodes, "fixed_length", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 8])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_prune_refuses_a_model_that_does_not_run_at_the_guessed_sizes_and_names_them(capsys, tmp_path):
+    path = tmp_path / "fixed.onnx"
+    onnx.save(fixed_length_net(), str(path))
+    code, _, stderr = run_cli(capsys, "prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.3")
+    assert code == 1 and not (tmp_path / "p.onnx").exists()
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("error: the original model does not run at the input sizes used (x=1,64,8)")
+    assert "--input-shape" in message
+    code, _, _ = run_cli(capsys, "prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.3",
+                         "--input-shape", "x=1,16,8")
+    assert code == 0
+
+
+def test_a_shape_error_at_a_batch_above_one_suggests_batch_size_one():
+    """The export declares a symbolic batch, but a view inside fixes it at 1."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "one_row"], ["y"], name="view")], "batch_one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([1, 4], np.int64), "one_row")])
+    session = create_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert run_session(session, {"x": np.ones((1, 4), np.float32)})["y"].shape == (1, 4)
+    with pytest.raises(OnnxSlimError, match=r"at a batch of 3: if the model only runs at batch 1, give --batch-size 1"):
+        run_session(session, {"x": np.ones((3, 4), np.float32)})
