@@ -1020,3 +1020,23 @@ def test_frozen_group_is_never_pruned():
         assert weight_dims(pruned, "conv1")[0] == kept
         assert weight_dims(pruned, "conv2") == (8, kept, 3, 3)
         assert weight_dims(pruned, "conv3")[:2] == (kept, 2)
+
+
+def test_gather_nd_keeps_channels_on_an_axis_its_index_tuples_do_not_reach():
+    """Swin-V2's position bias as dynamo exports it: rows of a projected table picked with GatherND;
+    the projection's output features follow the channels they are added to."""
+    g = Graph()
+    h = trunk(g)
+    table = g.node("MatMul", [g.weight("table", (5, 2)), g.weight("table_proj_w", (2, 8))], "table_proj")
+    row = g.node("GatherND", [table, g.ints("row_index", [[2]])], "pick_row")  # [1, 8]
+    model = finish(g, g.add(h, g.reshape(row, [1, 8, 1, 1], name="row_4d"), name="with_bias"))
+    # (the clean-up folds the table's constant-only projection into the picked row: no weight to look at)
+    check_rule(model, [("conv1", 8), ("table_proj", 8)], {("conv_out", 1): (2, 4, 3, 3)})
+
+    g = Graph()  # the index tuples run over the channels: they pick some of them
+    h = trunk(g)
+    table = g.node("Transpose", [g.node("MatMul", [g.weight("table", (5, 2)), g.weight("table_proj_w", (2, 8))],
+                                        "table_proj")], "by_channel", perm=[1, 0])
+    picked = g.node("GatherND", [table, g.ints("channel_index", [[1], [3]])], "pick_channels")  # [2, 5]
+    model = g.build(g.conv(h, 2, name="conv_out"), picked)
+    check_frozen(model, "table_proj", 8, "pick_channels", "index tuples over the channel axis", runs=False)

@@ -1,4 +1,4 @@
-"""Routing ops: Concat, Split, Slice, Gather, GatherElements, Tile/Expand, Shape/Size."""
+"""Routing ops: Concat, Split, Slice, Gather, GatherElements, GatherND, Tile/Expand, Shape/Size."""
 
 from __future__ import annotations
 
@@ -207,6 +207,23 @@ def gather(ctx, node):
         return
     new_axis = tracked.axis + (indices_rank - 1 if axis < tracked.axis else 0)
     ctx.track(node.output[0], new_axis, tracked.layout)
+
+
+@rule("GatherND")
+def gather_nd(ctx, node):
+    """Rows picked by index tuples over the leading axes (Swin-V2's relative-position table, as the
+    dynamo exporter writes `table[index]`): channels on a trailing axis the tuples do not index
+    pass through, after the index tensor's own leading axes."""
+    tracked = ctx.get(node.input[0])
+    if tracked is None:
+        ctx.freeze_inputs(node, "op GatherND is not understood for these inputs")
+        return
+    indices = ctx.static_shape(node.input[1])
+    first_kept = None if indices is None else attr(node, "batch_dims", 0) + indices[-1]
+    if ctx.get(node.input[1]) is not None or first_kept is None or tracked.axis < first_kept:
+        ctx.freeze_inputs(node, "gathers index tuples over the channel axis")
+        return
+    ctx.track(node.output[0], len(indices) - 1 + tracked.axis - first_kept, tracked.layout)
 
 
 @rule("GatherElements")
