@@ -276,6 +276,8 @@ def tile_expand(ctx, node):
         if carrier is not None:
             _expand_to_channel_count(ctx, node, carrier)
         return
+    if carrier is not None and not _count_at_channel_entry(ctx, node, tracked, carrier):
+        ctx.freeze(carrier[0], node, "reads the channel count through Shape into another axis")
     if in_rank is None or out_rank is None:
         ctx.freeze(tracked.layout, node, "rank unknown")
         return
@@ -332,6 +334,17 @@ def _expand_to_channel_count(ctx, node, carrier) -> None:
     ctx.track(node.output[0], out_axis, layout)
 
 
+def _count_at_channel_entry(ctx, node, tracked, carrier) -> bool:
+    """Whether a count read through Shape sits at the shape entry of the input's channel axis,
+    which `_expand_to_computed_shape` replaces by 1 (repeat_kv's expand(b, kv_heads, n_rep, t, d)):
+    whatever it holds after pruning is then never read."""
+    in_rank, out_rank = ctx.rank(node.input[0]), ctx.rank(node.output[0])
+    shape_size = (ctx.static_shape(node.input[1]) or (None,))[0]
+    if in_rank is None or out_rank is None or shape_size is None or ctx.length(tracked.layout) == 1:
+        return False
+    return carrier[1] == tracked.axis + out_rank - in_rank - (out_rank - shape_size) >= 0
+
+
 def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
     """An Expand whose shape is computed at run time (`cls_token.expand(B, -1, -1)`). The input
     has C > 1 channels, so the shape's channel entry can only be 1 or C (anything else fails to
@@ -343,9 +356,6 @@ def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
         ctx.freeze(tracked.layout, node, "shape computed at run time, of unknown length")
         return
     index = out_axis - (ctx.rank(node.output[0]) - shape_size)
-    carrier = ctx.size_carriers.get(node.input[1])
-    if carrier is not None and carrier[1] != index:
-        ctx.freeze(carrier[0], node, "reads the channel count through Shape into another axis")
     if index >= 0:
         ctx.fix(node, [tracked.layout], _broadcast_shape_entry(node.name, index, shape_size))
     ctx.track(node.output[0], out_axis, tracked.layout)
