@@ -32,8 +32,10 @@ def follow_size_carriers(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
             continue
         layout, index = carrier
         if node.op_type == "Gather" and name == node.input[0]:
-            indices = ctx.const(node.input[1])
-            picked = [] if indices is None else [int(i) for i in indices.reshape(-1)]
+            indices, length = ctx.const(node.input[1]), (ctx.static_shape(name) or (None,))[0]
+            if length is None:
+                indices = None  # negative indices cannot be told apart: the count may be read
+            picked = [] if indices is None else [int(i) % length for i in indices.reshape(-1)]
             if indices is not None and index not in picked:
                 continue
             if indices is not None and indices.ndim <= 1 and picked.count(index) == 1:
@@ -126,9 +128,11 @@ def _never_equal(ctx: AnalysisContext, node: onnx.NodeProto, name: str, index: i
     """Equal(shape, c) with c < 1 at the count's entry (TorchScript's `expand` compares its sizes
     with -1): false there for any count, so the result does not depend on it."""
     other = node.input[1] if name == node.input[0] else node.input[0]
-    values = ctx.const(other)
-    if values is None or other == name or values.ndim > 1 or values.size != 1 and values.size <= index:
+    values, shape = ctx.const(other), ctx.static_shape(name)
+    if values is None or other == name or values.ndim > 1 or shape is None or len(shape) > 1:
         return False
+    if values.size != 1 and (len(shape) != 1 or values.size != shape[0]):
+        return False  # broadcasting would compare the count with every entry of c
     return values.reshape(-1)[0 if values.size == 1 else index] < 1
 
 

@@ -111,6 +111,8 @@ def _freeze_subgraph_reads(ctx: AnalysisContext, node: onnx.NodeProto) -> None:
             tracked = ctx.get(name)
             if tracked is not None:
                 ctx.freeze(tracked.layout, node, "read inside a subgraph")
+            if name in ctx.size_carriers:
+                ctx.freeze(ctx.size_carriers[name][0], node, "its channel count is read inside a subgraph")
 
 
 def _collect_groups(ctx: AnalysisContext) -> list[ChannelGroup]:

@@ -143,22 +143,29 @@ def flatten(ctx, node):
 
 @rule("Reshape")
 def reshape(ctx, node):
-    tracked = ctx.get(node.input[0])
+    """A channel count read through Shape into the target must land on these same channels
+    (checked in `_reshape`); on every other path it would resize something that does not shrink."""
     carrier = ctx.size_carriers.get(input_at(node, 1))
+    if not _reshape(ctx, node, carrier) and carrier is not None:
+        ctx.freeze(carrier[0], node, "reads the channel count through Shape")
+
+
+def _reshape(ctx, node, carrier) -> bool:
+    """Track the channels through the reshape (or freeze them); True when a carrier in the target
+    was checked to carry these channels' own count."""
+    tracked = ctx.get(node.input[0])
     if tracked is None:
-        if carrier is not None:
-            ctx.freeze(carrier[0], node, "reads the channel count through Shape")
-        return
+        return False
     in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
     target = _target_entries(ctx, node.input[1])
     if target is None:
         ctx.freeze(tracked.layout, node, "target shape is computed at run time")
-        return
+        return False
     if in_shape is None or out_shape is None:
         ctx.freeze(tracked.layout, node, "shapes not static")
-        return
+        return False
     if _channel_shuffle(ctx, node, tracked, in_shape, out_shape):
-        return
+        return False
     mapped = reshape_channel_axis(in_shape, out_shape, tracked.axis)
     tiled = tiled_channel_axis(in_shape, out_shape, tracked.axis) if mapped is None else None
     untiled = None
@@ -175,26 +182,26 @@ def reshape(ctx, node):
     else:
         heads = split_heads(ctx, node, tracked, in_shape, out_shape)
         if heads is None:
-            return
+            return False
         out_axis, layout = heads
     if carrier is not None and not _carries_own_count(ctx, carrier, out_axis, layout):
-        ctx.freeze(carrier[0], node, "reads the channel count through Shape")
         ctx.freeze(tracked.layout, node, "the target's channel count is read from another tensor")
-        return
+        return False
     entry, source = target[out_axis] if out_axis < len(target) else (-1, None)
     if entry is None and carrier is None:
         ctx.freeze(tracked.layout, node, "the target's channel count is computed at run time")
-        return
+        return False
     if entry is not None and entry > 0:
         if source != node.input[1] and any(ctx.readers(name) > 1 for name in _target_chain(ctx, node.input[1])):
             # Rewriting the shared Concat's constant would resize the other readers too.
             ctx.freeze(tracked.layout, node, "the computed target shape is shared with other nodes")
-            return
+            return False
         ctx.fix(node, [layout], set_const_entry(source, _index_in(target, out_axis), layout))
     elif entry == 0 and out_axis != tracked.axis:
         ctx.freeze(tracked.layout, node, "target copies a dimension from another position")
-        return
+        return False
     ctx.track(node.output[0], out_axis, layout)
+    return carrier is not None
 
 
 def _channel_shuffle(ctx, node, tracked, in_shape, out_shape) -> bool:

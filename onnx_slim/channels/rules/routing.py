@@ -308,11 +308,15 @@ def _tile(ctx, node, tracked) -> None:
     in_shape, out_shape = ctx.static_shape(node.input[0]), ctx.static_shape(node.output[0])
     if values is not None:
         tiles = int(values[tracked.axis])
-    elif ctx.independent_of_channels(node.input[1]) and in_shape is not None and out_shape is not None:
-        tiles = out_shape[tracked.axis] // in_shape[tracked.axis]
-    else:
+    elif not ctx.independent_of_channels(node.input[1]):
         ctx.freeze(tracked.layout, node, "repeats computed from the channel count")
         return
+    elif in_shape is None or out_shape is None or out_shape[tracked.axis] != in_shape[tracked.axis]:
+        # Copies counted at the analysis sizes (a sequence length) would be wrong at others.
+        ctx.freeze(tracked.layout, node, "tiles the channel axis by a count computed at run time")
+        return
+    else:
+        tiles = 1  # the batch of 1 the analysis runs at (DeBERTa); other batches tile the kept channels alike
     ctx.track(node.output[0], tracked.axis, tracked.layout * tiles)
 
 

@@ -56,9 +56,19 @@ def pad(ctx, node):
 
 @rule("Resize", "Upsample")
 def resize(ctx, node):
+    """Sizes read from the input's own shape (tf2onnx) are accepted where the count lands on its
+    channel axis (checked in `_resize`); on every other path the count would resize another axis."""
+    sizes_name = input_at(node, 3) if node.op_type == "Resize" else ""
+    carrier = ctx.size_carriers.get(sizes_name) if sizes_name else None
+    if not _resize(ctx, node, carrier) and carrier is not None:
+        ctx.freeze(carrier[0], node, "reads the channel count through Shape")
+
+
+def _resize(ctx, node, carrier) -> bool:
+    """Track the channels (or freeze them); True when a carrier in the sizes was checked."""
     tracked = ctx.get(node.input[0])
     if tracked is None:
-        return
+        return False
     if node.op_type == "Upsample":
         scales_name, sizes_name = input_at(node, 1), ""
     else:
@@ -70,27 +80,27 @@ def resize(ctx, node):
     if axes is not None:
         if rank is None:
             ctx.freeze(tracked.layout, node, "rank unknown")
-            return
+            return False
         axes = [int(a) % rank for a in axes]
         if tracked.axis not in axes:
             ctx.track(node.output[0], tracked.axis, tracked.layout)
-            return
+            return False
         index = axes.index(tracked.axis)
     scales, sizes = ctx.const(scales_name), ctx.const(sizes_name)
-    carrier = ctx.size_carriers.get(sizes_name) if sizes_name else None
-    if carrier is not None and carrier[1] == index and ctx.atoms.unify(carrier[0], tracked.layout):
+    checked = carrier is not None and carrier[1] == index and ctx.atoms.unify(carrier[0], tracked.layout)
+    if checked:
         pass  # sizes = [N, C] read from the input's own shape + new H, W (tf2onnx): C follows by itself
     elif sizes_name:
         if sizes is None:
-            if carrier is not None:
-                ctx.freeze(carrier[0], node, "reads the channel count through Shape")
             ctx.freeze(tracked.layout, node, "output sizes are computed at run time")
-            return
+            return False
         ctx.fix(node, [tracked.layout], set_const_entry(sizes_name, index, tracked.layout))
     elif scales is None or scales.size <= index:
         ctx.freeze(tracked.layout, node, "scales are computed at run time")
-        return
+        return False
     elif scales[index] != 1:
         ctx.freeze(tracked.layout, node, "resizes the channel axis")
-        return
+        return False
     ctx.track(node.output[0], tracked.axis, tracked.layout)
+    return checked
+
