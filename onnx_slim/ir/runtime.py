@@ -149,7 +149,8 @@ def _guessed_sizes_hint(session: ort.InferenceSession, feeds: Mapping[str, np.nd
         return (f" (symbolic sizes were guessed: {' '.join(guessed)}; give the real ones with --input-shape NAME=DIMS "
                 f"or real data with --calib)")
     batches = {np.shape(feeds[spec.name])[0] for spec in session.get_inputs()
-               if spec.name in feeds and np.ndim(feeds[spec.name]) and not isinstance(spec.shape[0], int)}
+               if spec.name in feeds and np.ndim(feeds[spec.name]) and spec.shape
+               and not isinstance(spec.shape[0], int)}
     if len(batches) == 1 and max(batches) > 1:
         # An export can declare a symbolic batch yet fix the traced one inside (a view to [1, ...]).
         return f" (at a batch of {max(batches)}: if the model only runs at batch 1, give --batch-size 1)"

@@ -60,11 +60,10 @@ def test_a_count_read_inside_a_subgraph_freezes():
     x = g.input("x", ["batch", "sequence", WIDTH])
     k = _width_read_at_run_time(g, x)
     count = _scalar_count(g, k, 2)
-    then_branch = helper.make_graph([helper.make_node("Cast", [count], ["as_float"], name="cast", to=TensorProto.FLOAT)],
-                                    "then", [], [helper.make_tensor_value_info("as_float", TensorProto.FLOAT, [])])
-    else_branch = helper.make_graph(
-        [helper.make_node("Constant", [], ["zero"], name="zero", value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0]))],
-        "else", [], [helper.make_tensor_value_info("zero", TensorProto.FLOAT, [])])
+    cast = helper.make_node("Cast", [count], ["as_float"], name="cast", to=TensorProto.FLOAT)
+    then_branch = helper.make_graph([cast], "then", [], [helper.make_tensor_value_info("as_float", TensorProto.FLOAT, [])])
+    zero = helper.make_node("Constant", [], ["zero"], name="zero", value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0]))
+    else_branch = helper.make_graph([zero], "else", [], [helper.make_tensor_value_info("zero", TensorProto.FLOAT, [])])
     condition = g.node("Greater", [g.node("Gather", [g.node("Shape", [x]), g.ints("seq_index", 1)], axis=0),
                                    g.ints("none", 0)], "has_tokens")
     width = g.node("If", [condition], "if_width", then_branch=then_branch, else_branch=else_branch)
