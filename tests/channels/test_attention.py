@@ -514,3 +514,48 @@ def test_a_tile_by_the_channel_count_freezes():
     model = _model(g, g.add(_linear(g, pooled, WIDTH, "out"), x, name="residual"))
     group = group_with(analyze(model).channels, "k")
     assert any(reason.node == "tile" and "channel count" in reason.reason for reason in group.frozen), group.frozen
+
+
+def funnel_attention(contract_heads: bool = False) -> onnx.ModelProto:
+    """Attention written with Einsum, as Funnel exports it: q, k, v viewed as [B, S, H, D] and never
+    transposed; a per-head constant (content bias) and a per-head tensor computed from constants
+    (relative positions projected per head) enter the scores through Einsums of their own."""
+    sequence = 6
+    g = Graph(seed=13)
+    x = g.input("x", ["batch", sequence, WIDTH])
+    q, k, v = (g.reshape(_linear(g, x, HEADS * HEAD_DIM, part), [0, 0, HEADS, HEAD_DIM], name=f"{part}_heads")
+               for part in "qkv")
+    scores = g.node("Einsum", [q, k], "scores", equation="bind,bjnd->bij" if contract_heads else "bind,bjnd->bnij")
+    if contract_heads:
+        scores = g.node("Unsqueeze", [scores, g.ints("heads_axis", [1])])
+    content = g.node("Einsum", [q, g.weight("content_bias", (HEADS, HEAD_DIM))], "content", equation="bind,nd->bni")
+    positions = g.node("Einsum", [g.weight("position_table", (sequence, WIDTH)),
+                                  g.weight("position_w", (WIDTH, HEADS, HEAD_DIM))], "positions", equation="td,dnh->tnh")
+    relative = g.node("Einsum", [q, positions], "relative", equation="binh,tnh->bnit")
+    scores = g.node("Add", [g.node("Add", [scores, relative]), g.node("Unsqueeze", [content, g.ints("last", [-1])])])
+    probabilities = g.node("Softmax", [scores], "softmax", axis=-1)
+    context = g.node("Einsum", [probabilities, v], "context", equation="bnij,bjnd->bind")
+    merged = g.reshape(context, [0, 0, HEADS * HEAD_DIM], name="merge")
+    out = g.node("Add", [_linear(g, merged, WIDTH, "out"), x], "residual")
+    model = g._model([helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", sequence, WIDTH])])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_einsum_attention_prunes_heads_with_its_per_head_constants():
+    analysis = analyze(funnel_attention())
+    group = group_with(analysis.channels, "q")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert (group.channels, group.unit) == (HEADS, HEAD_DIM)
+    assert {m.use.node for m in group.params} >= {"content"}  # the content bias is sliced with the heads
+    pruned, masked, plan = _prune_heads(funnel_attention(), "q", [0, 2])
+    assert weight_dims(pruned, "content", 1) == (2, HEAD_DIM)
+    for batch in (1, 3):
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 6, WIDTH)).astype(np.float32)}
+        np.testing.assert_allclose(run(pruned, feeds)["residual"], masked.run(feeds, plan)["residual"],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_an_einsum_summing_over_the_heads_freezes_them():
+    group = group_with(analyze(funnel_attention(contract_heads=True)).channels, "q")
+    assert any(reason.node == "scores" and "sums over the channel axis" in reason.reason for reason in group.frozen)

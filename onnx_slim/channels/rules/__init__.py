@@ -6,7 +6,7 @@ package. A node whose op has no rule freezes every tracked layout it reads (see
 """
 
 from onnx_slim.channels.rules import (  # noqa: F401
-    contrib, elementwise, layout, normalization, recurrent, routing, spatial, weights,
+    attention, contrib, elementwise, layout, normalization, recurrent, routing, spatial, weights,
 )
 from onnx_slim.channels.rules.registry import RULES, unknown_op
 

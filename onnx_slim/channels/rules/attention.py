@@ -1,6 +1,10 @@
-"""MatMul of two activations (attention's q·kᵀ and probabilities·v): heads ride along its batch axes."""
+"""MatMul and Einsum of activations (attention's q·kᵀ and probabilities·v): heads ride along their batch axes."""
 
 from __future__ import annotations
+
+from onnx_slim.channels.context import PARAM
+from onnx_slim.channels.rules.registry import gather_kept, rule
+from onnx_slim.ir.graph import attr
 
 
 def matmul_of_activations(ctx, node) -> None:
@@ -46,3 +50,50 @@ def matmul_of_activations(ctx, node) -> None:
         return
     ctx.track(node.output[0], out_axis, layouts[0])
     ctx.scaled[node.name] = layouts[0]
+
+
+@rule("Einsum")
+def einsum(ctx, node):
+    """An Einsum (Funnel's and XLNet's attention: "bind,bjnd->bnij") keeps channels whose label
+    every tracked input carries and the output keeps; a summed label freezes them, as in a MatMul.
+    Other inputs with that label are per-channel constants (sliced with the channels), tensors
+    computed from nothing pruning resizes (a Gather of the kept channels in front), or size 1."""
+    tracked = {name: ctx.get(name) for name in node.input if ctx.get(name) is not None}
+    if not tracked:
+        return
+    equation = attr(node, "equation", b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    inputs_part, _, output = equation.partition("->")
+    terms = inputs_part.split(",")
+    if "." in equation or not output or len(terms) != len(node.input):
+        ctx.freeze_inputs(node, f"Einsum equation {equation!r} is not followed")
+        return
+    labels = {terms[position][t.axis] for position, name in enumerate(node.input) if (t := tracked.get(name))}
+    if len(labels) != 1 or next(iter(labels)) not in output:
+        ctx.freeze_inputs(node, "Einsum sums over the channel axis, or inputs carry channels on different labels")
+        return
+    label = labels.pop()
+    layouts = [t.layout for t in tracked.values()]
+    channels = ctx.length(layouts[0])
+    params, side_inputs = [], []
+    for position, (name, term) in enumerate(zip(node.input, terms)):
+        if name in tracked or label not in term:
+            continue
+        axis, shape = term.index(label), ctx.shape(name)
+        if shape is not None and shape[axis] == 1:
+            continue
+        if shape is not None and shape[axis] == channels and ctx.is_const(name):
+            params.append((name, axis))
+        elif shape is not None and shape[axis] == channels and ctx.independent_of_channels(name):
+            side_inputs.append((position, axis))
+        else:
+            ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
+            return
+    if not all(ctx.atoms.unify(layouts[0], other, coarsen=True) for other in layouts[1:]):
+        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
+        return
+    for name, axis in params:
+        ctx.use(PARAM, node, name, axis, layouts[0])
+    for position, axis in side_inputs:
+        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
+    ctx.track(node.output[0], output.index(label), layouts[0])
