@@ -1040,3 +1040,19 @@ def test_gather_nd_keeps_channels_on_an_axis_its_index_tuples_do_not_reach():
     picked = g.node("GatherND", [table, g.ints("channel_index", [[1], [3]])], "pick_channels")  # [2, 5]
     model = g.build(g.conv(h, 2, name="conv_out"), picked)
     check_frozen(model, "table_proj", 8, "pick_channels", "index tuples over the channel axis", runs=False)
+
+
+def test_scatter_nd_keeps_channels_on_an_axis_its_index_tuples_do_not_reach():
+    """x[0] = 2 * x written as ScatterND (the dynamo exporter's slice assignment): the written
+    values carry the same channels, tied with the data's."""
+    g = Graph()
+    h = trunk(g)
+    written = g.node("ScatterND", [h, g.ints("first_sample", [[0]]), g.scalar("Mul", h, 2.0, name="doubled")],
+                     "assign")
+    check_rule(finish(g, written), [("conv1", 8)], {("conv_out", 1): (2, 4, 3, 3)})
+
+    g = Graph()  # the index tuples reach the channel axis: they write single channels
+    h = trunk(g)
+    written = g.node("ScatterND", [h, g.ints("one_channel", [[0, 3]]), g.weight("row", (1, 8, 8), scale=1.0)],
+                     "assign_channel")
+    check_frozen(finish(g, written), "conv1", 8, "assign_channel", "scatters along the channel axis")

@@ -1,4 +1,4 @@
-"""Routing ops: Concat, Split, Slice, Gather, GatherElements, GatherND, Tile/Expand, Shape/Size."""
+"""Routing ops: Concat, Split, Slice, Gather, GatherElements, GatherND, ScatterND, Tile/Expand, Shape/Size."""
 
 from __future__ import annotations
 
@@ -224,6 +224,27 @@ def gather_nd(ctx, node):
         ctx.freeze_inputs(node, "gathers index tuples over the channel axis")
         return
     ctx.track(node.output[0], len(indices) - 1 + tracked.axis - first_kept, tracked.layout)
+
+
+@rule("ScatterND")
+def scatter_nd(ctx, node):
+    """Slices written by index tuples over the leading axes (the dynamo exporter's `x[..., :1] = y`
+    after moving the indexed axes to the front, as in Funnel's attention): channels on an axis the
+    tuples do not reach pass through, tied with the same axis of the written values."""
+    data, updates = ctx.get(node.input[0]), ctx.get(node.input[2])
+    indices = ctx.static_shape(node.input[1])
+    updates_rank = ctx.rank(node.input[2])
+    if data is None and updates is None:
+        return
+    reached = None if indices is None else indices[-1]
+    if (data is None or updates is None or reached is None or updates_rank is None or data.axis < reached
+            or ctx.get(node.input[1]) is not None or updates.axis != len(indices) - 1 + data.axis - reached):
+        ctx.freeze_inputs(node, "scatters along the channel axis, or values that do not carry the same channels")
+        return
+    if not ctx.atoms.unify(data.layout, updates.layout):
+        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
+        return
+    ctx.track(node.output[0], data.axis, data.layout)
 
 
 @rule("GatherElements")
