@@ -319,46 +319,49 @@ def test_a_side_input_computed_from_pruned_channels_still_freezes():
 KV_HEADS, REPEATS = 2, 2  # grouped-query attention: each k/v head serves REPEATS query heads
 
 
-def _repeat_kv(g: Graph, h: str, name: str, style: str) -> str:
+def _repeat_kv(g: Graph, h: str, name: str, style: str, kv_heads: int = KV_HEADS) -> str:
     """transformers' repeat_kv on [B, KV, S, D]: h[:, :, None].expand(B, KV, REPEATS, S, D)
     .reshape(B, KV * REPEATS, S, D). TorchScript reads KV from h's shape (a scalar Gather),
     normalizes the expand sizes with Where(Equal(sizes, -1), 1, sizes) and multiplies the count
     by REPEATS for the reshape; dynamo writes both counts as constants."""
+    repeats = HEADS // kv_heads
     unsqueezed = g.node("Unsqueeze", [h, g.ints(f"{name}_new_axis", [2])], f"{name}_unsqueeze")
     batch, sequence = _dim(g, h, 0), _dim(g, h, 2)
     if style == "torchscript":
         count = g.node("Gather", [g.node("Shape", [h], f"{name}_shape_of"), g.ints(f"{name}_kv_index", 1)],
                        f"{name}_kv_count", axis=0)
         kv = g.node("Unsqueeze", [count, g.ints(f"{name}_kv_axes", [0])])
-        sizes = g.node("Reshape", [g.concat([batch, kv, g.ints(f"{name}_rep", [REPEATS]), sequence,
+        sizes = g.node("Reshape", [g.concat([batch, kv, g.ints(f"{name}_rep", [repeats]), sequence,
                                              g.ints(f"{name}_d", [HEAD_DIM])], axis=0), g.ints(f"{name}_flat", [-1])])
         unset = g.node("Equal", [sizes, g.ints(f"{name}_minus_ones", [-1] * 5)])
         shape = g.node("Where", [unset, g.ints(f"{name}_ones", [1] * 5), sizes], f"{name}_expand_shape")
-        repeated = g.node("Mul", [count, g.ints(f"{name}_times", REPEATS)], f"{name}_rep_count")
+        repeated = g.node("Mul", [count, g.ints(f"{name}_times", repeats)], f"{name}_rep_count")
         heads = g.node("Unsqueeze", [repeated, g.ints(f"{name}_heads_axes", [0])])
     else:
-        shape = g.concat([batch, g.ints(f"{name}_kv", [KV_HEADS]), g.ints(f"{name}_rep", [REPEATS]), sequence,
+        shape = g.concat([batch, g.ints(f"{name}_kv", [kv_heads]), g.ints(f"{name}_rep", [repeats]), sequence,
                           g.ints(f"{name}_d", [HEAD_DIM])], axis=0, name=f"{name}_expand_shape")
-        heads = g.ints(f"{name}_all_heads", [KV_HEADS * REPEATS])
+        heads = g.ints(f"{name}_all_heads", [HEADS])
     expanded = g.node("Expand", [unsqueezed, shape], f"{name}_expand")
     target = g.concat([batch, heads, sequence, g.ints(f"{name}_target_d", [HEAD_DIM])], axis=0,
                       name=f"{name}_merge_shape")
     return g.node("Reshape", [expanded, target], f"{name}_repeated")
 
 
-def gqa_attention(style: str) -> onnx.ModelProto:
-    """LLaMA-style grouped-query attention: HEADS query heads, KV_HEADS key/value heads repeated."""
+def gqa_attention(style: str, kv_heads: int = KV_HEADS) -> onnx.ModelProto:
+    """LLaMA-style grouped-query attention: HEADS query heads, `kv_heads` key/value heads repeated
+    (one: multi-query attention)."""
     g = Graph(seed=8)
     x = g.input("x", ["batch", "sequence", WIDTH])
     q = _linear(g, x, HEADS * HEAD_DIM, "q")
     heads = [g.node("Transpose", [g.node("Reshape", [q, _target(g, x, "q_shape", [HEADS, HEAD_DIM])], "q_heads")],
                     "q_t", perm=[0, 2, 1, 3])]
     for part in "kv":
-        projected = _linear(g, x, KV_HEADS * HEAD_DIM, part)
+        projected = _linear(g, x, kv_heads * HEAD_DIM, part)
         # view(*input_shape, -1, head_dim): the head count is left to the Reshape, so static inference
         # loses it, and TorchScript's repeat_kv reads it back through Shape at run time
         split = g.node("Reshape", [projected, _target(g, x, f"{part}_shape", [-1, HEAD_DIM])], f"{part}_heads")
-        heads.append(_repeat_kv(g, g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]), part, style))
+        heads.append(_repeat_kv(g, g.node("Transpose", [split], f"{part}_t", perm=[0, 2, 1, 3]), part, style,
+                                kv_heads))
     out = _linear(g, _attention(g, *heads, x), WIDTH, "out")
     return _model(g, g.add(out, x, name="residual"))
 
@@ -378,6 +381,22 @@ def test_grouped_query_attention_loses_a_kv_head_with_the_query_heads_it_serves(
         assert any(node.name == "k_rep_count" for node in pruned.graph.node)
     else:
         assert _constant_of(pruned, "k_merge_shape") == [[REPEATS], [HEAD_DIM]]
+    _assert_equals_masked(pruned, masked, plan)
+
+
+@pytest.mark.parametrize("style", ["torchscript", "dynamo"])
+def test_multi_query_attention_prunes_query_heads_and_gathers_the_shared_key_and_value(style):
+    """One k/v head (Gemma-2B, Falcon): k and v are viewed with their head_dim features as channels,
+    which stay; the query heads prune alone, and the repeated k and v are cut to the kept heads."""
+    analysis = analyze(gqa_attention(style, kv_heads=1))
+    group = group_with(analysis.channels, "q")
+    assert group.prunable, [str(reason) for reason in group.frozen]
+    assert (group.channels, group.unit) == (HEADS, HEAD_DIM)
+    assert not group_with(analysis.channels, "k").prunable
+    pruned, masked, plan = _prune_heads(gqa_attention(style, kv_heads=1), "q", [0, 3])
+    assert weight_dims(pruned, "q") == (WIDTH, 2 * HEAD_DIM)
+    assert weight_dims(pruned, "k") == weight_dims(pruned, "v") == (WIDTH, HEAD_DIM)
+    assert weight_dims(pruned, "out") == (2 * HEAD_DIM, WIDTH)
     _assert_equals_masked(pruned, masked, plan)
 
 

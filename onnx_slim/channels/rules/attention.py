@@ -13,7 +13,12 @@ def matmul_of_activations(ctx, node) -> None:
     columns pass through to the output. Channels on the contracted axis are summed over:
     removing one would change every output, so they freeze. Grouped-query attention meets q's
     heads with k's repeated ones (each k/v head covering n_rep query heads): q's heads are then
-    coarsened so that each k/v head goes with the query heads it serves."""
+    coarsened so that each k/v head goes with the query heads it serves.
+
+    Multi-query attention (one k/v head, as Gemma-2B and Falcon export it) views k and v with
+    their head_dim features as channels: those freeze (summed over, or a second channel axis),
+    and the heads axis of the repeated k or v is cut to the kept query heads by a Gather, since
+    its position h is what query head h reads."""
     names = node.input[:2]
     tracked = {name: ctx.get(name) for name in names if ctx.get(name) is not None}
     if not tracked:
@@ -23,6 +28,11 @@ def matmul_of_activations(ctx, node) -> None:
     if None in ranks or out_rank is None or min(ranks) < 2:
         ctx.freeze_inputs(node, "MatMul of activations with unknown or 1-D shapes")
         return
+    heads = [name for name, rank in zip(names, ranks) if name in tracked and tracked[name].axis < rank - 2]
+    multi_query = [name for name in tracked if name not in heads] if len(heads) == 1 else []
+    for name in multi_query:  # its own features freeze; its heads axis is gathered below
+        ctx.freeze(tracked.pop(name).layout, node, "MatMul between activations reads these channels beside "
+                   "the other input's heads")
     out_axes = set()
     for position, (name, rank) in enumerate(zip(names, ranks)):
         if name not in tracked:
@@ -36,18 +46,23 @@ def matmul_of_activations(ctx, node) -> None:
         ctx.freeze_inputs(node, "inputs carry channels on different axes")
         return
     out_axis = out_axes.pop()
-    for name, rank in zip(names, ranks):
+    layouts = [t.layout for t in tracked.values()]
+    gathered = []
+    for position, (name, rank) in enumerate(zip(names, ranks)):
         axis = out_axis - (out_rank - rank)
         shape = ctx.shape(name)
-        if name in tracked or axis < 0 or out_axis >= out_rank - 2:
+        if name in tracked or axis < 0 or out_axis >= out_rank - 2 or shape is not None and shape[axis] == 1:
             continue
-        if shape is None or shape[axis] != 1:  # an untracked input spanning the heads' batch axis
-            ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
-            return
-    layouts = [t.layout for t in tracked.values()]
+        if name in multi_query and shape is not None and shape[axis] == ctx.length(layouts[0]):
+            gathered.append((position, axis))
+            continue
+        ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
+        return
     if not all(ctx.atoms.unify(layouts[0], other, coarsen=True) for other in layouts[1:]):
         ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
         return
+    for position, axis in gathered:
+        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
     ctx.track(node.output[0], out_axis, layouts[0])
     ctx.scaled[node.name] = layouts[0]
 
