@@ -30,6 +30,10 @@ def matmul_of_activations(ctx, node) -> None:
         return
     heads = [name for name, rank in zip(names, ranks) if name in tracked and tracked[name].axis < rank - 2]
     multi_query = [name for name in tracked if name not in heads] if len(heads) == 1 else []
+    if len(heads) == 2 and not multi_query:  # Falcon's single k/v head, repeated along the heads axis
+        single = [name for name in heads if _one_channel_classes(ctx, tracked[name].layout)]
+        multi_query = single if len(single) == 1 else []
+        heads = [name for name in heads if name not in multi_query]
     for name in multi_query:  # its own features freeze; its heads axis is gathered below
         ctx.freeze(tracked.pop(name).layout, node, "MatMul between activations reads these channels beside "
                    "the other input's heads")
@@ -65,6 +69,11 @@ def matmul_of_activations(ctx, node) -> None:
         ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
     ctx.track(node.output[0], out_axis, layouts[0])
     ctx.scaled[node.name] = layouts[0]
+
+
+def _one_channel_classes(ctx, layout) -> bool:
+    """Whether every class in `layout` has a single channel (repeated: one k/v head for all heads)."""
+    return all(ctx.atoms.sizes[block.atom] == 1 for block in ctx.atoms.expand(layout))
 
 
 @rule("Einsum")

@@ -392,6 +392,8 @@ def reshape_channel_axis(in_shape, out_shape, axis) -> tuple[int, int] | None:
     """
     outer, channels = math.prod(in_shape[:axis]), in_shape[axis]
     out_axis, accumulated = 0, 1
+    if channels == 1 and list(out_shape[:axis]) == list(in_shape[:axis]):
+        out_axis, accumulated = axis, outer  # one channel beside size-1 axes: the same place, not the first 1
     while out_axis < len(out_shape) and accumulated < outer:
         accumulated *= out_shape[out_axis]
         out_axis += 1

@@ -377,6 +377,9 @@ def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
     from the input, whatever the shape computation gives."""
     shape_size = (ctx.static_shape(node.input[1]) or (None,))[0]
     channels = ctx.length(tracked.layout)
+    if shape_size is not None and channels == 1 and _keeps_one_channel(ctx, node, out_axis, shape_size):
+        ctx.track(node.output[0], out_axis, tracked.layout)  # one channel, never pruned: nothing to rewrite
+        return
     if shape_size is None or channels == 1:
         ctx.freeze(tracked.layout, node, "shape computed at run time, of unknown length")
         return
@@ -384,6 +387,17 @@ def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
     if index >= 0:
         ctx.fix(node, [tracked.layout], _broadcast_shape_entry(node.name, index, shape_size))
     ctx.track(node.output[0], out_axis, tracked.layout)
+
+
+def _keeps_one_channel(ctx, node, out_axis: int, shape_size: int) -> bool:
+    """Whether an Expand of a one-channel axis leaves it one channel at any input size: the shape's
+    entry there is the count of a one-channel class (never pruned), read through Shape, and was 1
+    when the analysis ran (Falcon's repeat_kv of its single k/v head)."""
+    carrier = ctx.size_carriers.get(node.input[1])
+    out_shape = ctx.static_shape(node.output[0])
+    index = out_axis - (len(out_shape or ()) - shape_size)
+    return (out_shape is not None and out_shape[out_axis] == 1 and carrier is not None and carrier[1] == index
+            and ctx.length(carrier[0]) == 1)
 
 
 def _broadcast_shape_entry(node_name: str, index: int, size: int):
