@@ -30,7 +30,7 @@ def matmul_of_activations(ctx, node) -> None:
         return
     heads = [name for name, rank in zip(names, ranks) if name in tracked and tracked[name].axis < rank - 2]
     multi_query = [name for name in tracked if name not in heads] if len(heads) == 1 else []
-    if len(heads) == 2 and not multi_query:  # Falcon's single k/v head, repeated along the heads axis
+    if len(heads) == 2:  # Falcon's single k/v head, repeated along the heads axis
         single = [name for name in heads if _one_channel_classes(ctx, tracked[name].layout)]
         multi_query = single if len(single) == 1 else []
         heads = [name for name in heads if name not in multi_query]
