@@ -175,10 +175,13 @@ def plan_for_target_macs(
     best_ratio = 0.0
     plan, smallest = fraction(high)
     if smallest > target + tolerance:
-        limits = f"--round-to {options.round_to}, --min-channels {options.min_channels}"
+        # Rounding to 1 is no limit (it is also where --round-to auto starts): name only what limits.
+        rounding = [f"--round-to {options.round_to}"] if options.round_to > 1 else []
+        limits = " and ".join(rounding + [f"--min-channels {options.min_channels}"])
         raise OnnxSlimError(
             f"target {target:.2f} of MACs is out of reach: pruning every prunable group as far as "
-            f"{limits} allow keeps {smallest:.2f} (frozen groups hold the rest: see `onnx-slim inspect`)"
+            f"{limits} {'allow' if rounding else 'allows'} keeps {smallest:.2f} (frozen groups hold the rest: "
+            f"see `onnx-slim inspect`)"
         )
     for _ in range(40):
         middle = (low + high) / 2

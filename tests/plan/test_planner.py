@@ -8,6 +8,7 @@ from conftest import assert_valid, weight_dims
 from graphs import Graph, conv_chain
 from onnx import numpy_helper
 
+from onnx_slim.errors import OnnxSlimError
 from onnx_slim.pipeline.prune import prune
 from onnx_slim.plan.planner import PlanOptions, global_plan, kept_count, uniform_plan
 
@@ -70,6 +71,13 @@ def test_a_macs_target_leaves_groups_that_no_per_sample_mac_depends_on():
     assert weight_dims(pruned, "conv1")[0] < 16 and abs(report.macs_fraction - 0.6) <= 0.03
     pruned, _ = prune(model, ratio=0.5, cleanup=False)
     assert weight_dims(pruned, "mlp1") == (2, 8)
+
+
+@pytest.mark.parametrize("round_to, limits", [(1, "--min-channels 1 allows"),
+                                               (8, "--round-to 8 and --min-channels 1 allow")])
+def test_an_unreachable_target_names_only_the_limits_that_apply(round_to, limits):
+    with pytest.raises(OnnxSlimError, match=f"out of reach: pruning every prunable group as far as {limits} keeps"):
+        prune(conv_chain((16,)), target_macs=0.01, round_to=round_to)
 
 
 # -- the planner's own functions ---------------------------------------------------------------
