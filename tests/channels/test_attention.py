@@ -400,8 +400,8 @@ def test_multi_query_attention_prunes_query_heads_and_gathers_the_shared_key_and
     _assert_equals_masked(pruned, masked, plan)
 
 
-def falcon_attention() -> onnx.ModelProto:
-    """Falcon's multi-query attention as TorchScript exports it: one fused projection viewed as
+def falcon_attention(style: str) -> onnx.ModelProto:
+    """Falcon's multi-query attention as both exporters write it: one fused projection viewed as
     [B, S, -1, D] (HEADS + 2 heads) and split into HEADS query heads, one k head and one v head, each repeated
     by repeat_kv (its count read through Shape)."""
     g = Graph(seed=14)
@@ -410,16 +410,17 @@ def falcon_attention() -> onnx.ModelProto:
     split = g.node("Reshape", [fused, _target(g, x, "qkv_shape", [-1, HEAD_DIM])], "qkv_heads")  # as Falcon: -1
     q, k, v = g.split(split, [HEADS, 1, 1], axis=2, name="qkv_split")
     q, k, v = (g.node("Transpose", [part], f"{name}_t", perm=[0, 2, 1, 3]) for name, part in zip("qkv", (q, k, v)))
-    k, v = (_repeat_kv(g, part, name, "torchscript", kv_heads=1) for name, part in zip("kv", (k, v)))
+    k, v = (_repeat_kv(g, part, name, style, kv_heads=1) for name, part in zip("kv", (k, v)))
     out = _linear(g, _attention(g, q, k, v, x), WIDTH, "out")
     return _model(g, g.add(out, x, name="residual"))
 
 
-def test_a_fused_multi_query_projection_prunes_its_query_heads():
-    analysis = analyze(falcon_attention())
+@pytest.mark.parametrize("style", ["torchscript", "dynamo"])
+def test_a_fused_multi_query_projection_prunes_its_query_heads(style):
+    analysis = analyze(falcon_attention(style))
     group = group_with(analysis.channels, "qkv")
     assert group.prunable and (group.channels, group.unit) == (HEADS, HEAD_DIM), [str(r) for r in group.frozen]
-    pruned, masked, plan = _prune_heads(falcon_attention(), "qkv", [1, 2])
+    pruned, masked, plan = _prune_heads(falcon_attention(style), "qkv", [1, 2])
     assert weight_dims(pruned, "qkv") == (WIDTH, 4 * HEAD_DIM)  # two query heads, the k head, the v head
     assert weight_dims(pruned, "out") == (2 * HEAD_DIM, WIDTH)
     _assert_equals_masked(pruned, masked, plan)

@@ -6,6 +6,7 @@ import numpy as np
 from onnx import helper
 
 from onnx_slim.channels.context import PARAM
+from onnx_slim.channels.partial import UNKNOWN, known_entries
 from onnx_slim.channels.rules.registry import (
     elementwise_same_axis,
     input_at,
@@ -391,13 +392,17 @@ def _expand_to_computed_shape(ctx, node, tracked, out_axis: int) -> None:
 
 def _keeps_one_channel(ctx, node, out_axis: int, shape_size: int) -> bool:
     """Whether an Expand of a one-channel axis leaves it one channel at any input size: the shape's
-    entry there is the count of a one-channel class (never pruned), read through Shape, and was 1
-    when the analysis ran (Falcon's repeat_kv of its single k/v head)."""
+    entry there is a constant 1, or the count of a one-channel class (never pruned) read through
+    Shape (Falcon's repeat_kv of its single k/v head, as dynamo and TorchScript export it)."""
     carrier = ctx.size_carriers.get(node.input[1])
     out_shape = ctx.static_shape(node.output[0])
-    index = out_axis - (len(out_shape or ()) - shape_size)
-    return (out_shape is not None and out_shape[out_axis] == 1 and carrier is not None and carrier[1] == index
-            and ctx.length(carrier[0]) == 1)
+    if out_shape is None or out_shape[out_axis] != 1:
+        return False
+    index = out_axis - (len(out_shape) - shape_size)
+    if carrier is not None and carrier[1] == index:
+        return ctx.length(carrier[0]) == 1
+    entries = known_entries(ctx, node.input[1])
+    return entries is not None and 0 <= index < len(entries) and entries[index] is not UNKNOWN and entries[index] == 1
 
 
 def _broadcast_shape_entry(node_name: str, index: int, size: int):
