@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from onnx_slim.channels.context import PARAM
-from onnx_slim.channels.rules.registry import gather_kept, rule
+from onnx_slim.channels.rules.registry import join_channels, rule, side_input_role
 from onnx_slim.ir.graph import attr
 
 
@@ -62,13 +61,8 @@ def matmul_of_activations(ctx, node) -> None:
             continue
         ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
         return
-    if not all(ctx.atoms.unify(layouts[0], other, coarsen=True) for other in layouts[1:]):
-        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
-        return
-    for position, axis in gathered:
-        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
-    ctx.track(node.output[0], out_axis, layouts[0])
-    ctx.scaled[node.name] = layouts[0]
+    if join_channels(ctx, node, layouts, out_axis, gathered=gathered):
+        ctx.scaled[node.name] = layouts[0]
 
 
 def _one_channel_classes(ctx, layout) -> bool:
@@ -99,25 +93,15 @@ def einsum(ctx, node):
     label = labels.pop()
     layouts = [t.layout for t in tracked.values()]
     channels = ctx.length(layouts[0])
-    params, side_inputs = [], []
+    roles = {"param": [], "gather": []}
     for position, (name, term) in enumerate(zip(node.input, terms)):
         if name in tracked or label not in term:
             continue
         axis, shape = term.index(label), ctx.shape(name)
-        if shape is not None and shape[axis] == 1:
-            continue
-        if shape is not None and shape[axis] == channels and ctx.is_const(name):
-            params.append((name, axis))
-        elif shape is not None and shape[axis] == channels and ctx.independent_of_channels(name):
-            side_inputs.append((position, axis))
-        else:
+        role = None if shape is None else side_input_role(ctx, name, shape[axis], channels)
+        if role is None:
             ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
             return
-    if not all(ctx.atoms.unify(layouts[0], other, coarsen=True) for other in layouts[1:]):
-        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
-        return
-    for name, axis in params:
-        ctx.use(PARAM, node, name, axis, layouts[0])
-    for position, axis in side_inputs:
-        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
-    ctx.track(node.output[0], output.index(label), layouts[0])
+        if role != "broadcast":
+            roles[role].append((name, axis) if role == "param" else (position, axis))
+    join_channels(ctx, node, layouts, output.index(label), roles["param"], roles["gather"])

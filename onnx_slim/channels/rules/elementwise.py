@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from onnx_slim.channels.context import PARAM
-from onnx_slim.channels.rules.registry import gather_kept, joined_inputs, pass_through, rule
+from onnx_slim.channels.rules.registry import join_channels, joined_inputs, pass_through, rule, side_input_role
 
 rule(
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -33,7 +32,7 @@ def elementwise(ctx, node):
     out_axis = out_axes.pop()
     layouts = [t.layout for t in tracked.values()]
     channels = ctx.length(layouts[0])
-    per_channel_params, side_inputs = [], []
+    roles = {"param": [], "gather": []}
     for position, name in enumerate(node.input):
         if not name or name in tracked:
             continue
@@ -42,25 +41,11 @@ def elementwise(ctx, node):
             ctx.freeze_inputs(node, f"shape of input {name} unknown")
             return
         axis = out_axis - (out_rank - len(shape))
-        if axis < 0 or shape[axis] == 1:
-            continue  # broadcast along the channel axis
-        if ctx.is_const(name) and shape[axis] == channels:
-            per_channel_params.append((name, axis))
-            continue
-        if shape[axis] == channels and ctx.independent_of_channels(name):
-            # Computed from nothing that pruning resizes (a relative-position bias shared by
-            # every layer, an input): each reader takes its kept channels with a Gather.
-            side_inputs.append((position, axis))
-            continue
-        ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
-        return
-    for other in layouts[1:]:
-        # Coarsening lets a plain gate multiply whole groups of a grouped Conv's filters.
-        if not ctx.atoms.unify(layouts[0], other, coarsen=True):
-            ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
+        role = "broadcast" if axis < 0 else side_input_role(ctx, name, shape[axis], channels)
+        if role is None:
+            ctx.freeze_inputs(node, f"input {name} spans the channel axis but is not tracked")
             return
-    for name, axis in per_channel_params:
-        ctx.use(PARAM, node, name, axis, layouts[0])
-    for position, axis in side_inputs:
-        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
-    ctx.track(output, out_axis, layouts[0])
+        if role != "broadcast":
+            roles[role].append((name, axis) if role == "param" else (position, axis))
+    # Coarsening lets a plain gate multiply whole groups of a grouped Conv's filters.
+    join_channels(ctx, node, layouts, out_axis, roles["param"], roles["gather"], output)

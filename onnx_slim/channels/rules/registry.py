@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnx_slim.channels.context import AnalysisContext
+from onnx_slim.channels.context import PARAM, AnalysisContext
 from onnx_slim.channels.space import Layout
 
 Rule = Callable[[AnalysisContext, onnx.NodeProto], None]
@@ -108,3 +108,34 @@ def elementwise_same_axis(ctx, node, tracked_list):
             ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
             return
     ctx.track(node.output[0], tracked_list[0].axis, first)
+
+
+def side_input_role(ctx: AnalysisContext, name: str, size: int, channels: int) -> str | None:
+    """How an untracked input whose axis of `size` meets `channels` tracked channels joins them:
+    "broadcast" (size 1), "param" (a per-channel constant, sliced with them), "gather" (computed
+    from nothing pruning resizes, as a relative-position bias: a Gather of the kept channels in
+    front), or None (it spans the channels without carrying them: they freeze)."""
+    if size == 1:
+        return "broadcast"
+    if size == channels and ctx.is_const(name):
+        return "param"
+    if size == channels and ctx.independent_of_channels(name):
+        return "gather"
+    return None
+
+
+def join_channels(ctx: AnalysisContext, node: onnx.NodeProto, layouts, out_axis: int, params=(), gathered=(),
+                  output: str | None = None) -> bool:
+    """Tie `layouts` channel by channel (coarsening where one side's channels cover more indices, as
+    a gate on whole conv groups or k/v heads repeated for several query heads), slice the per-channel
+    constants `params` [(name, axis)], put a Gather of the kept channels in front of the inputs
+    `gathered` [(position, axis)], and track the output; False, after freezing, when they do not tie."""
+    if not all(ctx.atoms.unify(layouts[0], other, coarsen=True) for other in layouts[1:]):
+        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
+        return False
+    for name, axis in params:
+        ctx.use(PARAM, node, name, axis, layouts[0])
+    for position, axis in gathered:
+        ctx.fix(node, [layouts[0]], gather_kept(node.name, position, axis, layouts[0]))
+    ctx.track(output or node.output[0], out_axis, layouts[0])
+    return True

@@ -10,6 +10,7 @@ from onnx_slim.channels.partial import UNKNOWN, known_entries
 from onnx_slim.channels.rules.registry import (
     elementwise_same_axis,
     input_at,
+    join_channels,
     joined_inputs,
     rule,
     set_const_entry,
@@ -242,10 +243,7 @@ def scatter_nd(ctx, node):
             or ctx.get(node.input[1]) is not None or updates.axis != len(indices) - 1 + data.axis - reached):
         ctx.freeze_inputs(node, "scatters along the channel axis, or values that do not carry the same channels")
         return
-    if not ctx.atoms.unify(data.layout, updates.layout):
-        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
-        return
-    ctx.track(node.output[0], data.axis, data.layout)
+    join_channels(ctx, node, [data.layout, updates.layout], data.axis)
 
 
 @rule("GatherElements")
@@ -260,10 +258,7 @@ def gather_elements(ctx, node):
     if data is None or indices is None or data.axis != indices.axis or axis == data.axis:
         ctx.freeze_inputs(node, "gathers elements along the channels, or from tensors that do not both carry them")
         return
-    if not ctx.atoms.unify(data.layout, indices.layout):
-        ctx.freeze_inputs(node, "inputs' channel layouts cannot be aligned")
-        return
-    ctx.track(node.output[0], data.axis, data.layout)
+    join_channels(ctx, node, [data.layout, indices.layout], data.axis)
 
 
 def _gather_every_channel(ctx, node, tracked) -> None:
