@@ -15,7 +15,10 @@ and leaves ``W <- W - H^-1[:, B] [(H^-1)_BB]^-1 W_B`` and ``H^-1 <- H^-1 - H^-1[
 [(H^-1)_BB]^-1 H^-1[B, :]``. Greedily, one channel at a time, this gives the removal
 order and the error after each removal; a group's consumers each keep their own state
 and the cost is the mean of their relative errors (error / output energy), like
-ThiNet's, so scores mean the same thing in every group.
+ThiNet's, so scores mean the same thing in every group. The re-fit also fits an intercept
+(the consumer's bias), so the Gram carries a constant feature that is never removed: a
+channel whose loss is mostly its mean (a ReLU's output) then costs what the bias cannot
+absorb, not its whole energy.
 """
 
 from __future__ import annotations
@@ -140,13 +143,18 @@ def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator) -
                         for i, size in enumerate(x.shape[2:]))
         positions = sample_positions(rng, x.shape[0], out_h, out_w, min(ROWS_PER_IMAGE, out_h * out_w))
         patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
-        return patches.reshape(patches.shape[0], -1).astype(np.float64)
+        return _with_intercept(patches.reshape(patches.shape[0], -1))
     if attr(node, "transA", 0):
         x = x.T
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] > ROWS_PER_IMAGE * max(x.shape[0], 1):
         rows = rows[rng.choice(rows.shape[0], ROWS_PER_IMAGE * x.shape[0], replace=False)]
-    return rows.astype(np.float64)
+    return _with_intercept(rows)
+
+
+def _with_intercept(rows: np.ndarray) -> np.ndarray:
+    """The rows with a last column of ones: the intercept the re-fit solves with the weights."""
+    return np.concatenate([rows.astype(np.float64), np.ones((rows.shape[0], 1))], axis=1)
 
 
 # --------------------------------------------------------------------------- the greedy path
@@ -157,7 +165,7 @@ class _Block:
     """A consumer's state in one group's greedy path: which features each channel owns."""
 
     inverse: np.ndarray  # (H + damping)^-1, updated after each removal
-    weight: np.ndarray  # [features, outputs], compensated after each removal
+    weight: np.ndarray  # [features (+ intercept), outputs], compensated after each removal
     features: np.ndarray  # [channels, per channel] feature indices of each group channel
     energy: float  # ||X W||^2 of the original layer: errors are relative to it
 
@@ -169,8 +177,12 @@ class _Block:
         inputs = np.array([list(member.indices(c)) for c in range(channels)])  # [channels, repeat]
         taps = np.arange(consumer.taps)
         features = (inputs[:, :, None] * consumer.taps + taps).reshape(channels, -1)
-        energy = float(np.sum(consumer.matrix * (gram @ consumer.matrix)))
-        return cls(inverse, consumer.matrix.copy(), features, max(energy, 1e-30))
+        # The intercept's row (when the Gram has one) starts at zero: the layer's own bias is a
+        # constant, outside the error, and the row only collects compensation.
+        weight = np.zeros((gram.shape[0], consumer.matrix.shape[1]))
+        weight[:consumer.matrix.shape[0]] = consumer.matrix
+        energy = float(np.sum(weight * (gram @ weight)))
+        return cls(inverse, weight, features, max(energy, 1e-30))
 
     def costs(self, candidates: np.ndarray) -> np.ndarray:
         """Relative error added by removing each candidate channel (with compensation)."""

@@ -21,6 +21,12 @@ output scale), so each such LayerNormalization is rewritten in the masked model
 as its formula with masked statistics (mean and variance over the kept channels),
 which makes it exact too. A recurrent layer reads its own hidden units back at
 every step: its R columns are masked as well.
+
+With `fill_from` (calibration batches), a removed channel reads as its mean on those
+batches instead of zero: (x - mean) * mask + mean. That is the pruned network after the
+cheapest compensation the re-fit always has (the removed channels' mean contribution folded
+into the consumers' biases), so a sensitivity trial prices what pruning costs once
+re-fitted, not what zeroing a channel with a large mean (a ReLU's output) costs.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from onnx import helper, numpy_helper
 from onnx_slim.channels.analysis import ModelAnalysis
 from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup
 from onnx_slim.channels.space import Layout
+from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.metrics import AgreementAccumulator
+from onnx_slim.data.statistics import ChannelStats
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 from onnx_slim.ops.specs import RECURRENT_OPS, Recurrent
 
@@ -72,14 +80,15 @@ class MaskedModel:
     """
 
     def __init__(self, analysis: ModelAnalysis | ChannelAnalysis, groups: list[ChannelGroup], *,
-                 session: SessionSpec = SessionSpec()):
+                 session: SessionSpec = SessionSpec(), fill_from: list[dict] | None = None):
         channels: ChannelAnalysis = getattr(analysis, "channels", analysis)
         self.atoms = channels.atoms
         self.roots = {group.root for group in groups}
         model = onnx.ModelProto()
         model.CopyFrom(channels.context.model)
         self.slots = _mask_slots(channels, groups)
-        _insert_masks(model, self.slots)
+        fills = _channel_means(model, self.slots, fill_from, session) if fill_from else {}
+        _insert_masks(model, self.slots, fills)
         self.model = model
         self.output_names = [output.name for output in model.graph.output]
         self.session = create_session(model, session)
@@ -170,8 +179,22 @@ def _single_output(node: onnx.NodeProto) -> bool:
     return len([name for name in node.output if name]) == 1
 
 
-def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot]) -> None:
-    """Add the mask inputs, a Mul before each tensor's first consumer, and masked layer norms."""
+def _channel_means(model: onnx.ModelProto, slots: list[MaskSlot], batches: list[dict],
+                   session: SessionSpec) -> dict[str, np.ndarray]:
+    """Per masked tensor read by consumers, its channel means on `batches`, shaped like its mask."""
+    wanted = [slot for slot in slots if slot.consumers and slot.position == 0]
+    if not wanted:
+        return {}
+    stats = {slot.tensor: ChannelStats(axis=slot.axis) for slot in wanted}
+    for results in ActivationCapture(model, list(stats), session=session).iter(batches):
+        for tensor, accumulator in stats.items():
+            accumulator.update(results[tensor])
+    return {slot.input_name: stats[slot.tensor].mean.astype(slot.dtype).reshape(slot.shape()) for slot in wanted}
+
+
+def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot], fills: Mapping[str, np.ndarray]) -> None:
+    """Add the mask inputs, a Mul before each tensor's first consumer (around it a Sub and an Add
+    of the channel means, for a slot in `fills`), and masked layer norms."""
     graph = model.graph
     before: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes to insert before it
     replaced: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes that replace it
@@ -181,9 +204,8 @@ def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot]) -> None:
         graph.input.append(helper.make_tensor_value_info(slot.input_name, elem_type, slot.shape()))
         if slot.consumers:
             masked = f"{slot.tensor}__{slot.input_name}"
-            multiply = helper.make_node("Mul", [slot.tensor, slot.input_name], [masked], name=f"{slot.input_name}_mul")
             first = next(node for node in graph.node if node.name in slot.consumers)
-            before.setdefault(first.name, []).append(multiply)
+            before.setdefault(first.name, []).extend(_mask_nodes(slot, masked, fills.get(slot.input_name), graph))
             for name in slot.consumers:
                 nodes[name].input[slot.position] = masked
         for name in slot.layer_norms:
@@ -194,6 +216,17 @@ def _insert_masks(model: onnx.ModelProto, slots: list[MaskSlot]) -> None:
         ordered.extend(replaced.get(node.name, [node]))
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def _mask_nodes(slot: MaskSlot, masked: str, mean: np.ndarray | None, graph: onnx.GraphProto) -> list:
+    """x * mask, or with channel means (x - mean) * mask + mean, computed into `masked`."""
+    name = slot.input_name
+    if mean is None:
+        return [helper.make_node("Mul", [slot.tensor, name], [masked], name=f"{name}_mul")]
+    graph.initializer.append(numpy_helper.from_array(mean, f"{name}_mean"))
+    return [helper.make_node("Sub", [slot.tensor, f"{name}_mean"], [f"{name}_centered"], name=f"{name}_sub"),
+            helper.make_node("Mul", [f"{name}_centered", name], [f"{name}_kept"], name=f"{name}_mul"),
+            helper.make_node("Add", [f"{name}_kept", f"{name}_mean"], [masked], name=f"{name}_add")]
 
 
 def _masked_layer_norm(node: onnx.NodeProto, slot: MaskSlot, graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -120,12 +120,16 @@ def measure_sensitivity(
     seed: int = 0,
     session: SessionSpec = SessionSpec(),
     progress: Progress | None = None,
+    mean_fill: bool = True,
 ) -> SensitivityReport:
     """Output error of pruning each prunable group alone at each ratio.
 
     Runs on the first `samples` samples. Within a group the channels with the
     lowest `criterion` scores go first (`scores` when the caller has them, else
-    scored here with `seed`); the count follows `plan.kept_count`.
+    scored here with `seed`); the count follows `plan.kept_count`. With `mean_fill` a
+    removed channel reads as its mean on those samples (masking.py): the error priced is
+    the one left after the re-fit's cheapest compensation (EfficientNet-Lite0 at 60% of the
+    MACs, obs + re-fit: top-1 4.8% with zeroed channels, 61.9% with mean fill).
     """
     ratios = _checked_ratios(ratios)
     if calibration is None:
@@ -140,8 +144,8 @@ def measure_sensitivity(
                                  calibration=calibration, session=session, progress=progress)
         scores = score_groups(context, criterion, groups)
     cost_model = CostModel.of(analysis)
-    masked = MaskedModel(analysis, groups, session=session)
     batches = list(calibration.take(samples).batches(samples))
+    masked = MaskedModel(analysis, groups, session=session, fill_from=batches if mean_fill else None)
     reference = [masked.run(batch) for batch in batches]
     report = SensitivityReport(criterion, list(ratios), sum(len(next(iter(b.values()))) for b in batches),
                                cost_model.macs)

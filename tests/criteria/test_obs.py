@@ -70,6 +70,30 @@ def test_the_first_choice_is_the_best_single_channel_and_two_steps_beat_thinet_o
     assert singles[order[0]] <= singles[thinet_first]
 
 
+def test_with_the_intercept_each_step_costs_the_refit_error_with_a_fitted_bias(monkeypatch):
+    """Rows from the scoring path carry a constant feature: the path then prices what a re-fit with
+    an intercept leaves, and a channel that is mostly its mean (a ReLU's output) costs little."""
+    rng = np.random.default_rng(2)
+    x = correlated_inputs(rng)
+    x[:, 2] = 3.0 + 0.01 * rng.standard_normal(len(x))  # nearly constant: the bias stands in for it
+    w = rng.standard_normal((6, 4))
+    rows = obs_module._with_intercept(x)
+    monkeypatch.setattr(obs_module, "DAMPING", 1e-12)
+    consumer = obs_module._Consumer(node=None, matrix=w, kernel=[], gram=rows.T @ rows, rows=len(x))
+
+    order, errors = obs_module.obs_greedy([obs_module._Block.of(consumer, Member(use=None, offset=0, repeat=1), 6)])
+
+    def refit_with_bias(kept):
+        solution, *_ = np.linalg.lstsq(rows[:, kept + [6]], x @ w, rcond=None)
+        return float(np.square(x @ w - rows[:, kept + [6]] @ solution).sum() / np.square(x @ w).sum())
+
+    assert order[0] == 2
+    for step in range(5):
+        kept = sorted(set(range(6)) - set(order[: step + 1].tolist()))
+        assert errors[step] == pytest.approx(refit_with_bias(kept), rel=1e-5, abs=1e-9)
+    assert refit_error(x, w, [0, 1, 3, 4, 5]) > 10 * errors[0]  # without the bias it would cost far more
+
+
 def mlp(rng):
     w1, w2 = rng.standard_normal((8, 12)).astype(np.float32), rng.standard_normal((12, 5)).astype(np.float32)
     graph = helper.make_graph(

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 from graphs import Graph
 
 from onnx_slim.apply.surgery import apply_plan, refresh_shapes
 from onnx_slim.channels.analysis import analyze
+from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.masking import MaskedModel
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
@@ -136,3 +138,35 @@ def test_the_analyzed_model_is_not_modified():
     before = analysis.model.SerializeToString()
     MaskedModel(analysis, analysis.channels.prunable_groups())
     assert analysis.model.SerializeToString() == before
+
+
+def relu_pair():
+    g = Graph(seed=5)
+    x = g.input("x", [4, 3, 6, 6])
+    hidden = g.relu(g.conv(x, 8, kernel=1, name="conv1"))
+    return g.build(g.conv(hidden, 5, kernel=1, name="conv2")), hidden
+
+
+def test_mean_fill_reads_a_removed_channel_as_its_mean_on_the_fill_batches():
+    """With fill_from, conv2 sees each removed channel as its calibration mean: the pruned layer
+    with the removed channels' mean contribution in its bias (the re-fit's cheapest fix)."""
+    model, hidden = relu_pair()
+    analysis = analyze(model)
+    (group,) = analysis.channels.prunable_groups()
+    feeds = batch_feeds(analysis, batch=4)
+    masked = MaskedModel(analysis, [group], fill_from=[feeds])
+    plan = {group.root: [1, 6]}
+
+    capture = ActivationCapture(analysis.model, [hidden]).run(feeds)
+    h = capture[hidden].copy()
+    h[:, [1, 6]] = h[:, [1, 6]].mean(axis=(0, 2, 3), keepdims=True)
+    conv2 = next(node for node in analysis.model.graph.node if node.name == "conv2")
+    weights = {init.name: numpy_helper.to_array(init) for init in analysis.model.graph.initializer}
+    w, b = weights[conv2.input[1]][:, :, 0, 0], weights[conv2.input[2]]
+    expected = np.einsum("oc,nchw->nohw", w, h) + b[None, :, None, None]
+
+    (output,) = masked.run(feeds, plan).values()
+    np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
+    assert_close(masked.run(feeds, {}), run_session(create_session(analysis.model), feeds))
+    zeroed = MaskedModel(analysis, [group]).run(feeds, plan)
+    assert not np.allclose(next(iter(zeroed.values())), expected, atol=1e-3)  # zeroing is another model
