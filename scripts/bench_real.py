@@ -61,6 +61,9 @@ OURS = {  # method -> onnx_slim.prune options
     "thinet+rec+sens": {"criterion": "thinet", "reconstruct": True, "allocate": "sensitivity"},
     "thinet+rec+interior": {"criterion": "thinet", "reconstruct": True, "allocate": "interior"},
     "thinet+rec+auto": {"criterion": "thinet", "reconstruct": True, "allocate": "auto"},
+    # OBS: channels chosen by the error left after the consumers' compensation (criteria/obs.py)
+    "obs+rec": {"criterion": "obs", "reconstruct": True, "allocate": "uniform"},
+    "obs+rec+auto": {"criterion": "obs", "reconstruct": True, "allocate": "auto"},
     # the same with the LayerNorm-normalized residual stream prunable too (--prune-layernorm)
     "thinet+rec+auto+ln": {"criterion": "thinet", "reconstruct": True, "allocate": "auto", "prune_layernorm": True},
     # No data: the same on 256 synthetic dead-leaves images instead of calib.npz
@@ -71,7 +74,8 @@ OURS = {  # method -> onnx_slim.prune options
 PEER = ["tp-l1", "tp-taylor", "tp-lamp"]
 METHODS = list(OURS) + PEER
 # l1+rec: on request (--methods)
-DEFAULT_METHODS = ["l1", "consumer_l1", "thinet+rec", "thinet+rec+sens", "thinet+rec+interior", "thinet+rec+auto", *PEER]
+DEFAULT_METHODS = ["l1", "consumer_l1", "thinet+rec", "thinet+rec+sens", "thinet+rec+interior", "thinet+rec+auto",
+                   "obs+rec", "obs+rec+auto", *PEER]
 CAVEATS = {
     "efficientnet_lite0": "test = 750 photos, one per class (imagenet-sample-images), no augmentation: one photo "
                           "is 0.13 points (if built without that set: 20 photos x 12 views, ~5-point steps).",

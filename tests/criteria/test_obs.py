@@ -70,6 +70,36 @@ def test_the_first_choice_is_the_best_single_channel_and_two_steps_beat_thinet_o
     assert singles[order[0]] <= singles[thinet_first]
 
 
+def test_removing_channels_together_leaves_the_least_squares_weights_of_the_kept_ones(monkeypatch):
+    rng = np.random.default_rng(4)
+    x, w = correlated_inputs(rng), rng.standard_normal((6, 4))
+    path = block(x, w, monkeypatch)
+
+    path.remove(np.array([1, 4]))
+
+    kept = [0, 2, 3, 5]
+    solution, *_ = np.linalg.lstsq(x[:, kept], x @ w, rcond=None)
+    np.testing.assert_allclose(path.weight[kept], solution, rtol=1e-6, atol=1e-8)
+    assert not path.weight[[1, 4]].any()
+
+
+def test_a_group_wider_than_the_step_limit_removes_its_cheapest_channels_a_few_at_a_time(monkeypatch):
+    rng = np.random.default_rng(5)
+    x, w = correlated_inputs(rng, channels=9), rng.standard_normal((9, 4))
+    monkeypatch.setattr(obs_module, "MAX_STEPS", 3)  # 3 channels per step
+    first_costs = block(x, w, monkeypatch).costs(np.arange(9))
+
+    order, errors = obs_module.obs_greedy([block(x, w, monkeypatch)])
+
+    assert sorted(order.tolist()) == list(range(9))
+    assert set(order[:3].tolist()) == set(np.argsort(first_costs)[:3].tolist())
+    assert np.all(np.diff(errors) >= 0)
+    # The first step's channels together cost about what their re-fit leaves (not exactly: their
+    # costs are summed, each priced as if removed alone).
+    kept = sorted(set(range(9)) - set(order[:3].tolist()))
+    assert errors[2] == pytest.approx(refit_error(x, w, kept), rel=0.5)
+
+
 def test_with_the_intercept_each_step_costs_the_refit_error_with_a_fitted_bias(monkeypatch):
     """Rows from the scoring path carry a constant feature: the path then prices what a re-fit with
     an intercept leaves, and a channel that is mostly its mean (a ReLU's output) costs little."""
