@@ -29,6 +29,7 @@ from onnx_slim.cli_options import (
     grouped_conv_option,
     layernorm_option,
     load_data,
+    pipeline_config,
     provider_options,
     session_spec,
     shape_option,
@@ -278,27 +279,6 @@ def run(ctx, model, output, config_path, force, as_json, quiet, **options):
         click.echo(report.summary_markdown())
         click.echo(f"\nwrote {report.outputs.model} and {report.outputs.report_json}")
     report.check_gates()
-
-
-def pipeline_config(ctx, model, config_path, options):
-    """PipelineConfig from defaults < config file < options given on the command line."""
-    from click.core import ParameterSource
-
-    from onnx_slim.pipeline.config import config_from_mapping, load_config, sibling_config
-
-    config_file = config_path or sibling_config(model)
-    merged = load_config(config_file) if config_file else {}
-    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    # --ratio, --target-macs and --target-latency are one choice: any on the command line replaces the config's.
-    targets = {"ratio", "target_macs", "target_latency"}
-    if given & targets:
-        for name in targets:
-            merged.pop(name, None)
-    for name, value in options.items():
-        key = "eval" if name == "eval_path" else name
-        if name in given or key not in merged:
-            merged[key] = value
-    return config_from_mapping(merged), (str(config_file) if config_file else None)
 
 
 @cli.command()
