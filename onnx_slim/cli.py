@@ -127,10 +127,9 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate, steps,
-          reconstruct,
-          correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads, exclude,
-          prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force, as_json,
-          quiet, **image_options):
+          reconstruct, correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads,
+          exclude, prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force,
+          as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path

@@ -114,16 +114,16 @@ shape_option = click.option(
 # `run --quantize`: the modes of `quantize --mode`, or none (pipeline/config.py checks config files the same way).
 QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
 # The allocations of pipeline.candidates (ALLOCATIONS and "auto"), spelled out: the CLI imports no pipeline at start-up.
-STEPS_OPTION = click.option(
-    "--steps", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Reach --target-macs in this many equal relative cuts, each scored, planned and re-fitted on the model "
-         "the last one left.")
 ALLOCATE_OPTION = click.option(
     "--allocate", type=click.Choice(["uniform", "interior", "sensitivity", "auto"]),
     help="uniform: one ratio for every group; interior: the same, sparing residual streams; sensitivity: per-group "
          "ratios from measured sensitivity; auto: build each, keep the closest to the original on held-out "
          "--calib samples (default with --calib data and --target-macs F; else uniform).",
 )
+STEPS_OPTION = click.option(
+    "--steps", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Reach --target-macs in this many equal relative cuts, each scored, planned and re-fitted on the model "
+         "the last one left.")
 
 CLEANUP_OPTION = click.option(
     "--cleanup/--no-cleanup", default=True, show_default=True,
