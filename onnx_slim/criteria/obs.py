@@ -48,6 +48,7 @@ MAX_FEATURES = 4096
 # per layer); 256 steps of rank-12 updates are a few seconds, and the order near any
 # pruning ratio moves by at most one step's channels.
 MAX_STEPS = 256
+GRAM_BUDGET_BYTES = 1 << 30  # the Grams of all consumers together: the widest are left out beyond it
 DAMPING = 1e-2  # of the mean diagonal of H, added to it (as GPTQ does): H is often rank-deficient
 ROWS_PER_IMAGE = 32  # conv output positions sampled per image
 
@@ -75,8 +76,8 @@ def obs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray
     Score of a channel = the consumers' mean relative output error after the greedy
     step that removes it, with the other channels' weights compensated; pair with
     `--reconstruct`, which applies that compensation (by least squares on the data).
-    Groups without a usable consumer (grouped convs, consumers wider than 4096 inputs)
-    rank by thinet.
+    Groups without a usable consumer (grouped convs, consumers wider than 4096 inputs,
+    the widest when all Grams would pass 1 GiB) rank by thinet.
     """
     calibration = require_calibration(ctx, "obs")
     consumers = _usable_consumers(ctx, groups)
@@ -117,7 +118,21 @@ def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[s
             if matrix.shape[0] <= MAX_FEATURES:
                 kernel = list(weight.shape[2:]) if spec.refit_kind(node) == CONV_PATCHES else []
                 found[node.name] = _Consumer(node, matrix, kernel)
-    return found
+    return _within_budget(found)
+
+
+def _within_budget(consumers: dict[str, _Consumer]) -> dict[str, _Consumer]:
+    """The narrowest consumers whose Grams fit GRAM_BUDGET_BYTES together (all are held at once;
+    the greedy path adds one group's inverses). The captcha CRNN's unrolled BiLSTM reads its
+    hidden units through 40 MatMuls of 3337 features: all of them held 12 GB."""
+    kept, held = {}, 0
+    for name, consumer in sorted(consumers.items(), key=lambda item: item[1].matrix.shape[0]):
+        size = 8 * (consumer.matrix.shape[0] + 1) ** 2
+        if held + size > GRAM_BUDGET_BYTES:
+            break
+        kept[name] = consumer
+        held += size
+    return kept
 
 
 def _accumulate_grams(ctx: ScoringContext, calibration, consumers: dict[str, _Consumer]) -> None:

@@ -164,6 +164,21 @@ def test_the_lowest_scores_are_the_channels_whose_removal_the_refit_makes_up_bes
     assert int(np.argmin(scores)) == min(errors, key=errors.get)
 
 
+def test_the_widest_consumers_are_left_out_when_all_grams_would_pass_the_budget(monkeypatch):
+    rng = np.random.default_rng(3)
+    model = mlp(rng)  # fc2 reads 12 features: a Gram of 13 x 13
+    analysis = analyze(model)
+    [group] = analysis.channels.prunable_groups()
+    samples = rng.standard_normal((64, 8)).astype(np.float32)
+    context = ScoringContext(analysis.model, analysis.channels, calibration=CalibrationSet({"x": samples}))
+    monkeypatch.setattr(obs_module, "GRAM_BUDGET_BYTES", 8 * 13 * 13 - 1)
+
+    scores = score_groups(context, "obs", [group])
+
+    assert set(scores) == {group.id}
+    assert any(note.startswith("obs: 1 group(s) without a usable consumer ranked by thinet") for note in context.notes)
+
+
 def test_a_group_read_only_by_a_grouped_conv_ranks_by_thinet_and_says_so():
     from graphs import Graph
 
