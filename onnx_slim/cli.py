@@ -20,7 +20,6 @@ from onnx_slim.cli_options import (
     ALLOCATE_OPTION,
     CLEANUP_OPTION,
     QUANTIZE_CHOICES,
-    STEPS_OPTION,
     Console,
     CriterionOption,
     NumberOrAuto,
@@ -106,7 +105,6 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
               help="Channel importance: {criteria}.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
 @ALLOCATE_OPTION
-@STEPS_OPTION
 @click.option("--reconstruct", is_flag=True, help="Re-fit the layers after removed channels by least squares (needs --calib).")
 @click.option("--correct-statistics/--no-correct-statistics", default=False, show_default=True,
               help="Match each later layer's per-channel output mean and spread to the original's (needs --calib).")
@@ -126,7 +124,7 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate, steps,
+def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate,
           reconstruct, correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads,
           exclude, prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force,
           as_json, quiet, **image_options):
@@ -148,7 +146,7 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
         report = prune_file(
             model, output, force=force, progress=console, evaluation=evaluation, session=session,
             ratio=ratio, target_macs=target_macs, criterion=criterion, global_ranking=global_ranking,
-            allocate=allocate, steps=steps, reconstruct=reconstruct, correct_statistics=correct_statistics,
+            allocate=allocate, reconstruct=reconstruct, correct_statistics=correct_statistics,
             calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
             exclude=list(exclude), prune_layernorm=prune_layernorm, whole_conv_groups=grouped_conv == "groups",
             cleanup=cleanup,
@@ -232,7 +230,6 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
               help="Channel importance: {criteria} (default: thinet with --calib, else l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
 @ALLOCATE_OPTION
-@STEPS_OPTION
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
 @click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="auto", show_default=True,
               help="auto: the fastest of the modes that apply whose outputs agree; float if none is faster.")

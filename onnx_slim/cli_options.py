@@ -120,10 +120,6 @@ ALLOCATE_OPTION = click.option(
          "ratios from measured sensitivity; auto: build each, keep the closest to the original on held-out "
          "--calib samples (default with --calib data and --target-macs F; else uniform).",
 )
-STEPS_OPTION = click.option(
-    "--steps", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Reach --target-macs in this many equal relative cuts, each scored, planned and re-fitted on the model "
-         "the last one left.")
 
 CLEANUP_OPTION = click.option(
     "--cleanup/--no-cleanup", default=True, show_default=True,

@@ -64,8 +64,6 @@ OURS = {  # method -> onnx_slim.prune options
     # OBS: channels chosen by the error left after the consumers' compensation (criteria/obs.py)
     "obs+rec": {"criterion": "obs", "reconstruct": True, "allocate": "uniform"},
     "obs+rec+auto": {"criterion": "obs", "reconstruct": True, "allocate": "auto"},
-    # the same reached in two cuts, each planned and re-fitted on the last one's model (--steps 2)
-    "obs+rec+auto+2steps": {"criterion": "obs", "reconstruct": True, "allocate": "auto", "steps": 2},
     # the same with the LayerNorm-normalized residual stream prunable too (--prune-layernorm)
     "thinet+rec+auto+ln": {"criterion": "thinet", "reconstruct": True, "allocate": "auto", "prune_layernorm": True},
     # No data: the same on 256 synthetic dead-leaves images instead of calib.npz

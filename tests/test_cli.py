@@ -64,15 +64,6 @@ def test_target_macs_within_two_percent(capsys, demo, tmp_path):
     assert abs(report["macs_after"] / report["macs_before"] - 0.6) <= 0.02
 
 
-def test_prune_in_steps_prints_each_step_and_refuses_a_ratio(capsys, demo, tmp_path):
-    code, stdout, _ = run_cli(capsys, "prune", demo, "-o", tmp_path / "s.onnx", "--target-macs", "0.6", "--steps", "2",
-                              "--round-to", "1", "--quiet")
-    assert code == 0
-    assert "2 steps, each re-planned on the last one's model: MACs 0.7" in stdout
-    code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "r.onnx", "--ratio", "0.3", "--steps", "2")
-    assert code != 0 and "--steps needs --target-macs" in stderr
-
-
 def test_inspect_json(capsys, demo):
     code, stdout, _ = run_cli(capsys, "inspect", demo, "--json")
     data = json.loads(stdout)

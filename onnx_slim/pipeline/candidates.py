@@ -77,7 +77,6 @@ class PruneReport:
     search: dict | None = None  # with target_latency or target_macs="auto": every candidate measured
     latency_ms: dict | None = None  # p50 of the original and the result, when a choice timed them
     cleanup: dict | None = None  # what the final clean-up removed (`deploy.cleanup`)
-    steps: list | None = None  # with steps > 1: the MACs fraction each step reached
 
     @property
     def macs_fraction(self) -> float:
@@ -91,9 +90,6 @@ class PruneReport:
     def choice_lines(self) -> list[str]:
         """What was measured to choose the model: the rounding, the search, the speedup next to the MACs."""
         lines = []
-        if self.steps:
-            lines.append(f"{len(self.steps)} steps, each re-planned on the last one's model: MACs "
-                         + ", ".join(f"{step['macs_fraction']:.3f} ({step['allocate']})" for step in self.steps))
         if self.rounding and self.rounding["candidates"]:
             timed = ", ".join(f"{c['round_to']}: {c['latency_ms']:.3g} ms" for c in self.rounding["candidates"])
             lines.append(f"rounding: round-to {self.rounding['chosen']}, measured fastest ({timed}; "
@@ -180,9 +176,6 @@ class PruneOptions:
     correct_statistics: bool = False
     batch_size: int = 8
     cleanup: bool = True  # the final clean-up pass (`deploy.cleanup`): Identity chains, constant subgraphs...
-    # Reach target_macs in this many equal relative cuts, each scored, planned and re-fitted on the
-    # model the previous one left (pipeline/steps.py).
-    steps: int = 1
 
     def validate(self) -> None:
         given = [flag for flag, value in (("--ratio", self.ratio), ("--target-macs", self.target_macs),
@@ -200,10 +193,6 @@ class PruneOptions:
             raise UsageError(f"min-channels must be at least 1, got {self.min_channels}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"steps must be a whole number of at least 1, got {self.steps!r}")
-        if self.steps > 1 and not isinstance(self.target_macs, float | int):
-            raise UsageError("--steps needs --target-macs F: the steps divide that MACs fraction")
         if self.allocate not in ALLOCATIONS + (AUTO,):
             raise UsageError(f"allocate must be one of {', '.join(ALLOCATIONS + (AUTO,))}, got {self.allocate!r}")
         if self.allocate == "sensitivity" and self.ratio is not None:

@@ -29,7 +29,6 @@ class PipelineConfig:
     criterion: str | None = None  # default: thinet with real calibration data, else l1
     global_ranking: bool = False
     allocate: str | None = None  # default: auto with real calibration data and a MACs fraction, else uniform
-    steps: int = 1  # reach target_macs in this many cuts, each re-fitted (pipeline/steps.py)
     reconstruct: bool | None = None  # default: on with real calibration data
     correct_statistics: bool = False  # match later layers' per-channel output statistics (needs calib)
     # Kept channel counts are multiples of this; "auto" times 1, 8, 16 and 32 on the session and keeps the
@@ -95,7 +94,7 @@ CONFIG_KEYS = {f.name for f in fields(PipelineConfig)}
 # What each option must be: the check turns a config file's mistakes into usage errors.
 _NUMBERS = {"ratio", "target_macs", "target_latency", "max_drop", "min_speedup", "max_layer_error"}
 _AUTO = {"target_macs", "round_to"}  # may also be "auto": measured for the model
-_INTEGERS = {"steps", "round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
+_INTEGERS = {"round_to", "min_channels", "batch_size", "runs", "warmup", "threads", "seed", "calib_samples"}
 _FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", "memory", "prune_layernorm",
           "measure_quantized", "cleanup"}
 _STRINGS = {"grouped_conv", "criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}

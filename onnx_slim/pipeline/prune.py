@@ -18,7 +18,6 @@ from onnx_slim.pipeline.allocation import choose_allocation
 from onnx_slim.pipeline.candidates import AUTO, Choice, PruneOptions, Pruner, PruneReport
 from onnx_slim.pipeline.rounding import choose_rounding
 from onnx_slim.pipeline.search import search_latency, search_macs
-from onnx_slim.pipeline.steps import prune_in_steps
 
 __all__ = ["PruneOptions", "PruneReport", "prune", "prune_file"]
 
@@ -58,12 +57,6 @@ def _options(options: dict) -> PruneOptions:
 
 def _prune(model, settings: PruneOptions, progress, copy):
     """prune() without the final check; also returns the feeds and expected output shapes."""
-    if settings.steps > 1:
-        return prune_in_steps(model, settings, progress, copy, _prune_once)
-    return _prune_once(model, settings, progress, copy)
-
-
-def _prune_once(model, settings: PruneOptions, progress, copy):
     pruner = Pruner(model, settings, progress, copy)
     choice = _choose(pruner)
     built = choice.built or pruner.build(choice.candidate, last=True)
