@@ -48,6 +48,8 @@ print(json.dumps({"seconds": seconds, "reconstruct_seconds": report.reconstructi
 SETTINGS = {  # label -> prune_file options besides the re-fit and the data
     "--ratio 0.5": {"ratio": 0.5},
     "--target-macs 0.5 --allocate auto": {"target_macs": 0.5, "allocate": "auto"},
+    # the same with OBS selection (the cost of making it the criterion of run's default)
+    "--target-macs 0.5 --allocate auto --criterion obs": {"target_macs": 0.5, "allocate": "auto", "criterion": "obs"},
 }
 
 
