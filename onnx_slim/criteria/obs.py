@@ -44,9 +44,10 @@ from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 MAX_FEATURES = 4096
 # The greedy path takes at most this many steps per group; a wider group removes its
 # cheapest channels a few at a time, jointly (one OBS block update per step). One channel
-# per step on a 3072-wide group is 3072 rank-one updates of a 75 MB matrix (about a minute
-# per layer); 256 steps of rank-12 updates are a few seconds, and the order near any
-# pruning ratio moves by at most one step's channels.
+# per step on a 3072-wide group is 3072 rank-one updates of a 75 MB matrix, each a pass
+# over memory; 256 rank-12 updates are matrix products, and the order near any pruning
+# ratio moves by at most one step's channels. (all-mpnet-base-v2 at 70%, uniform: 489 s
+# for the whole prune with its 12 FFN groups priced this way, against 322 s with thinet.)
 MAX_STEPS = 256
 GRAM_BUDGET_BYTES = 1 << 30  # the Grams of all consumers together: the widest are left out beyond it
 DAMPING = 1e-2  # of the mean diagonal of H, added to it (as GPTQ does): H is often rank-deficient
