@@ -28,7 +28,6 @@ from onnx_slim.cli_options import (
     grouped_conv_option,
     layernorm_option,
     load_data,
-    pipeline_config,
     provider_options,
     session_spec,
     shape_option,
@@ -124,10 +123,10 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
-def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate,
-          reconstruct, correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads,
-          exclude, prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force,
-          as_json, quiet, **image_options):
+def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate, reconstruct,
+          correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads, exclude,
+          prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force, as_json,
+          quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
     from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
@@ -275,6 +274,27 @@ def run(ctx, model, output, config_path, force, as_json, quiet, **options):
         click.echo(report.summary_markdown())
         click.echo(f"\nwrote {report.outputs.model} and {report.outputs.report_json}")
     report.check_gates()
+
+
+def pipeline_config(ctx, model, config_path, options):
+    """PipelineConfig from defaults < config file < options given on the command line."""
+    from click.core import ParameterSource
+
+    from onnx_slim.pipeline.config import config_from_mapping, load_config, sibling_config
+
+    config_file = config_path or sibling_config(model)
+    merged = load_config(config_file) if config_file else {}
+    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    # --ratio, --target-macs and --target-latency are one choice: any on the command line replaces the config's.
+    targets = {"ratio", "target_macs", "target_latency"}
+    if given & targets:
+        for name in targets:
+            merged.pop(name, None)
+    for name, value in options.items():
+        key = "eval" if name == "eval_path" else name
+        if name in given or key not in merged:
+            merged[key] = value
+    return config_from_mapping(merged), (str(config_file) if config_file else None)
 
 
 @cli.command()

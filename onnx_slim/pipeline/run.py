@@ -95,8 +95,8 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     prune_report = prune_file(
         model_path, pruned_path, force=True, progress=say,
         ratio=settings.ratio, target_macs=settings.target_macs, criterion=settings.criterion,
-        global_ranking=settings.global_ranking, allocate=settings.allocate,
-        reconstruct=settings.reconstruct, correct_statistics=settings.correct_statistics,
+        global_ranking=settings.global_ranking, allocate=settings.allocate, reconstruct=settings.reconstruct,
+        correct_statistics=settings.correct_statistics,
         calibration=calibration, batch_size=settings.batch_size, round_to=settings.round_to,
         min_channels=settings.min_channels, exclude=list(settings.exclude),
         prune_layernorm=settings.prune_layernorm, whole_conv_groups=settings.grouped_conv == "groups",
