@@ -29,8 +29,23 @@ class GramStats:
     rows: int = 0
 
     @classmethod
-    def of(cls, design: np.ndarray, targets: np.ndarray) -> GramStats:
-        return cls(design.T @ design, design.T @ targets, float(np.square(targets).sum()), design.shape[0])
+    def of(cls, design: np.ndarray, targets: np.ndarray, intercept: bool = False) -> GramStats:
+        """Statistics of float32 rows, kept in float64; with `intercept`, of the rows with a
+        column of ones appended (the bias), without building that wider copy.
+
+        The products run in float32, twice as fast as in float64 (a ResNet-50 re-fit spent
+        12 of its 59 s on them): their rounding is orders of magnitude below the sampling
+        noise of a few thousand calibration rows, and the sums over blocks are float64."""
+        design, targets = design.astype(np.float32, copy=False), targets.astype(np.float32, copy=False)
+        (rows, features), width = design.shape, design.shape[1] + intercept
+        gram, cross = np.empty((width, width)), np.empty((width, targets.shape[1]))
+        gram[:features, :features] = design.T @ design
+        cross[:features] = design.T @ targets
+        if intercept:
+            gram[features, :features] = gram[:features, features] = design.sum(axis=0, dtype=np.float64)
+            gram[features, features] = rows
+            cross[features] = targets.sum(axis=0, dtype=np.float64)
+        return cls(gram, cross, float(np.square(targets, dtype=np.float64).sum()), rows)
 
     def __iadd__(self, other: GramStats) -> GramStats:
         self.gram += other.gram
@@ -57,10 +72,11 @@ class FitStats:
     holdout: GramStats | None = None
     rows_seen: int = 0
 
-    def add(self, design: np.ndarray, targets: np.ndarray, held: np.ndarray) -> None:
+    def add(self, design: np.ndarray, targets: np.ndarray, held: np.ndarray, intercept: bool = False) -> None:
+        """Rows `design` -> `targets` (`held`: the held-out ones); `intercept`: the layer has a bias."""
         self.rows_seen += design.shape[0]
-        self.train = summed(self.train, GramStats.of(design[~held], targets[~held]))
-        self.holdout = summed(self.holdout, GramStats.of(design[held], targets[held]))
+        self.train = summed(self.train, GramStats.of(design[~held], targets[~held], intercept))
+        self.holdout = summed(self.holdout, GramStats.of(design[held], targets[held], intercept))
 
 
 def summed(total: GramStats | None, part: GramStats) -> GramStats:
@@ -81,10 +97,11 @@ def shrunk_fits(train: GramStats, sliced: np.ndarray, ridge: float, name: str) -
     except np.linalg.LinAlgError:
         log.debug("eigen-decomposition failed for %s", name)
         return {}
-    fits = {"fit": vectors @ ((vectors.T @ cross) / (values + ridge * mean_diagonal)[:, None])}
+    cross_in_basis, sliced_in_basis = vectors.T @ cross, vectors.T @ sliced  # shared by every level
+    fits = {"fit": vectors @ (cross_in_basis / (values + ridge * mean_diagonal)[:, None])}
     for name, level in SHRINK_NAMES.items():
         scale = level * mean_diagonal
-        fits[name] = vectors @ ((vectors.T @ (cross + scale * sliced)) / (values + scale)[:, None])
+        fits[name] = vectors @ ((cross_in_basis + scale * sliced_in_basis) / (values + scale)[:, None])
     return fits
 
 
@@ -92,10 +109,11 @@ def refit_on_all(train: GramStats, holdout: GramStats, sliced: np.ndarray, ridge
                   shrink: float | None) -> np.ndarray | None:
     """The chosen fit (`shrink` toward the slice, or plain `ridge`) again on training and
     held-out rows together (None if the solve fails)."""
-    gram, cross = train.gram + holdout.gram, train.cross + holdout.cross
+    gram, cross = train.gram + holdout.gram, train.cross + holdout.cross  # new arrays: changed in place
     scale = (ridge if shrink is None else shrink) * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+    gram[np.diag_indices_from(gram)] += scale
     try:
         right = cross if shrink is None else cross + scale * sliced
-        return np.linalg.solve(gram + scale * np.eye(gram.shape[0]), right)
+        return np.linalg.solve(gram, right)
     except np.linalg.LinAlgError:
         return None

@@ -310,13 +310,11 @@ def _accumulate_features(pruned, chunk, staged: StagedCapture) -> None:
 def _flush(consumer, pending: list) -> None:
     if not pending:
         return
-    design = np.concatenate([features for features, _, _ in pending]).astype(np.float64)
-    targets = np.concatenate([target for _, target, _ in pending]).astype(np.float64)
+    design = np.concatenate([features for features, _, _ in pending])
+    targets = np.concatenate([target for _, target, _ in pending])
     held = np.concatenate([rows_held for _, _, rows_held in pending])
     pending.clear()
-    if consumer.bias_tensor is not None:
-        design = np.hstack([design, np.ones((design.shape[0], 1))])
-    consumer.stats.add(design, targets, held)
+    consumer.stats.add(design, targets, held, intercept=consumer.bias_tensor is not None)
 
 
 # -- choosing and writing the new weights ------------------------------------------------

@@ -31,9 +31,11 @@ DEFAULT_RATIOS = (0.1, 0.3, 0.5)
 DEFAULT_SAMPLES = 32
 ALLOCATION_FRACTIONS = tuple(round(0.1 * step, 1) for step in range(1, 10))  # levels the allocator picks from
 COARSE_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
-MIN_SAMPLES = 8
+# The fewest samples a trial runs on, whatever the budget. 8 made a ResNet-50's trials (37 groups at 5
+# ratios) twice the budget: 42 s, the part of `--allocate auto` that put it over 2 minutes.
+MIN_SAMPLES = 4
 # Multiply-accumulates the trials of an allocation may cost: about 30 s on 2 cores. EfficientNet-Lite0
-# (0.4 GMACs, 24 groups) gets 32 samples at 9 ratios; a ResNet-50 (4.1 GMACs, ~50 groups) 8 samples at 5.
+# (0.4 GMACs, 24 groups) gets 32 samples at 9 ratios; a ResNet-50 (4.1 GMACs, 37 groups) 4 samples at 5.
 SENSITIVITY_BUDGET_MACS = 3e12
 
 

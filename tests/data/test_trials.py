@@ -37,7 +37,11 @@ def sessions(monkeypatch) -> list[int]:
     return seen
 
 
-def test_each_trial_equals_the_whole_masked_model_and_runs_less_of_it(sessions):
+@pytest.mark.parametrize("suffixes", [1000, 1])
+def test_each_trial_equals_the_whole_masked_model_and_runs_less_of_it(sessions, monkeypatch, suffixes):
+    """With many suffixes allowed, each group starts at its own first reader; with one, every group
+    shares the first group's start (two sessions in all: the prefix and one tail)."""
+    monkeypatch.setattr(trials_module, "SUFFIXES", suffixes)
     analysis = analyze(residual_cnn())
     groups = analysis.channels.prunable_groups()
     assert len(groups) >= 3
@@ -59,6 +63,9 @@ def test_each_trial_equals_the_whole_masked_model_and_runs_less_of_it(sessions):
             assert got["rel_l2"] > 0  # the trial did prune something
     assert sorted(visited) == sorted(group.root for group in groups)
     assert [trials.first_reader(root) for root in visited] == sorted(trials.first_reader(r) for r in visited)
-    # One session per trial and at most one per advance of the unmasked prefix, none of them the whole model.
-    assert len(groups) <= len(sessions) <= 2 * len(groups)
+    # One session per start and at most one per advance of the unmasked prefix, none of them the whole model.
+    if suffixes == 1:
+        assert len(sessions) <= 2
+    else:
+        assert len(groups) <= len(sessions) <= 2 * len(groups)
     assert max(sessions) < len(masked.model.graph.node)
