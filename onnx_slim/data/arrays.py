@@ -27,24 +27,29 @@ logger = logging.getLogger(__name__)
 
 
 class ArraySource:
-    """Samples of one input held as an array (possibly memory-mapped), cast on read."""
+    """Samples of one input held as an array (possibly memory-mapped), cast on read; `rows`
+    (indices into `data`) when the source is a subset, read only when asked."""
 
-    def __init__(self, data: np.ndarray, dtype: np.dtype):
+    def __init__(self, data: np.ndarray, dtype: np.dtype, rows: np.ndarray | None = None):
         self.data = data
         self.dtype = np.dtype(dtype)
+        self.rows = rows
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.data.shape[0]) if self.rows is None else len(self.rows)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         # A copy: callers may modify a batch without touching the set.
-        return np.array(self.data[start:stop], dtype=self.dtype)
+        part = self.data[start:stop] if self.rows is None else self.data[self.rows[start:stop]]
+        return np.array(part, dtype=self.dtype)
 
     def read_all(self) -> np.ndarray:
-        return np.asarray(self.data).astype(self.dtype, copy=False)
+        data = self.data if self.rows is None else self.data[self.rows]
+        return np.asarray(data).astype(self.dtype, copy=False)
 
-    def subset(self, start: int, stop: int) -> ArraySource:
-        return ArraySource(self.data[start:stop], self.dtype)
+    def subset(self, rows: np.ndarray) -> ArraySource:
+        """The samples at `rows` (indices into this source)."""
+        return ArraySource(self.data, self.dtype, np.asarray(rows) if self.rows is None else self.rows[rows])
 
 
 def load_npz(path: Path, specs: list[InputSpec]) -> LoadedSamples:

@@ -151,7 +151,7 @@ class CalibrationSet:
         """The first `n` samples (all of them if there are fewer)."""
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
             raise UsageError(f"number of samples must be a positive integer, got {n!r}")
-        return self._subset(0, min(int(n), len(self)), self.origin)
+        return self._subset(np.arange(min(int(n), len(self))), self.origin)
 
     def split(self, n_first: int) -> tuple[CalibrationSet, CalibrationSet]:
         """(first `n_first` samples, the rest): e.g. calibration and held-out evaluation."""
@@ -162,13 +162,28 @@ class CalibrationSet:
                 f"need 0 < n_first < {total} so both parts have samples"
             )
         n_first = int(n_first)
-        first = self._subset(0, n_first, f"{self.origin}[:{n_first}]")
-        rest = self._subset(n_first, total, f"{self.origin}[{n_first}:]")
+        first = self._subset(np.arange(n_first), f"{self.origin}[:{n_first}]")
+        rest = self._subset(np.arange(n_first, total), f"{self.origin}[{n_first}:]")
         return first, rest
 
-    def _subset(self, start: int, stop: int, origin: str) -> CalibrationSet:
-        labels = None if self.labels is None else self.labels[start:stop]
-        sources = {name: source.subset(start, stop) for name, source in self._sources.items()}
+    def hold_out(self, count: int) -> tuple[CalibrationSet, CalibrationSet]:
+        """(the other samples, `count` samples spread evenly over the set, in order).
+
+        Spread, not the last ones: a user's samples are often ordered (by class, source or
+        date), and the tail of an ordered set is not like the rest (the real MTCNN face
+        classifier's calibration set ends with 200 non-face patches: its last 60 hold no face)."""
+        total = len(self)
+        if not isinstance(count, (int, np.integer)) or not 0 < count < total:
+            raise UsageError(f"{self.origin}: cannot hold out {count!r} of {total} samples: "
+                             f"need 0 < count < {total} so both parts have samples")
+        held = ((np.arange(int(count)) + 0.5) * total / int(count)).astype(np.int64)  # distinct: count < total
+        rest = np.setdiff1d(np.arange(total), held)
+        return (self._subset(rest, f"{self.origin} ({len(rest)} not held out)"),
+                self._subset(held, f"{self.origin} ({len(held)} held out, spread over the set)"))
+
+    def _subset(self, rows: np.ndarray, origin: str) -> CalibrationSet:
+        labels = None if self.labels is None else self.labels[rows]
+        sources = {name: source.subset(rows) for name, source in self._sources.items()}
         return CalibrationSet(
             sources, labels=labels, is_random=self.is_random, is_synthetic=self.is_synthetic, origin=origin,
             fixed_batch=self.fixed_batch,

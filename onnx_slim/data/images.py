@@ -64,8 +64,9 @@ class ImageSource:
     def read_all(self) -> np.ndarray:
         return self.read(0, len(self.paths))
 
-    def subset(self, start: int, stop: int) -> ImageSource:
-        return ImageSource(self.paths[start:stop], self.decoder)
+    def subset(self, rows: np.ndarray) -> ImageSource:
+        """The images at `rows` (indices into this source)."""
+        return ImageSource([self.paths[row] for row in rows], self.decoder)
 
 
 def load_image_folder(path, files, specs, input_size, mean, std, layout, channel_order) -> LoadedSamples:

@@ -140,8 +140,8 @@ class PruneReport:
 
 
 def _closeness(row: dict) -> str:
-    top1 = f"top-1 {row['top1_agreement']:.4f}, " if row["top1_agreement"] is not None else ""
-    return f"{top1}cosine {row['cosine']:.4f}"
+    top1 = f", top-1 {row['top1_agreement']:.4f}" if row["top1_agreement"] is not None else ""
+    return f"rel. L2 {row['rel_l2']:.4f}{top1}, cosine {row['cosine']:.4f}"
 
 
 @dataclass(frozen=True)
@@ -413,8 +413,8 @@ def _does_not_run(input_shapes: Mapping, failure: str) -> str:
 
 def _held_out_check(settings: PruneOptions):
     """(the calibration samples the model is scored and re-fitted on, the ones held out to compare
-    allocations or None): with allocate="auto", the last CHECK_SHARE of the samples when both
-    parts keep enough (else every sample does both, and the comparison is on fitted data)."""
+    allocations or None): with allocate="auto", CHECK_SHARE of the samples spread over the set
+    when both parts keep enough (else every sample does both, and the comparison is on fitted data)."""
     data = settings.calibration
     if settings.allocate != AUTO or data is None:
         return data, None
@@ -423,7 +423,7 @@ def _held_out_check(settings: PruneOptions):
         check = -(-check // data.fixed_batch) * data.fixed_batch
     if len(data) - check < max(MIN_FIT_SAMPLES, data.fixed_batch or 0):
         return data, data
-    return data.split(len(data) - check)
+    return data.hold_out(check)
 
 
 def _warnings(proto: onnx.ModelProto, exclude: Sequence[str], groups, plan: dict) -> list[str]:

@@ -599,6 +599,37 @@ def test_split_and_take():
         calib.take(0)
 
 
+def test_hold_out_spreads_the_held_samples_over_an_ordered_set(tmp_path):
+    """An ordered set (by class here) keeps every class in both parts, and reads stay lazy: a subset of a
+    memory-mapped archive keeps the archive's array."""
+    data = rng_array(20, 2)
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=data, labels=np.repeat([0, 1, 2, 3], 5))
+    calib = load_calibration(path, make_model({"x": (TensorProto.FLOAT, ["N", 2])}))
+    rest, held = calib.hold_out(4)
+    assert (len(rest), len(held)) == (16, 4)
+    assert sorted(held.labels) == [0, 1, 2, 3] and sorted(set(rest.labels)) == [0, 1, 2, 3]
+    picked = [int(np.flatnonzero((data == row).all(axis=1))[0]) for row in held.arrays["x"]]
+    assert picked == [2, 7, 12, 17]
+    kept = np.concatenate([batch["x"] for batch in rest.batches(3)])
+    np.testing.assert_array_equal(kept, np.delete(data, picked, axis=0))
+    np.testing.assert_array_equal(rest.take(2).arrays["x"], data[[0, 1]])  # a subset of a subset
+    assert "4 held out, spread over the set" in held.description
+    assert rest._sources["x"].data is calib._sources["x"].data  # indices into the archive, not a copy
+    for bad in (0, 20):
+        with pytest.raises(UsageError, match=r"cannot hold out"):
+            calib.hold_out(bad)
+
+
+def test_hold_out_of_an_image_folder_picks_the_images(tmp_path):
+    pytest.importorskip("PIL")
+    for index in range(5):
+        write_image(tmp_path / f"{index}.png", solid_image(8, 8, (index * 50, 0, 0)))
+    rest, held = load_calibration(tmp_path, image_model()).hold_out(1)
+    assert len(rest) == 4
+    np.testing.assert_allclose(held.arrays["input"][:, 0, 0, 0], [100 / 255], atol=1e-6)  # the middle one
+
+
 def test_fixed_batch_model_batches_and_tail(tmp_path, caplog):
     path = tmp_path / "calib.npz"
     np.savez(path, input=rng_array(5, 3, 8, 8))

@@ -34,8 +34,7 @@ def test_every_allocation_is_built_and_the_closest_is_kept(auto_result):
     assert len(built) >= 2  # the digits ResNet has a stream: interior differs from uniform
     chosen = [row for row in built if row["chosen"]]
     assert len(chosen) == 1
-    best = max((row["top1_agreement"], row["cosine"]) for row in built)
-    assert (chosen[0]["top1_agreement"], chosen[0]["cosine"]) == best
+    assert chosen[0]["rel_l2"] == min(row["rel_l2"] for row in built)
     assert report.allocate == f"auto: {chosen[0]['allocate']}"
     assert abs(report.macs_fraction - 0.6) < 0.03
     feeds = random_feeds(pruned)
@@ -47,8 +46,9 @@ def test_candidates_are_fitted_on_other_samples_than_they_are_compared_on(auto_r
     calibration, _, report = auto_result
     assert report.search["held_out"]
     held_out = round(len(calibration) * 0.2)
-    assert report.search["data"].endswith(f"[{len(calibration) - held_out}:]: {held_out} samples")
-    assert report.calibration.endswith(f"[:{len(calibration) - held_out}]: {len(calibration) - held_out} samples")
+    assert report.search["data"].endswith(f"({held_out} held out, spread over the set): {held_out} samples")
+    fitted = len(calibration) - held_out
+    assert report.calibration.endswith(f"({fitted} not held out): {fitted} samples")
 
 
 def test_too_few_samples_are_compared_where_they_were_fitted():
