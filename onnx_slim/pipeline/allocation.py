@@ -9,6 +9,8 @@ the fit part of the calibration data and compared on the held-out part.
 
 from __future__ import annotations
 
+import math
+
 from onnx_slim.data.evaluate import evaluate
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.pipeline.candidates import ALLOCATIONS, Choice, Pruner
@@ -44,7 +46,8 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
         built = pruner.build(candidate)
         agreement = evaluate(pruner.model, built.model, check, batch_size=max(settings.batch_size, 32),
                              session=settings.session)["agreement"]
-        closeness = -agreement["rel_l2"]
+        error = agreement["rel_l2"]
+        closeness = -error if not math.isnan(error) else -math.inf  # NaN outputs: the farthest of all
         row = {"allocate": allocate, "macs_fraction": round(candidate.macs_fraction, 4),
                "rel_l2": round(agreement["rel_l2"], 6), "top1_agreement": agreement.get("top1"),
                "cosine": round(agreement["cosine"], 6), "chosen": False}

@@ -3,6 +3,7 @@ on calibration samples the candidates were not fitted on."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,21 @@ def test_candidates_are_fitted_on_other_samples_than_they_are_compared_on(auto_r
     assert report.search["data"].endswith(f"({held_out} held out, spread over the set): {held_out} samples")
     fitted = len(calibration) - held_out
     assert report.calibration.endswith(f"({fitted} not held out): {fitted} samples")
+
+
+def test_a_candidate_with_nan_outputs_is_never_kept(monkeypatch):
+    """Comparisons with NaN are all false: a NaN candidate built first must not stay the best."""
+    from onnx_slim.pipeline import allocation
+
+    errors = iter([math.nan, 0.5, 0.25])
+    monkeypatch.setattr(allocation, "evaluate", lambda *args, **kwargs: {
+        "agreement": {"rel_l2": next(errors), "top1": None, "cosine": 0.0}})
+    calibration = load_calibration(MODELS / "digits_calib.npz", RESNET).take(80)
+    _, report = prune(str(RESNET), target_macs=0.6, criterion="l1", calibration=calibration, allocate="auto",
+                      round_to=1)
+    built = [row for row in report.search["candidates"] if "skipped" not in row]
+    assert [row["allocate"] for row in built] == list(ALLOCATIONS)
+    assert [row["chosen"] for row in built] == [False, False, True]
 
 
 def test_too_few_samples_are_compared_where_they_were_fitted():
