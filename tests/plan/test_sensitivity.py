@@ -16,7 +16,8 @@ from onnx_slim.data.masking import MaskedModel
 from onnx_slim.data.metrics import agreement
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.plan.planner import CostModel, PlanOptions, kept_count, plan_for_target_macs
-from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios
+from onnx_slim.plan.sensitivity import (ALLOCATION_FRACTIONS, COARSE_FRACTIONS, MIN_SAMPLES, allocate_ratios,
+                                        measure_sensitivity, plan_from_ratios, sensitivity_budget)
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 RATIOS = (0.1, 0.3, 0.5)
@@ -167,3 +168,13 @@ def test_trials_are_counted_one_per_group(digits):
     groups = len(analysis.channels.prunable_groups())
     assert recorder.steps_done == {"sensitivity trials": [groups, groups]}
     assert recorder.lines[-1] == f"sensitivity of group {analysis.channels.prunable_groups()[-1].id} ({groups}/{groups})"
+
+
+@pytest.mark.parametrize("macs, groups, available, expected", [
+    (0.4e9, 24, 250, (32, ALLOCATION_FRACTIONS)),  # EfficientNet-Lite0: every level, up to 32 samples
+    (0.4e9, 24, 20, (20, ALLOCATION_FRACTIONS)),  # no more samples than there are
+    (4.1e9, 37, 64, (MIN_SAMPLES, COARSE_FRACTIONS)),  # a ResNet-50: the floor, at the coarse levels
+    (60e9, 100, 64, (MIN_SAMPLES, COARSE_FRACTIONS)),  # far past the budget: still the floor
+])
+def test_trial_budget_gives_large_models_fewer_samples_and_levels(macs, groups, available, expected):
+    assert sensitivity_budget(int(macs), groups, available) == expected
