@@ -42,8 +42,8 @@ def default_allocation(real_data: bool, target_macs) -> str:
     """The CLI's and config's allocation when none is given: auto where it can run (real calibration
     data and a MACs fraction), else uniform. No single allocation wins on the real models (thinet +
     re-fit at 60% of the MACs: uniform trails sensitivity by 42 points on EfficientNet-Lite0,
-    sensitivity trails uniform by 70 on the captcha reader); in a study of 40 cells (allocation.py)
-    auto kept the best of the three on the test set every time."""
+    sensitivity trails uniform by 70 on the captcha reader); how often auto keeps the best of the
+    three is measured by scripts/bench_allocation_choice.py."""
     fraction = isinstance(target_macs, float | int) and not isinstance(target_macs, bool)
     return AUTO if real_data and fraction else "uniform"
 
