@@ -49,13 +49,13 @@ class GroupTrials:
             return
         starts = self._starts(roots)
         frontier = [dict(batch) for batch in self.batches]  # per batch: values available at `done`
-        done, trial = 0, None
+        done, trial_start, trial = 0, None, None
         for root, start in sorted(starts.items(), key=lambda item: item[1]):
-            if start > done or trial is None:
+            if start != trial_start:  # a new start: carry the values there, then one session from it
                 if start > done:
                     self._advance(frontier, done, start)
                     done = start
-                trial = self._suffix_trial(frontier, start)
+                trial, trial_start = self._suffix_trial(frontier, start), start
             yield root, trial
 
     def _starts(self, roots: Sequence[int]) -> dict[int, int]:
