@@ -34,6 +34,7 @@ from onnx_slim.channels.groups import ChannelGroup, Member
 from onnx_slim.criteria.data import ordered_scores, require_calibration, thinet
 from onnx_slim.criteria.registry import ScoringContext, criterion
 from onnx_slim.data.activations import ActivationCapture
+from onnx_slim.data.statistics import gram_matrix
 from onnx_slim.ir.graph import attr
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
@@ -52,6 +53,9 @@ MAX_STEPS = 256
 GRAM_BUDGET_BYTES = 1 << 30  # the Grams of all consumers together: the widest are left out beyond it
 DAMPING = 1e-2  # of the mean diagonal of H, added to it (as GPTQ does): H is often rank-deficient
 ROWS_PER_IMAGE = 32  # conv output positions sampled per image
+# A block drops its removed features from its matrices once they are this share of them: each
+# drop copies the matrix once, and the updates after it run on the smaller one.
+COMPACT_SHARE = 0.125
 
 
 @dataclass
@@ -148,7 +152,7 @@ def _accumulate_grams(ctx: ScoringContext, calibration, consumers: dict[str, _Co
         for tensor, readers in by_input.items():
             for consumer in readers:
                 rows = _design_rows(consumer, results[tensor], rng)
-                gram = rows.T @ rows
+                gram = gram_matrix(rows, intercept=True)  # the re-fit's intercept is a feature never removed
                 consumer.gram = gram if consumer.gram is None else consumer.gram + gram
                 consumer.rows += rows.shape[0]
 
@@ -165,18 +169,13 @@ def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator) -
                         for i, size in enumerate(x.shape[2:]))
         positions = sample_positions(rng, x.shape[0], out_h, out_w, min(ROWS_PER_IMAGE, out_h * out_w))
         patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
-        return _with_intercept(patches.reshape(patches.shape[0], -1))
+        return patches.reshape(patches.shape[0], -1)
     if attr(node, "transA", 0):
         x = x.T
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] > ROWS_PER_IMAGE * max(x.shape[0], 1):
         rows = rows[rng.choice(rows.shape[0], ROWS_PER_IMAGE * x.shape[0], replace=False)]
-    return _with_intercept(rows)
-
-
-def _with_intercept(rows: np.ndarray) -> np.ndarray:
-    """The rows with a last column of ones: the intercept the re-fit solves with the weights."""
-    return np.concatenate([rows.astype(np.float64), np.ones((rows.shape[0], 1))], axis=1)
+    return rows
 
 
 # --------------------------------------------------------------------------- the greedy path
@@ -184,12 +183,19 @@ def _with_intercept(rows: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Block:
-    """A consumer's state in one group's greedy path: which features each channel owns."""
+    """A consumer's state in one group's greedy path: which features each channel owns.
 
-    inverse: np.ndarray  # (H + damping)^-1, updated after each removal
-    weight: np.ndarray  # [features (+ intercept), outputs], compensated after each removal
+    `inverse` and `weight` cover the features still in: removed ones are zeroed at once and
+    dropped from the matrices once they make up COMPACT_SHARE of them, so the updates get
+    cheaper as the path goes (the rank-b update of the inverse is most of the path's time).
+    """
+
+    inverse: np.ndarray  # (H + damping)^-1 over the rows still held, updated after each removal
+    weight: np.ndarray  # [rows still held, outputs], compensated after each removal
     features: np.ndarray  # [channels, per channel] feature indices of each group channel
     energy: float  # ||X W||^2 of the original layer: errors are relative to it
+    row: np.ndarray  # feature index -> its row in `inverse` and `weight` (-1 once dropped)
+    zeroed: int = 0  # removed rows still held
 
     @classmethod
     def of(cls, consumer: _Consumer, member: Member, channels: int) -> _Block:
@@ -204,29 +210,44 @@ class _Block:
         weight = np.zeros((gram.shape[0], consumer.matrix.shape[1]))
         weight[:consumer.matrix.shape[0]] = consumer.matrix
         energy = float(np.sum(weight * (gram @ weight)))
-        return cls(inverse, weight, features, max(energy, 1e-30))
+        return cls(inverse, weight, features, max(energy, 1e-30), np.arange(gram.shape[0]))
 
     def costs(self, candidates: np.ndarray) -> np.ndarray:
         """Relative error added by removing each candidate channel (with compensation)."""
-        index = self.features[candidates]  # [k, b]
+        index = self.row[self.features[candidates]]  # [k, b]
         if index.shape[1] == 1:
             flat = index[:, 0]
             return np.square(self.weight[flat]).sum(axis=1) / np.maximum(self.inverse[flat, flat], 1e-30) / self.energy
         blocks = self.inverse[index[:, :, None], index[:, None, :]]  # [k, b, b]
         rows = self.weight[index]  # [k, b, outputs]
-        solved = np.linalg.solve(blocks + 1e-12 * np.eye(index.shape[1]), rows)
-        return np.einsum("kbo,kbo->k", rows, solved) / self.energy
+        # tr(W_B^T M^-1 W_B) = tr(M^-1 W_B W_B^T): b right-hand sides per solve instead of `outputs`
+        solved = np.linalg.solve(blocks + 1e-12 * np.eye(index.shape[1]), rows @ rows.transpose(0, 2, 1))
+        return np.trace(solved, axis1=1, axis2=2) / self.energy
 
     def remove(self, channels: np.ndarray) -> None:
         """Remove the channels' features together, compensating the others (the OBS update)."""
-        index = self.features[channels].reshape(-1)
+        removed = self.features[channels].reshape(-1)
+        index = self.row[removed]
         block = self.inverse[np.ix_(index, index)] + 1e-12 * np.eye(len(index))
-        columns = self.inverse[:, index].copy()  # [features, b]
+        columns = self.inverse[:, index].copy()  # [rows, b]
         self.weight -= columns @ np.linalg.solve(block, self.weight[index])
         self.inverse -= columns @ np.linalg.solve(block, self.inverse[index, :])
         self.weight[index] = 0.0  # exactly, not up to rounding
         self.inverse[index, :] = 0.0
         self.inverse[:, index] = 0.0
+        self.zeroed += len(index)
+        self.row[removed] = -1
+        if self.zeroed >= COMPACT_SHARE * len(self.inverse):
+            self._drop_zeroed()
+
+    def _drop_zeroed(self) -> None:
+        """Drop the removed rows and columns: exact, they are zero and take no part in later steps."""
+        held = self.row >= 0
+        kept = self.row[held]  # in feature order, as the rows are
+        self.inverse = self.inverse[np.ix_(kept, kept)]
+        self.weight = self.weight[kept]
+        self.row[held] = np.arange(len(kept))
+        self.zeroed = 0
 
 
 def obs_greedy(blocks: list[_Block]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,23 @@ from __future__ import annotations
 import numpy as np
 
 
+def gram_matrix(rows: np.ndarray, intercept: bool = False) -> np.ndarray:
+    """rows^T rows [F, F] in float64; with `intercept`, the Gram [F + 1, F + 1] of the rows with a
+    last column of ones (the bias a fit solves with the weights), without building that copy.
+
+    The product runs in float32, twice as fast as in float64 (a ResNet-50 re-fit spent 12 of its
+    59 s on it): its rounding is far below the sampling noise of a few thousand calibration rows.
+    Callers sum the returned blocks in float64."""
+    rows = rows.astype(np.float32, copy=False)
+    count, features = rows.shape
+    gram = np.empty((features + intercept, features + intercept))
+    gram[:features, :features] = rows.T @ rows
+    if intercept:
+        gram[features, :features] = gram[:features, features] = rows.sum(axis=0, dtype=np.float64)
+        gram[features, features] = count
+    return gram
+
+
 class ChannelStats:
     """Per-channel mean, variance, mean |x| and fraction of zeros (APoZ), accumulated over batches.
 

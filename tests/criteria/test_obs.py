@@ -79,8 +79,27 @@ def test_removing_channels_together_leaves_the_least_squares_weights_of_the_kept
 
     kept = [0, 2, 3, 5]
     solution, *_ = np.linalg.lstsq(x[:, kept], x @ w, rcond=None)
-    np.testing.assert_allclose(path.weight[kept], solution, rtol=1e-6, atol=1e-8)
-    assert not path.weight[[1, 4]].any()
+    np.testing.assert_allclose(path.weight[path.row[kept]], solution, rtol=1e-6, atol=1e-8)
+    assert path.row[[1, 4]].tolist() == [-1, -1] and path.weight.shape[0] == 4  # dropped: 2 of 6 >= 1/8
+
+
+def test_dropping_removed_features_from_the_matrices_leaves_the_path_unchanged(monkeypatch):
+    """The compaction is exact: the same order and errors as keeping every zeroed row, on a conv-like
+    consumer (several features per channel) with an intercept, across many drops."""
+    rng = np.random.default_rng(6)
+    x = np.hstack([correlated_inputs(rng, channels=24), np.ones((400, 1))])
+    w = rng.standard_normal((24, 5))
+    consumer = obs_module._Consumer(node=None, matrix=w, kernel=[], gram=x.T @ x, rows=len(x))
+    member = Member(use=None, offset=0, repeat=2)  # 12 channels of 2 features each
+
+    paths = {}
+    for share in (obs_module.COMPACT_SHARE, np.inf):
+        monkeypatch.setattr(obs_module, "COMPACT_SHARE", share)
+        paths[share] = obs_module.obs_greedy([obs_module._Block.of(consumer, member, 12)])
+
+    (order, errors), (order_full, errors_full) = paths.values()
+    assert order.tolist() == order_full.tolist()
+    np.testing.assert_allclose(errors, errors_full, rtol=1e-9, atol=1e-12)
 
 
 def test_a_group_wider_than_the_step_limit_removes_its_cheapest_channels_a_few_at_a_time(monkeypatch):
@@ -107,7 +126,7 @@ def test_with_the_intercept_each_step_costs_the_refit_error_with_a_fitted_bias(m
     x = correlated_inputs(rng)
     x[:, 2] = 3.0 + 0.01 * rng.standard_normal(len(x))  # nearly constant: the bias stands in for it
     w = rng.standard_normal((6, 4))
-    rows = obs_module._with_intercept(x)
+    rows = np.hstack([x, np.ones((len(x), 1))])
     monkeypatch.setattr(obs_module, "DAMPING", 1e-12)
     consumer = obs_module._Consumer(node=None, matrix=w, kernel=[], gram=rows.T @ rows, rows=len(x))
 

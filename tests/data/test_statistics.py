@@ -8,7 +8,7 @@ from graphs import conv_relu_model, random_images
 
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
-from onnx_slim.data.statistics import ChannelStats
+from onnx_slim.data.statistics import ChannelStats, gram_matrix
 
 
 def test_channel_stats_nchw_over_batches_matches_numpy():
@@ -63,3 +63,17 @@ def test_channel_stats_from_captured_batches():
     np.testing.assert_allclose(stats.apoz, (whole == 0).mean(axis=(0, 2, 3)))
 
 
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_gram_matrix_is_the_float64_gram_of_the_rows_with_a_ones_column_when_asked(intercept):
+    rows = np.random.default_rng(0).standard_normal((500, 7)).astype(np.float32) + 2.0
+    full = np.hstack([rows, np.ones((500, 1), np.float32)]) if intercept else rows
+    expected = full.astype(np.float64).T @ full.astype(np.float64)
+
+    gram = gram_matrix(rows, intercept=intercept)
+
+    assert gram.dtype == np.float64 and gram.shape == expected.shape
+    np.testing.assert_allclose(gram, expected, rtol=1e-5)  # float32 products: rounding only
+    if intercept:
+        assert gram[-1, -1] == 500 and np.array_equal(gram[-1, :-1], gram[:-1, -1])
