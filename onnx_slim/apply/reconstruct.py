@@ -78,12 +78,13 @@ class LayerFit:
     method: str  # "fit", "bias" or "slice"
     features: int
     samples: int
-    error_slice: float  # held-out relative error of each candidate (0 when nothing was fitted)
-    error_bias: float | None = None
+    error_slice: float | None  # held-out relative error of each candidate (0 when nothing was fitted,
+    error_bias: float | None = None  # None when the method came from an earlier re-fit: `chosen_before`)
     error_fit: float | None = None  # the best of the fits
     shrink: float | None = None  # with "fit": the shrinkage toward the slice chosen (None: plain ridge)
     residual: bool = False  # fitted so that its residual sum, not its own output, matches the original
     copies: int = 1  # layers sharing this fit (copies of one weight, e.g. an unrolled recurrent cell)
+    chosen_before: bool = False  # method and shrinkage as an earlier re-fit chose them (`reconstruct(chosen=)`)
 
 
 @dataclass
@@ -117,13 +118,19 @@ def reconstruct(
     session: SessionSpec = SessionSpec(),
     progress: Callable[[str], None] | None = None,
     residual_targets: bool | None = None,
+    chosen: ReconstructReport | None = None,
+    on_all_rows: bool = True,
 ) -> ReconstructReport:
     """Re-fit, in `pruned` (modified in place), every consumer whose inputs `plan` sliced.
 
     `original` is the normalized model before surgery (same names as `pruned`). With
     `residual_targets` (default RESIDUAL_TARGETS), a layer whose output is added to a residual
     stream is fitted so that the sum matches the original's sum: the stream's upstream drift is
-    compensated too.
+    compensated too. With `chosen`, the report of an earlier re-fit of the same plan, each layer
+    takes the method and shrinkage chosen there on held-out samples and is solved on all its rows,
+    without comparing candidates again (`allocate="auto"` re-fits the kept model so, on more data).
+    Without `on_all_rows`, a fitted layer keeps its fit on the training rows: enough for a
+    candidate that is compared, then fitted again if kept (one solve per layer less).
     """
     started = time.perf_counter()
     say = progress or (lambda message: None)
@@ -145,6 +152,7 @@ def reconstruct(
         mark_residuals(pruned, chunks)
     report.passes = len(chunks)
     original_weights = {c.weight: numpy_helper.to_array(initializer(original, c.weight)) for c in consumers}
+    chosen_by_node = {layer.node: layer for layer in chosen.layers} if chosen is not None else {}
     # Both models run part by part: the original's tensors are captured a few passes ahead, as
     # many as fit TARGET_CAPTURE_BYTES a batch (all layers' at once held a ResNet-50's whole
     # activations; one pass at a time made a session per pass of an unrolled LSTM). The two
@@ -163,7 +171,8 @@ def reconstruct(
         _accumulate_features(pruned, chunk, staged)
         for consumer in chunk:
             if consumer.leads:
-                report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge))
+                report.layers.append(_refit(pruned, consumer, original_weights[consumer.weight], ridge,
+                                            chosen_by_node.get(consumer.node.name), on_all_rows))
                 for member in consumer.members:
                     staged.rewritten(pruned, [name for name in (member.weight, member.bias_tensor) if name])
                 consumer.reset_statistics()
@@ -320,7 +329,11 @@ def _flush(consumer, pending: list) -> None:
 # -- choosing and writing the new weights ------------------------------------------------
 
 
-def _refit(pruned, consumer: Consumer, original_weight: np.ndarray, ridge: float) -> LayerFit:
+def _refit(pruned, consumer: Consumer, original_weight: np.ndarray, ridge: float,
+           chosen: LayerFit | None = None, on_all_rows: bool = True) -> LayerFit:
+    """Choose among the candidates on the held-out rows and write the best, a fit solved again on
+    all rows with `on_all_rows` (or write what `chosen`, an earlier re-fit's choice for this
+    layer, says, solved on all rows)."""
     node = consumer.node
     weight = numpy_helper.to_array(initializer(pruned, consumer.weight))
     current = REFIT_SPECS[node.op_type].as_matrix(node, weight)  # [d, out]
@@ -340,19 +353,26 @@ def _refit(pruned, consumer: Consumer, original_weight: np.ndarray, ridge: float
         means = np.mean([member.input_mean for member in consumer.members], axis=0)
         correction = _mean_contribution(node, original_weight, consumer, means)
         candidates["bias"] = stacked(current, bias_now + correction[consumer.kept_out])
-    if features <= MAX_FEATURES:
-        candidates.update(shrunk_fits(train, candidates["slice"], ridge, node.name))
-    errors = {name: holdout.relative_error(matrix) for name, matrix in candidates.items()}
-    best = min(errors, key=lambda name: (errors[name], name != "slice"))
-    layer.error_slice = errors["slice"]
-    layer.error_bias = errors.get("bias")
-    fits = [name for name in errors if name.startswith("fit")]
-    layer.error_fit = min(errors[name] for name in fits) if fits else None
-    layer.method = "fit" if best.startswith("fit") else best
-    if best.startswith("fit"):  # chosen on the held-out samples; now fitted on all of them
+    if chosen is not None and (chosen.method == "fit" or chosen.method in candidates):
+        best, layer.shrink = chosen.method, chosen.shrink
+        layer.error_slice, layer.chosen_before = None, True
+    else:
+        if features <= MAX_FEATURES:
+            candidates.update(shrunk_fits(train, candidates["slice"], ridge, node.name))
+        errors = {name: holdout.relative_error(matrix) for name, matrix in candidates.items()}
+        best = min(errors, key=lambda name: (errors[name], name != "slice"))
+        layer.error_slice = errors["slice"]
+        layer.error_bias = errors.get("bias")
+        fits = [name for name in errors if name.startswith("fit")]
+        layer.error_fit = min(errors[name] for name in fits) if fits else None
         layer.shrink = SHRINK_NAMES.get(best)
+    layer.method = "fit" if best.startswith("fit") else best
+    if best.startswith("fit") and (on_all_rows or chosen):  # chosen on the held-out rows; now fitted on all
         refitted = refit_on_all(train, holdout, candidates["slice"], ridge, layer.shrink)
-        candidates[best] = candidates[best] if refitted is None else refitted
+        if refitted is None and best not in candidates:  # chosen before, and the solve failed
+            layer.method, best = "slice", "slice"
+        elif refitted is not None:
+            candidates[best] = refitted
     if best != "slice":
         for member in consumer.members:
             _write(pruned, member, candidates[best], weight.shape)

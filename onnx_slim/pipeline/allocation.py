@@ -27,6 +27,8 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
     rule's test points lost against the best candidate on real models (MTCNN RNet at 50% of the
     MACs: 87.5% top-1 chosen by top-1 agreement, for 99.5%)."""
     settings, check = pruner.settings, pruner.check_data
+    held_out = check is not pruner.calibration
+    refit_on_all = held_out and bool(settings.reconstruct or settings.correct_statistics)
     rows, built_by_plan, best = [], {}, None
     for allocate in ALLOCATIONS:
         try:
@@ -41,7 +43,7 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
             continue
         built_by_plan[key] = allocate
         pruner.say(f"allocation {allocate}: building the candidate at MACs {candidate.macs_fraction:.3f}")
-        built = pruner.build(candidate)
+        built = pruner.build(candidate, fitted_again=refit_on_all)
         agreement = evaluate(pruner.model, built.model, check, batch_size=max(settings.batch_size, 32),
                              session=settings.session)["agreement"]
         error = agreement["rel_l2"]
@@ -59,11 +61,18 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
                             + "; ".join(f"{row['allocate']}: {row['skipped']}" for row in rows))
     _, candidate, built, row = best
     row["chosen"] = True
-    held_out = check is not pruner.calibration
+    if refit_on_all:
+        # The comparison is made: the kept candidate is fitted again with the held-out samples too
+        # (a quarter more data), each layer by the method its held-out rows chose.
+        pruner.say(f"allocation {candidate.allocate}: fitting again on all {len(settings.calibration)} "
+                   "calibration samples")
+        built = pruner.build(candidate, calibration=settings.calibration, choices_from=built)
     report = {"kind": "allocation", "target_macs": target_macs, "candidates": rows,
               "data": check.description, "held_out": held_out,
+              "refit_on_all": refit_on_all,
               "note": ("each candidate was built on the other calibration samples and compared with the original "
-                       "on these" if held_out else
+                       "on these" + ("; the one kept was then fitted again on all of them" if refit_on_all else "")
+                       if held_out else
                        "too few calibration samples to hold some out: candidates were compared on the samples they "
                        "were fitted on")}
     return Choice(candidate, built=built, search=report, **choice)

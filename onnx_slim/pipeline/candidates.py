@@ -350,10 +350,16 @@ class Pruner:
         refresh_shapes(proto)
         return proto
 
-    def build(self, candidate: Candidate, *, last: bool = False) -> Built:
-        """Surgery, then re-fit and statistics correction as the settings ask. With `last` and no
-        re-fit, surgery edits the analyzed model itself (no further candidate can be built)."""
+    def build(self, candidate: Candidate, *, last: bool = False, calibration=None,
+              choices_from: Built | None = None, fitted_again: bool = False) -> Built:
+        """Surgery, then re-fit and statistics correction as the settings ask, on `calibration`
+        (default: the samples the channels were scored on); `choices_from`, an earlier build of
+        the same candidate, gives each layer's re-fit method; `fitted_again`: a candidate that is
+        built again if kept (its layers keep their fits on the re-fit's training rows). With
+        `last` and no re-fit, surgery edits the analyzed model itself (no further candidate can
+        be built)."""
         settings = self.settings
+        calibration = calibration if calibration is not None else self.calibration
         refit = (settings.reconstruct or settings.correct_statistics) and candidate.plan
         proto = self.model if last and not refit else load_model(self.model)
         channels, plan = self.analysis.channels, candidate.plan
@@ -361,11 +367,13 @@ class Pruner:
         apply_plan(proto, channels, plan)
         built = Built(proto)
         if settings.reconstruct and plan:
-            built.reconstruction = reconstruct(self.model, proto, channels, plan, self.calibration,
+            built.reconstruction = reconstruct(self.model, proto, channels, plan, calibration,
                                                batch_size=settings.batch_size, seed=settings.seed,
-                                               session=settings.session, progress=self.say)
+                                               session=settings.session, progress=self.say,
+                                               chosen=choices_from.reconstruction if choices_from else None,
+                                               on_all_rows=not fitted_again)
         if settings.correct_statistics and plan:
-            built.statistics = correct_statistics(self.model, proto, channels, plan, self.calibration,
+            built.statistics = correct_statistics(self.model, proto, channels, plan, calibration,
                                                   batch_size=settings.batch_size, seed=settings.seed,
                                                   session=settings.session, progress=self.say)
         refresh_shapes(proto)

@@ -534,3 +534,25 @@ def test_copies_with_other_layers_between_them_are_fitted_apart():
     assert [(layer["node"], layer["copies"]) for layer in layers] == [("A1", 1), ("B", 1), ("C", 1), ("A2", 1),
                                                                       ("head", 1)]
     assert report.reconstruction["passes"] == 5
+
+
+def test_a_refit_given_earlier_choices_solves_them_again_without_comparing(cnn):
+    """`reconstruct(chosen=...)`: each layer takes the method and shrinkage an earlier re-fit chose on
+    its held-out rows; on the same data it writes the very weights that re-fit wrote."""
+    from onnx_slim.pipeline.candidates import Pruner, PruneOptions
+
+    calibration, _ = data(cnn)
+    pruner = Pruner(cnn, PruneOptions(ratio=0.5, criterion="thinet", reconstruct=True,
+                                      calibration=calibration.take(64)))
+    candidate = pruner.plan(ratio=0.5)
+    first = pruner.build(candidate)
+    again = pruner.build(candidate, choices_from=first)
+
+    before, after = first.reconstruction.layers, again.reconstruction.layers
+    assert [(layer.node, layer.method, layer.shrink) for layer in after] == \
+        [(layer.node, layer.method, layer.shrink) for layer in before]
+    assert {layer.method for layer in before} & {"fit", "bias"}  # something was written
+    assert all(layer.chosen_before and layer.error_slice is None for layer in after)
+    weights = {init.name: onnx.numpy_helper.to_array(init) for init in first.model.graph.initializer}
+    for init in again.model.graph.initializer:
+        np.testing.assert_allclose(onnx.numpy_helper.to_array(init), weights[init.name], rtol=1e-5, atol=1e-6)

@@ -52,6 +52,13 @@ def test_candidates_are_fitted_on_other_samples_than_they_are_compared_on(auto_r
     assert report.calibration.endswith(f"({fitted} not held out): {fitted} samples")
 
 
+def test_the_kept_candidate_is_fitted_again_on_every_calibration_sample(auto_result):
+    calibration, _, report = auto_result
+    assert report.search["refit_on_all"] and "fitted again on all" in report.search["note"]
+    assert report.reconstruction["calibration"] == calibration.description
+    assert all(layer["chosen_before"] for layer in report.reconstruction["per_layer"])  # as its held-out rows chose
+
+
 def test_a_candidate_with_nan_outputs_is_never_kept(monkeypatch):
     """Comparisons with NaN are all false: a NaN candidate built first must not stay the best."""
     from onnx_slim.pipeline import allocation
@@ -71,7 +78,7 @@ def test_too_few_samples_are_compared_where_they_were_fitted():
     calibration = load_calibration(MODELS / "digits_calib.npz", RESNET).take(20)
     _, report = prune(str(RESNET), target_macs=0.7, criterion="thinet", reconstruct=True, calibration=calibration,
                       allocate="auto", round_to=1)
-    assert not report.search["held_out"]
+    assert not report.search["held_out"] and not report.search["refit_on_all"]
     assert "fitted on" in report.search["note"]
 
 
