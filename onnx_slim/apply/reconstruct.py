@@ -78,8 +78,10 @@ class LayerFit:
     method: str  # "fit", "bias" or "slice"
     features: int
     samples: int
-    error_slice: float | None  # held-out relative error of each candidate (0 when nothing was fitted,
-    error_bias: float | None = None  # None when the method came from an earlier re-fit: `chosen_before`)
+    # Held-out relative error of each candidate: 0 when nothing was fitted, None when the method
+    # came from an earlier re-fit (`chosen_before`).
+    error_slice: float | None
+    error_bias: float | None = None
     error_fit: float | None = None  # the best of the fits
     shrink: float | None = None  # with "fit": the shrinkage toward the slice chosen (None: plain ridge)
     residual: bool = False  # fitted so that its residual sum, not its own output, matches the original

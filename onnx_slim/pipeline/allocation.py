@@ -4,7 +4,8 @@ No allocation wins on every real model (reports/bench_real.md): uniform keeps th
 CRNN at 81% exact match at 60% MACs where sensitivity collapses it to 11%; sensitivity keeps
 EfficientNet-Lite0 at 62% where uniform ends at 9%; sparing the residual streams (interior)
 is best on MobileNetV2. Each candidate is built with the final settings (re-fit included) on
-the fit part of the calibration data and compared on the held-out part.
+the fit part of the calibration data and compared on the held-out part; the kept one is then
+re-fitted on all of it, each layer by the method its own held-out rows chose.
 """
 
 from __future__ import annotations
