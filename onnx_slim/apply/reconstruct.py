@@ -369,7 +369,7 @@ def _refit(pruned, consumer: Consumer, original_weight: np.ndarray, ridge: float
         layer.error_fit = min(errors[name] for name in fits) if fits else None
         layer.shrink = SHRINK_NAMES.get(best)
     layer.method = "fit" if best.startswith("fit") else best
-    if best.startswith("fit") and (on_all_rows or chosen):  # chosen on the held-out rows; now fitted on all
+    if best.startswith("fit") and (on_all_rows or layer.chosen_before):  # chosen on held-out rows; now on all
         refitted = refit_on_all(train, holdout, candidates["slice"], ridge, layer.shrink)
         if refitted is None and best not in candidates:  # chosen before, and the solve failed
             layer.method, best = "slice", "slice"
