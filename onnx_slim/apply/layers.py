@@ -9,7 +9,7 @@ import onnx
 
 from onnx_slim.channels.context import PRODUCER
 from onnx_slim.errors import OnnxSlimError
-from onnx_slim.ir.graph import has_subgraphs
+from onnx_slim.ir.graph import has_subgraphs, readers_of
 from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
 
 UNUSABLE_BIAS = "<not per-feature>"  # a bias that cannot take a per-output intercept: the layer keeps its slice
@@ -71,15 +71,6 @@ def residual_sum(node, bias_is_following_add: bool, model, readers) -> tuple[str
     if len(others) != 1 or not others[0] or others[0] in constants:
         return None
     return following[0].output[0], others[0]
-
-
-def readers_of(model) -> dict:
-    """Tensor name -> the nodes that read it."""
-    readers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
 
 
 def initializer(model, name) -> onnx.TensorProto:

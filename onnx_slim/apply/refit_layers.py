@@ -22,10 +22,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs, readers_of
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, initializer, kept_outputs
 from onnx_slim.apply.least_squares import FitStats
 from onnx_slim.channels.context import CONSUMER
 from onnx_slim.channels.groups import ChannelAnalysis
+from onnx_slim.ir.graph import readers_of
 from onnx_slim.ops.specs import CONV_PATCHES, REFIT_SPECS
 
 # Gram statistics one pass may hold (float64, training and held-out parts): a level wider than

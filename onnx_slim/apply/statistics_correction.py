@@ -34,12 +34,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, cut_after, initializer, kept_outputs, readers_of
+from onnx_slim.apply.layers import UNUSABLE_BIAS, bias_target, cut_after, initializer, kept_outputs
 from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.statistics import ChannelStats
-from onnx_slim.ir.graph import attr
+from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.specs import WEIGHT_OPS
 

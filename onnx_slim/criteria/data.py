@@ -30,8 +30,9 @@ from onnx_slim.data.masking import MaskedModel, masked_agreement
 from onnx_slim.data.statistics import ChannelStats
 from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.graph import attr
+from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
+from onnx_slim.ops.layer_norm import layer_norm_scale
 from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
 
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
@@ -168,12 +169,19 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
     for group in groups:
         for member in group.consumers:
             members_at[member.use.node].append((group, member))
-    samplers = {}
+    samplers, readers, weighted = {}, readers_of(ctx.model), 0
     for node_name, members in members_at.items():
         node = nodes[node_name]
-        sampler = _sampler_for(node, numpy_helper.to_array(initializers[node.input[1]]), members[0][1].use.axis)
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        scale = layer_norm_scale(ctx.model, node, weight.shape[1 - members[0][1].use.axis], readers) \
+            if weight.ndim == 2 else None
+        weighted += scale is not None
+        sampler = _sampler_for(node, weight, members[0][1].use.axis, scale)
         if sampler is not None:
             samplers[node_name] = sampler
+    if weighted:
+        ctx.notes.append(f"{weighted} consumer(s) weigh their outputs by the scale of the LayerNorm they feed "
+                         "(what the next layer reads)")
     result = ContributionGrams()
     if not samplers:
         return result
@@ -205,16 +213,17 @@ def _accumulate(result: ContributionGrams, node_name: str, members, z: np.ndarra
         result.energy[key] += float(outputs @ outputs)
 
 
-def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int):
+def _sampler_for(node: onnx.NodeProto, weight: np.ndarray, input_axis: int, output_scale: np.ndarray | None = None):
     """A function (consumer input batch, rng, real tokens [B, S] or None) -> Z [S, L] of sampled
-    contributions, or None."""
+    contributions, or None. `output_scale` [O] weighs a Gemm / MatMul's outputs (`layer_norm_scale`)."""
     weight = weight.astype(np.float64)
     if node.op_type == "Conv" and weight.ndim in (3, 4):
         return _conv_sampler(node, weight)
     if node.op_type in ("Gemm", "MatMul") and weight.ndim == 2:
         transposed_input = WEIGHT_OPS[node.op_type].data_channel_axis(node, 2) == 0  # Gemm's transA
         # [L, O]: rows are the input channels the group owns.
-        return _matrix_sampler(np.moveaxis(weight, input_axis, 0), transposed_input)
+        in_out = np.moveaxis(weight, input_axis, 0)
+        return _matrix_sampler(in_out if output_scale is None else in_out * output_scale, transposed_input)
     if node.op_type in RECURRENT_OPS and weight.ndim == 3:
         # The input projection: W [directions, gates * hidden, features] as one [features, outputs]
         # matrix over x [steps, batch, features] (ThiNet on what the gates read).

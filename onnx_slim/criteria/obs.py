@@ -35,8 +35,9 @@ from onnx_slim.criteria.data import ordered_scores, require_calibration, thinet
 from onnx_slim.criteria.registry import ScoringContext, criterion
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.statistics import gram_matrix
-from onnx_slim.ir.graph import attr
+from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
+from onnx_slim.ops.layer_norm import layer_norm_scale
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
 # A consumer with more input features than this is left out: its inverse Hessian costs
@@ -105,8 +106,11 @@ def obs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray
 
 
 def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[str, _Consumer]:
+    """Consumers OBS can price, each weight's output columns weighed by the scale of the
+    LayerNorm it feeds (`layer_norm_scale`: the error the next layer reads)."""
     nodes = {node.name: node for node in ctx.model.graph.node}
     initializers = {init.name: init for init in ctx.model.graph.initializer}
+    readers, weighted = readers_of(ctx.model), 0
     found = {}
     for group in groups:
         for member in group.consumers:
@@ -120,9 +124,15 @@ def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[s
             if spec.refit_kind(node) == CONV_PATCHES and weight.ndim != 4:
                 continue
             matrix = spec.as_matrix(node, weight)
+            scale = layer_norm_scale(ctx.model, node, matrix.shape[1], readers)
+            if scale is not None:
+                matrix, weighted = matrix * scale, weighted + 1
             if matrix.shape[0] <= MAX_FEATURES:
                 kernel = list(weight.shape[2:]) if spec.refit_kind(node) == CONV_PATCHES else []
                 found[node.name] = _Consumer(node, matrix, kernel)
+    if weighted:
+        ctx.notes.append(f"obs: {weighted} consumer(s) weigh their outputs by the scale of the LayerNorm they feed "
+                         "(what the next layer reads)")
     return _within_budget(found)
 
 

@@ -16,6 +16,15 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def readers_of(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it (a node reading it twice is listed twice)."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def opset_version(model: onnx.ModelProto) -> int:
     """The model's default-domain opset (0 when it declares none)."""
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)

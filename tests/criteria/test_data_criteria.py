@@ -247,7 +247,7 @@ def test_data_criteria_run_on_exported_models(model, names):
         context = scoring_context(analysis, calibration, sensitivity_samples=2)
         scores = score_groups(context, name, groups)  # checks shape and finiteness
         assert set(scores) == {group.id for group in groups}
-        assert not context.notes, context.notes  # every group had a usable consumer
+        assert not any("without a usable consumer" in note for note in context.notes), context.notes
 
 
 def test_thinet_samples_real_tokens_only_when_padding_is_known():

@@ -1,0 +1,57 @@
+"""What a LayerNormalization after a layer does to that layer's output errors.
+
+A transformer projection is added to the residual stream and normalized:
+LN(s + W z) = gamma * (s + W z - mean) / sigma + beta. An error in output channel c of the
+projection reaches the next layer scaled by |gamma_c| (and by 1/sigma of its token). In
+all-mpnet-base-v2 the channels with the most energy before a LayerNorm have some of its
+smallest gammas: errors that are 0.03% of the energy before the LayerNorm are 7 to 9% of it
+after (layers 6 to 9, 70% of the MACs). Criteria that rank channels by the error they leave
+weigh each output channel by |gamma| (`layer_norm_scale`), so they protect what the next layer
+reads, not what is largest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_slim.ir.graph import attr, readers_of
+
+# A projection reaches its LayerNorm through at most its bias Add and the residual Add.
+MAX_ADDS = 2
+
+
+def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
+                     readers: dict | None = None) -> np.ndarray | None:
+    """|gamma| [outputs] of the LayerNormalization over the last axis that alone reads the
+    MatMul / Gemm `node`'s output, directly or through up to MAX_ADDS Adds, each the only reader
+    of what it adds; None when there is none, its scale is not a constant of `outputs` values,
+    or another node also reads the output (that reader sees the unscaled error)."""
+    if node.op_type not in ("MatMul", "Gemm"):
+        return None  # a Conv's channels are on axis 1, not the axis a LayerNorm usually normalizes
+    readers = readers if readers is not None else readers_of(model)
+    tensor = node.output[0]
+    for _ in range(MAX_ADDS + 1):
+        following = readers.get(tensor, [])
+        if len(following) != 1:
+            return None
+        reader = following[0]
+        if reader.op_type == "LayerNormalization":
+            return _scale(model, reader, tensor, outputs)
+        if reader.op_type != "Add":
+            return None
+        tensor = reader.output[0]
+    return None
+
+
+def _scale(model: onnx.ModelProto, layer_norm: onnx.NodeProto, tensor: str, outputs: int) -> np.ndarray | None:
+    if layer_norm.input[0] != tensor or attr(layer_norm, "axis", -1) != -1 or len(layer_norm.input) < 2:
+        return None
+    scale = next((init for init in model.graph.initializer if init.name == layer_norm.input[1]), None)
+    if scale is None:
+        return None
+    gamma = numpy_helper.to_array(scale).astype(np.float64).reshape(-1)
+    if gamma.shape[0] != outputs or not np.all(np.isfinite(gamma)) or not np.any(gamma):
+        return None
+    return np.abs(gamma)
