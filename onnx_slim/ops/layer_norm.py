@@ -7,7 +7,8 @@ all-mpnet-base-v2 the channels with the most energy before a LayerNorm have some
 smallest gammas: errors that are 0.03% of the energy before the LayerNorm are 7 to 9% of it
 after (layers 6 to 9, 70% of the MACs). Criteria that rank channels by the error they leave
 weigh each output channel by |gamma| (`layer_norm_scale`), so they protect what the next layer
-reads, not what is largest.
+reads, not what is largest. This is the diagonal of the LayerNorm's Jacobian: its centering and
+its per-token sigma also move every channel a little (two directions of a 768-wide stream).
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
     """|gamma| [outputs] of the LayerNormalization over the last axis that alone reads the
     MatMul / Gemm `node`'s output, directly or through up to MAX_ADDS Adds, each the only reader
     of what it adds; None when there is none, its scale is not a constant of `outputs` values,
-    or another node also reads the output (that reader sees the unscaled error)."""
+    or another node or the graph's output also reads the output (it sees the unscaled error)."""
     if node.op_type not in ("MatMul", "Gemm"):
         return None  # a Conv's channels are on axis 1, not the axis a LayerNorm usually normalizes
     readers = readers if readers is not None else readers_of(model)
+    graph_outputs = {output.name for output in model.graph.output}
     tensor = node.output[0]
     for _ in range(MAX_ADDS + 1):
         following = readers.get(tensor, [])
-        if len(following) != 1:
+        if len(following) != 1 or tensor in graph_outputs:
             return None
         reader = following[0]
         if reader.op_type == "LayerNormalization":

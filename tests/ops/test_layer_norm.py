@@ -61,10 +61,12 @@ def test_the_scale_is_found_through_the_bias_and_residual_adds():
 
 
 @pytest.mark.parametrize("case", ["no layer norm after it", "scale not a constant", "normalizes another axis",
-                                  "another reader sees the raw output", "wrong width"])
+                                  "another reader sees the raw output", "a graph output is the raw output",
+                                  "wrong width"])
 def test_no_scale_when_the_layer_norm_does_not_stand_alone_after_the_layer(case):
     model = post_ln_block(gamma_is_input=case == "scale not a constant", axis=0 if case == "normalizes another axis"
-                          else -1, also_output=case == "another reader sees the raw output")
+                          else -1, also_output=case in ("another reader sees the raw output",
+                                                        "a graph output is the raw output"))
     if case == "another reader sees the raw output":  # a second node reading the biased output
         model.graph.node.append(helper.make_node("Relu", ["fb"], ["extra"], name="extra"))
     layer = node(model, "fc1" if case == "no layer norm after it" else "fc2")
