@@ -31,16 +31,23 @@ class GramStats:
     rows: int = 0
 
     @classmethod
-    def of(cls, design: np.ndarray, targets: np.ndarray, intercept: bool = False) -> GramStats:
+    def of(cls, design: np.ndarray, targets: np.ndarray, intercept: bool = False,
+           row_weights: np.ndarray | None = None) -> GramStats:
         """Statistics of float32 rows, kept in float64; with `intercept`, of the rows with a
-        column of ones appended (the bias). Products in float32, as `gram_matrix` says why."""
+        column of ones appended (the bias). Products in float32, as `gram_matrix` says why.
+        `row_weights` [rows] scale each row's error: rows and targets are multiplied by them
+        (and the bias's column of ones becomes the weights), so fits minimize the weighted error."""
         design, targets = design.astype(np.float32, copy=False), targets.astype(np.float32, copy=False)
+        column = None
+        if row_weights is not None:
+            column = row_weights.astype(np.float32)
+            design, targets = design * column[:, None], targets * column[:, None]
         cross = np.empty((design.shape[1] + intercept, targets.shape[1]))
         cross[:design.shape[1]] = design.T @ targets
         if intercept:
-            cross[-1] = targets.sum(axis=0, dtype=np.float64)
+            cross[-1] = targets.sum(axis=0, dtype=np.float64) if column is None else column.astype(np.float64) @ targets
         energy = float(np.square(targets, dtype=np.float64).sum())
-        return cls(gram_matrix(design, intercept), cross, energy, design.shape[0])
+        return cls(gram_matrix(design, intercept, column), cross, energy, design.shape[0])
 
     def __iadd__(self, other: GramStats) -> GramStats:
         self.gram += other.gram
@@ -67,11 +74,15 @@ class FitStats:
     holdout: GramStats | None = None
     rows_seen: int = 0
 
-    def add(self, design: np.ndarray, targets: np.ndarray, held: np.ndarray, intercept: bool = False) -> None:
-        """Rows `design` -> `targets` (`held`: the held-out ones); `intercept`: the layer has a bias."""
+    def add(self, design: np.ndarray, targets: np.ndarray, held: np.ndarray, intercept: bool = False,
+            row_weights: np.ndarray | None = None) -> None:
+        """Rows `design` -> `targets` (`held`: the held-out ones); `intercept`: the layer has a bias;
+        `row_weights`: how much each row's error counts (`GramStats.of`)."""
         self.rows_seen += design.shape[0]
-        self.train = summed(self.train, GramStats.of(design[~held], targets[~held], intercept))
-        self.holdout = summed(self.holdout, GramStats.of(design[held], targets[held], intercept))
+        for part, rows in (("train", ~held), ("holdout", held)):
+            weights = row_weights[rows] if row_weights is not None else None
+            setattr(self, part, summed(getattr(self, part), GramStats.of(design[rows], targets[rows], intercept,
+                                                                         weights)))
 
 
 def summed(total: GramStats | None, part: GramStats) -> GramStats:

@@ -55,6 +55,9 @@ class Consumer:
     positions: list = field(default_factory=list)  # per batch: conv positions or row indices
     held: list = field(default_factory=list)  # per batch: which of those rows are held out
     input_mean: np.ndarray | None = None  # original input channel means (bias correction)
+    # Per batch: 1 / sigma of each sampled row of the LayerNorm input the layer's residual sum is
+    # (`reconstruct.LAYER_NORM_ROWS`); empty when its rows are not weighted.
+    row_weights: list = field(default_factory=list)
     stats: FitStats = field(default_factory=FitStats)  # one object for every member of a family
     family: list = field(default_factory=list)  # the layers fitted with this one (itself first); [] alone
 
@@ -73,6 +76,7 @@ class Consumer:
             member.stats = stats
             member.targets.clear()
             member.held.clear()
+            member.row_weights.clear()
 
 
 def find_consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> list[Consumer]:
