@@ -53,7 +53,7 @@ from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
-from onnx_slim.ops.layer_norm import layer_norm_scale
+from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_scale
 from onnx_slim.ops.specs import CONV_PATCHES, RECURRENT_OPS, REFIT_SPECS
 
 log = logging.getLogger(__name__)
@@ -261,16 +261,9 @@ def _collect_targets(original, consumers, staged: StagedCapture, calibration, to
             consumer.held.append(_held_out(start + sample_of_row, samples))
             consumer.targets.append(np.ascontiguousarray(targets[:, consumer.kept_out], dtype=np.float32))
             if consumer.node.name in normalized and consumer.residual:
-                consumer.row_weights.append(_inverse_sigma(targets))
+                consumer.row_weights.append(inverse_sigma(targets))
     for consumer in consumers:
         consumer.input_mean = sums[consumer.node.name] / max(counts[consumer.node.name], 1)
-
-
-def _inverse_sigma(rows: np.ndarray) -> np.ndarray:
-    """1 / the standard deviation over channels of each row (a LayerNorm's per-token scale)."""
-    rows = rows.astype(np.float64)
-    variance = np.square(rows - rows.mean(axis=1, keepdims=True)).mean(axis=1)
-    return (1.0 / np.sqrt(variance + 1e-5)).astype(np.float32)
 
 
 def _accumulate_input_mean(consumer, x, sums, counts) -> None:

@@ -18,7 +18,9 @@ and the cost is the mean of their relative errors (error / output energy), like
 ThiNet's, so scores mean the same thing in every group. The re-fit also fits an intercept
 (the consumer's bias), so the Gram carries a constant feature that is never removed: a
 channel whose loss is mostly its mean (a ReLU's output) then costs what the bias cannot
-absorb, not its whole energy.
+absorb, not its whole energy. The Gram is the re-fit's own: real tokens only when the data shows
+its padding, and for a consumer that feeds a LayerNorm its outputs weighed by the LayerNorm's
+scale and its rows by 1 / the LayerNorm's sigma (`ops.layer_norm`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from onnx_slim.criteria.data import ordered_scores, require_calibration, thinet
 from onnx_slim.criteria.registry import ScoringContext, criterion
 from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.statistics import gram_matrix
+from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
-from onnx_slim.ops.layer_norm import layer_norm_scale
+from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_input, layer_norm_scale
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
 # A consumer with more input features than this is left out: its inverse Hessian costs
@@ -68,6 +71,8 @@ class _Consumer:
     kernel: list  # Conv kernel from the weight (the attribute is optional); [] for Gemm / MatMul
     gram: np.ndarray | None = None
     rows: int = 0
+    # The input of the LayerNorm the output feeds: each row's error is weighted by 1 / its sigma there.
+    layer_norm_input: str | None = None
 
     @property
     def taps(self) -> int:
@@ -129,7 +134,8 @@ def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[s
                 matrix, weighted = matrix * scale, weighted + 1
             if matrix.shape[0] <= MAX_FEATURES:
                 kernel = list(weight.shape[2:]) if spec.refit_kind(node) == CONV_PATCHES else []
-                found[node.name] = _Consumer(node, matrix, kernel)
+                found[node.name] = _Consumer(node, matrix, kernel, layer_norm_input=layer_norm_input(
+                    ctx.model, node, matrix.shape[1], readers))
     if weighted:
         ctx.notes.append(f"obs: {weighted} consumer(s) weigh their outputs by the scale of the LayerNorm they feed "
                          "(what the next layer reads)")
@@ -151,24 +157,40 @@ def _within_budget(consumers: dict[str, _Consumer]) -> dict[str, _Consumer]:
 
 
 def _accumulate_grams(ctx: ScoringContext, calibration, consumers: dict[str, _Consumer]) -> None:
+    """Each consumer's input Gram over sampled rows: real tokens only (as the re-fit samples them),
+    rows weighted by 1 / sigma of the LayerNorm input the consumer feeds (as the re-fit weighs them)."""
     if not consumers:
         return
     by_input = defaultdict(list)
     for consumer in consumers.values():
         by_input[consumer.node.input[0]].append(consumer)
-    capture = ActivationCapture(ctx.model, sorted(by_input), session=ctx.session)
+    tokens = padding_to_leave_out(ctx.model, ctx.analysis.context.shapes, calibration.token_mask())
+    names = set(by_input) | {c.layer_norm_input for c in consumers.values() if c.layer_norm_input} \
+        | ({tokens.input_name} if tokens else set())
+    capture = ActivationCapture(ctx.model, sorted(names), session=ctx.session)
     rng = np.random.default_rng(ctx.seed)
     for results in capture.iter(calibration.batch_stream(ctx.batch_size), ctx.progress, "scoring batches"):
         for tensor, readers in by_input.items():
             for consumer in readers:
-                rows = _design_rows(consumer, results[tensor], rng)
-                gram = gram_matrix(rows, intercept=True)  # the re-fit's intercept is a feature never removed
+                real = tokens.real_rows(results, results[tensor].shape) if tokens and not consumer.kernel else None
+                rows, picked = _design_rows(consumer, results[tensor], rng, real)
+                weights = None
+                normalized = results.get(consumer.layer_norm_input) if consumer.layer_norm_input else None
+                # Its rows must be the input's rows (the same tokens, in the same order).
+                if normalized is not None and picked is not None \
+                        and normalized.size // normalized.shape[-1] == results[tensor].size // results[tensor].shape[-1]:
+                    weights = inverse_sigma(normalized.reshape(-1, normalized.shape[-1])[picked])
+                    rows = rows * weights[:, None]
+                # The re-fit's intercept is a feature never removed (weighted rows: its column is the weights).
+                gram = gram_matrix(rows, intercept=True, intercept_column=weights)
                 consumer.gram = gram if consumer.gram is None else consumer.gram + gram
                 consumer.rows += rows.shape[0]
 
 
-def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Sampled input rows [S, features] of the consumer, in the order of its weight matrix."""
+def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator,
+                 real: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sampled input rows [S, features] of the consumer, in the order of its weight matrix, and for
+    a Gemm / MatMul the indices of those rows in its input flattened to rows (among `real` when given)."""
     node = consumer.node
     if consumer.kernel:
         kernel = consumer.kernel
@@ -179,13 +201,14 @@ def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator) -
                         for i, size in enumerate(x.shape[2:]))
         positions = sample_positions(rng, x.shape[0], out_h, out_w, min(ROWS_PER_IMAGE, out_h * out_w))
         patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
-        return patches.reshape(patches.shape[0], -1)
+        return patches.reshape(patches.shape[0], -1), None
     if attr(node, "transA", 0):
         x = x.T
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] > ROWS_PER_IMAGE * max(x.shape[0], 1):
-        rows = rows[rng.choice(rows.shape[0], ROWS_PER_IMAGE * x.shape[0], replace=False)]
-    return rows
+    picked = np.arange(rows.shape[0]) if real is None else real
+    if len(picked) > ROWS_PER_IMAGE * max(x.shape[0], 1):
+        picked = np.sort(rng.choice(picked, ROWS_PER_IMAGE * x.shape[0], replace=False))
+    return rows[picked], picked
 
 
 # --------------------------------------------------------------------------- the greedy path

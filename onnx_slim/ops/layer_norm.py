@@ -29,6 +29,29 @@ def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
     MatMul / Gemm `node`'s output, directly or through up to MAX_ADDS Adds, each the only reader
     of what it adds; None when there is none, its scale is not a constant of `outputs` values,
     or another node or the graph's output also reads the output (it sees the unscaled error)."""
+    found = _following_layer_norm(model, node, readers)
+    return _scale(model, *found, outputs) if found is not None else None
+
+
+def layer_norm_input(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
+                     readers: dict | None = None) -> str | None:
+    """The tensor that LayerNorm normalizes (its sigma scales each row's error), when
+    `layer_norm_scale` finds one."""
+    found = _following_layer_norm(model, node, readers)
+    return found[1] if found is not None and _scale(model, *found, outputs) is not None else None
+
+
+def inverse_sigma(rows: np.ndarray) -> np.ndarray:
+    """1 / the standard deviation over the last axis of each row of a LayerNorm's input: how much
+    the LayerNorm scales that row's errors (float32, [rows])."""
+    rows = rows.astype(np.float64)
+    variance = np.square(rows - rows.mean(axis=-1, keepdims=True)).mean(axis=-1)
+    return (1.0 / np.sqrt(variance + 1e-5)).astype(np.float32)
+
+
+def _following_layer_norm(model: onnx.ModelProto, node: onnx.NodeProto,
+                          readers: dict | None) -> tuple[onnx.NodeProto, str] | None:
+    """(the LayerNormalization, the tensor it reads) after `node`, as `layer_norm_scale` says."""
     if node.op_type not in ("MatMul", "Gemm"):
         return None  # a Conv's channels are on axis 1, not the axis a LayerNorm usually normalizes
     readers = readers if readers is not None else readers_of(model)
@@ -40,7 +63,7 @@ def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
             return None
         reader = following[0]
         if reader.op_type == "LayerNormalization":
-            return _scale(model, reader, tensor, outputs)
+            return reader, tensor
         if reader.op_type != "Add":
             return None
         tensor = reader.output[0]

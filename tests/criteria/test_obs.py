@@ -214,3 +214,22 @@ def test_a_group_read_only_by_a_grouped_conv_ranks_by_thinet_and_says_so():
 
     assert set(scores) == {group.id for group in groups}
     assert any(note.startswith("obs: 1 group(s) without a usable consumer ranked by thinet") for note in context.notes)
+
+
+def test_rows_are_drawn_among_real_tokens_only_when_padding_is_known(monkeypatch):
+    """Rows at padding are NaN here: a sampled one would poison the Gram."""
+    monkeypatch.setattr(obs_module, "ROWS_PER_IMAGE", 2)  # fewer rows than real tokens: a draw among them
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6, 3))
+    real = np.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]], bool)
+    x[~real] = np.nan
+    consumer = obs_module._Consumer(node=helper.make_node("MatMul", ["x", "w"], ["y"]), matrix=np.ones((3, 2)),
+                                    kernel=[])
+
+    rows, picked = obs_module._design_rows(consumer, x, rng, np.flatnonzero(real))
+
+    assert rows.shape == (8, 3) and np.isfinite(rows).all()
+    assert set(picked) <= set(np.flatnonzero(real))
+    np.testing.assert_array_equal(rows, x.reshape(-1, 3)[picked])  # the indices name the rows drawn
+    drawn_with_padding = obs_module._design_rows(consumer, x, np.random.default_rng(1))[0]
+    assert np.isnan(drawn_with_padding).any()  # without the mask padding is drawn too
