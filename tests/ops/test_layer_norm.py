@@ -65,10 +65,10 @@ def test_the_scale_is_found_through_the_bias_and_residual_adds():
                                   "wrong width"])
 def test_no_scale_when_the_layer_norm_does_not_stand_alone_after_the_layer(case):
     model = post_ln_block(gamma_is_input=case == "scale not a constant", axis=0 if case == "normalizes another axis"
-                          else -1, also_output=case in ("another reader sees the raw output",
-                                                        "a graph output is the raw output"))
+                          else -1, also_output=case == "a graph output is the raw output")
     if case == "another reader sees the raw output":  # a second node reading the biased output
         model.graph.node.append(helper.make_node("Relu", ["fb"], ["extra"], name="extra"))
+        model.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [None, WIDTH]))
     layer = node(model, "fc1" if case == "no layer norm after it" else "fc2")
     assert layer_norm_scale(model, layer, HIDDEN if case in ("no layer norm after it", "wrong width")
                             else WIDTH) is None
