@@ -21,11 +21,14 @@ from onnx_slim.ir.graph import attr, readers_of
 
 # A projection reaches its LayerNorm through at most its bias Add and the residual Add.
 MAX_ADDS = 2
+# op type -> (how many leading inputs it normalizes (summed), the input of its scale). onnxruntime's
+# SkipLayerNormalization (com.microsoft) adds input, skip (and bias) itself, over the last axis.
+LAYER_NORMS = {"LayerNormalization": (1, 1), "SkipLayerNormalization": (2, 2)}
 
 
 def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
                      readers: dict | None = None) -> np.ndarray | None:
-    """|gamma| [outputs] of the LayerNormalization over the last axis that alone reads the
+    """|gamma| [outputs] of the LayerNorm (LAYER_NORMS) over the last axis that alone reads the
     MatMul / Gemm `node`'s output, directly or through up to MAX_ADDS Adds, each the only reader
     of what it adds; None when there is none, its scale is not a constant of `outputs` values,
     or another node or the graph's output also reads the output (it sees the unscaled error)."""
@@ -36,9 +39,12 @@ def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
 def layer_norm_input(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
                      readers: dict | None = None) -> str | None:
     """The tensor that LayerNorm normalizes (its sigma scales each row's error), when
-    `layer_norm_scale` finds one."""
+    `layer_norm_scale` finds one and the graph holds it (onnxruntime's fused
+    SkipLayerNormalization adds its inputs inside: no tensor holds the sum)."""
     found = _following_layer_norm(model, node, readers)
-    return found[1] if found is not None and _scale(model, *found, outputs) is not None else None
+    if found is None or found[0].op_type != "LayerNormalization":
+        return None
+    return found[1] if _scale(model, *found, outputs) is not None else None
 
 
 def inverse_sigma(rows: np.ndarray) -> np.ndarray:
@@ -51,7 +57,7 @@ def inverse_sigma(rows: np.ndarray) -> np.ndarray:
 
 def _following_layer_norm(model: onnx.ModelProto, node: onnx.NodeProto,
                           readers: dict | None) -> tuple[onnx.NodeProto, str] | None:
-    """(the LayerNormalization, the tensor it reads) after `node`, as `layer_norm_scale` says."""
+    """(the LayerNorm node, the tensor it reads) after `node`, as `layer_norm_scale` says."""
     if node.op_type not in ("MatMul", "Gemm"):
         return None  # a Conv's channels are on axis 1, not the axis a LayerNorm usually normalizes
     readers = readers if readers is not None else readers_of(model)
@@ -62,7 +68,7 @@ def _following_layer_norm(model: onnx.ModelProto, node: onnx.NodeProto,
         if len(following) != 1 or tensor in graph_outputs:
             return None
         reader = following[0]
-        if reader.op_type == "LayerNormalization":
+        if reader.op_type in LAYER_NORMS:
             return reader, tensor
         if reader.op_type != "Add":
             return None
@@ -71,9 +77,11 @@ def _following_layer_norm(model: onnx.ModelProto, node: onnx.NodeProto,
 
 
 def _scale(model: onnx.ModelProto, layer_norm: onnx.NodeProto, tensor: str, outputs: int) -> np.ndarray | None:
-    if layer_norm.input[0] != tensor or attr(layer_norm, "axis", -1) != -1 or len(layer_norm.input) < 2:
+    reads, scale_input = LAYER_NORMS[layer_norm.op_type]
+    if tensor not in layer_norm.input[:reads] or attr(layer_norm, "axis", -1) != -1 \
+            or len(layer_norm.input) <= scale_input:
         return None
-    scale = next((init for init in model.graph.initializer if init.name == layer_norm.input[1]), None)
+    scale = next((init for init in model.graph.initializer if init.name == layer_norm.input[scale_input]), None)
     if scale is None:
         return None
     gamma = numpy_helper.to_array(scale).astype(np.float64).reshape(-1)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_slim.channels.analysis import analyze
 from onnx_slim.criteria import ScoringContext, score_groups
 from onnx_slim.data.calibration import CalibrationSet
-from onnx_slim.ops.layer_norm import layer_norm_scale
+from onnx_slim.ops.layer_norm import layer_norm_input, layer_norm_scale
 
 WIDTH, HIDDEN = 64, 4
 HALF = WIDTH // 2
@@ -58,6 +58,20 @@ def node(model, name):
 def test_the_scale_is_found_through_the_bias_and_residual_adds():
     model = post_ln_block()
     np.testing.assert_array_equal(layer_norm_scale(model, node(model, "fc2"), WIDTH), GAMMA.astype(np.float64))
+
+
+def test_onnxruntimes_fused_skip_layer_norm_gives_its_scale_but_holds_no_sum_to_read_sigma_from():
+    model = post_ln_block()
+    fused = [n for n in model.graph.node if n.name not in ("residual", "ln")]
+    fused.append(helper.make_node("SkipLayerNormalization", ["fb", "x", "gamma", "beta"], ["y"], name="skip_ln",
+                                  domain="com.microsoft", epsilon=1e-5))
+    del model.graph.node[:]
+    model.graph.node.extend(fused)
+    fc2 = node(model, "fc2")
+    np.testing.assert_array_equal(layer_norm_scale(model, fc2, WIDTH), GAMMA.astype(np.float64))
+    assert layer_norm_input(model, fc2, WIDTH) is None
+    plain = post_ln_block()
+    assert layer_norm_input(plain, node(plain, "fc2"), WIDTH) == "s"  # the plain LayerNorm's sum
 
 
 @pytest.mark.parametrize("case", ["no layer norm after it", "scale not a constant", "normalizes another axis",
