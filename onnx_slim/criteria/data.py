@@ -32,7 +32,7 @@ from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
-from onnx_slim.ops.layer_norm import layer_norm_scale
+from onnx_slim.ops.layer_norm import layer_norm_scale, weighted_note
 from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
 
 POSITIONS_PER_IMAGE = 10  # ThiNet samples ~10 output positions per image
@@ -180,8 +180,7 @@ def contribution_grams(ctx: ScoringContext, calibration, groups: list[ChannelGro
         if sampler is not None:
             samplers[node_name] = sampler
     if weighted:
-        ctx.notes.append(f"{weighted} consumer(s) weigh their outputs by the scale of the LayerNorm they feed "
-                         "(what the next layer reads)")
+        ctx.notes.append(weighted_note(weighted))
     result = ContributionGrams()
     if not samplers:
         return result

@@ -40,7 +40,7 @@ from onnx_slim.data.statistics import gram_matrix
 from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
-from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_input, layer_norm_scale
+from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_input, layer_norm_scale, weighted_note
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
 # A consumer with more input features than this is left out: its inverse Hessian costs
@@ -137,8 +137,7 @@ def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[s
                 found[node.name] = _Consumer(node, matrix, kernel, layer_norm_input=layer_norm_input(
                     ctx.model, node, matrix.shape[1], readers))
     if weighted:
-        ctx.notes.append(f"obs: {weighted} consumer(s) weigh their outputs by the scale of the LayerNorm they feed "
-                         "(what the next layer reads)")
+        ctx.notes.append(f"obs: {weighted_note(weighted)}")
     return _within_budget(found)
 
 

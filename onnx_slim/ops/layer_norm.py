@@ -47,6 +47,12 @@ def layer_norm_input(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
     return found[1] if _scale(model, *found, outputs) is not None else None
 
 
+def weighted_note(consumers: int) -> str:
+    """The report's line for the criteria that weighed `consumers` layers by `layer_norm_scale`."""
+    return (f"{consumers} consumer(s) weigh their outputs by the scale of the LayerNorm they feed "
+            "(what the next layer reads)")
+
+
 def inverse_sigma(rows: np.ndarray) -> np.ndarray:
     """1 / the standard deviation over the last axis of each row of a LayerNorm's input: how much
     the LayerNorm scales that row's errors (float32, [rows])."""
