@@ -223,7 +223,7 @@ def _bytes_per_batch(shape, batch_size: int) -> int:
 def _normalized_sums(original, consumers) -> set[str]:
     """Names of the consumers whose residual sum a LayerNorm alone reads (`LAYER_NORM_ROWS`)."""
     readers = readers_of(original)
-    return {c.node.name for c in consumers if c.residual and c.node.op_type in ("MatMul", "Gemm")
+    return {c.node.name for c in consumers if c.residual
             and layer_norm_scale(original, c.node, out_channels(c.node, initializer(original, c.weight).dims),
                                  readers) is not None}
 

@@ -40,7 +40,7 @@ from onnx_slim.data.statistics import gram_matrix
 from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.ir.graph import attr, readers_of
 from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
-from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_input, layer_norm_scale, weighted_note
+from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_after, weighted_note
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
 # A consumer with more input features than this is left out: its inverse Hessian costs
@@ -112,7 +112,7 @@ def obs(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[int, np.ndarray
 
 def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[str, _Consumer]:
     """Consumers OBS can price, each weight's output columns weighed by the scale of the
-    LayerNorm it feeds (`layer_norm_scale`: the error the next layer reads)."""
+    LayerNorm it feeds (`layer_norm_after`: the error the next layer reads)."""
     nodes = {node.name: node for node in ctx.model.graph.node}
     initializers = {init.name: init for init in ctx.model.graph.initializer}
     readers, weighted = readers_of(ctx.model), 0
@@ -129,13 +129,13 @@ def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[s
             if spec.refit_kind(node) == CONV_PATCHES and weight.ndim != 4:
                 continue
             matrix = spec.as_matrix(node, weight)
-            scale = layer_norm_scale(ctx.model, node, matrix.shape[1], readers)
-            if scale is not None:
-                matrix, weighted = matrix * scale, weighted + 1
+            layer_norm = layer_norm_after(ctx.model, node, matrix.shape[1], readers)
+            if layer_norm is not None:
+                matrix, weighted = matrix * layer_norm[0], weighted + 1
             if matrix.shape[0] <= MAX_FEATURES:
                 kernel = list(weight.shape[2:]) if spec.refit_kind(node) == CONV_PATCHES else []
-                found[node.name] = _Consumer(node, matrix, kernel, layer_norm_input=layer_norm_input(
-                    ctx.model, node, matrix.shape[1], readers))
+                found[node.name] = _Consumer(node, matrix, kernel,
+                                             layer_norm_input=layer_norm[1] if layer_norm is not None else None)
     if weighted:
         ctx.notes.append(f"obs: {weighted_note(weighted)}")
     return _within_budget(found)

@@ -6,7 +6,7 @@ projection reaches the next layer scaled by |gamma_c| (and by 1/sigma of its tok
 all-mpnet-base-v2 the channels with the most energy before a LayerNorm have some of its
 smallest gammas: errors that are 0.03% of the energy before the LayerNorm are 7 to 9% of it
 after (layers 6 to 9, 70% of the MACs). Criteria that rank channels by the error they leave
-weigh each output channel by |gamma| (`layer_norm_scale`), so they protect what the next layer
+weigh each output channel by |gamma| (`layer_norm_after`), so they protect what the next layer
 reads, not what is largest. This is the diagonal of the LayerNorm's Jacobian: its centering and
 its per-token sigma also move every channel a little (two directions of a 768-wide stream).
 """
@@ -26,25 +26,34 @@ MAX_ADDS = 2
 LAYER_NORMS = {"LayerNormalization": (1, 1), "SkipLayerNormalization": (2, 2)}
 
 
+def layer_norm_after(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
+                     readers: dict | None = None) -> tuple[np.ndarray, str | None] | None:
+    """(|gamma| [outputs], the tensor it normalizes) of the LayerNorm (LAYER_NORMS) over the last
+    axis that alone reads the MatMul / Gemm `node`'s output, directly or through up to MAX_ADDS
+    Adds, each the only reader of what it adds; None when there is none, its scale is not a
+    constant of `outputs` values, or another node or the graph's output also reads the output (it
+    sees the unscaled error). The tensor is None for onnxruntime's fused SkipLayerNormalization,
+    which adds its inputs inside: no tensor holds the sum (nor its sigma)."""
+    found = _following_layer_norm(model, node, readers)
+    scale = _scale(model, *found, outputs) if found is not None else None
+    if scale is None:
+        return None
+    layer_norm, tensor = found
+    return scale, tensor if layer_norm.op_type == "LayerNormalization" else None
+
+
 def layer_norm_scale(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
                      readers: dict | None = None) -> np.ndarray | None:
-    """|gamma| [outputs] of the LayerNorm (LAYER_NORMS) over the last axis that alone reads the
-    MatMul / Gemm `node`'s output, directly or through up to MAX_ADDS Adds, each the only reader
-    of what it adds; None when there is none, its scale is not a constant of `outputs` values,
-    or another node or the graph's output also reads the output (it sees the unscaled error)."""
-    found = _following_layer_norm(model, node, readers)
-    return _scale(model, *found, outputs) if found is not None else None
+    """|gamma| of the LayerNorm after `node` (`layer_norm_after`), or None."""
+    found = layer_norm_after(model, node, outputs, readers)
+    return found[0] if found is not None else None
 
 
 def layer_norm_input(model: onnx.ModelProto, node: onnx.NodeProto, outputs: int,
                      readers: dict | None = None) -> str | None:
-    """The tensor that LayerNorm normalizes (its sigma scales each row's error), when
-    `layer_norm_scale` finds one and the graph holds it (onnxruntime's fused
-    SkipLayerNormalization adds its inputs inside: no tensor holds the sum)."""
-    found = _following_layer_norm(model, node, readers)
-    if found is None or found[0].op_type != "LayerNormalization":
-        return None
-    return found[1] if _scale(model, *found, outputs) is not None else None
+    """The tensor the LayerNorm after `node` normalizes (`layer_norm_after`), or None."""
+    found = layer_norm_after(model, node, outputs, readers)
+    return found[1] if found is not None else None
 
 
 def weighted_note(consumers: int) -> str:
@@ -63,7 +72,7 @@ def inverse_sigma(rows: np.ndarray) -> np.ndarray:
 
 def _following_layer_norm(model: onnx.ModelProto, node: onnx.NodeProto,
                           readers: dict | None) -> tuple[onnx.NodeProto, str] | None:
-    """(the LayerNorm node, the tensor it reads) after `node`, as `layer_norm_scale` says."""
+    """(the LayerNorm node, the tensor it reads) after `node`, as `layer_norm_after` says."""
     if node.op_type not in ("MatMul", "Gemm"):
         return None  # a Conv's channels are on axis 1, not the axis a LayerNorm usually normalizes
     readers = readers if readers is not None else readers_of(model)
