@@ -217,16 +217,25 @@ def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator,
 class _Block:
     """A consumer's state in one group's greedy path: which features each channel owns.
 
-    `inverse` and `weight` cover the features still in: removed ones are zeroed at once and
-    dropped from the matrices once they make up COMPACT_SHARE of them, so the updates get
-    cheaper as the path goes (the rank-b update of the inverse is most of the path's time).
+    Each removal is a rank-b update of the inverse Hessian. Applied at once, every update is a
+    pass over the whole n x n matrix (memory-bound: most of the path's time); here they are
+    kept as low-rank factors and applied together once they reach `capacity` columns, one
+    matrix product (as GPTQ batches its updates). Each removal reads only the columns it needs
+    (the inverse's at the removed features, corrected by the pending factors), and each
+    channel's diagonal block, all its cost needs, is kept up to date directly. Removed
+    features are dropped from the matrices once they make up COMPACT_SHARE of them.
     """
 
-    inverse: np.ndarray  # (H + damping)^-1 over the rows still held, updated after each removal
+    inverse: np.ndarray  # (H + damping)^-1 as of the last fold, over the rows still held
     weight: np.ndarray  # [rows still held, outputs], compensated after each removal
     features: np.ndarray  # [channels, per channel] feature indices of each group channel
     energy: float  # ||X W||^2 of the original layer: errors are relative to it
-    row: np.ndarray  # feature index -> its row in `inverse` and `weight` (-1 once dropped)
+    row: np.ndarray  # feature index -> its row in `inverse` and `weight` (-1 once removed)
+    diagonal: np.ndarray  # [channels, per channel, per channel]: diagonal blocks of the current inverse
+    # The current inverse is `inverse - left[:, :rank] @ right[:, :rank].T` (the removals not folded yet).
+    left: np.ndarray | None = None
+    right: np.ndarray | None = None
+    rank: int = 0
     zeroed: int = 0  # removed rows still held
 
     @classmethod
@@ -242,15 +251,16 @@ class _Block:
         weight = np.zeros((gram.shape[0], consumer.matrix.shape[1]))
         weight[:consumer.matrix.shape[0]] = consumer.matrix
         energy = float(np.sum(weight * (gram @ weight)))
-        return cls(inverse, weight, features, max(energy, 1e-30), np.arange(gram.shape[0]))
+        diagonal = inverse[features[:, :, None], features[:, None, :]]
+        return cls(inverse, weight, features, max(energy, 1e-30), np.arange(gram.shape[0]), diagonal)
 
     def costs(self, candidates: np.ndarray) -> np.ndarray:
         """Relative error added by removing each candidate channel (with compensation)."""
         index = self.row[self.features[candidates]]  # [k, b]
-        if index.shape[1] == 1:
-            flat = index[:, 0]
-            return np.square(self.weight[flat]).sum(axis=1) / np.maximum(self.inverse[flat, flat], 1e-30) / self.energy
-        blocks = self.inverse[index[:, :, None], index[:, None, :]]  # [k, b, b]
+        blocks = self.diagonal[candidates]  # [k, b, b]
+        if index.shape[1] == 1:  # one pass over the weight, no copy of it: most steps' time is such passes
+            norms = np.einsum("ij,ij->i", self.weight, self.weight)[index[:, 0]]
+            return norms / np.maximum(blocks[:, 0, 0], 1e-30) / self.energy
         rows = self.weight[index]  # [k, b, outputs]
         # tr(W_B^T M^-1 W_B) = tr(M^-1 W_B W_B^T): b right-hand sides per solve instead of `outputs`
         solved = np.linalg.solve(blocks + 1e-12 * np.eye(index.shape[1]), rows @ rows.transpose(0, 2, 1))
@@ -260,26 +270,55 @@ class _Block:
         """Remove the channels' features together, compensating the others (the OBS update)."""
         removed = self.features[channels].reshape(-1)
         index = self.row[removed]
-        block = self.inverse[np.ix_(index, index)] + 1e-12 * np.eye(len(index))
-        columns = self.inverse[:, index].copy()  # [rows, b]
-        self.weight -= columns @ np.linalg.solve(block, self.weight[index])
-        self.inverse -= columns @ np.linalg.solve(block, self.inverse[index, :])
+        columns = self.inverse[:, index]  # [rows, b] of the current inverse
+        if self.rank:
+            columns = columns - self.left[:, :self.rank] @ self.right[index, :self.rank].T
+        block = columns[index] + 1e-12 * np.eye(len(index))
+        scaled = np.linalg.solve(block, columns.T).T  # columns @ block^-1 (the block is symmetric)
+        self.weight -= scaled @ self.weight[index]
         self.weight[index] = 0.0  # exactly, not up to rounding
-        self.inverse[index, :] = 0.0
-        self.inverse[:, index] = 0.0
-        self.zeroed += len(index)
         self.row[removed] = -1
+        self.zeroed += len(index)
+        self._update_diagonal(scaled, columns)
+        if self.left is None or self.rank + len(index) > self.left.shape[1]:
+            self._fold()
+            self._reserve(len(index))
+        self.left[:, self.rank:self.rank + len(index)] = scaled
+        self.right[:, self.rank:self.rank + len(index)] = columns
+        self.rank += len(index)
         if self.zeroed >= COMPACT_SHARE * len(self.inverse):
+            self._fold()
             self._drop_zeroed()
 
+    def _update_diagonal(self, scaled: np.ndarray, columns: np.ndarray) -> None:
+        """Each remaining channel's diagonal block minus its part of the update scaled @ columns.T."""
+        remaining = np.flatnonzero(self.row[self.features[:, 0]] >= 0)
+        index = self.row[self.features[remaining]]  # [k, b]
+        self.diagonal[remaining] -= scaled[index] @ columns[index].transpose(0, 2, 1)
+
+    def _reserve(self, step: int) -> None:
+        """Room for the pending factors: about sqrt(6 n b) columns balances reading them at every
+        step against folding them into the n x n inverse (three passes over it) every few steps."""
+        size = len(self.inverse)
+        capacity = min(size, max(step, int(np.sqrt(6 * size * step))))
+        if self.left is None or self.left.shape != (size, capacity):
+            self.left, self.right = np.empty((size, capacity)), np.empty((size, capacity))
+
+    def _fold(self) -> None:
+        """Apply the pending removals to the inverse: one matrix product."""
+        if self.rank:
+            self.inverse -= self.left[:, :self.rank] @ self.right[:, :self.rank].T
+            self.rank = 0
+
     def _drop_zeroed(self) -> None:
-        """Drop the removed rows and columns: exact, they are zero and take no part in later steps."""
+        """Drop the removed rows and columns: exact, they take no part in later steps."""
         held = self.row >= 0
         kept = self.row[held]  # in feature order, as the rows are
         self.inverse = self.inverse[np.ix_(kept, kept)]
         self.weight = self.weight[kept]
         self.row[held] = np.arange(len(kept))
         self.zeroed = 0
+        self.left = self.right = None
 
 
 def obs_greedy(blocks: list[_Block]) -> tuple[np.ndarray, np.ndarray]:

@@ -102,6 +102,28 @@ def test_dropping_removed_features_from_the_matrices_leaves_the_path_unchanged(m
     np.testing.assert_allclose(errors, errors_full, rtol=1e-9, atol=1e-12)
 
 
+def test_updates_kept_pending_and_folded_together_give_the_exact_refit_error_at_every_step(monkeypatch):
+    """A conv-like consumer (3 features per channel) over a path long enough to fold the pending
+    updates into the inverse several times: each step still costs exactly what the re-fit leaves."""
+    rng = np.random.default_rng(7)
+    channels, taps = 30, 3
+    x, w = correlated_inputs(rng, rows=600, channels=channels * taps), rng.standard_normal((channels * taps, 5))
+    monkeypatch.setattr(obs_module, "DAMPING", 1e-12)
+    monkeypatch.setattr(obs_module, "COMPACT_SHARE", np.inf)  # folds only, no drops: the factors do it all
+    consumer = obs_module._Consumer(node=None, matrix=w, kernel=[taps], gram=x.T @ x, rows=len(x))
+    path = obs_module._Block.of(consumer, Member(use=None, offset=0, repeat=1), channels)
+    folds = []
+    fold = path._fold
+    monkeypatch.setattr(path, "_fold", lambda: (folds.append(path.rank), fold()))
+
+    order, errors = obs_module.obs_greedy([path])
+
+    assert sum(rank > 0 for rank in folds) >= 2
+    for step in range(channels - 1):
+        kept = [c * taps + t for c in sorted(set(range(channels)) - set(order[: step + 1].tolist())) for t in range(taps)]
+        assert errors[step] == pytest.approx(refit_error(x, w, kept), rel=1e-6, abs=1e-9)
+
+
 def test_a_group_wider_than_the_step_limit_removes_its_cheapest_channels_a_few_at_a_time(monkeypatch):
     rng = np.random.default_rng(5)
     x, w = correlated_inputs(rng, channels=9), rng.standard_normal((9, 4))
