@@ -27,7 +27,10 @@ class QualityGateError(OnnxSlimError):
     exit_code = 3
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type): for one-line errors."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message (or its type) on one line, for one-line errors: its lines joined
+    (the checker names the node on the line after its sentence), cut at a word past `limit`."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."

@@ -20,7 +20,13 @@ import onnx_graphsurgeon as gs
 
 from onnx_slim.apply.surgery import deduplicate_initializers, initializer_key
 from onnx_slim.errors import first_line
-from onnx_slim.ir.graph import names_read_in_subgraphs, subgraphs
+from onnx_slim.ir.graph import (
+    has_subgraphs,
+    names_read_in_subgraphs,
+    sort_topologically,
+    subgraphs,
+    unproduced_inputs,
+)
 from onnx_slim.ir.model import is_quantized_op
 
 # Protobuf refuses a message over 2 GiB, and folding serializes the graph for onnxruntime.
@@ -94,13 +100,30 @@ def bypass_identities(graph: onnx.GraphProto) -> int:
 
 
 def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """Fold constant subgraphs and remove unused nodes, tensors and value_info with onnx-graphsurgeon."""
+    """Fold constant subgraphs and remove unused nodes, tensors and value_info with onnx-graphsurgeon.
+
+    Folding an If whose condition is constant inlines a branch, and graphsurgeon can then leave a
+    reader of the If's second output without a producer (silero-vad 6's exports): the fold is then
+    given up and only the unused nodes go."""
+    attempt = model
+    if has_subgraphs(model.graph):  # folding edits the If / Loop bodies it imported: keep them for the retry
+        attempt = onnx.ModelProto()
+        attempt.CopyFrom(model)
+    cleaned = _surgeon(attempt, notes, fold=True)
+    dangling = unproduced_inputs(cleaned.graph)
+    if dangling:
+        notes.append(f"constant folding skipped: onnx-graphsurgeon's folding left {dangling[0]} without a producer")
+        cleaned = _surgeon(model, notes, fold=False)
+    return cleaned
+
+
+def _surgeon(model: onnx.ModelProto, notes: list[str], fold: bool) -> onnx.ModelProto:
     weight_bytes = [_tensor_bytes(tensor) for tensor in model.graph.initializer]
     graph = gs.import_onnx(model)
     graph.toposort()
-    if sum(weight_bytes) > _FOLD_LIMIT_BYTES:
+    if fold and sum(weight_bytes) > _FOLD_LIMIT_BYTES:
         notes.append("constant folding skipped: the model is too large for onnxruntime to evaluate in memory")
-    else:
+    elif fold:
         try:
             # Never larger than the largest weight: folding an Expand or Tile must not bloat the file.
             graph.fold_constants(size_threshold=max(weight_bytes, default=0) or None,
@@ -110,6 +133,7 @@ def _graphsurgeon_pass(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelPr
             notes.append(f"constant folding skipped: {first_line(exc)}")
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     cleaned = gs.export_onnx(graph, do_type_check=False)
+    sort_topologically(cleaned.graph)  # graphsurgeon's order ignores what subgraphs read from outside
     _keep_model_fields(model, cleaned)
     _hoist_outer_initializers(model.graph, cleaned.graph)
     return cleaned

@@ -57,6 +57,14 @@ def names_read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
+def unproduced_inputs(graph: onnx.GraphProto) -> list[str]:
+    """Names that a node of `graph` reads (explicitly) and that no graph input, initializer or
+    node produces: a broken graph, whatever the node order."""
+    known = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    known |= {name for node in graph.node for name in node.output}
+    return sorted({name for node in graph.node for name in node.input if name not in known})
+
+
 def sort_topologically(graph: onnx.GraphProto) -> bool:
     """Order the nodes so each comes after the producers of what it reads (its subgraphs'
     outer reads included), keeping the given order wherever it already is; returns whether

@@ -159,3 +159,46 @@ def test_a_transpose_of_a_weight_read_once_is_still_folded():
     model.graph.initializer.append(numpy_helper.from_array(np.ones((50, 8), np.float32), "other_table"))
     cleaned, _ = clean_model(model)
     assert "Transpose" not in [node.op_type for node in cleaned.graph.node]
+
+
+def _if_with_two_outputs_from_a_nested_if() -> onnx.ModelProto:
+    """An If on a constant condition whose branches return both outputs of a nested If (silero-vad's
+    decoder): graphsurgeon's folding inlines the branch and leaves the second output unproduced."""
+    def branch(tag: str) -> onnx.GraphProto:
+        def body(suffix: str, ops: tuple[str, str]) -> onnx.GraphProto:
+            outputs = [f"{tag}_{suffix}{i}" for i in range(2)]
+            nodes = [helper.make_node(op, ["x", "two"][:1 + (op != "Neg")], [out]) for op, out in zip(ops, outputs)]
+            return helper.make_graph(nodes, f"{tag}_{suffix}", [],
+                                     [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs])
+        outputs = [f"{tag}_out{i}" for i in range(2)]
+        nested = helper.make_node("If", ["flag"], outputs, then_branch=body("then", ("Mul", "Add")),
+                                  else_branch=body("else", ("Sub", "Neg")))
+        return helper.make_graph([nested], tag, [],
+                                 [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs])
+    nodes = [
+        helper.make_node("Constant", [], ["cond"], value=numpy_helper.from_array(np.array(True))),
+        helper.make_node("If", ["cond"], ["y1", "y2"], then_branch=branch("t"), else_branch=branch("e")),
+        helper.make_node("Add", ["y1", "y2"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                     helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.array([2.0, 3.0], np.float32), "two")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_fold_that_breaks_the_graph_is_given_up_and_the_unused_nodes_still_go():
+    model = _if_with_two_outputs_from_a_nested_if()
+    onnx.checker.check_model(model, full_check=True)
+    before = model.SerializeToString()
+
+    cleaned, report = clean_model(model)
+
+    onnx.checker.check_model(cleaned, full_check=True)
+    assert model.SerializeToString() == before
+    assert any("folding left y2 without a producer" in note for note in report.notes)
+    for flag in (True, False):
+        feeds = {"x": np.array([1.0, -4.0], np.float32), "flag": np.array(flag)}
+        expected = run_session(create_session(model), feeds)["out"]
+        np.testing.assert_array_equal(run_session(create_session(cleaned), feeds)["out"], expected)
