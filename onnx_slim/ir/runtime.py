@@ -15,19 +15,25 @@ from onnx_slim.errors import OnnxSlimError, UsageError, first_line
 from onnx_slim.ir.inputs import DEFAULT_SYMBOLIC_SIZE
 from onnx_slim.ir.providers import CPU, DEVICE_OF, parse_provider_options, provider_arguments, resolve_providers
 
-_ORT_WARNING, _ORT_ERROR = 2, 3  # onnxruntime's log severities
+_ORT_WARNING, _ORT_FATAL = 2, 4  # onnxruntime's log severities
+# Every onnxruntime error reaches us as an exception that becomes our own one-line message: its C++
+# log would print the same error again, in colour, before it (and for failures that are expected,
+# such as measuring shapes at guessed sizes). --debug shows its warnings and errors.
+_session_severity = _ORT_FATAL
 _ORT_PACKAGE = os.path.dirname(ort.__file__)
 
 
 def quiet_onnxruntime_logs(verbose: bool = False) -> None:
-    """Keep onnxruntime's log below warnings (unless `verbose`): its C++ log and its Python quantization tools.
+    """Keep onnxruntime's log quiet (warnings and errors when `verbose`): its C++ log and its Python quantization tools.
 
     Sessions set their own severity (see `create_session`), but the sessions the
     quantizer and its pre-processing open use the process-wide default logger,
     and `onnxruntime.quantization` warns through the root Python logger (e.g.
     "Axis 1 is out-of-range for weight ..."), which a logger name cannot select.
     """
-    ort.set_default_logger_severity(_ORT_WARNING if verbose else _ORT_ERROR)
+    global _session_severity
+    _session_severity = _ORT_WARNING if verbose else _ORT_FATAL
+    ort.set_default_logger_severity(_session_severity)
     logging.getLogger("onnxruntime").setLevel(logging.NOTSET if verbose else logging.ERROR)
     root = logging.getLogger()
     root.removeFilter(_ONNXRUNTIME_FILTER)
@@ -84,7 +90,7 @@ class SessionSpec:
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
-        options.log_severity_level = _ORT_ERROR
+        options.log_severity_level = _session_severity
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
 from graphs import conv_chain
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir import runtime
-from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session
+from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, quiet_onnxruntime_logs, run_session
 
 
 def test_the_spec_sets_threads_providers_and_optimization():
@@ -61,3 +64,24 @@ def test_a_provider_onnxruntime_could_not_start_is_an_error_not_a_silent_cpu_run
 
     with pytest.raises(OnnxSlimError, match="could not start CUDAExecutionProvider .*has CPUExecutionProvider"):
         create_session(conv_chain((4,)), spec)
+
+
+def _fails_at_run_time() -> onnx.ModelProto:
+    """A Reshape whose target does not fit the input: onnxruntime loads it and fails when it runs."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([4, 4], np.int64), "shape")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_onnxruntime_errors_reach_the_user_once_as_our_error_and_its_log_only_with_debug(capfd, verbose):
+    quiet_onnxruntime_logs(verbose=verbose)
+    try:
+        with pytest.raises(OnnxSlimError, match="Reshape"):
+            run_session(create_session(_fails_at_run_time()), {"x": np.zeros((2, 3), np.float32)})
+    finally:
+        quiet_onnxruntime_logs(verbose=False)
+    assert ("onnxruntime:" in capfd.readouterr().err) is verbose
