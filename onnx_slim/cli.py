@@ -206,7 +206,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
     if any(not 0 < level < 1 for level in levels):
         raise UsageError(f"ratios must be in (0, 1), got {ratios}")
     report = measure_sensitivity(analysis, calibration, ratios=levels, criterion=criterion,
-                                 samples=samples, seed=seed, session=session, progress=console)
+                                 samples=samples, seed=seed, session=session, progress=console, batch_size=batch_size)
     if as_json:
         click.echo(to_json(report.to_dict()))
         return
@@ -378,6 +378,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import calibration_source, quantize_model
     from onnx_slim.ir.inputs import parse_input_shapes
+    from onnx_slim.pipeline.candidates import CALIBRATION_BATCH, EVALUATION_BATCH
 
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
@@ -387,10 +388,12 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
     with writing_output(output):
-        report = quantize_model(model, output, mode=mode, calibration=calibration_source(calibration, batch_size),
+        calibration_batch = batch_size or CALIBRATION_BATCH
+        report = quantize_model(model, output, mode=mode,
+                                calibration=calibration_source(calibration, calibration_batch),
                                 quant_format=quant_format, per_channel=per_channel, method=method,
                                 reduce_range=reduce_range,
-                                exclude=list(exclude), calibration_batch_size=batch_size, force=force,
+                                exclude=list(exclude), calibration_batch_size=calibration_batch, force=force,
                                 measure=measure, session=session, bias_correction=bias_correction,
                                 smooth_outliers=smooth_outliers, max_layer_error=max_layer_error,
                                 block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types,
@@ -398,7 +401,8 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
-        data["evaluation"] = evaluate(model, output, evaluation_data, session=session)
+        data["evaluation"] = evaluate(model, output, evaluation_data, batch_size=batch_size or EVALUATION_BATCH,
+                                      session=session)
     if as_json:
         click.echo(to_json(data))
         return

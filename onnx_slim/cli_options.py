@@ -132,7 +132,9 @@ def calibration_options(function):
     options = [
         click.option("--calib", metavar="PATH", help="Calibration data: .npz, folder of .npy or images, 'synthetic' (dead-leaves images) or 'random'."),
         click.option("--calib-samples", type=int, help="Use only the first N calibration samples."),
-        click.option("--batch-size", default=8, show_default=True, help="Batch size for calibration runs."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Samples per run of every pass over the data (default: 8 for calibration, 32 for "
+                          "evaluation; give 1 for a model that only runs at batch 1)."),
         click.option("--input-size", metavar="H,W", help="Image folders: resize to this size (default: the model's); 'synthetic': the size to make."),
         click.option("--mean", metavar="R,G,B", help="Image folders: per-channel mean, 0..1 units."),
         click.option("--std", metavar="R,G,B", help="Image folders: per-channel std, 0..1 units."),

@@ -45,7 +45,7 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
         built_by_plan[key] = allocate
         pruner.say(f"allocation {allocate}: building the candidate at MACs {candidate.macs_fraction:.3f}")
         built = pruner.build(candidate, fitted_again=refit_on_all)
-        agreement = evaluate(pruner.model, built.model, check, batch_size=max(settings.batch_size, 32),
+        agreement = evaluate(pruner.model, built.model, check, batch_size=settings.evaluation_batch_size,
                              session=settings.session)["agreement"]
         error = agreement["rel_l2"]
         closeness = -error if not math.isnan(error) else -math.inf  # NaN outputs: the farthest of all

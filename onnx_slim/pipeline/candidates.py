@@ -34,6 +34,8 @@ from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, pla
 
 AUTO = "auto"
 ALLOCATIONS = ("uniform", "interior", "sensitivity")  # and AUTO: each built, the closest to the original kept
+CALIBRATION_BATCH = 8  # samples per run of the calibration passes (scoring, re-fit), unless --batch-size
+EVALUATION_BATCH = 32  # samples per run when candidates are compared with the original, unless --batch-size
 CHECK_SHARE = 0.2  # of the calibration samples, held out to compare allocations (allocate="auto")
 MIN_CHECK_SAMPLES, MIN_FIT_SAMPLES = 8, 16
 
@@ -175,8 +177,19 @@ class PruneOptions:
     reconstruct: bool = False
     # After surgery and re-fit: match each later layer's per-channel output mean and spread to the original's.
     correct_statistics: bool = False
-    batch_size: int = 8
+    # Samples per onnxruntime run of every pass over the data; None: CALIBRATION_BATCH for calibration
+    # passes, EVALUATION_BATCH for evaluation, the sensitivity trials' samples at once. A model that
+    # only runs at batch 1 needs 1 everywhere.
+    batch_size: int | None = None
     cleanup: bool = True  # the final clean-up pass (`deploy.cleanup`): Identity chains, constant subgraphs...
+
+    @property
+    def calibration_batch_size(self) -> int:
+        return self.batch_size or CALIBRATION_BATCH
+
+    @property
+    def evaluation_batch_size(self) -> int:
+        return self.batch_size or EVALUATION_BATCH
 
     def validate(self) -> None:
         given = [flag for flag, value in (("--ratio", self.ratio), ("--target-macs", self.target_macs),
@@ -192,7 +205,7 @@ class PruneOptions:
             raise UsageError(f"round-to must be a whole number of at least 1 or 'auto', got {self.round_to!r}")
         if self.min_channels < 1:
             raise UsageError(f"min-channels must be at least 1, got {self.min_channels}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
         if self.allocate not in ALLOCATIONS + (AUTO,):
             raise UsageError(f"allocate must be one of {', '.join(ALLOCATIONS + (AUTO,))}, got {self.allocate!r}")
@@ -284,7 +297,7 @@ class Pruner:
         self.say(f"scoring {len(self.groups)} prunable groups by {settings.criterion}")
         self.context = ScoringContext(self.model, self.analysis.channels, self.analysis.normalize_info.bn_scales,
                                       settings.seed, calibration=self.calibration,
-                                      batch_size=settings.batch_size, session=settings.session,
+                                      batch_size=settings.calibration_batch_size, session=settings.session,
                                       progress=self.say)
         self.scores = score_groups(self.context, settings.criterion, self.groups)
         self.cost_model = CostModel.of(self.analysis)
@@ -319,7 +332,8 @@ class Pruner:
                 self.say(f"measuring per-group sensitivity on {samples} calibration samples at {len(fractions)} ratios")
                 self._sensitivity = measure_sensitivity(
                     self.analysis, self.calibration, ratios=fractions, criterion=settings.criterion,
-                    samples=samples, scores=self.scores, session=settings.session, progress=self.say)
+                    samples=samples, scores=self.scores, session=settings.session, progress=self.say,
+                    batch_size=settings.batch_size)
             ratios = allocate_ratios(self._sensitivity, self.cost_model, self.groups, self.scores, target_macs,
                                      options)
             plan = plan_from_ratios(self.groups, self.scores, ratios, options)
@@ -368,13 +382,13 @@ class Pruner:
         built = Built(proto)
         if settings.reconstruct and plan:
             built.reconstruction = reconstruct(self.model, proto, channels, plan, calibration,
-                                               batch_size=settings.batch_size, seed=settings.seed,
+                                               batch_size=settings.calibration_batch_size, seed=settings.seed,
                                                session=settings.session, progress=self.say,
                                                chosen=choices_from.reconstruction if choices_from else None,
                                                on_all_rows=not fitted_again)
         if settings.correct_statistics and plan:
             built.statistics = correct_statistics(self.model, proto, channels, plan, calibration,
-                                                  batch_size=settings.batch_size, seed=settings.seed,
+                                                  batch_size=settings.calibration_batch_size, seed=settings.seed,
                                                   session=settings.session, progress=self.say)
         refresh_shapes(proto)
         deduplicate_initializers(proto)

@@ -47,7 +47,7 @@ class PipelineConfig:
     calib: str | None = None
     calib_samples: int | None = None
     eval: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: each stage's own (pipeline.candidates)
     input_size: list | None = None
     mean: list | None = None
     std: list | None = None

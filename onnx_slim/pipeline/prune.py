@@ -116,7 +116,7 @@ def prune_file(
         if evaluation is not None:
             say(f"evaluating against the original on {evaluation.description}")
             report.evaluation = evaluate(str(input_path), str(candidate), evaluation,
-                                         batch_size=max(settings.batch_size, 32), session=settings.session)
+                                         batch_size=settings.evaluation_batch_size, session=settings.session)
         report.size_after = sum(file.stat().st_size for file in files)
         publish(files, output_path.parent, force=force)
     report.output = str(output_path)

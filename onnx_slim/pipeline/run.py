@@ -31,6 +31,7 @@ from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.inputs import random_inputs, shapes_from_samples
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
+from onnx_slim.pipeline.candidates import CALIBRATION_BATCH, EVALUATION_BATCH
 from onnx_slim.pipeline.config import PipelineConfig
 from onnx_slim.pipeline.prune import prune_file
 from onnx_slim.pipeline.report import Gate, PipelineReport, RunOutputs
@@ -113,7 +114,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         say(f"evaluating the pruned and final models on {held_out.description}")
         prune_report.evaluation, evaluation = evaluate_all(
             str(model_path), [str(pruned_path), str(final_path)], held_out,
-            batch_size=max(settings.batch_size, 32), session=session)
+            batch_size=settings.batch_size or EVALUATION_BATCH, session=session)
     else:
         evaluation = None
     say(f"benchmarking original, pruned and final ({settings.runs} interleaved runs each)")
@@ -192,8 +193,8 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
     # `--calib random` calibrates on random data, which the report flags as not for deployment.
     report = quantize_model(
         pruned_path, final_path, mode=settings.quantize,
-        calibration=calibration_source(calibration, settings.batch_size),
-        calibration_batch_size=settings.batch_size,
+        calibration=calibration_source(calibration, settings.batch_size or CALIBRATION_BATCH),
+        calibration_batch_size=settings.batch_size or CALIBRATION_BATCH,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,
         max_layer_error=settings.max_layer_error, input_shapes=settings.input_shapes or None,

@@ -209,7 +209,7 @@ def search_macs(pruner: Pruner) -> Choice:
         if key in tried:  # rounding lands on a plan already evaluated
             return tried[key], False
         built = pruner.build(candidate)
-        result = evaluate(pruner.model, built.model, data, batch_size=max(settings.batch_size, 32),
+        result = evaluate(pruner.model, built.model, data, batch_size=settings.evaluation_batch_size,
                           session=settings.session)
         drop = quality_drop_points(result)
         passed = drop <= max_drop

@@ -123,6 +123,7 @@ def measure_sensitivity(
     session: SessionSpec = SessionSpec(),
     progress: Progress | None = None,
     mean_fill: bool = True,
+    batch_size: int | None = None,
 ) -> SensitivityReport:
     """Output error of pruning each prunable group alone at each ratio.
 
@@ -131,7 +132,8 @@ def measure_sensitivity(
     scored here with `seed`); the count follows `plan.kept_count`. With `mean_fill` a
     removed channel reads as its mean on those samples (masking.py): the error priced is
     the one left after the re-fit's cheapest compensation (EfficientNet-Lite0 at 60% of the
-    MACs, obs + re-fit: top-1 4.8% with zeroed channels, 61.9% with mean fill).
+    MACs, obs + re-fit: top-1 4.8% with zeroed channels, 61.9% with mean fill). The samples run
+    together, or `batch_size` at a time.
     """
     ratios = _checked_ratios(ratios)
     if calibration is None:
@@ -143,10 +145,11 @@ def measure_sensitivity(
     if scores is None:
         say(f"scoring {len(groups)} prunable groups by {criterion}")
         context = ScoringContext(analysis.model, analysis.channels, analysis.normalize_info.bn_scales, seed,
-                                 calibration=calibration, session=session, progress=progress)
+                                 calibration=calibration, session=session, progress=progress,
+                                 **({"batch_size": batch_size} if batch_size else {}))
         scores = score_groups(context, criterion, groups)
     cost_model = CostModel.of(analysis)
-    batches = list(calibration.take(samples).batches(samples))
+    batches = list(calibration.take(samples).batches(batch_size or samples))
     masked = MaskedModel(analysis, groups, session=session, fill_from=batches if mean_fill else None)
     reference = [masked.run(batch) for batch in batches]
     report = SensitivityReport(criterion, list(ratios), sum(len(next(iter(b.values()))) for b in batches),
