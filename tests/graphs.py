@@ -234,6 +234,17 @@ def conv_chain(widths=(8, 8), in_channels: int = 3, size: int = 8, seed: int = 0
     return g.build(g.conv(h, 2, name="conv_out"))
 
 
+def runs_only_at_batch_one() -> onnx.ModelProto:
+    """Convs, then a Reshape to a constant [1, ...] target (as exporters write for a traced batch
+    of 1): onnxruntime fails at any other batch, though the input's batch axis is symbolic."""
+    g = Graph(0)
+    h = g.input("x", ["batch", 3, 8, 8])
+    for index in range(2):
+        h = g.relu(g.conv(h, 8, name=f"conv{index + 1}"), name=f"relu{index + 1}")
+    out = g.conv(h, 2, name="conv_out")
+    return g.build(g.node("Reshape", [out, g.ints("one", [1, 2, 8, 8])]))
+
+
 def computed_reshape_encoder(width: int = 16, hidden: int = 32, out: int = 8, seed: int = 0) -> onnx.ModelProto:
     """An encoder block as the TorchScript exporter writes it for symbolic batch and sequence.
 

@@ -373,10 +373,23 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
            input_shapes: InputShapes | None = None):
     """Run every candidate once beside the float model: it must load, run and keep the outputs; record agreement.
 
-    A candidate that fails is dropped under auto (and said so in `skipped`) and refused otherwise."""
-    feeds = example if example is not None else random_inputs(
-        float_model, batch=_AGREEMENT_SAMPLES, shapes=shapes_at_batch(float_model, input_shapes, _AGREEMENT_SAMPLES))
-    reference = run_session(create_session(float_model, session), feeds)
+    A candidate that fails is dropped under auto (and said so in `skipped`) and refused otherwise.
+    Without data, random inputs: at the sizes given (`--input-shape`, its batch too: a model may run at
+    no other), else _AGREEMENT_SAMPLES of them."""
+    if example is not None:
+        feeds = example
+    elif input_shapes:
+        feeds = random_inputs(float_model, batch=1, shapes=input_shapes)
+    else:
+        feeds = random_inputs(float_model, batch=_AGREEMENT_SAMPLES)
+    float_session = create_session(float_model, session)
+    try:
+        reference = run_session(float_session, feeds)
+    except OnnxSlimError:
+        if example is not None or input_shapes:
+            raise
+        feeds = random_inputs(float_model, batch=1)  # an export that fixed batch 1 inside (as inspect guesses)
+        reference = run_session(float_session, feeds)
     kept = []
     for candidate in candidates:
         try:

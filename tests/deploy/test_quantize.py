@@ -6,6 +6,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from graphs import runs_only_at_batch_one
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim.data.evaluate import evaluate
@@ -369,3 +370,18 @@ def test_the_preprocessing_check_allows_rounding_but_not_a_changed_output():
     with_nan = expected.copy()
     with_nan[0, 0] = np.nan
     assert _close(with_nan, with_nan) and not _close(with_nan, expected)
+
+
+@pytest.mark.parametrize("input_shapes", [None, {"x": [1, 3, 8, 8]}])
+def test_a_model_that_only_runs_at_batch_one_is_checked_at_batch_one(tmp_path, input_shapes):
+    """Without data the output check runs random inputs: at the sizes given, batch included, or, when
+    the model fails at 8 samples (a batch of 1 fixed inside), at one."""
+    source = tmp_path / "batch1.onnx"
+    onnx.save(runs_only_at_batch_one(), source)
+
+    report = quantize_model(source, tmp_path / "q.onnx", mode="dynamic", measure=False, input_shapes=input_shapes)
+
+    assert report.mode == "dynamic"
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    (output,) = run_session(create_session(str(tmp_path / "q.onnx")), feeds).values()
+    assert output.shape == (1, 2, 8, 8)

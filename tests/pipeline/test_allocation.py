@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import random_feeds, run
-from graphs import Graph
+from graphs import runs_only_at_batch_one
 
 from onnx_slim.data.calibration import load_calibration
 from onnx_slim.errors import OnnxSlimError, UsageError
@@ -112,19 +112,8 @@ def test_an_allocation_that_cannot_reach_the_target_is_skipped_with_the_reason()
     assert abs(report.macs_fraction - 0.15) < 0.03
 
 
-def _runs_only_at_batch_one():
-    """Convs, then a Reshape to a constant [1, ...] target (as exporters write for a traced batch
-    of 1): onnxruntime fails at any other batch, though the input's batch axis is symbolic."""
-    g = Graph(0)
-    h = g.input("x", ["batch", 3, 8, 8])
-    for index in range(2):
-        h = g.relu(g.conv(h, 8, name=f"conv{index + 1}"), name=f"relu{index + 1}")
-    out = g.conv(h, 2, name="conv_out")
-    return g.build(g.node("Reshape", [out, g.ints("one", [1, 2, 8, 8])]))
-
-
 def test_every_pass_of_an_auto_allocation_runs_at_the_batch_size_given():
-    model = _runs_only_at_batch_one()
+    model = runs_only_at_batch_one()
     calibration = load_calibration("random", model, samples=12, input_shapes={"x": [1, 3, 8, 8]})
 
     with pytest.raises(OnnxSlimError, match="batch"):
