@@ -45,6 +45,7 @@ from onnx_slim.deploy.quant_int8 import (
 from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.ir.files import scratch_folder
+from onnx_slim.ir.graph import sort_topologically
 from onnx_slim.ir.hardware import cpu_info
 from onnx_slim.ir.inputs import (InputShapes, check_input_shapes, feeds_for, fixed_batch_size, graph_inputs,
                                 random_inputs, shapes_at_batch)
@@ -341,6 +342,8 @@ def _make_candidate(mode: str, float_model: onnx.ModelProto, folder: Path, optio
     cleaned = None
     if options.cleanup:
         model, cleaned = clean_model(model)
+    else:  # onnxruntime's quantizers can write a node before a producer it reads (silero-vad's decoder)
+        sort_topologically(model.graph)
     return Candidate(mode, model, details, counts, warnings, cleaned), example
 
 

@@ -385,3 +385,24 @@ def test_a_model_that_only_runs_at_batch_one_is_checked_at_batch_one(tmp_path, i
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
     (output,) = run_session(create_session(str(tmp_path / "q.onnx")), feeds).values()
     assert output.shape == (1, 2, 8, 8)
+
+
+def test_without_cleanup_the_written_model_is_still_in_topological_order(matmul_path, tmp_path, monkeypatch):
+    """onnxruntime's quantizer can write a node before a producer it reads (seen on silero-vad's decoder,
+    whose If bodies read outer tensors): here it writes the nodes in reverse."""
+    quantize = quant_int8._quantize_dynamic
+
+    def reversed_order(source, target, settings, excluded):
+        quantize(source, target, settings, excluded)
+        model = onnx.load(str(target))
+        nodes = list(model.graph.node)[::-1]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(target))
+
+    monkeypatch.setattr(quant_int8, "_quantize_dynamic", reversed_order)
+    output = tmp_path / "q.onnx"
+
+    quantize_model(matmul_path, output, mode="dynamic", measure=False, cleanup=False)
+
+    onnx.checker.check_model(str(output), full_check=True)
