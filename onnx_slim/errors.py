@@ -27,6 +27,10 @@ class QualityGateError(OnnxSlimError):
     exit_code = 3
 
 
+class RuntimeCrash(OnnxSlimError):
+    """onnxruntime crashed (a signal, not an exception) running a model, in a child process (`ir.isolated`)."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message (or its type) on one line, for one-line errors: its lines joined
     (the checker names the node on the line after its sentence), cut at a word past `limit`."""

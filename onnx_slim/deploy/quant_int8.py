@@ -47,10 +47,11 @@ from onnx_slim.deploy.quant_calibration import (
 )
 from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_channel
 from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, OutlierReport, prepare_for_int8
-from onnx_slim.errors import OnnxSlimError, first_line
+from onnx_slim.errors import OnnxSlimError, RuntimeCrash, first_line
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.model import is_quantized_op, save_model
 from onnx_slim.ir.inputs import InputShapes, random_inputs, shapes_at_batch
+from onnx_slim.ir.isolated import check_survives_a_run
+from onnx_slim.ir.model import is_quantized_op, save_model
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
 from onnx_slim.ops import cost as cost_module
 from onnx_slim.ops.specs import WEIGHT_OPS
@@ -219,6 +220,15 @@ def quantize_int8(
                 "use minmax for large calibration sets"
             )
     quantized = onnx.load(str(quantized_path))
+    # Its first run is in a child process: onnxruntime 1.32 segfaulted in its fused QLinearConcat on one
+    # such model (a pruned EEG detector), and the bias correction below runs it here.
+    feeds = example if example is not None else random_inputs(
+        prepared, batch=1, shapes=shapes_at_batch(prepared, input_shapes, 1))
+    try:
+        guarded(check_survives_a_run, quantized, feeds, session, scratch)
+    except RuntimeCrash as exc:
+        raise RuntimeCrash(f"{exc} (the {settings.mode} int8 model; another --mode, or --exclude of the layers "
+                           "around the fault, may avoid it)") from None
     corrected = {}
     if settings.bias_correction:
         again = calibration_reader(prepared, calibration, calibration_batch_size, input_shapes)

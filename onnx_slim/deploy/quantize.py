@@ -43,12 +43,13 @@ from onnx_slim.deploy.quant_int8 import (
     smoothing_applies,
 )
 from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
-from onnx_slim.errors import OnnxSlimError, UsageError
+from onnx_slim.errors import OnnxSlimError, RuntimeCrash, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.graph import sort_topologically
 from onnx_slim.ir.hardware import cpu_info
 from onnx_slim.ir.inputs import (InputShapes, check_input_shapes, feeds_for, fixed_batch_size, graph_inputs,
                                 random_inputs, shapes_at_batch)
+from onnx_slim.ir.isolated import check_survives_a_run
 from onnx_slim.ir.model import ModelSource, check_not_quantized, check_output_path, load_model, save_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
 
@@ -214,7 +215,8 @@ def quantize_model(
             except OnnxSlimError as exc:
                 # int8 failures stop auto as they always did (a broken calibration source must not pass
                 # unseen); int4 and fp16 are extra candidates whose converters refuse some graphs.
-                if mode != "auto" or candidate_mode in ("static", "dynamic"):
+                # A crash of onnxruntime on the int8 model is its fault, not the data's: auto tries the others.
+                if mode != "auto" or candidate_mode in ("static", "dynamic") and not isinstance(exc, RuntimeCrash):
                     raise
                 skipped.append(f"{candidate_mode}: {exc}")
                 continue
@@ -223,7 +225,7 @@ def quantize_model(
                 continue
             candidates.append(candidate)
             example = example if example is not None else batch
-    candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, input_shapes)
+        candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, scratch, input_shapes)
     if not candidates:
         raise OnnxSlimError("no quantization applies to this model: " + "; ".join(skipped))
     latency = _measure(float_model, candidates, example, session, input_shapes) if measure else None
@@ -373,8 +375,9 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
 
 
 def _score(float_model, candidates: list[Candidate], example, session: SessionSpec, auto: bool, skipped: list[str],
-           input_shapes: InputShapes | None = None):
+           scratch: Path, input_shapes: InputShapes | None = None):
     """Run every candidate once beside the float model: it must load, run and keep the outputs; record agreement.
+    Each candidate runs first in a child process (`ir.isolated`): onnxruntime crashed on one int8 model.
 
     A candidate that fails is dropped under auto (and said so in `skipped`) and refused otherwise.
     Without data, random inputs: at the sizes given (`--input-shape`, its batch too: a model may run at
@@ -396,7 +399,11 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
     kept = []
     for candidate in candidates:
         try:
-            outputs = run_session(create_session(candidate.model, session), feeds_for(candidate.model, feeds))
+            candidate_feeds = feeds_for(candidate.model, feeds)
+            folder = scratch / f"check-{candidate.mode}"
+            folder.mkdir(exist_ok=True)
+            check_survives_a_run(candidate.model, candidate_feeds, session, folder)
+            outputs = run_session(create_session(candidate.model, session), candidate_feeds)
             check_and_score(candidate, reference, outputs)
         except OnnxSlimError as exc:
             if not auto:

@@ -20,7 +20,7 @@ from onnx_slim.deploy.quantize import (
     quantize_model,
     quantized_op_counts,
 )
-from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError
+from onnx_slim.errors import InvalidModelError, OnnxSlimError, RuntimeCrash, UsageError
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import create_session, run_session
 
@@ -406,3 +406,26 @@ def test_without_cleanup_the_written_model_is_still_in_topological_order(matmul_
     quantize_model(matmul_path, output, mode="dynamic", measure=False, cleanup=False)
 
     onnx.checker.check_model(str(output), full_check=True)
+
+
+def test_when_onnxruntime_crashes_on_the_int8_model_static_is_one_error_and_auto_goes_on(conv_path, tmp_path,
+                                                                                          monkeypatch):
+    """onnxruntime 1.32 segfaulted running one static int8 model (its fused QLinearConcat, on a pruned EEG
+    detector): the first run is in a child process, so the command can say so and clean up."""
+    survives = quant_int8.check_survives_a_run
+
+    def crash_on_static(model, feeds, session, folder):
+        if folder.name == "static":
+            raise RuntimeCrash("onnxruntime crashed (SIGSEGV) running the model")
+        return survives(model, feeds, session, folder)
+
+    monkeypatch.setattr(quant_int8, "check_survives_a_run", crash_on_static)
+    calibration = [{"image": np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)}]
+
+    with pytest.raises(RuntimeCrash, match=r"SIGSEGV.*static int8 model"):
+        quantize_model(conv_path, tmp_path / "static.onnx", mode="static", calibration=calibration, measure=False)
+    report = quantize_model(conv_path, tmp_path / "auto.onnx", mode="auto", calibration=calibration)  # measures both
+
+    assert any(line.startswith("static: onnxruntime crashed") for line in report.skipped)
+    assert report.mode != "static"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["auto.onnx", "conv.onnx"]  # no scratch left
