@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_slim.cli import main
 from onnx_slim.errors import UsageError
+from onnx_slim.formatting import human_count
 
 DEMO = Path(__file__).parent.parent / "models" / "digits_cnn.onnx"
 
@@ -312,3 +315,47 @@ def test_prune_without_data_on_synthetic_images(capsys, demo, tmp_path):
     assert "synthetic dead-leaves images" in report["reconstruction"]["calibration"]
     assert report["allocate"] == "uniform"  # auto compares on held-out data, and there is none
     ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("damage", ["missing", "short"])
+def test_a_model_whose_external_data_is_missing_or_short_says_so(capsys, demo, tmp_path, damage):
+    source = tmp_path / "big.onnx"
+    onnx.save_model(onnx.load(str(demo)), str(source), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="big.onnx.data", size_threshold=0)
+    data = tmp_path / "big.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:100])
+
+    code, _, stderr = run_cli(capsys, "inspect", source)
+
+    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: {source}: its external data (big.onnx.data) is missing, short or outside")
+
+
+def test_inspect_says_that_layers_inside_if_branches_are_not_analyzed(capsys, tmp_path):
+    """silero-vad keeps its whole network in the branches of one If: 0 params and 0 MACs need a reason."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str) -> onnx.GraphProto:
+        weight = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), f"{name}_w")
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch("then"), else_branch=branch("else"))], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "branches.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    code, out, _ = run_cli(capsys, "inspect", path)
+
+    assert code == 0
+    assert "note: 2 weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed" in out
+
+
+@pytest.mark.parametrize("value, text", [(168_080e9, "168.08T"), (2.5e15, "2.50P"), (4.1e9, "4.10G"), (950, "950")])
+def test_counts_read_in_the_largest_unit_that_fits(value, text):
+    assert human_count(value) == text

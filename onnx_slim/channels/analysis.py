@@ -12,12 +12,13 @@ from onnx_slim.channels.groups import ChannelAnalysis, ChannelGroup, analyze_cha
 from onnx_slim.channels.space import FreezeReason
 from onnx_slim.channels.streams import stream_roots
 from onnx_slim.errors import InvalidModelError
+from onnx_slim.ir.graph import subgraphs
 from onnx_slim.ir.inputs import shapes_from_samples
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
 from onnx_slim.ops.cost import ModelCost, concrete_input_shapes, count_params, model_cost
-from onnx_slim.ops.specs import RECURRENCE_PART, RECURRENT_OPS
+from onnx_slim.ops.specs import RECURRENCE_PART, RECURRENT_OPS, WEIGHT_OPS
 
 
 @dataclass
@@ -41,6 +42,16 @@ class ModelAnalysis:
                 "all shapes were measured by one onnxruntime run at the input shapes above")
 
     @property
+    def subgraph_note(self) -> str:
+        """Layers inside If / Loop / Scan bodies: not analyzed, counted or pruned (silero-vad keeps
+        its whole network in the branches of one If)."""
+        inside = _layers_in_subgraphs(self.model.graph)
+        if not inside:
+            return ""
+        return (f"{inside} weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, not counted "
+                f"in the params and MACs above, and never pruned")
+
+    @property
     def groups(self) -> list[ChannelGroup]:
         return self.channels.groups
 
@@ -61,7 +72,7 @@ class ModelAnalysis:
             "macs": self.cost.macs,
             "input_shapes": {name: list(shape) for name, shape in self.input_shapes.items()},
             "shapes_measured": self.shapes_measured,
-            "notes": [note for note in [self.shapes_note, *self.normalize_info.notes] if note],
+            "notes": [note for note in [self.shapes_note, self.subgraph_note, *self.normalize_info.notes] if note],
             "groups_total": len(self.groups),
             "groups_prunable": len(self.channels.prunable_groups()),
             "prunable_macs_fraction": round(self.prunable_macs_fraction(), 4),
@@ -150,3 +161,14 @@ def _apply_excludes(groups: list[ChannelGroup], patterns: Sequence[str]) -> None
             if hits:
                 group.frozen.append(FreezeReason(hits[0], "", f"excluded by --exclude {pattern}"))
                 break
+
+
+def _layers_in_subgraphs(graph: onnx.GraphProto) -> int:
+    """Weight-bearing nodes (convs, Gemm / MatMul, recurrent cells) inside the bodies of `graph`'s nodes,
+    at any depth."""
+    layers = WEIGHT_OPS.keys() | RECURRENT_OPS.keys()
+    count = 0
+    for node in graph.node:
+        for body in subgraphs(node):
+            count += sum(inner.op_type in layers for inner in body.node) + _layers_in_subgraphs(body)
+    return count

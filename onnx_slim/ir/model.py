@@ -65,11 +65,17 @@ def load_model(source: ModelSource, *, copy: bool = True) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
         locations = external_locations(model)
         _remember_locations(path, locations)
-        if locations:
-            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises others
         raise InvalidModelError(
             f"{path}: not a readable ONNX model (truncated or not ONNX?): {first_line(exc)}"
+        ) from None
+    try:
+        if locations:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # the model file itself was fine
+        raise InvalidModelError(
+            f"{path}: its external data ({', '.join(sorted(set(locations.values())))}) is missing, short or outside "
+            f"its folder: {first_line(exc)}"
         ) from None
     if not model.graph.node or not model.graph.output:
         raise InvalidModelError(f"{path}: not an ONNX model (no graph nodes or outputs)")
