@@ -23,6 +23,7 @@ from onnx_slim.cli_options import (
     Console,
     CriterionOption,
     NumberOrAuto,
+    batch_sizes,
     calibration_options,
     floats,
     grouped_conv_option,
@@ -378,7 +379,6 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import calibration_source, quantize_model
     from onnx_slim.ir.inputs import parse_input_shapes
-    from onnx_slim.pipeline.candidates import CALIBRATION_BATCH, EVALUATION_BATCH
 
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
@@ -387,13 +387,11 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
+    calibration_batch, evaluation_batch = batch_sizes(batch_size)
     with writing_output(output):
-        calibration_batch = batch_size or CALIBRATION_BATCH
-        report = quantize_model(model, output, mode=mode,
-                                calibration=calibration_source(calibration, calibration_batch),
-                                quant_format=quant_format, per_channel=per_channel, method=method,
-                                reduce_range=reduce_range,
-                                exclude=list(exclude), calibration_batch_size=calibration_batch, force=force,
+        report = quantize_model(model, output, mode=mode, calibration=calibration_source(calibration, calibration_batch),
+                                quant_format=quant_format, per_channel=per_channel, method=method, force=force,
+                                reduce_range=reduce_range, exclude=list(exclude), calibration_batch_size=calibration_batch,
                                 measure=measure, session=session, bias_correction=bias_correction,
                                 smooth_outliers=smooth_outliers, max_layer_error=max_layer_error,
                                 block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types,
@@ -401,8 +399,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
-        data["evaluation"] = evaluate(model, output, evaluation_data, batch_size=batch_size or EVALUATION_BATCH,
-                                      session=session)
+        data["evaluation"] = evaluate(model, output, evaluation_data, batch_size=evaluation_batch, session=session)
     if as_json:
         click.echo(to_json(data))
         return
