@@ -393,9 +393,8 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                                 quant_format=quant_format, per_channel=per_channel, method=method, force=force,
                                 reduce_range=reduce_range, exclude=list(exclude), calibration_batch_size=calibration_batch,
                                 measure=measure, session=session, bias_correction=bias_correction,
-                                smooth_outliers=smooth_outliers, max_layer_error=max_layer_error,
-                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types,
-                                cleanup=cleanup, input_shapes=shapes)
+                                smooth_outliers=smooth_outliers, max_layer_error=max_layer_error, cleanup=cleanup,
+                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, input_shapes=shapes)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
