@@ -191,6 +191,9 @@ def benchmark(
         timings = interleaved_timings(runners, runs=runs, warmup=warmup, advance=advance)
 
     notes: list[str] = []
+    if data is None and effective_batch != batch:
+        notes.append(f"the model's inputs fix the batch at {effective_batch}: timed at batch {effective_batch}, "
+                     f"not the {batch} asked for")
     peak_memory = peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
     if measure_memory and device is not None:
         notes.append(f"peak memory is the host's; memory on {device[0]}:{device[1]} is not measured")

@@ -148,6 +148,16 @@ def test_data_gives_the_inputs_and_the_batch():
     assert report.batch == 4  # first batch only, cast to the model's float32
 
 
+def test_a_batch_the_model_fixes_otherwise_is_timed_as_fixed_and_said_so():
+    model = mlp()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # an export with batch 1 fixed
+
+    report = benchmark([model], batch=4, **FAST)
+
+    assert report.batch == 1
+    assert "the model's inputs fix the batch at 1: timed at batch 1, not the 4 asked for" in report.notes
+
+
 def test_models_with_different_inputs_are_refused():
     with pytest.raises(OnnxSlimError, match="different inputs"):
         benchmark([mlp(), mlp(input_name="pixels")], **FAST)
