@@ -23,7 +23,6 @@ from onnx_slim.cli_options import (
     Console,
     CriterionOption,
     NumberOrAuto,
-    batch_sizes,
     calibration_options,
     floats,
     grouped_conv_option,
@@ -379,6 +378,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import calibration_source, quantize_model
     from onnx_slim.ir.inputs import parse_input_shapes
+    from onnx_slim.pipeline.candidates import batch_sizes
 
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)

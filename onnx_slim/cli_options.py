@@ -168,13 +168,6 @@ def session_spec(threads=None, providers=(), provider_options=()):
     return SessionSpec.of(threads, providers, provider_options)
 
 
-def batch_sizes(batch_size: int | None) -> tuple[int, int]:
-    """(calibration, evaluation) samples per run: --batch-size for both when given, else each stage's default."""
-    from onnx_slim.pipeline.candidates import CALIBRATION_BATCH, EVALUATION_BATCH
-
-    return batch_size or CALIBRATION_BATCH, batch_size or EVALUATION_BATCH
-
-
 def load_data(path, model, params, samples=None):
     """A CalibrationSet from CLI options, or None without a path."""
     if not path:

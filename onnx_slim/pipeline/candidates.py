@@ -40,6 +40,12 @@ CHECK_SHARE = 0.2  # of the calibration samples, held out to compare allocations
 MIN_CHECK_SAMPLES, MIN_FIT_SAMPLES = 8, 16
 
 
+def batch_sizes(batch_size: int | None) -> tuple[int, int]:
+    """(calibration, evaluation) samples per run: `batch_size` (--batch-size) for both when given,
+    else each stage's default."""
+    return batch_size or CALIBRATION_BATCH, batch_size or EVALUATION_BATCH
+
+
 def default_allocation(real_data: bool, target_macs) -> str:
     """The CLI's and config's allocation when none is given: auto where it can run (real calibration
     data and a MACs fraction), else uniform. No single allocation wins on the real models (thinet +
@@ -185,11 +191,11 @@ class PruneOptions:
 
     @property
     def calibration_batch_size(self) -> int:
-        return self.batch_size or CALIBRATION_BATCH
+        return batch_sizes(self.batch_size)[0]
 
     @property
     def evaluation_batch_size(self) -> int:
-        return self.batch_size or EVALUATION_BATCH
+        return batch_sizes(self.batch_size)[1]
 
     def validate(self) -> None:
         given = [flag for flag, value in (("--ratio", self.ratio), ("--target-macs", self.target_macs),

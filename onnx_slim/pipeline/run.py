@@ -31,7 +31,7 @@ from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.inputs import random_inputs, shapes_from_samples
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
-from onnx_slim.pipeline.candidates import CALIBRATION_BATCH, EVALUATION_BATCH
+from onnx_slim.pipeline.candidates import batch_sizes
 from onnx_slim.pipeline.config import PipelineConfig
 from onnx_slim.pipeline.prune import prune_file
 from onnx_slim.pipeline.report import Gate, PipelineReport, RunOutputs
@@ -114,7 +114,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         say(f"evaluating the pruned and final models on {held_out.description}")
         prune_report.evaluation, evaluation = evaluate_all(
             str(model_path), [str(pruned_path), str(final_path)], held_out,
-            batch_size=settings.batch_size or EVALUATION_BATCH, session=session)
+            batch_size=batch_sizes(settings.batch_size)[1], session=session)
     else:
         evaluation = None
     say(f"benchmarking original, pruned and final ({settings.runs} interleaved runs each)")
@@ -191,10 +191,10 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
     say(f"quantizing ({settings.quantize})")
     # Without real data, auto quantizes dynamically and static is refused; only an explicit
     # `--calib random` calibrates on random data, which the report flags as not for deployment.
+    calibration_batch = batch_sizes(settings.batch_size)[0]
     report = quantize_model(
         pruned_path, final_path, mode=settings.quantize,
-        calibration=calibration_source(calibration, settings.batch_size or CALIBRATION_BATCH),
-        calibration_batch_size=settings.batch_size or CALIBRATION_BATCH,
+        calibration=calibration_source(calibration, calibration_batch), calibration_batch_size=calibration_batch,
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,
         max_layer_error=settings.max_layer_error, input_shapes=settings.input_shapes or None,
