@@ -33,8 +33,13 @@ class RuntimeCrash(OnnxSlimError):
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message (or its type) on one line, for one-line errors: its lines joined
-    (the checker names the node on the line after its sentence), cut at a word past `limit`."""
+    (the checker names the node on the line after its sentence). Past `limit` characters the
+    middle goes, cut at words: onnxruntime nests its messages, what failed first and the
+    innermost cause last ("... running If node ... running LSTM node ... Input X must have 3
+    dimensions only")."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if len(text) <= limit:
         return text
-    return text[:limit].rsplit(" ", 1)[0] + " ..."
+    head = text[:limit // 3].rsplit(" ", 1)[0]
+    tail = text[-(limit - len(head) - 5):].split(" ", 1)[-1]
+    return f"{head} ... {tail}"

@@ -353,7 +353,7 @@ def test_inspect_says_that_layers_inside_if_branches_are_not_analyzed(capsys, tm
     code, out, _ = run_cli(capsys, "inspect", path)
 
     assert code == 0
-    assert "note: 2 weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed" in out
+    assert "note: 2 weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, their MACs" in out
 
 
 @pytest.mark.parametrize("value, text", [(168_080e9, "168.08T"), (2.5e15, "2.50P"), (4.1e9, "4.10G"), (950, "950")])

@@ -48,8 +48,8 @@ class ModelAnalysis:
         inside = _layers_in_subgraphs(self.model.graph)
         if not inside:
             return ""
-        return (f"{inside} weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, not counted "
-                f"in the params and MACs above, and never pruned")
+        return (f"{inside} weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, their MACs "
+                f"are not counted above (nor their weights, when the bodies hold them), and they are never pruned")
 
     @property
     def groups(self) -> list[ChannelGroup]:

@@ -203,6 +203,7 @@ def quantize_model(
     else:
         chosen, mode_reason = _resolve_mode(float_model, mode, calibration)
         modes = [chosen]
+    not_tried = len(skipped)
     # Beside the output (not /tmp): the same filesystem, and cleaned up on a signal like every scratch folder.
     with scratch_folder(output.parent) as scratch:
         candidates, example = [], None
@@ -226,6 +227,8 @@ def quantize_model(
             candidates.append(candidate)
             example = example if example is not None else batch
         candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, scratch, input_shapes)
+    if len(skipped) > not_tried:  # tried and dropped (a crash, a failed check): said where the mode is
+        mode_reason += f"; dropped: {'; '.join(skipped[not_tried:])}"
     if not candidates:
         raise OnnxSlimError("no quantization applies to this model: " + "; ".join(skipped))
     latency = _measure(float_model, candidates, example, session, input_shapes) if measure else None

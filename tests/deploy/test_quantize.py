@@ -427,5 +427,6 @@ def test_when_onnxruntime_crashes_on_the_int8_model_static_is_one_error_and_auto
     report = quantize_model(conv_path, tmp_path / "auto.onnx", mode="auto", calibration=calibration)  # measures both
 
     assert any(line.startswith("static: onnxruntime crashed") for line in report.skipped)
+    assert "dropped: static: onnxruntime crashed (SIGSEGV)" in report.mode_reason  # the terminal's first line
     assert report.mode != "static"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["auto.onnx", "conv.onnx"]  # no scratch left
