@@ -225,7 +225,7 @@ def quantize_int8(
     feeds = example if example is not None else random_inputs(
         prepared, batch=1, shapes=shapes_at_batch(prepared, input_shapes, 1))
     try:
-        guarded(check_survives_a_run, quantized, feeds, session, scratch)
+        guarded(check_survives_a_run, quantized_path, feeds, session, scratch)  # the file quantize wrote
     except RuntimeCrash as exc:
         raise RuntimeCrash(f"{exc} (the {settings.mode} int8 model; another --mode, or --exclude of the layers "
                            "around the fault, may avoid it)") from None

@@ -44,11 +44,11 @@ except Exception:
 _OPTIONS = ("intra_op_num_threads", "inter_op_num_threads", "graph_optimization_level", "log_severity_level")
 
 
-def check_survives_a_run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], spec: SessionSpec,
+def check_survives_a_run(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], spec: SessionSpec,
                          folder: Path) -> None:
-    """Raise RuntimeCrash (naming the signal) if onnxruntime crashes running `model` on `feeds` in a
-    child process, as `spec` makes sessions; its files go in `folder`."""
-    model_path = save_model(model, folder / "first_run.onnx")
+    """Raise RuntimeCrash (naming the signal) if onnxruntime crashes running `model` (a file, or a
+    proto written to `folder`) on `feeds` in a child process, as `spec` makes sessions."""
+    model_path = model if isinstance(model, Path) else save_model(model, folder / "first_run.onnx")
     feeds_path = folder / "first_run_feeds.npz"
     np.savez(feeds_path, **dict(feeds))
     options = spec.session_options()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from graphs import conv_chain
 
@@ -18,6 +19,15 @@ def _feeds(channels: int = 3):
 @pytest.mark.parametrize("spec", [SessionSpec(), SessionSpec(threads=1, optimize=False)])
 def test_a_model_that_runs_passes_with_the_spec_its_sessions_use(tmp_path, spec):
     isolated.check_survives_a_run(conv_chain(), _feeds(), spec, tmp_path)
+
+
+def test_a_model_already_on_disk_is_run_from_its_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(conv_chain(), str(path))
+
+    isolated.check_survives_a_run(path, _feeds(), SessionSpec(), tmp_path)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first_run_feeds.npz", "model.onnx"]
 
 
 def test_an_error_onnxruntime_raises_is_left_to_the_callers_own_run(tmp_path):
