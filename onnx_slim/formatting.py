@@ -79,7 +79,8 @@ def evaluation_line(evaluation: dict) -> str:
                      f"({0.0 - evaluation['accuracy_drop_points']:+.2f} points)")
     if agreement.get("top1") is not None:
         parts.append(f"top-1 agreement {agreement['top1'] * 100:.2f}%")
-    parts.append(f"cosine {agreement['cosine']:.4f}")
+    parts.append(f"cosine {agreement['cosine']:.4f}" if agreement["cosine"] is not None
+                 else f"rel. L2 {agreement['rel_l2']:.4f}")
     return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 

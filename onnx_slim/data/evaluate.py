@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnx_slim.data.calibration import CalibrationSet
-from onnx_slim.data.metrics import AgreementAccumulator, accuracy
+from onnx_slim.data.metrics import AgreementAccumulator, accuracy, agreement_score
 from onnx_slim.data.samples import check_finite
 from onnx_slim.data.tokens import TokenMask
 from onnx_slim.ir.inputs import leading_dim
@@ -94,10 +94,10 @@ def _real_tokens_only(outputs: dict[str, np.ndarray], token_mask: TokenMask | No
 
 def quality_drop_points(evaluation: dict) -> float:
     """The drop a quality gate compares: accuracy points with labels, else top-1 disagreement
-    (or, for outputs that are not class scores, 100 * (1 - cosine))."""
+    (or, for outputs that are not class scores, 100 * (1 - cosine), `metrics.agreement_score`'s cosine)."""
     if "accuracy_drop_points" in evaluation:
         return float(evaluation["accuracy_drop_points"])
     agreement = evaluation["agreement"]
     if agreement.get("top1") is not None:
         return round((1 - agreement["top1"]) * 100, 2)
-    return round((1 - agreement["cosine"]) * 100, 2)
+    return round((1 - agreement_score(agreement)) * 100, 2)

@@ -8,6 +8,11 @@ With several outputs, the headline numbers are the *worst* over the outputs
 (lowest top-1 and cosine, highest relative L2 and absolute difference): a
 quality gate must not pass because a good output hides a broken one. The
 per-output numbers are reported alongside.
+
+An output with one value per sample (a detector's score, a voice-activity
+probability) has no cosine: the cosine of two one-value rows is only their
+sign (1 for any two positive numbers). Gates read `agreement_score`, which
+counts such an output by its relative L2 error instead.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class _OutputTally:
     """Running sums for one output name."""
 
     samples: int = 0
+    values_per_sample: int = 0
     cosine_sum: float = 0.0
     top1_matches: int = 0
     top1_samples: int = 0
@@ -42,6 +48,7 @@ class _OutputTally:
         candidate_rows = _per_sample_rows(candidate)
         diff = candidate_rows - reference_rows
         self.samples += reference_rows.shape[0]
+        self.values_per_sample = max(self.values_per_sample, reference_rows.shape[1])
         self.cosine_sum += float(np.sum(_row_cosines(reference_rows, candidate_rows)))
         self.squared_diff_sum += float(np.sum(diff * diff))
         self.squared_reference_sum += float(np.sum(reference_rows * reference_rows))
@@ -57,7 +64,7 @@ class _OutputTally:
     def result(self) -> dict:
         return {
             "top1": self.top1_matches / self.top1_samples if self.looks_like_scores and self.top1_samples else None,
-            "cosine": self.cosine_sum / self.samples if self.samples else None,
+            "cosine": self.cosine_sum / self.samples if self.samples and self.values_per_sample > 1 else None,
             "rel_l2": _relative_l2(self.squared_diff_sum, self.squared_reference_sum),
             "max_abs_diff": self.max_abs_diff,
             "samples": self.samples,
@@ -101,7 +108,8 @@ def agreement(reference: OutputBatches, candidate: OutputBatches) -> dict:
 
     Keys: `top1` (fraction of samples with the same argmax over the last axis,
     for [N, K>1] outputs only, else None), `cosine` (mean per-sample cosine
-    similarity of the flattened outputs), `rel_l2` (||cand - ref|| / ||ref||),
+    similarity of the flattened outputs; None for outputs with one value per
+    sample), `rel_l2` (||cand - ref|| / ||ref||),
     `max_abs_diff`, `samples`, and `outputs` (the same per output name).
     """
     reference_batches = _as_batches(reference)
@@ -114,6 +122,15 @@ def agreement(reference: OutputBatches, candidate: OutputBatches) -> dict:
     for reference_batch, candidate_batch in zip(reference_batches, candidate_batches):
         accumulator.update(reference_batch, candidate_batch)
     return accumulator.result()
+
+
+def agreement_score(result: dict) -> float:
+    """The cosine a gate compares: the worst over the outputs of each one's cosine, where an output
+    without one (one value per sample) counts as the cosine two rows of equal norm have at its
+    relative L2 error e (1 - e**2 / 2), so a score that moved by 14% reads 0.99. NaN if any is NaN."""
+    one_value = [row["rel_l2"] for row in (result.get("outputs") or {"": result}).values() if row["cosine"] is None]
+    scores = [max(-1.0, 1 - error ** 2 / 2) if not math.isnan(error) else math.nan for error in one_value]
+    return _nan_aware(min, scores + ([result["cosine"]] if result["cosine"] is not None else []))
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray | Sequence[int]) -> float:

@@ -51,7 +51,7 @@ def choose_allocation(pruner: Pruner, target_macs: float, round_to: int, **choic
         closeness = -error if not math.isnan(error) else -math.inf  # NaN outputs: the farthest of all
         row = {"allocate": allocate, "macs_fraction": round(candidate.macs_fraction, 4),
                "rel_l2": round(agreement["rel_l2"], 6), "top1_agreement": agreement.get("top1"),
-               "cosine": round(agreement["cosine"], 6), "chosen": False}
+               "cosine": None if agreement["cosine"] is None else round(agreement["cosine"], 6), "chosen": False}
         rows.append(row)
         pruner.say(f"allocation {allocate}: " + ", ".join(
             f"{name} {row[name]:.4g}" for name in ("rel_l2", "top1_agreement", "cosine") if row[name] is not None))

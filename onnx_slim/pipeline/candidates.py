@@ -150,7 +150,8 @@ class PruneReport:
 
 def _closeness(row: dict) -> str:
     top1 = f", top-1 {row['top1_agreement']:.4f}" if row["top1_agreement"] is not None else ""
-    return f"rel. L2 {row['rel_l2']:.4f}{top1}, cosine {row['cosine']:.4f}"
+    cosine = f", cosine {row['cosine']:.4f}" if row["cosine"] is not None else ""
+    return f"rel. L2 {row['rel_l2']:.4f}{top1}{cosine}"
 
 
 @dataclass(frozen=True)

