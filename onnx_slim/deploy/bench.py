@@ -23,6 +23,7 @@ from onnx_slim.deploy.timing import (  # quant_speed and scripts time sessions w
     DEVICE_WARMUP,
     interleaved_timings,
     latency_stats,
+    noise_caveat,
     speedup,
     timed_call,
     timed_session,
@@ -190,7 +191,7 @@ def benchmark(
     with as_progress(progress).steps("timing", runs * len(runners)) as advance:
         timings = interleaved_timings(runners, runs=runs, warmup=warmup, advance=advance)
 
-    notes: list[str] = []
+    notes: list[str] = [caveat] if (caveat := noise_caveat(timings)) else []
     if data is None and effective_batch != batch:
         notes.append(f"the model's inputs fix the batch at {effective_batch}: timed at batch {effective_batch}, "
                      f"not the {batch} asked for")

@@ -24,6 +24,12 @@ from onnx_slim.ir.runtime import SessionSpec, create_session
 Feeds = Mapping[str, np.ndarray]
 
 PERCENTILES = (50, 90, 95, 99)
+# The slowest tenth of a model's runs over its fastest tenth (p90 / p10) above which its median is
+# not repeatable: on a busy machine onnxruntime's threads contend with other processes and runs
+# split into two speeds (khmersm: about 2 ms or about 14 ms; 15-run medians of the same model then
+# gave speed-ups of 6.3x and 1.08x in identical commands). A quiet machine stays under 1.2 on the
+# models in models/.
+NOISY_SPREAD = 1.5
 # The first runs on a GPU pick kernels (cuDNN's algorithm search, TensorRT's engine build)
 # and raise the clocks: a device gets at least this many untimed runs.
 DEVICE_WARMUP = 10
@@ -65,6 +71,22 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict:
     for percentile, value in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
         stats[f"p{percentile}"] = float(value)
     return stats
+
+
+def spread(latencies_ms: Sequence[float]) -> float:
+    """p90 / p10 of one model's runs: 1.0 when every run takes the same time."""
+    low, high = np.percentile(np.asarray(latencies_ms, dtype=np.float64), (10, 90))
+    return float(high / low) if low > 0 else math.inf
+
+
+def noise_caveat(timings: Sequence[Sequence[float]]) -> str | None:
+    """A line for a report whose latencies come from runs too spread to repeat, else None."""
+    widest = max(spread(times) for times in timings)
+    if widest <= NOISY_SPREAD:
+        return None
+    return (f"timings were noisy (over {min(len(times) for times in timings)} runs, the slowest tenth took "
+            f"{widest:.1f}x the fastest): speed-ups, and a choice between close candidates, may differ from run "
+            "to run; --threads 1 or a quieter machine gives steadier figures")
 
 
 def speedup(baseline_stats: Mapping[str, float], model_stats: Mapping[str, float]) -> dict:

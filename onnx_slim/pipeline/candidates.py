@@ -96,13 +96,14 @@ class PruneReport:
         data["macs_fraction"] = round(self.macs_fraction, 4)
         return data
 
-    def choice_lines(self) -> list[str]:
-        """What was measured to choose the model: the rounding, the search, the speedup next to the MACs."""
+    def choice_lines(self, speedup: bool = True) -> list[str]:
+        """What was measured to choose the model: the rounding, the search and, with `speedup`, the
+        speedup next to the MACs (`run` leaves it to its benchmark: one figure per report)."""
         lines = []
         if self.rounding and self.rounding["candidates"]:
             timed = ", ".join(f"{c['round_to']}: {c['latency_ms']:.3g} ms" for c in self.rounding["candidates"])
-            lines.append(f"rounding: round-to {self.rounding['chosen']}, measured fastest ({timed}; "
-                         f"original {self.rounding['original_ms']:.3g} ms)")
+            lines.append(f"rounding: round-to {self.rounding['chosen']}, the fastest of those timed ({timed}; "
+                         f"original {self.rounding['original_ms']:.3g} ms; p50 of {self.rounding['runs']} runs)")
         search = self.search
         if search and search["kind"] == "latency":
             lines.append(f"latency search: budget {search['budget_ms']:g} ms, original {search['original_ms']:.3g} ms, "
@@ -120,7 +121,9 @@ class PruneReport:
                          f"candidates evaluated, kept MACs {chosen['macs_fraction']:.3f} (drop {chosen['drop']:.2f})")
         if search and search.get("note"):
             lines.append(f"search: {search['note']}")
-        if self.latency_ms:
+        noise = [part.get("noise") for part in (self.rounding, search) if part and part.get("noise")]
+        lines += [f"timing: {noise[0]}"] if noise else []
+        if self.latency_ms and speedup:
             lines.append(f"measured p50 {self.latency_ms['pruned']:.3g} ms against {self.latency_ms['original']:.3g} ms "
                          f"for the original: {self.latency_ms['speedup']:.2f}x faster at "
                          f"{self.macs_fraction * 100:.1f}% of the MACs")

@@ -108,7 +108,7 @@ class PipelineReport:
             f"MACs kept {prune.macs_fraction * 100:.1f}%"
             + (f", re-fitted {prune.reconstruction['layers']} layers" if prune.reconstruction else ""),
         ]
-        lines += [f"- {line}" for line in prune.choice_lines()]
+        lines += [f"- {line}" for line in prune.choice_lines(speedup=False)]
         if self.quantize is not None:
             q = self.quantize
             lines.append(f"- quantization: {q.mode} {q.format}, calibration: {q.calibration}; {q.decision}")

@@ -57,7 +57,8 @@ def choose_rounding(pruner: Pruner, *, target_macs: float | None = None,
     pruner.say(f"timing {len(unique)} roundings of the plan ({', '.join(str(c.round_to) for c in unique.values())})"
                " against the original")
     models = [pruner.model, *(pruner.pruned_copy(candidate) for candidate in unique.values())]
-    original_ms, *measured = timing.p50_latencies(models, pruner.timing_inputs, pruner.settings.session)
+    measurement = timing.measure(models, pruner.timing_inputs, pruner.settings.session)
+    original_ms, *measured = measurement.p50
     latency = dict(zip(unique, measured))
     timed = [(candidate, latency[plan_key(candidate.plan)]) for candidate in candidates]
     fastest = min(ms for _, ms in timed)
@@ -67,8 +68,9 @@ def choose_rounding(pruner: Pruner, *, target_macs: float | None = None,
         "candidates": [{"round_to": c.round_to, "macs_fraction": round(c.macs_fraction, 4),
                         "latency_ms": round(ms, 4), "speedup": round(original_ms / ms, 3)} for c, ms in timed],
         "original_ms": round(original_ms, 4),
-        "runs": timing.RUNS,
+        "runs": measurement.runs,
         "notes": notes,
+        "noise": measurement.noise,
     }
     pruner.say(f"round-to {chosen.round_to}: {chosen_ms:.3g} ms against {original_ms:.3g} ms for the original")
     return chosen, report, latencies(original_ms, chosen_ms)

@@ -44,10 +44,11 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
     """
     settings = pruner.settings
     pruner.say(f"latency search: timing the original on {_threads(settings.session)}")
-    (original_ms,) = timing.p50_latencies([pruner.model], pruner.timing_inputs, settings.session,
-                                          runs=2 * timing.RUNS)
+    reference = timing.measure([pruner.model], pruner.timing_inputs, settings.session, runs=2 * timing.RUNS)
+    (original_ms,) = reference.p50
     report = {"kind": "latency", "budget_ms": budget_ms, "window_ms": [round(WINDOW * budget_ms, 4), budget_ms],
               "original_ms": round(original_ms, 4), "runs": timing.RUNS, "candidates": []}
+    noise = [reference.noise] if reference.noise else []
     if original_ms <= budget_ms:
         report["note"] = f"the original already runs in {original_ms:.3g} ms: nothing removed"
         pruner.say(report["note"])
@@ -78,8 +79,10 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
         tried.add(plan_key(candidate.plan))
         # Timed interleaved with the original and scaled to its reference p50: load from other
         # processes while this candidate runs slows both alike instead of misplacing the candidate.
-        original_now, candidate_ms = timing.p50_latencies([pruner.model, pruner.pruned_copy(candidate)],
-                                                          pruner.timing_inputs, settings.session)
+        measurement = timing.measure([pruner.model, pruner.pruned_copy(candidate)], pruner.timing_inputs,
+                                     settings.session)
+        original_now, candidate_ms = measurement.p50
+        noise += [measurement.noise] if measurement.noise else []
         measured = candidate_ms * original_ms / original_now
         pruner.say(f"latency search: MACs {candidate.macs_fraction:.3f} -> {measured:.3g} ms "
                    f"(budget {budget_ms:g} ms)")
@@ -87,6 +90,8 @@ def search_latency(pruner: Pruner, budget_ms: float) -> Choice:
     chosen = _chosen(points, budget_ms)
     report["candidates"] = [point.to_dict(budget_ms, point is chosen) for point in points]
     report["round_to"] = round_to
+    if noise:
+        report["noise"] = noise[0]
     if chosen is None:
         fastest = min(points, key=lambda point: point.latency_ms)
         reached = (f"the smallest model pruning allows (MACs {smallest:.3f} of the original, --round-to {round_to}, "

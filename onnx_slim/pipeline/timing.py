@@ -1,25 +1,47 @@
-"""Short latency measurements that searches decide on: a few interleaved runs, the median kept.
+"""Short latency measurements that searches decide on: interleaved runs, the median kept.
 
-The searches call `timing.p50_latencies` through the module, so tests can replace the clock
+A measurement whose runs spread too widely to repeat (`deploy.timing.NOISY_SPREAD`:
+onnxruntime's threads contending on a busy machine) is extended by `RUNS` at a time up
+to `MAX_RUNS`, and keeps its caveat for the report if it stays spread.
+
+The searches call `timing.measure` through the module, so tests can replace the clock
 with a deterministic one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import onnx
 
 from onnx_slim.deploy.bench import interleaved_timings, latency_stats, timed_call
+from onnx_slim.deploy.timing import NOISY_SPREAD, noise_caveat, spread
 from onnx_slim.ir.runtime import SessionSpec, create_session
 
 RUNS = 15  # enough for a stable median on a quiet CPU; a search times several candidates
+MAX_RUNS = 60  # a spread measurement is extended by RUNS at a time up to this
 WARMUP = 3
 
 
-def p50_latencies(models: Sequence[onnx.ModelProto], feeds: Mapping, session: SessionSpec,
-                  runs: int = RUNS, warmup: int = WARMUP) -> list[float]:
-    """Median latency (ms) of each model on `feeds`, timed interleaved (A B A B ...) so drift hits all alike."""
+@dataclass(frozen=True)
+class Measurement:
+    """The median latency (ms) of each model timed, the runs each had, and the report's noise caveat."""
+
+    p50: list[float]
+    runs: int = RUNS
+    noise: str | None = None  # None: the runs were steady enough to repeat
+
+
+def measure(models: Sequence[onnx.ModelProto], feeds: Mapping, session: SessionSpec,
+            runs: int = RUNS, warmup: int = WARMUP) -> Measurement:
+    """Each model on `feeds`, timed interleaved (A B A B ...) so drift hits all alike; `runs` more
+    rounds at a time while some model's runs spread widely, up to MAX_RUNS (or `runs`, if larger)."""
     sessions = [create_session(model, session) for model in models]
-    timings = interleaved_timings([timed_call(opened, feeds) for opened in sessions], runs=runs, warmup=warmup)
-    return [latency_stats(times)["p50"] for times in timings]
+    calls = [timed_call(opened, feeds) for opened in sessions]
+    timings = interleaved_timings(calls, runs=runs, warmup=warmup)
+    while max(map(spread, timings)) > NOISY_SPREAD and len(timings[0]) + runs <= max(MAX_RUNS, runs):
+        more = interleaved_timings(calls, runs=runs, warmup=0)
+        timings = [before + after for before, after in zip(timings, more)]
+    return Measurement([latency_stats(times)["p50"] for times in timings], runs=len(timings[0]),
+                       noise=noise_caveat(timings))

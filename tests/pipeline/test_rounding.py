@@ -21,11 +21,12 @@ def filters(model) -> list[int]:
 def clock_favouring(monkeypatch, multiple: int):
     """The original takes 4 ms; a candidate 1 ms when every hidden conv keeps a multiple of
     `multiple` filters, else 3 ms."""
-    def p50_latencies(models, feeds, session, **_):
+    def measure(models, feeds, session, **_):
         original, *candidates = models
-        return [4.0] + [1.0 if all(n % multiple == 0 for n in filters(model)) else 3.0 for model in candidates]
+        return timing.Measurement([4.0] + [1.0 if all(n % multiple == 0 for n in filters(model)) else 3.0
+                                           for model in candidates])
 
-    monkeypatch.setattr(timing, "p50_latencies", p50_latencies)
+    monkeypatch.setattr(timing, "measure", measure)
 
 
 def test_auto_keeps_the_measured_fastest(monkeypatch):
@@ -64,7 +65,7 @@ def test_explicit_round_to_wins_and_times_nothing(monkeypatch):
     def no_timing(*args, **kwargs):
         raise AssertionError("an explicit --round-to must not time candidates")
 
-    monkeypatch.setattr(timing, "p50_latencies", no_timing)
+    monkeypatch.setattr(timing, "measure", no_timing)
     pruned, report = prune(conv_chain((64, 64), size=6), target_macs=0.5, round_to=8)
     assert report.round_to == 8 and report.rounding is None and report.latency_ms is None
     assert all(n % 8 == 0 for n in filters(pruned))

@@ -39,11 +39,11 @@ def affine_clock(monkeypatch, chain):
     macs = model_cost(chain).macs
     calls = []
 
-    def p50_latencies(models, feeds, session, **_):
+    def measure(models, feeds, session, **_):
         calls.append(len(models))
-        return [10.0 * (0.2 + 0.8 * model_fraction(model, macs)) for model in models]
+        return timing.Measurement([10.0 * (0.2 + 0.8 * model_fraction(model, macs)) for model in models])
 
-    monkeypatch.setattr(timing, "p50_latencies", p50_latencies)
+    monkeypatch.setattr(timing, "measure", measure)
     return calls
 
 
@@ -110,8 +110,9 @@ class StepPruner:
     def pruned_copy(self, candidate: candidates.Candidate) -> float:
         return candidate.macs_fraction
 
-    def p50_latencies(self, models, feeds, session, **_):
-        return [self.original_ms if model == "original" else 10 * (0.2 + 0.8 * model) for model in models]
+    def measure(self, models, feeds, session, **_):
+        return timing.Measurement([self.original_ms if model == "original" else 10 * (0.2 + 0.8 * model)
+                                   for model in models])
 
 
 @pytest.mark.parametrize("original_ms, budget, best", [(10, 5.0, 0.3), (10, 3.5, 0.15), (12, 4.0, 0.2),
@@ -122,7 +123,7 @@ def test_latency_search_steps_past_a_plan_already_timed(monkeypatch, original_ms
     # its p50 after 2 candidates), though the next step down met it.
     levels = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2, 0.15, 0.1]
     pruner = StepPruner(levels, original_ms)
-    monkeypatch.setattr(timing, "p50_latencies", pruner.p50_latencies)
+    monkeypatch.setattr(timing, "measure", pruner.measure)
     choice = search.search_latency(pruner, budget)
     assert choice.candidate.macs_fraction == best  # the least-pruned step under the budget
     timed = [c["macs_fraction"] for c in choice.search["candidates"]]
@@ -203,8 +204,8 @@ def test_run_reports_the_latency_search(capsys, tmp_path, monkeypatch):
     model = tmp_path / "digits_cnn.onnx"
     shutil.copy(MODELS / "digits_cnn.onnx", model)
     macs = model_cost(model_from(model)).macs
-    monkeypatch.setattr(timing, "p50_latencies", lambda models, feeds, session, **_: [
-        2.0 * (0.2 + 0.8 * model_fraction(m, macs)) for m in models])
+    monkeypatch.setattr(timing, "measure", lambda models, feeds, session, **_: timing.Measurement([
+        2.0 * (0.2 + 0.8 * model_fraction(m, macs)) for m in models]))
     out = tmp_path / "out"
     code, stdout, _ = run_cli(capsys, "run", model, "-o", out, "--target-latency", "1.2", "--quantize", "none",
                               "--runs", "3", "--warmup", "1", "--no-memory", "--quiet", "--json")
