@@ -229,6 +229,13 @@ def test_failed_write_names_the_output_in_one_line(capsys, demo, tmp_path, monke
     assert not out.exists()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no procfs")
+def test_an_output_folder_that_takes_no_files_is_one_line(capsys, demo):
+    code, _, stderr = run_cli(capsys, "prune", demo, "-o", "/proc/o.onnx", "--ratio", "0.5", "--quiet")
+    assert code == 1
+    assert stderr.strip() == "error: cannot write /proc/o.onnx: no such file or directory; choose a writable folder"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(capsys, demo, tmp_path):
     folder = tmp_path / "locked"
