@@ -9,7 +9,6 @@ SIGTERM are handled.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -24,6 +23,7 @@ from onnx_slim.cli_options import (
     CriterionOption,
     NumberOrAuto,
     calibration_options,
+    configure_logging,
     floats,
     grouped_conv_option,
     layernorm_option,
@@ -46,7 +46,7 @@ from onnx_slim.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, MESSAGE, Ter
 def cli(ctx, debug):
     """Make exported ONNX models smaller and faster without retraining."""
     ctx.obj = {"debug": debug}
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(debug)
     from onnx_slim.ir.runtime import quiet_onnxruntime_logs
 
     quiet_onnxruntime_logs(verbose=debug)

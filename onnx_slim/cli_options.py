@@ -6,6 +6,7 @@ Light imports only, like `cli.py`: the heavy modules load once the signal handle
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 import time
@@ -211,3 +212,22 @@ def writing_output(output):
             raise
         reason = (exc.strerror or os.strerror(exc.errno)).lower()
         raise OnnxSlimError(f"cannot write {output}: {reason}; {_WRITE_ERRORS[exc.errno]}") from None
+
+
+class _LogFormat(logging.Formatter):
+    """Log records as the CLI's own lines read ("warning: ..."); --debug adds the logger's name."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__("%(message)s")
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = f" {record.name}" if self.debug else ""
+        return f"{record.levelname.lower()}{where}: {super().format(record)}"
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings and errors on stderr (everything with `debug`), one style for all of them."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormat(debug))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
+
+import pytest
 
 from onnx_slim.cli_options import Console
 
@@ -60,3 +63,12 @@ def test_lines_keep_their_timestamped_form():
     lines = stream.getvalue().splitlines()
     assert [line[line.index("]") + 2:] for line in lines] == ["pruning", "quantizing", "verifying"]
     assert all(line.startswith("[") and line[1:8].strip().endswith("s") for line in lines)
+
+
+@pytest.mark.parametrize("debug, line", [(False, "warning: 3 samples skipped"),
+                                         (True, "warning onnx_slim.data: 3 samples skipped")])
+def test_log_records_read_like_the_cli_s_own_warnings(debug, line):
+    from onnx_slim.cli_options import _LogFormat
+
+    record = logging.LogRecord("onnx_slim.data", logging.WARNING, __file__, 1, "%d samples skipped", (3,), None)
+    assert _LogFormat(debug).format(record) == line
