@@ -27,7 +27,7 @@ from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.model import load_model, model_file_size
-from onnx_slim.ir.runtime import SessionSpec
+from onnx_slim.ir.runtime import SessionSpec, scalar_inputs_hint
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
 from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios, sensitivity_budget
@@ -439,8 +439,11 @@ class Pruner:
 def _does_not_run(input_shapes: Mapping, failure: str) -> str:
     """The error for a model that fails at the sizes the analysis runs it at (an export that fixed
     the traced sequence length while declaring it symbolic): which sizes, and what to give."""
-    sizes = " ".join(f"{name}={','.join(str(d) for d in shape)}" for name, shape in input_shapes.items())
+    sizes = " ".join(f"{name}={','.join(str(d) for d in shape) or '(scalar)'}" for name, shape in input_shapes.items())
     hint = "" if "--input-shape" in failure else "; give the sizes it runs at with --input-shape NAME=DIMS"
+    scalars = [name for name, shape in input_shapes.items() if not len(shape)]
+    if scalars and "scalar input" not in failure:
+        hint += f"; {scalar_inputs_hint(scalars)}"
     return f"the original model does not run at the input sizes used ({sizes}): {failure}{hint}"
 
 
