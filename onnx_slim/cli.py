@@ -28,9 +28,11 @@ from onnx_slim.cli_options import (
     grouped_conv_option,
     layernorm_option,
     load_data,
+    parse_inputs,
     provider_options,
     session_spec,
     shape_option,
+    value_option,
     writing_output,
 )
 from onnx_slim.errors import OnnxSlimError, UsageError
@@ -59,12 +61,11 @@ def cli(ctx, debug):
 @click.option("--all", "show_all", is_flag=True, help="List every group, not only the largest.")
 @layernorm_option
 @grouped_conv_option
-def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_conv):
+def inspect(model, input_shapes, input_values, as_json, show_all, prune_layernorm, grouped_conv):
     """Params, MACs and channel groups of MODEL (which are prunable, which frozen and why)."""
     from onnx_slim.channels.analysis import analyze
-    from onnx_slim.ir.inputs import parse_input_shapes
 
-    analysis = analyze(model, input_shapes=parse_input_shapes(input_shapes), prune_layernorm=prune_layernorm,
+    analysis = analyze(model, **parse_inputs(input_shapes, input_values), prune_layernorm=prune_layernorm,
                        whole_conv_groups=grouped_conv == "groups", copy=False)
     data = analysis.to_dict()
     data["model"] = model
@@ -125,10 +126,9 @@ def inspect(model, input_shapes, as_json, show_all, prune_layernorm, grouped_con
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion, global_ranking, allocate, reconstruct,
           correct_statistics, calib, calib_samples, batch_size, eval_path, round_to, min_channels, threads, exclude,
-          prune_layernorm, grouped_conv, cleanup, seed, input_shapes, providers, provider_options, force, as_json,
-          quiet, **image_options):
+          prune_layernorm, grouped_conv, cleanup, seed, input_shapes, input_values, providers, provider_options, force,
+          as_json, quiet, **image_options):
     """Remove channels from MODEL and write a verified model to OUTPUT."""
-    from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.ir.model import check_output_path
     from onnx_slim.pipeline.candidates import default_allocation
     from onnx_slim.pipeline.prune import prune_file
@@ -136,9 +136,9 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
     check_output_path(model, output, force)
-    params = {**image_options, "seed": seed, "input_shapes": parse_input_shapes(input_shapes)}
-    calibration = load_data(calib, model, params, calib_samples)
-    evaluation = load_data(eval_path, model, params)
+    inputs = parse_inputs(input_shapes, input_values)
+    calibration = load_data(calib, model, {**image_options, "seed": seed, **inputs}, calib_samples)
+    evaluation = load_data(eval_path, model, {**image_options, "seed": seed, **inputs})
     if allocate is None:
         allocate = default_allocation(calibration is not None and not calibration.is_random, target_macs)
     with writing_output(output):
@@ -148,8 +148,7 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
             allocate=allocate, reconstruct=reconstruct, correct_statistics=correct_statistics,
             calibration=calibration, batch_size=batch_size, round_to=round_to, min_channels=min_channels,
             exclude=list(exclude), prune_layernorm=prune_layernorm, whole_conv_groups=grouped_conv == "groups",
-            cleanup=cleanup,
-            seed=seed, input_shapes=parse_input_shapes(input_shapes),
+            cleanup=cleanup, seed=seed, **inputs,
             target_latency=target_latency, max_drop=max_drop, eval_data=evaluation,
         )
     data = report.to_dict()
@@ -159,7 +158,7 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     click.echo(before_after_table(data))
     if report.reconstruction:
         methods = ", ".join(f"{count} {name}" for name, count in report.reconstruction["methods"].items())
-        click.echo(f"re-fitted {report.reconstruction['layers']} layers ({methods})")
+        click.echo(f"re-fitted {report.reconstruction['layers']} layers" + (f" ({methods})" if methods else ""))
     if report.statistics:
         click.echo(f"statistics corrected in {report.statistics['corrected']} of {report.statistics['layers']} layers "
                    f"({report.statistics['unchanged']} kept as they were)")
@@ -188,19 +187,18 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samples, exclude, prune_layernorm,
-                input_shapes, providers, provider_options, seed, as_json, quiet, **image_options):
+                input_shapes, input_values, providers, provider_options, seed, as_json, quiet, **image_options):
     """Per group: how far the outputs move when that group alone is pruned at each ratio."""
     from onnx_slim.channels.analysis import analyze
-    from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.plan.sensitivity import measure_sensitivity
 
     if not calib:
         raise UsageError("sensitivity needs calibration data: pass --calib PATH (or --calib random)")
     console = Console(quiet, bars=not as_json)
     session = session_spec(providers=providers, provider_options=provider_options)
-    shapes = parse_input_shapes(input_shapes)
-    calibration = load_data(calib, model, {**image_options, "seed": seed, "input_shapes": shapes}, calib_samples)
-    analysis = analyze(model, input_shapes=shapes, exclude=list(exclude),
+    inputs = parse_inputs(input_shapes, input_values)
+    calibration = load_data(calib, model, {**image_options, "seed": seed, **inputs}, calib_samples)
+    analysis = analyze(model, **inputs, exclude=list(exclude),
                        prune_layernorm=prune_layernorm, copy=False, sample_shapes=calibration.sample_shapes())
     levels = floats(ratios)
     if any(not 0 < level < 1 for level in levels):
@@ -372,18 +370,17 @@ def sweep(ctx, model, output, targets, config_path, force, as_json, quiet, **opt
 @click.option("--quiet", is_flag=True)
 def quantize(model, output, mode, quant_format, per_channel, method, reduce_range, exclude, bias_correction,
              smooth_outliers, max_layer_error, block_size, symmetric, keep_io_types, cleanup, measure, threads,
-             providers, provider_options, calib, calib_samples, batch_size, eval_path, seed, input_shapes, force,
-             as_json, quiet, **image_options):
+             providers, provider_options, calib, calib_samples, batch_size, eval_path, seed, input_shapes, input_values,
+             force, as_json, quiet, **image_options):
     """Quantize MODEL with onnxruntime: int8 (static QDQ or dynamic), int4 MatMul weights or float16."""
     from onnx_slim.data.evaluate import evaluate
     from onnx_slim.deploy.quantize import calibration_source, quantize_model
-    from onnx_slim.ir.inputs import parse_input_shapes
     from onnx_slim.pipeline.candidates import batch_sizes
 
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
-    shapes = parse_input_shapes(input_shapes)
-    params = {**image_options, "seed": seed, "input_shapes": shapes}
+    inputs = parse_inputs(input_shapes, input_values)
+    params = {**image_options, "seed": seed, **inputs}
     calibration = load_data(calib, model, params, calib_samples)
     evaluation_data = load_data(eval_path, model, params)
     console.progress("quantizing")
@@ -394,7 +391,7 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                                 reduce_range=reduce_range, exclude=list(exclude), calibration_batch_size=calibration_batch,
                                 measure=measure, session=session, bias_correction=bias_correction,
                                 smooth_outliers=smooth_outliers, max_layer_error=max_layer_error, cleanup=cleanup,
-                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, input_shapes=shapes)
+                                block_size=block_size, symmetric=symmetric, keep_io_types=keep_io_types, **inputs)
     data = report.to_dict()
     if evaluation_data is not None:
         console.progress(f"evaluating on {evaluation_data.description}")
@@ -420,25 +417,27 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
                    "(default: they stay on the device, bound once, and only the model is timed).")
 @click.option("--batch", default=1, show_default=True, help="Batch size of the random inputs.")
 @click.option("--shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shape (repeatable).")
+@value_option
 @click.option("--data", "data_path", metavar="PATH", help="Inputs from data (.npz...) instead of random ones.")
 @click.option("--no-memory", is_flag=True, help="Skip the per-model peak-memory measurement.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True)
 def bench(models, baseline, runs, warmup, threads, providers, provider_options, include_copies, batch, input_shapes,
-          data_path, no_memory, seed, as_json, quiet):
+          input_values, data_path, no_memory, seed, as_json, quiet):
     """Latency (mean, p50..p99), throughput, memory, size, MACs and agreement, interleaved across MODELS."""
     from onnx_slim.deploy.bench import benchmark
-    from onnx_slim.ir.inputs import parse_input_shapes
 
     console = Console(quiet, bars=not as_json)
     session = session_spec(threads, providers, provider_options)
+    inputs = parse_inputs(input_shapes, input_values)
     data = None
     if data_path:
-        data = load_data(data_path, models[0], {"seed": seed}).batches(batch)
+        data = load_data(data_path, models[0], {"seed": seed, "input_values": inputs["input_values"]}).batches(batch)
     console.progress(f"benchmarking {len(models) + (1 if baseline and baseline not in models else 0)} models, {runs} runs each")
     report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, session=session,
-                       batch=batch, shapes=parse_input_shapes(input_shapes) or None, data=data, seed=seed,
+                       batch=batch, shapes=inputs["input_shapes"] or None, values=inputs["input_values"] or None,
+                       data=data, seed=seed,
                        measure_memory=not no_memory, include_copies=include_copies, progress=console)
     click.echo(to_json(report.to_dict()) if as_json else report.to_markdown())
 

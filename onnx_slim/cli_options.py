@@ -107,10 +107,26 @@ layernorm_option = click.option(
     help="Also prune groups a LayerNormalization (or a mean over the channels) spans (not lossless).",
 )
 
-shape_option = click.option(
-    "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-    help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",
+value_option = click.option(
+    "--input-value", "input_values", multiple=True, metavar="NAME=NUMBER",
+    help="Feed this input NUMBER (every element) wherever inputs are made up or read from data: a control "
+         "input such as a sample rate (sr=16000), a recurrent state (state=0). Repeatable.",
 )
+
+
+def parse_inputs(input_shapes, input_values) -> dict:
+    """--input-shape and --input-value entries as the `input_shapes` and `input_values` keywords stages take."""
+    from onnx_slim.ir.inputs import parse_input_shapes, parse_input_values
+
+    return {"input_shapes": parse_input_shapes(input_shapes), "input_values": parse_input_values(input_values)}
+
+
+def shape_option(command):
+    """--input-shape, and --input-value: what to feed the inputs a model leaves open."""
+    return click.option(
+        "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+        help="Concrete shape for an input with symbolic dims, e.g. input=1,3,224,224 (repeatable).",
+    )(value_option(command))
 
 # `run --quantize`: the modes of `quantize --mode`, or none (pipeline/config.py checks config files the same way).
 QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
@@ -179,7 +195,7 @@ def load_data(path, model, params, samples=None):
         path, model, samples=samples, input_size=floats(params.get("input_size"), int),
         mean=floats(params.get("mean")), std=floats(params.get("std")),
         layout=params.get("layout", "nchw"), channel_order=params.get("channel_order", "rgb"),
-        seed=params.get("seed", 0), input_shapes=params.get("input_shapes"),
+        seed=params.get("seed", 0), input_shapes=params.get("input_shapes"), input_values=params.get("input_values"),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import onnx
@@ -13,7 +13,7 @@ from onnx_slim.channels.space import FreezeReason
 from onnx_slim.channels.streams import stream_roots
 from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.graph import subgraphs
-from onnx_slim.ir.inputs import shapes_from_samples
+from onnx_slim.ir.inputs import InputValues, check_input_values, shapes_from_samples
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
@@ -33,6 +33,7 @@ class ModelAnalysis:
     input_shapes: dict
     shapes_measured: bool = False  # static inference fell short: shapes come from one onnxruntime run
     run_failure: str | None = None  # that run failed: the model does not run at `input_shapes`
+    input_values: dict = field(default_factory=dict)  # inputs fixed to one value (--input-value)
 
     @property
     def shapes_note(self) -> str:
@@ -119,11 +120,13 @@ def analyze(
     whole_conv_groups: bool = False,
     copy: bool = True,
     sample_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_values: InputValues | None = None,
 ) -> ModelAnalysis:
     """Normalize a copy of `model` and find its channel groups. `prune_layernorm`: groups a
     LayerNormalization spans are prunable too (not lossless); `whole_conv_groups`: grouped
     Convs lose whole groups instead of the same channels from every group; `sample_shapes`
-    (of the calibration data) size the inputs that `input_shapes` does not name."""
+    (of the calibration data) size the inputs that `input_shapes` does not name; `input_values`
+    fixes inputs in the run that measures shapes static inference leaves unknown."""
     proto = load_model(model, copy=copy)
     # Counted before normalization gives each reader of a shared weight its own copy.
     params = count_params(proto)
@@ -131,14 +134,16 @@ def analyze(
     if sample_shapes:
         input_shapes = shapes_from_samples(proto, sample_shapes, input_shapes)
     concrete = concrete_input_shapes(proto, input_shapes)
-    found = concrete_shapes(proto, concrete)
+    check_input_values(proto, input_values)
+    found = concrete_shapes(proto, concrete, input_values)
     shapes = found.shapes
     channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm, whole_conv_groups=whole_conv_groups)
     _check_weight_shapes(channels, shapes)
     _apply_excludes(channels.groups, exclude)
     cost = model_cost(proto, shapes=shapes)
     cost.params = params
-    return ModelAnalysis(proto, info, channels, cost, shapes, concrete, found.measured, found.failure)
+    return ModelAnalysis(proto, info, channels, cost, shapes, concrete, found.measured, found.failure,
+                         dict(input_values or {}))
 
 
 def _check_weight_shapes(channels: ChannelAnalysis, shapes: Mapping[str, tuple]) -> None:

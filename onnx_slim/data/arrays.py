@@ -7,6 +7,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -52,12 +53,14 @@ class ArraySource:
         return ArraySource(self.data, self.dtype, np.asarray(rows) if self.rows is None else self.rows[rows])
 
 
-def load_npz(path: Path, specs: list[InputSpec]) -> LoadedSamples:
+def load_npz(path: Path, specs: list[InputSpec], ignored: Sequence[str] = ()) -> LoadedSamples:
     """The inputs' arrays of an .npz; names, shapes and dtypes are checked from the members'
     headers first, and only the arrays the model needs are read (memory-mapped when stored
-    uncompressed), so an unused or mistaken key costs nothing."""
+    uncompressed), so an unused or mistaken key costs nothing. Keys in `ignored` (inputs
+    --input-value fixes) are left out."""
     with _open_npz(path) as archive:
         members = _npz_members(path, archive)
+        _drop_fixed(members, ignored, path, "key")
         labels_member = members.pop(LABELS_KEY, None)
         key_for_input = match_names(list(members), specs, path, "keys")
         for spec in specs:
@@ -76,6 +79,12 @@ def load_npz(path: Path, specs: list[InputSpec]) -> LoadedSamples:
         logger.warning("%s: %s", path, fed)
         origin = f"{path.name} ({fed})"
     return checked_samples(arrays, labels, path, origin)
+
+
+def _drop_fixed(entries: dict, ignored: Sequence[str], where: Path, kind: str) -> None:
+    for name in ignored:
+        if entries.pop(name, None) is not None:
+            logger.warning("%s: %s '%s' ignored: --input-value fixes that input", where, kind, name)
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,10 @@ def _source(array: np.ndarray, spec: InputSpec, where: Path, first_sample: int =
     return ArraySource(array, spec.dtype)
 
 
-def load_npy_folder(path: Path, files: list[Path], specs: list[InputSpec]) -> LoadedSamples:
+def load_npy_folder(path: Path, files: list[Path], specs: list[InputSpec], ignored: Sequence[str] = ()) -> LoadedSamples:
+    by_stem = {file.stem: file for file in files}
+    _drop_fixed(by_stem, ignored, path, "file")
+    files = [file for file in files if file.stem in by_stem]
     labels_file = next((f for f in files if f.stem == LABELS_KEY), None)
     data_files = [f for f in files if f is not labels_file]
     labels = _read_npy(labels_file) if labels_file else None

@@ -5,7 +5,9 @@ string ``"synthetic"`` (dead-leaves images) or ``"random"``. Everything is check
 against the model's inputs before any work starts, then exposed as a
 `CalibrationSet` that yields feed batches.
 Image folders are decoded batch by batch, so memory stays bounded whatever the
-number of images.
+number of images. Inputs fixed to one value (`--input-value`: a sample rate, a
+recurrent state at 0) are not read from the source: every batch gets them filled,
+sized like its other inputs (a state [2, batch, 128] follows the batch).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
@@ -24,8 +27,8 @@ from onnx_slim.data.samples import LoadedSamples, check_finite, check_sample_cou
 from onnx_slim.data.synthetic import IMAGE_CHANNELS, image_layout, synthetic_images
 from onnx_slim.data.tokens import TokenMask, find_token_mask
 from onnx_slim.errors import OnnxSlimError, UsageError
-from onnx_slim.ir.inputs import (InputSpec, check_input_shapes, concrete_dims, fixed_batch_size, graph_inputs,
-                                random_inputs)
+from onnx_slim.ir.inputs import (InputSpec, InputValues, check_input_shapes, check_input_values, concrete_dims,
+                                fixed_batch_size, graph_inputs, random_inputs, with_values)
 from onnx_slim.ir.model import load_model
 
 logger = logging.getLogger(__name__)
@@ -49,8 +52,20 @@ def _as_source(name: str, value, origin: str) -> _Source:
     return ArraySource(array, array.dtype)
 
 
+@dataclass(frozen=True)
+class FixedInputs:
+    """Inputs fed one value in every batch, sized like the batch's other inputs (`ir.inputs.with_values`)."""
+
+    specs: tuple  # every input of the model: a fixed input's sizes come from the others'
+    values: Mapping[str, float]
+    shapes: Mapping[str, Sequence[int]] | None = None  # --input-shape, for sizes no fed input shows
+
+    def fill(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return with_values(feeds, self.specs, self.values, self.shapes)
+
+
 class CalibrationSet:
-    """Samples for every model input (all ``[N, ...]``), optional labels, as batches.
+    """Samples for every model input (all ``[N, ...]``) but the `fixed` ones, optional labels, as batches.
 
     ``fixed_batch`` is the model's static batch size, if it has one: `batches`
     then always yields batches of exactly that size, since onnxruntime would
@@ -66,10 +81,15 @@ class CalibrationSet:
         is_synthetic: bool = False,
         origin: str = "arrays",
         fixed_batch: int | None = None,
+        fixed: FixedInputs | None = None,
     ):
         self._sources: dict[str, _Source] = {
             name: _as_source(name, value, origin) for name, value in arrays.items()
+            if fixed is None or name not in fixed.values
         }
+        if not self._sources:
+            raise UsageError(f"{origin}: every input is fixed by --input-value: no samples to calibrate on")
+        self.fixed = fixed
         self.labels = None if labels is None else np.asarray(labels)
         # Not real data (the report says so; quantization does not calibrate on it). Synthetic
         # images are still worth scoring and fitting on, random values only for structure.
@@ -82,16 +102,21 @@ class CalibrationSet:
 
     @property
     def input_names(self) -> list[str]:
-        return list(self._sources)
+        """The inputs every batch feeds, fixed ones included."""
+        if self.fixed is None:
+            return list(self._sources)
+        return [spec.name for spec in self.fixed.specs if spec.name in self._sources or spec.name in self.fixed.values]
 
     @property
     def arrays(self) -> dict[str, np.ndarray]:
-        """All samples in memory. Decodes every image of an image folder: prefer `batches`."""
-        return {name: source.read_all() for name, source in self._sources.items()}
+        """All samples in memory (fixed inputs filled for all of them). Decodes every image of an
+        image folder: prefer `batches`."""
+        return self._fill({name: source.read_all() for name, source in self._sources.items()})
 
     def sample_shapes(self) -> dict[str, tuple[int, ...]] | None:
-        """The shape of each input's first sample, batch axis included (reads one sample); None for
-        random values, which are sized from the model's defaults and say nothing of the real data."""
+        """The shape of each input's first sample, batch axis included (reads one sample), fixed inputs
+        left out; None for random values, which are sized from the model's defaults and say nothing of
+        the real data."""
         if self.is_random and not self.is_synthetic:
             return None
         return {name: tuple(source.read(0, 1).shape) for name, source in self._sources.items()}
@@ -121,7 +146,10 @@ class CalibrationSet:
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of `batch_size` samples (the last one smaller), in order."""
         for start, stop in self.batch_ranges(batch_size):
-            yield {name: source.read(start, stop) for name, source in self._sources.items()}
+            yield self._fill({name: source.read(start, stop) for name, source in self._sources.items()})
+
+    def _fill(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.fixed.fill(feeds) if self.fixed is not None else feeds
 
     def batch_stream(self, batch_size: int) -> BatchStream:
         """The batches as an iterable that starts over each time it is iterated
@@ -186,7 +214,7 @@ class CalibrationSet:
         sources = {name: source.subset(rows) for name, source in self._sources.items()}
         return CalibrationSet(
             sources, labels=labels, is_random=self.is_random, is_synthetic=self.is_synthetic, origin=origin,
-            fixed_batch=self.fixed_batch,
+            fixed_batch=self.fixed_batch, fixed=self.fixed,
         )
 
     def _effective_batch_size(self, batch_size: int) -> int:
@@ -230,6 +258,7 @@ def load_calibration(
     channel_order: str = "rgb",
     seed: int = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    input_values: InputValues | None = None,
 ) -> CalibrationSet:
     """Load and validate calibration samples for `model` from `source`.
 
@@ -242,41 +271,50 @@ def load_calibration(
     `channel_order` describe how images become the model input; `mean`/`std`
     are per channel, in 0..1 units, in the model's channel order. `input_shapes` (``--input-shape``)
     sizes the symbolic dims of ``"random"`` and ``"synthetic"`` data (their batch axis is `samples`).
+    `input_values` (``--input-value``) fixes inputs: the source does not hold them (a key for one is ignored).
     """
     model = load_model(model, copy=False)
     _check_common_options(samples, layout, channel_order)
-    specs = graph_inputs(model)
-    if not specs:
+    all_specs = graph_inputs(model)
+    if not all_specs:
         raise OnnxSlimError("the model has no inputs: nothing to calibrate")
     check_input_shapes(model, input_shapes)
+    check_input_values(model, input_values)
+    fixed = FixedInputs(tuple(all_specs), dict(input_values), input_shapes) if input_values else None
+    specs = [spec for spec in all_specs if spec.name not in (input_values or {})]
+    if not specs:
+        raise UsageError("every input is fixed by --input-value: there are no samples to calibrate on")
     fixed_batch = fixed_batch_size(specs)
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
-        return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch, input_shapes)
+        return _random_set(model, all_specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch, input_shapes,
+                           fixed)
     if isinstance(source, str) and source == SYNTHETIC_SOURCE:
         _warn_unused_image_options(None, mean, std)
-        return _synthetic_set(model, specs, samples, seed, fixed_batch, input_size, input_shapes)
+        return _synthetic_set(model, all_specs, samples, seed, fixed_batch, input_size, input_shapes, fixed)
     path = Path(source)
     if not path.exists():
         raise OnnxSlimError(
             f"{path}: no such file or directory; give an .npz, a folder of .npy files or images, 'synthetic' or 'random'"
         )
+    ignored = tuple(input_values or ())
     if path.is_dir():
-        loaded = _load_directory(path, specs, samples, input_size, mean, std, layout, channel_order)
+        loaded = _load_directory(path, specs, samples, input_size, mean, std, layout, channel_order, ignored)
     elif path.suffix.lower() == ".npz":
         _warn_unused_image_options(input_size, mean, std)
-        loaded = load_npz(path, specs)
+        loaded = load_npz(path, specs, ignored)
     else:
         raise OnnxSlimError(
             f"{path}: unsupported calibration file; give an .npz, a folder of .npy files or images, 'synthetic' or 'random'"
         )
-    calibration = CalibrationSet(loaded.sources, labels=loaded.labels, origin=loaded.origin, fixed_batch=fixed_batch)
+    calibration = CalibrationSet(loaded.sources, labels=loaded.labels, origin=loaded.origin, fixed_batch=fixed_batch,
+                                 fixed=fixed)
     calibration = calibration.take(samples) if samples else calibration
     _check_enough_for_fixed_batch(calibration, fixed_batch)
     return calibration
 
 
-def _load_directory(path, specs, samples, input_size, mean, std, layout, channel_order) -> LoadedSamples:
+def _load_directory(path, specs, samples, input_size, mean, std, layout, channel_order, ignored) -> LoadedSamples:
     # Dot files are skipped: macOS leaves "._name.jpg" companions that are not images.
     files = sorted(entry for entry in path.iterdir() if entry.is_file() and not entry.name.startswith("."))
     npy_files = [entry for entry in files if entry.suffix.lower() == ".npy"]
@@ -288,13 +326,14 @@ def _load_directory(path, specs, samples, input_size, mean, std, layout, channel
         return load_image_folder(path, image_files, specs, input_size, mean, std, layout, channel_order)
     if npy_files:
         _warn_unused_image_options(input_size, mean, std)
-        return load_npy_folder(path, npy_files, specs)
+        return load_npy_folder(path, npy_files, specs, ignored)
     raise OnnxSlimError(
         f"{path}: no .npy or image ({'/'.join(IMAGE_SUFFIXES)}) files in this folder (sub-folders are not searched)"
     )
 
 
-def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch, input_shapes) -> CalibrationSet:
+def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_batch, input_shapes,
+                fixed: FixedInputs | None) -> CalibrationSet:
     for spec in specs:
         if not spec.dims:
             raise OnnxSlimError(
@@ -302,11 +341,11 @@ def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_ba
             )
     concrete = concrete_dims(specs, input_shapes)
     arrays = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:] for spec in specs})
-    return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch)
+    return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch, fixed=fixed)
 
 
 def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int, fixed_batch,
-                   input_size, input_shapes) -> CalibrationSet:
+                   input_size, input_shapes, fixed: FixedInputs | None) -> CalibrationSet:
     """`samples` (default: up to DEFAULT_SYNTHETIC_SAMPLES within SYNTHETIC_BUDGET_BYTES) dead-leaves
     images for the image inputs (`input_size` gives symbolic heights and widths), random values for
     any other input."""
@@ -314,7 +353,7 @@ def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int
     sized = [_with_input_size(InputSpec(spec.name, given[spec.name], spec.dtype) if spec.name in (input_shapes or {})
                               else spec, input_size) for spec in specs]
     images = [spec for spec in sized if image_layout(spec)]
-    others = [spec for spec in sized if spec not in images]
+    others = [spec for spec in sized if spec not in images and (fixed is None or spec.name not in fixed.values)]
     if not images:
         raise OnnxSlimError(
             "synthetic calibration data is made for image inputs ([N, 1 or 3, H, W] or [N, H, W, 1 or 3] floats "
@@ -334,8 +373,8 @@ def _synthetic_set(model, specs: list[InputSpec], samples: int | None, seed: int
         made = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:]
                                                        for spec in others})
         arrays.update({spec.name: made[spec.name] for spec in others})
-        arrays = {spec.name: arrays[spec.name] for spec in specs}
-    return CalibrationSet(arrays, is_synthetic=True, origin=SYNTHETIC_SOURCE, fixed_batch=fixed_batch)
+        arrays = {spec.name: arrays[spec.name] for spec in specs if spec.name in arrays}
+    return CalibrationSet(arrays, is_synthetic=True, origin=SYNTHETIC_SOURCE, fixed_batch=fixed_batch, fixed=fixed)
 
 
 def _with_input_size(spec: InputSpec, input_size) -> InputSpec:

@@ -31,7 +31,8 @@ from onnx_slim.deploy.timing import (  # quant_speed and scripts time sessions w
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.inputs import check_input_shapes, graph_inputs, leading_dim, random_inputs
+from onnx_slim.ir.inputs import (InputValues, check_input_shapes, check_input_values, graph_inputs, leading_dim,
+                                random_inputs, random_scalars_hint, shapes_at_batch)
 from onnx_slim.ir.model import ModelSource, load_model, model_file_size
 from onnx_slim.ir.progress import Reporter, as_progress
 from onnx_slim.ir.runtime import SessionSpec, run_session
@@ -153,6 +154,7 @@ def benchmark(
     session: SessionSpec = SessionSpec(),
     batch: int = 1,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    values: InputValues | None = None,
     data: Iterable[Feeds] | None = None,
     seed: int = 0,
     measure_memory: bool = True,
@@ -162,7 +164,7 @@ def benchmark(
     """Time `models` on the same inputs and compare each with the baseline.
 
     Inputs are the first batch of `data` (repeated for every run) or random
-    inputs shaped by `batch` and `shapes`. `baseline` is an index into `models`
+    inputs shaped by `batch` and `shapes` (`values` fixes some inputs). `baseline` is an index into `models`
     or a path (benchmarked too, first, if not among `models`); default the
     first model. Each model gets one untimed run (its outputs give the
     agreement with the baseline), `warmup` untimed runs, then `runs` timed
@@ -179,14 +181,23 @@ def benchmark(
     _check_same_inputs(entries)
     # Checked here: random inputs and the MACs count would otherwise ignore a shape for no input.
     check_input_shapes(entries[baseline_index].model, shapes, option="--shape")
-    feeds = _benchmark_feeds(entries[baseline_index].model, data=data, batch=batch, shapes=shapes, seed=seed)
+    check_input_values(entries[baseline_index].model, values)
+    feeds = _benchmark_feeds(entries[baseline_index].model, data=data, batch=batch, shapes=shapes, seed=seed,
+                             values=values)
     effective_batch = leading_dim(feeds)
 
     device = session.device
     if device is not None:
         warmup = max(warmup, DEVICE_WARMUP)
     sessions, session_ms = zip(*(timed_session(entry.source, session) for entry in entries))
-    outputs = [run_session(opened, feeds) for opened in sessions]
+    try:
+        outputs = [run_session(opened, feeds) for opened in sessions]
+    except OnnxSlimError as exc:
+        raise OnnxSlimError(f"{exc}{random_scalars_hint(entries[baseline_index].model, values)}"
+                            if data is None else str(exc)) from None
+    if data is not None and shapes is None:  # params and MACs at the data's sizes, not at guessed ones
+        shapes = shapes_at_batch(entries[baseline_index].model, {name: np.shape(value) for name, value in feeds.items()},
+                                 1)
     runners = [timed_call(opened, feeds, device, include_copies) for opened in sessions]
     with as_progress(progress).steps("timing", runs * len(runners)) as advance:
         timings = interleaved_timings(runners, runs=runs, warmup=warmup, advance=advance)
@@ -202,7 +213,7 @@ def benchmark(
     results = [
         _model_bench(
             entry, timings[index], stats[index], stats[baseline_index], session_ms[index], peak_memory[index],
-            outputs[baseline_index], outputs[index], effective_batch, shapes, notes,
+            outputs[baseline_index], outputs[index], effective_batch, (shapes, values), notes,
         )
         for index, entry in enumerate(entries)
     ]
@@ -274,10 +285,10 @@ def _check_counts(*, runs: int, warmup: int, batch: int) -> None:
 # --- inputs and runs ---------------------------------------------------------
 
 
-def _benchmark_feeds(model, *, data, batch, shapes, seed) -> dict[str, np.ndarray]:
+def _benchmark_feeds(model, *, data, batch, shapes, seed, values) -> dict[str, np.ndarray]:
     specs = graph_inputs(model)
     if data is None:
-        return random_inputs(model, batch=batch, seed=seed, shapes=shapes)
+        return random_inputs(model, batch=batch, seed=seed, shapes=shapes, values=values)
     first = next(iter(data), None)
     if first is None:
         raise UsageError("the benchmark data is empty: give at least one batch")
@@ -291,12 +302,12 @@ def _benchmark_feeds(model, *, data, batch, shapes, seed) -> dict[str, np.ndarra
 
 
 def _model_bench(
-    entry, timings, stats, baseline_stats, session_ms, peak_memory, baseline_outputs, outputs, batch, shapes, notes,
+    entry, timings, stats, baseline_stats, session_ms, peak_memory, baseline_outputs, outputs, batch, inputs, notes,
 ) -> ModelBench:
     model_agreement, agreement_note = _agreement_with_baseline(baseline_outputs, outputs)
     if agreement_note:
         notes.append(f"{entry.label}: no agreement: {agreement_note}")
-    params, macs = _params_and_macs(entry, shapes, notes)
+    params, macs = _params_and_macs(entry, inputs, notes)
     return ModelBench(
         path=entry.label,
         latency_ms=stats,
@@ -322,9 +333,11 @@ def _agreement_with_baseline(baseline_outputs: Feeds, model_outputs: Feeds) -> t
         return None, str(exc)
 
 
-def _params_and_macs(entry: _Entry, shapes, notes: list[str]) -> tuple[int | None, int | None]:
+def _params_and_macs(entry: _Entry, inputs, notes: list[str]) -> tuple[int | None, int | None]:
+    """Counted at `inputs`: (--shape sizes, --input-value values)."""
+    shapes, values = inputs
     try:
-        model_cost = cost_module.model_cost(entry.model, input_shapes=shapes)
+        model_cost = cost_module.model_cost(entry.model, input_shapes=shapes, input_values=values)
     except Exception as exc:  # counting is a courtesy: never fail a benchmark over it
         notes.append(f"{entry.label}: params/MACs not counted: {exc}")
         return None, None

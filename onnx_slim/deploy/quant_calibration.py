@@ -22,8 +22,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.inputs import (InputShapes, InputSpec, fixed_batch_size, graph_inputs, leading_dim, random_inputs,
-                                shapes_at_batch)
+from onnx_slim.ir.inputs import InputSpec, MadeUpInputs, fixed_batch_size, graph_inputs, leading_dim, with_values
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +45,14 @@ _CALIBRATED_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
 def calibration_reader(model: onnx.ModelProto, calibration, batch_size: int,
-                       input_shapes: InputShapes | None = None) -> LazyCalibrationReader:
-    """A reader over `calibration` (feed dicts, or RANDOM, sized by `input_shapes`) re-batched to the
-    model's fixed batch or `batch_size`."""
+                       inputs: MadeUpInputs = MadeUpInputs()) -> LazyCalibrationReader:
+    """A reader over `calibration` (feed dicts, or RANDOM, made up as `inputs` says) re-batched to the
+    model's fixed batch or `batch_size`; inputs `inputs` fixes are filled again at that batch."""
     specs = graph_inputs(model)
-    fixed = fixed_batch_size(specs)
+    fixed = fixed_batch_size([spec for spec in specs if spec.name not in (inputs.values or {})])
     size = fixed or batch_size
-    source = _random_samples(model, input_shapes) if calibration == RANDOM else calibration
-    return LazyCalibrationReader(rebatched(source, specs, size, exact=fixed is not None), size)
+    source = _random_samples(model, inputs) if calibration == RANDOM else calibration
+    return LazyCalibrationReader(rebatched(source, specs, size, exact=fixed is not None, inputs=inputs), size)
 
 
 def calibrate(model_path: Path, reader: LazyCalibrationReader, method: str, cache_path: Path) -> None:
@@ -125,10 +124,9 @@ class _Chunk(CalibrationDataReader):
         return self._reader.get_next()
 
 
-def _random_samples(model: onnx.ModelProto, input_shapes: InputShapes | None) -> Iterator[dict[str, np.ndarray]]:
-    shapes = shapes_at_batch(model, input_shapes, 1)
+def _random_samples(model: onnx.ModelProto, inputs: MadeUpInputs) -> Iterator[dict[str, np.ndarray]]:
     for seed in range(RANDOM_CALIBRATION_SAMPLES):
-        yield random_inputs(model, batch=1, seed=seed, shapes=shapes)
+        yield inputs.feeds(model, seed=seed)
 
 
 def rebatched(
@@ -137,26 +135,34 @@ def rebatched(
     size: int,
     *,
     exact: bool = True,
+    inputs: MadeUpInputs = MadeUpInputs(),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Feed dicts with the model's inputs only, cast to its dtypes, `size` samples each.
 
     Holds at most one incoming batch plus one outgoing. With `exact`, a final short batch is dropped (the model takes
-    only `size`), otherwise it is yielded.
+    only `size`), otherwise it is yielded. Inputs fixed by `inputs.values` have no samples to split
+    (a scalar, a state [2, batch, 128]): they are filled again at each outgoing batch.
     """
+    values = inputs.values or {}
+    sampled = [spec for spec in specs if spec.name not in values]
+
+    def filled(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return with_values(feeds, specs, values, inputs.shapes)
+
     pending: list[dict[str, np.ndarray]] = []
     pending_samples = 0
     for batch in batches:
-        feeds = _model_feeds(batch, specs)
+        feeds = _model_feeds(batch, sampled)
         pending.append(feeds)
         pending_samples += leading_dim(feeds)
         while pending_samples >= size:
             merged = _concatenate(pending)
-            yield {name: array[:size] for name, array in merged.items()}
+            yield filled({name: array[:size] for name, array in merged.items()})
             rest = {name: array[size:] for name, array in merged.items()}
             pending_samples -= size
             pending = [rest] if pending_samples else []
     if pending_samples and not exact:
-        yield _concatenate(pending)
+        yield filled(_concatenate(pending))
     elif pending_samples:
         logger.warning("dropped the last %d calibration samples: the model takes batches of %d", pending_samples, size)
 

@@ -49,7 +49,7 @@ from onnx_slim.deploy.quant_opset import PER_CHANNEL_OPSET, convert_for_per_chan
 from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR, OutlierReport, prepare_for_int8
 from onnx_slim.errors import OnnxSlimError, RuntimeCrash, first_line
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.inputs import InputShapes, random_inputs, shapes_at_batch
+from onnx_slim.ir.inputs import MadeUpInputs
 from onnx_slim.ir.isolated import check_survives_a_run
 from onnx_slim.ir.model import is_quantized_op, save_model
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
@@ -78,9 +78,9 @@ class Int8Settings:
 
 
 def int8_settings(model, mode, quant_format, per_channel, reduce_range, activation_type, method, cpu,
-                  input_shapes: InputShapes | None = None) -> Int8Settings:
+                  inputs: MadeUpInputs = MadeUpInputs()) -> Int8Settings:
     """The effective format, types, per-channel and reduce-range for this model, mode and CPU
-    (`input_shapes` size the MACs that tell a conv model)."""
+    (`inputs` size the MACs that tell a conv model)."""
     is_x86 = cpu["machine"].lower() in ("x86_64", "amd64", "i386", "i686", "x86")
     if mode == "dynamic":
         quant_format, activation_type = "qoperator", "uint8"  # onnxruntime's dynamic mode: U8S8 integer ops
@@ -90,7 +90,7 @@ def int8_settings(model, mode, quant_format, per_channel, reduce_range, activati
         # 7-bit weights avoid the int16 saturation of 8-bit products on x86 without VNNI
         # (onnxruntime runs QDQ int8 activations through the same u8s8 kernels there).
         reduce_range = is_x86 and not cpu["vnni"]
-    heavy = conv_heavy(model, input_shapes)
+    heavy = conv_heavy(model, inputs)
     matmul_heavy = not heavy and any(node.op_type in MATMUL_OPS for node in model.graph.node)
     if per_channel is None:
         # Dynamic: onnxruntime's integer ops take per-channel weights at no cost in speed. Static MatMul
@@ -138,12 +138,12 @@ def ignored_option_warnings(settings: Int8Settings, calibration, activation_type
 
 
 def opset_for_per_channel(model: onnx.ModelProto, settings: Int8Settings, report_warnings: list[str],
-                          input_shapes: InputShapes | None = None):
+                          inputs: MadeUpInputs = MadeUpInputs()):
     """(model to quantize, settings): per-channel QDQ below opset 13 converts the model, or goes per-tensor."""
     opset = opset_version(model)
     if not (settings.per_channel and settings.format == "qdq" and opset < PER_CHANNEL_OPSET):
         return model, settings
-    converted, note = convert_for_per_channel(model, input_shapes)
+    converted, note = convert_for_per_channel(model, inputs)
     if converted is not None:
         report_warnings.append(note)
         return converted, settings
@@ -151,13 +151,13 @@ def opset_for_per_channel(model: onnx.ModelProto, settings: Int8Settings, report
     return model, replace(settings, per_channel=False)
 
 
-def conv_heavy(model: onnx.ModelProto, input_shapes: InputShapes | None = None) -> bool:
+def conv_heavy(model: onnx.ModelProto, inputs: MadeUpInputs = MadeUpInputs()) -> bool:
     """Conv layers carry at least half of the counted MACs (or, if none count, the model has Conv)."""
     has_conv = any(node.op_type in CONV_OPS for node in model.graph.node)
     if not has_conv:
         return False
     try:
-        model_cost = cost_module.model_cost(model, input_shapes=input_shapes)
+        model_cost = cost_module.model_cost(model, input_shapes=inputs.shapes, input_values=inputs.values)
     except Exception:  # shape inference failed: fall back to the presence of Conv
         return True
     conv_names = {node.name for node in model.graph.node if node.op_type in CONV_OPS}
@@ -182,18 +182,18 @@ class Int8Outcome:
 
 def quantize_int8(
     float_model, scratch: Path, settings: Int8Settings, exclude, calibration, calibration_batch_size, report_warnings,
-    session: SessionSpec, input_shapes: InputShapes | None = None,
+    session: SessionSpec, inputs: MadeUpInputs = MadeUpInputs(),
 ) -> Int8Outcome:
-    """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere. `input_shapes`
-    (--input-shape) sizes the symbolic dims of random inputs."""
+    """Pre-process, quantize and check inside `scratch`; nothing is written elsewhere. `inputs`
+    (--input-shape, --input-value) makes up random inputs."""
     outliers = None
     if settings.smooth_outliers:
-        batches = calibration_reader(float_model, calibration, calibration_batch_size, input_shapes)
+        batches = calibration_reader(float_model, calibration, calibration_batch_size, inputs)
         simulation = Int8Simulation(weight_levels=63 if settings.reduce_range else 127,
                                     per_channel=settings.per_channel)
         float_model, outliers = guarded(prepare_for_int8, float_model, iter(batches.get_next, None), simulation,
                                         session, settings.max_layer_error)
-    prepared_path, prepared, preprocessed = _preprocess(float_model, scratch, report_warnings, input_shapes)
+    prepared_path, prepared, preprocessed = _preprocess(float_model, scratch, report_warnings, inputs)
     # Match after pre-processing: its fusions can remove nodes the patterns name.
     excluded = excluded_nodes(prepared, exclude, report_warnings)
     if outliers is not None:
@@ -205,7 +205,7 @@ def quantize_int8(
         calibration_note = "none (dynamic: activation ranges computed at run time)"
     else:
         excluded += [name for name in _output_ops(prepared) if name not in excluded]
-        reader = calibration_reader(prepared, calibration, calibration_batch_size, input_shapes)
+        reader = calibration_reader(prepared, calibration, calibration_batch_size, inputs)
         cache_path = scratch / "calibration.json"
         guarded(calibrate, prepared_path, reader, settings.method, cache_path)
         _quantize_static(prepared_path, quantized_path, settings, excluded, cache_path)
@@ -222,8 +222,7 @@ def quantize_int8(
     quantized = onnx.load(str(quantized_path))
     # Its first run is in a child process: onnxruntime 1.32 segfaulted in its fused QLinearConcat on one
     # such model (a pruned EEG detector), and the bias correction below runs it here.
-    feeds = example if example is not None else random_inputs(
-        prepared, batch=1, shapes=shapes_at_batch(prepared, input_shapes, 1))
+    feeds = example if example is not None else inputs.feeds(prepared)
     try:
         guarded(check_survives_a_run, quantized_path, feeds, session, scratch)  # the file quantize wrote
     except RuntimeCrash as exc:
@@ -231,7 +230,7 @@ def quantize_int8(
                            "around the fault, may avoid it)") from None
     corrected = {}
     if settings.bias_correction:
-        again = calibration_reader(prepared, calibration, calibration_batch_size, input_shapes)
+        again = calibration_reader(prepared, calibration, calibration_batch_size, inputs)
         corrected = guarded(correct_biases, quantized, prepared, iter(again.get_next, None), session)
     check_loads(quantized)
     return Int8Outcome(quantized, quantized_op_counts(quantized), calibration_note, preprocessed, excluded, example,
@@ -265,7 +264,7 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 def _preprocess(
     model: onnx.ModelProto, scratch: Path, report_warnings: list[str],
-    input_shapes: InputShapes | None = None,
+    inputs: MadeUpInputs = MadeUpInputs(),
 ) -> tuple[Path, onnx.ModelProto, bool]:
     """Shape inference + basic optimization as onnxruntime recommends; the float model if that fails.
 
@@ -282,7 +281,7 @@ def _preprocess(
             with working_directory(scratch):  # where onnxruntime dumps a failed symbolic inference's model
                 quant_pre_process(str(float_path), str(preprocessed_path), skip_symbolic_shape=skip_symbolic)
             prepared = onnx.load(str(preprocessed_path))
-            _check_preprocessed(float_path, preprocessed_path, model, input_shapes)
+            _check_preprocessed(float_path, preprocessed_path, model, inputs)
         except Exception as exc:
             failure = failure or exc
             continue
@@ -294,7 +293,7 @@ def _preprocess(
 
 
 def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.ModelProto,
-                        input_shapes: InputShapes | None = None) -> None:
+                        inputs: MadeUpInputs = MadeUpInputs()) -> None:
     """Raise unless the pre-processed model computes what the float model does at batch 1 and 2.
 
     Symbolic shape inference can get a shape wrong where the model states none (a paddle2onnx
@@ -304,7 +303,7 @@ def _check_preprocessed(float_path: Path, preprocessed_path: Path, model: onnx.M
     float_session = create_session(str(float_path), CHECK)
     prepared_session = create_session(str(preprocessed_path), CHECK)
     for batch in (1, 2):
-        feeds = random_inputs(model, batch=batch, seed=batch, shapes=shapes_at_batch(model, input_shapes, batch))
+        feeds = inputs.feeds(model, batch=batch, seed=batch)
         try:
             expected = run_session(float_session, feeds)
         except OnnxSlimError:

@@ -8,7 +8,7 @@ from onnx import version_converter
 
 from onnx_slim.errors import OnnxSlimError, first_line
 from onnx_slim.ir.graph import opset_version
-from onnx_slim.ir.inputs import InputShapes, random_inputs, shapes_at_batch
+from onnx_slim.ir.inputs import MadeUpInputs
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 PER_CHANNEL_OPSET = 13
@@ -17,7 +17,8 @@ PER_CHANNEL_OPSET = 13
 _RTOL, _ATOL = 1e-5, 1e-6
 
 
-def convert_for_per_channel(model: onnx.ModelProto, input_shapes: InputShapes | None = None) -> tuple[onnx.ModelProto | None, str]:
+def convert_for_per_channel(model: onnx.ModelProto,
+                            inputs: MadeUpInputs = MadeUpInputs()) -> tuple[onnx.ModelProto | None, str]:
     """(the model at opset 13, note) when the converted model computes the same outputs; else (None, why not).
 
     The check runs both models, without graph optimizations, on one random batch.
@@ -28,7 +29,7 @@ def convert_for_per_channel(model: onnx.ModelProto, input_shapes: InputShapes | 
         onnx.checker.check_model(converted)
     except Exception as exc:  # onnx raises bare RuntimeErrors/asserts for ops it cannot adapt
         return None, f"onnx cannot convert it from opset {opset} to {PER_CHANNEL_OPSET}: {first_line(exc)}"
-    feeds = random_inputs(model, batch=1, seed=0, shapes=shapes_at_batch(model, input_shapes, 1))
+    feeds = inputs.feeds(model)
     try:
         expected = run_session(create_session(model, CHECK), feeds)
         actual = run_session(create_session(converted, CHECK), feeds)

@@ -47,8 +47,8 @@ from onnx_slim.errors import OnnxSlimError, RuntimeCrash, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.graph import sort_topologically
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.inputs import (InputShapes, check_input_shapes, feeds_for, fixed_batch_size, graph_inputs,
-                                random_inputs, shapes_at_batch)
+from onnx_slim.ir.inputs import (InputShapes, InputValues, MadeUpInputs, check_input_shapes, check_input_values,
+                                feeds_for, fixed_batch_size, graph_inputs, with_values)
 from onnx_slim.ir.isolated import check_survives_a_run
 from onnx_slim.ir.model import ModelSource, check_not_quantized, check_output_path, load_model, save_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
@@ -126,7 +126,7 @@ class _Options:
     symmetric: bool
     keep_io_types: bool
     cleanup: bool
-    input_shapes: InputShapes | None
+    inputs: MadeUpInputs
 
 
 def quantize_model(
@@ -153,6 +153,7 @@ def quantize_model(
     keep_io_types: bool = True,
     cleanup: bool = True,
     input_shapes: InputShapes | None = None,
+    input_values: InputValues | None = None,
 ) -> QuantizeReport:
     """Quantize a float model and write it (or the float model, if faster) to `output_path` atomically.
 
@@ -181,7 +182,8 @@ def quantize_model(
     stays above `max_layer_error` (None: `MAX_LAYER_ERROR`; see `quant_outliers`).
     `cleanup`: run `cleanup.clean_model` on each candidate. `input_shapes` (NAME -> dims, --input-shape)
     sizes the symbolic dims of random inputs (checks, timing, "random" calibration): a raw audio input
-    [batch, samples] cannot run at the default guess.
+    [batch, samples] cannot run at the default guess; `input_values` (NAME -> number, --input-value)
+    fixes inputs there and in every calibration batch.
     """
     max_layer_error = MAX_LAYER_ERROR if max_layer_error is None else max_layer_error
     _check_options(mode, quant_format, method, calibration_batch_size, activation_type, max_layer_error)
@@ -190,11 +192,13 @@ def quantize_model(
     check_output_path(model, output, force)
     float_model = load_model(model, copy=False)
     check_input_shapes(float_model, input_shapes)
+    check_input_values(float_model, input_values)
+    inputs = MadeUpInputs(input_shapes, input_values)
     check_not_quantized(float_model, advice="quantize the float model instead")
     _check_float32(float_model, mode)
     options = _Options(calibration, quant_format, per_channel, method, reduce_range, exclude, calibration_batch_size,
                        activation_type, session, bias_correction, smooth_outliers, max_layer_error, block_size,
-                       symmetric, keep_io_types, cleanup, input_shapes)
+                       symmetric, keep_io_types, cleanup, inputs)
 
     skipped: list[str] = []
     if mode == "auto" and measure:
@@ -226,12 +230,12 @@ def quantize_model(
                 continue
             candidates.append(candidate)
             example = example if example is not None else batch
-        candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, scratch, input_shapes)
+        candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, scratch, inputs)
     if len(skipped) > not_tried:  # tried and dropped (a crash, a failed check): said where the mode is
         mode_reason += f"; dropped: {'; '.join(skipped[not_tried:])}"
     if not candidates:
         raise OnnxSlimError("no quantization applies to this model: " + "; ".join(skipped))
-    latency = _measure(float_model, candidates, example, session, input_shapes) if measure else None
+    latency = _measure(float_model, candidates, example, session, inputs) if measure else None
     decision = decide(mode, candidates, latency["float"] if latency else None)
     described = decision.described
     report_warnings = list(described.warnings)
@@ -354,7 +358,7 @@ def _make_candidate(mode: str, float_model: onnx.ModelProto, folder: Path, optio
 
 def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bool, warnings: list[str]):
     settings = int8_settings(float_model, mode, options.quant_format, options.per_channel, options.reduce_range,
-                             options.activation_type, options.method, cpu_info(), options.input_shapes)
+                             options.activation_type, options.method, cpu_info(), options.inputs)
     settings = replace(
         settings,
         bias_correction=bias_correction_applies(settings, options.calibration, options.bias_correction, warnings),
@@ -363,9 +367,9 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
     )
     if requested:  # under auto, dynamic is one candidate among others: the options meant for static are not ignored
         warnings += ignored_option_warnings(settings, options.calibration, options.activation_type, options.method)
-    to_quantize, settings = opset_for_per_channel(float_model, settings, warnings, options.input_shapes)
+    to_quantize, settings = opset_for_per_channel(float_model, settings, warnings, options.inputs)
     outcome = quantize_int8(to_quantize, folder, settings, options.exclude, options.calibration,
-                            options.calibration_batch_size, warnings, options.session, options.input_shapes)
+                            options.calibration_batch_size, warnings, options.session, options.inputs)
     details = dict(
         format=settings.format, activation_type=settings.activation_type, weight_type="int8",
         per_channel=settings.per_channel, reduce_range=settings.reduce_range,
@@ -378,7 +382,7 @@ def _make_int8(mode, float_model, folder: Path, options: _Options, requested: bo
 
 
 def _score(float_model, candidates: list[Candidate], example, session: SessionSpec, auto: bool, skipped: list[str],
-           scratch: Path, input_shapes: InputShapes | None = None):
+           scratch: Path, inputs: MadeUpInputs = MadeUpInputs()):
     """Run every candidate once beside the float model: it must load, run and keep the outputs; record agreement.
     Each candidate runs first in a child process (`ir.isolated`): onnxruntime crashed on one int8 model.
 
@@ -387,17 +391,17 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
     no other), else _AGREEMENT_SAMPLES of them."""
     if example is not None:
         feeds = example
-    elif input_shapes:
-        feeds = random_inputs(float_model, batch=1, shapes=input_shapes)
+    elif inputs.shapes:
+        feeds = inputs.feeds(float_model, batch=None)
     else:
-        feeds = random_inputs(float_model, batch=_AGREEMENT_SAMPLES)
+        feeds = inputs.feeds(float_model, batch=_AGREEMENT_SAMPLES)
     float_session = create_session(float_model, session)
     try:
         reference = run_session(float_session, feeds)
     except OnnxSlimError:
-        if example is not None or input_shapes:
+        if example is not None or inputs.shapes:
             raise
-        feeds = random_inputs(float_model, batch=1)  # an export that fixed batch 1 inside (as inspect guesses)
+        feeds = inputs.feeds(float_model)  # an export that fixed batch 1 inside (as inspect guesses)
         reference = run_session(float_session, feeds)
     kept = []
     for candidate in candidates:
@@ -418,9 +422,9 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
 
 
 def _measure(float_model, candidates: list[Candidate], example, session: SessionSpec,
-             input_shapes: InputShapes | None = None) -> dict:
+             inputs: MadeUpInputs = MadeUpInputs()) -> dict:
     """Time the float model and every candidate interleaved; returns {"float": stats} and fills each candidate's."""
-    feeds = _timing_feeds(float_model, example, input_shapes)
+    feeds = _timing_feeds(float_model, example, inputs)
     models = {"float": float_model, **{candidate.mode: candidate.model for candidate in candidates}}
     latency = quant_speed.measure_latencies(models, feeds, session=session)
     for candidate in candidates:
@@ -429,10 +433,14 @@ def _measure(float_model, candidates: list[Candidate], example, session: Session
 
 
 def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None,
-                  input_shapes: InputShapes | None = None) -> dict[str, np.ndarray]:
+                  inputs: MadeUpInputs = MadeUpInputs()) -> dict[str, np.ndarray]:
     """One sample of the calibration data (the model's fixed batch, if it has one), else random inputs."""
     if example is None:
-        return random_inputs(model, batch=1, shapes=shapes_at_batch(model, input_shapes, 1))
-    if fixed_batch_size(graph_inputs(model)) is not None:
+        return inputs.feeds(model)
+    values = inputs.values or {}
+    specs = graph_inputs(model)
+    if fixed_batch_size([spec for spec in specs if spec.name not in values]) is not None:
         return example
-    return {name: array[:1] for name, array in example.items()}
+    # A fixed input has no samples to cut (a scalar, a state [2, batch, 128]): filled again at batch 1.
+    return with_values({name: array[:1] for name, array in example.items() if name not in values}, specs, values,
+                       inputs.shapes)

@@ -1,4 +1,5 @@
-"""A model's inputs: their specs (names, dims, dtypes), concrete shapes for analysis, random feeds."""
+"""A model's inputs: their specs (names, dims, dtypes), concrete shapes for analysis, random feeds,
+and the inputs the user fixes to one value (`--input-value`: a sample rate, a recurrent state at 0)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from onnx_slim.errors import UsageError
 # The size a symbolic dim other than the batch takes when nothing says better (--input-shape, data).
 DEFAULT_SYMBOLIC_SIZE = 64
 InputShapes = Mapping[str, Sequence[int]]  # input name -> concrete dims, as --input-shape gives them
+# input name -> the value every element is fed, as --input-value gives them: made-up inputs would
+# otherwise give a control input a random value (silero-vad's `sr` of 0 or 1 takes its 8 kHz branch).
+InputValues = Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,58 @@ def parse_input_shapes(entries) -> dict[str, list[int]]:
     return shapes
 
 
+def parse_input_values(entries) -> dict[str, float]:
+    """`NAME=NUMBER` entries -> {NAME: NUMBER}."""
+    values = {}
+    for entry in entries or ():
+        name, sep, number = str(entry).partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            values[name] = float(number)
+        except ValueError:
+            raise UsageError(f"bad input value {entry!r}: expected NAME=NUMBER e.g. sr=16000") from None
+    return values
+
+
+def check_input_values(model: onnx.ModelProto, values: InputValues | None) -> None:
+    """Given values must name real inputs and fit their type (an integer input takes whole numbers)."""
+    specs = {spec.name: spec for spec in graph_inputs(model)}
+    for name, value in (values or {}).items():
+        if name not in specs:
+            raise UsageError(f"--input-value {name}: the model has no such input (inputs: {', '.join(specs)})")
+        dtype = specs[name].dtype
+        if not np.issubdtype(dtype, np.floating) and (value != int(value) if np.isfinite(value) else True):
+            raise UsageError(f"--input-value {name}={value:g}: the input is {dtype}, give a whole number")
+
+
+def with_values(feeds: dict[str, np.ndarray], specs: Sequence[InputSpec], values: InputValues | None,
+                shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+    """`feeds` (made up or read from data) with each fixed input filled with its value, sized like the
+    others: a symbolic dim shared with a fed input (the batch of a state [2, batch, 128]) takes its
+    size there, any other as `shapes` or the defaults give it."""
+    if not values:
+        return feeds
+    fed = {name: tuple(np.shape(value)) for name, value in feeds.items() if name not in values}
+    dims = concrete_dims(specs, {**(shapes or {}), **fed}, default_batch=leading_dim(feeds) if fed else 1)
+    filled = dict(feeds)
+    for spec in specs:
+        if spec.name in values:
+            filled[spec.name] = np.full(dims[spec.name], values[spec.name], dtype=spec.dtype)
+    return {spec.name: filled[spec.name] for spec in specs if spec.name in filled}
+
+
+def random_scalars_hint(model: onnx.ModelProto, values: InputValues | None) -> str:
+    """Why made-up feeds can fail at sizes the model runs at: a scalar input that no --input-value
+    fixes got a random value (silero-vad's sample rate `sr`: 0 or 1 takes its 8 kHz branch). "" if none."""
+    names = [spec.name for spec in graph_inputs(model) if not spec.dims and spec.name not in (values or {})]
+    if not names:
+        return ""
+    return (f"; the scalar input{'s' if len(names) > 1 else ''} {', '.join(names)} got random values, which can "
+            f"choose a path these sizes do not fit (a sample rate, a mode): give "
+            + " ".join(f"--input-value {name}=NUMBER" for name in names))
+
+
 def check_input_shapes(
     model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None, option: str = "--input-shape"
 ) -> None:
@@ -190,11 +246,13 @@ def random_inputs(
     batch: int = 1,
     seed: int = 0,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    values: InputValues | None = None,
 ) -> dict[str, np.ndarray]:
     """Random feeds shaped like the model's inputs (symbolic dims made concrete).
 
     `shapes` overrides the shape of named inputs. Floats are standard normal,
-    integers small non-negative values (valid as token ids or indices).
+    integers small non-negative values (valid as token ids or indices); an input in
+    `values` is filled with its value instead.
     """
     rng = np.random.default_rng(seed)
     specs = graph_inputs(model)
@@ -208,4 +266,21 @@ def random_inputs(
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+    for name in values or ():
+        feeds[name] = np.full(feeds[name].shape, values[name], dtype=feeds[name].dtype)
     return feeds
+
+
+@dataclass(frozen=True)
+class MadeUpInputs:
+    """How to make up feeds where there is no data: the sizes --input-shape gives and the values
+    --input-value fixes, handed on as one."""
+
+    shapes: InputShapes | None = None
+    values: InputValues | None = None
+
+    def feeds(self, model: onnx.ModelProto, batch: int | None = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random feeds at `batch` (the given sizes' batch axes changed to it), or at the sizes as
+        given, batch included, when `batch` is None."""
+        shapes = self.shapes if batch is None else shapes_at_batch(model, self.shapes, batch)
+        return random_inputs(model, batch=batch or 1, seed=seed, shapes=shapes, values=self.values)

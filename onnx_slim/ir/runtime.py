@@ -139,20 +139,9 @@ def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) 
     return dict(zip(names, values))
 
 
-def scalar_inputs_hint(names) -> str:
-    """Why a model with scalar inputs (silero-vad's sample rate `sr`) can fail at sizes it runs at."""
-    listed = ", ".join(names)
-    return (f"the scalar input{'s' if len(names) > 1 else ''} {listed} got random values, which can choose a path "
-            "these sizes do not fit (a sample rate, a mode); onnx-slim cannot fix an input's value")
-
-
 def _guessed_sizes_hint(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], error: str) -> str:
     """A hint when a shape error follows feeds whose symbolic size other than the batch is the default
     guess: a raw audio input [batch, samples] of 64 samples shrinks to nothing in a conv front end."""
-    scalars = [spec.name for spec in session.get_inputs() if spec.name in feeds and np.ndim(feeds[spec.name]) == 0
-               and not spec.shape]
-    if scalars:
-        return f" ({scalar_inputs_hint(scalars)})"
     if "shape" not in error.lower() and "dimension" not in error.lower():
         return ""
     guessed = [

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from onnx_slim.errors import OnnxSlimError
 from onnx_slim.ir.graph import add_graph_outputs
-from onnx_slim.ir.inputs import random_inputs
+from onnx_slim.ir.inputs import InputValues, random_inputs, random_scalars_hint
 from onnx_slim.ir.runtime import CHECK, create_session, run_session
 
 log = logging.getLogger(__name__)
@@ -106,21 +106,25 @@ class ConcreteShapes:
     failure: str | None = None  # why that run failed: the model does not run at these input shapes
 
 
-def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> ConcreteShapes:
+def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]],
+                    input_values: InputValues | None = None) -> ConcreteShapes:
     """Every tensor's shape at `input_shapes` (one concrete shape per graph input).
 
     Static inference first; when it leaves some node output without a static
-    shape, one onnxruntime run on random inputs of those shapes measures them all.
+    shape, one onnxruntime run on random inputs of those shapes (`input_values` fixes some)
+    measures them all.
     """
     shapes, types = infer_shapes(model, input_shapes)
     unknown = [name for node in model.graph.node for name in node.output if name and not is_static(shapes.get(name))]
     if not unknown:
         return ConcreteShapes(shapes, types)
     try:
-        measured = _measure_shapes(model, input_shapes, types)
+        measured = _measure_shapes(model, input_shapes, types, input_values)
     except OnnxSlimError as exc:
-        log.warning("shapes of %d tensors are unknown and onnxruntime could not measure them: %s", len(unknown), exc)
-        return ConcreteShapes(shapes, types, failure=str(exc))
+        failure = f"{exc}{random_scalars_hint(model, input_values)}"
+        log.warning("shapes of %d tensors are unknown and onnxruntime could not measure them: %s", len(unknown),
+                    failure)
+        return ConcreteShapes(shapes, types, failure=failure)
     for name, value in measured.items():
         if not isinstance(value, np.ndarray):
             continue  # a sequence or map: no shape to record
@@ -129,7 +133,7 @@ def concrete_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[
     return ConcreteShapes(shapes, types, measured=True)
 
 
-def _measure_shapes(model: onnx.ModelProto, input_shapes, types) -> dict:
+def _measure_shapes(model: onnx.ModelProto, input_shapes, types, input_values) -> dict:
     """Every main-graph tensor of one onnxruntime run at `input_shapes`, by name."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -139,7 +143,7 @@ def _measure_shapes(model: onnx.ModelProto, input_shapes, types) -> dict:
     # Stale annotations could contradict the measurement; onnxruntime infers its own.
     del probe.graph.value_info[:]
     session = create_session(probe, CHECK)
-    return run_session(session, random_inputs(model, shapes=input_shapes))
+    return run_session(session, random_inputs(model, shapes=input_shapes, values=input_values))
 
 
 def is_static(shape: Shape | None) -> bool:

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto
 
 from onnx_slim.ir.graph import subgraphs
-from onnx_slim.ir.inputs import check_input_shapes, concrete_dims, graph_inputs
+from onnx_slim.ir.inputs import InputValues, check_input_shapes, concrete_dims, graph_inputs
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.ops.specs import macs_parts
 
@@ -58,10 +58,11 @@ def model_cost(
     model: onnx.ModelProto,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     shapes: Mapping[str, tuple] | None = None,
+    input_values: InputValues | None = None,
 ) -> ModelCost:
     """Params and MACs; pass `shapes` (from concrete_shapes) to reuse them."""
     if shapes is None:
-        shapes = concrete_shapes(model, concrete_input_shapes(model, input_shapes)).shapes
+        shapes = concrete_shapes(model, concrete_input_shapes(model, input_shapes), input_values).shapes
     cost = ModelCost(params=count_params(model), macs=0)
     constant = constant_tensors(model.graph)
     for index, node in enumerate(model.graph.node):

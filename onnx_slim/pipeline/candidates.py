@@ -27,7 +27,7 @@ from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import table
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.model import load_model, model_file_size
-from onnx_slim.ir.runtime import SessionSpec, scalar_inputs_hint
+from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.ops.cost import model_cost
 from onnx_slim.plan.planner import CostModel, PlanOptions, plan_for_ratio, plan_for_target_macs
 from onnx_slim.plan.sensitivity import allocate_ratios, measure_sensitivity, plan_from_ratios, sensitivity_budget
@@ -182,6 +182,7 @@ class PruneOptions:
     whole_conv_groups: bool = False  # grouped convs lose whole groups, not the same channels of every group
     seed: int = 0
     input_shapes: Mapping[str, Sequence[int]] | None = None
+    input_values: Mapping[str, float] | None = None  # inputs fed one value in every made-up feed (--input-value)
     calibration: object = None  # a CalibrationSet; data-driven criteria and reconstruction need it
     session: SessionSpec = SessionSpec()  # how calibration passes, evaluation and timing run the model
     reconstruct: bool = False
@@ -296,13 +297,15 @@ class Pruner:
         samples = settings.calibration.sample_shapes() if settings.calibration is not None else None
         self.analysis = analyze(model, input_shapes=settings.input_shapes, exclude=settings.exclude,
                                 prune_layernorm=settings.prune_layernorm,
-                                whole_conv_groups=settings.whole_conv_groups, copy=copy, sample_shapes=samples)
+                                whole_conv_groups=settings.whole_conv_groups, copy=copy, sample_shapes=samples,
+                                input_values=settings.input_values)
         if self.analysis.run_failure:
             raise OnnxSlimError(_does_not_run(self.analysis.input_shapes, self.analysis.run_failure))
         self.size_before = model_file_size(model) if size_before is None else size_before  # a file, loaded now
         self.groups = self.analysis.channels.prunable_groups()
         self.calibration, self.check_data = _held_out_check(settings)
-        self.feeds = random_inputs(self.model, shapes=self.analysis.input_shapes, seed=settings.seed)
+        self.feeds = random_inputs(self.model, shapes=self.analysis.input_shapes, seed=settings.seed,
+                                   values=self.analysis.input_values)
         self.expected = reference_output_shapes(self.model, self.feeds, self.analysis.shapes)
         self.say(f"scoring {len(self.groups)} prunable groups by {settings.criterion}")
         self.context = ScoringContext(self.model, self.analysis.channels, self.analysis.normalize_info.bn_scales,
@@ -411,7 +414,7 @@ class Pruner:
         warnings = _warnings(proto, settings.exclude, self.groups, candidate.plan)
         for warning in warnings:
             self.say(f"warning: {warning}")
-        after = model_cost(proto, input_shapes=self.analysis.input_shapes)
+        after = model_cost(proto, input_shapes=self.analysis.input_shapes, input_values=self.analysis.input_values)
         report = PruneReport(
             criterion=settings.criterion, ratio=candidate.ratio, target_macs=settings.target_macs,
             global_ranking=settings.global_ranking,
@@ -441,9 +444,6 @@ def _does_not_run(input_shapes: Mapping, failure: str) -> str:
     the traced sequence length while declaring it symbolic): which sizes, and what to give."""
     sizes = " ".join(f"{name}={','.join(str(d) for d in shape) or '(scalar)'}" for name, shape in input_shapes.items())
     hint = "" if "--input-shape" in failure else "; give the sizes it runs at with --input-shape NAME=DIMS"
-    scalars = [name for name, shape in input_shapes.items() if not len(shape)]
-    if scalars and "scalar input" not in failure:
-        hint += f"; {scalar_inputs_hint(scalars)}"
     return f"the original model does not run at the input sizes used ({sizes}): {failure}{hint}"
 
 

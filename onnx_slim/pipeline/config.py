@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from onnx_slim.errors import UsageError, first_line
-from onnx_slim.ir.inputs import parse_input_shapes
+from onnx_slim.ir.inputs import parse_input_shapes, parse_input_values
 from onnx_slim.pipeline.candidates import default_allocation
 
 QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
@@ -54,6 +54,7 @@ class PipelineConfig:
     layout: str = "nchw"
     channel_order: str = "rgb"
     input_shapes: dict = field(default_factory=dict)
+    input_values: dict = field(default_factory=dict)  # input name -> the value it is always fed (--input-value)
     max_drop: float | None = None
     min_speedup: float | None = None
     runs: int = 50
@@ -131,6 +132,10 @@ def _coerce(key: str, value):
         shapes = _input_shapes(value)
         if shapes is not None:
             return shapes
+    if key == "input_values":
+        values = _input_values(value)
+        if values is not None:
+            return values
     if key in ("input_size", "mean", "std"):
         values = _number_list(key, value)
         if values is not None:
@@ -166,6 +171,19 @@ def _input_shapes(value) -> dict | None:
     return None
 
 
+def _input_values(value) -> dict | None:
+    """{name: number} from a table of numbers, or NAME=NUMBER strings; None if neither."""
+    if isinstance(value, dict):
+        if all(isinstance(number, (int, float)) and not isinstance(number, bool) for number in value.values()):
+            return {name: float(number) for name, number in value.items()}
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(entry, str) for entry in value):
+        return parse_input_values(value)
+    return None
+
+
 def _number_list(key: str, value) -> list | None:
     """input_size/mean/std as a list ("224,224", "224x224", [0.5, 0.5, 0.5], or one number)."""
     if isinstance(value, str):
@@ -198,11 +216,12 @@ _KIND_WORDS = {
     **{key: "true or false" for key in _FLAGS}, **{key: "a string" for key in _STRINGS},
     "exclude": "a node-name pattern or a list of them",
     "providers": "a provider name or a list of them", "provider_options": "KEY=VALUE or a list of them", "input_shapes": "NAME=DIMS or a table of NAME = [DIMS]",
+    "input_values": "NAME=NUMBER or a table of NAME = NUMBER",
     "input_size": "H,W", "mean": "a list of numbers", "std": "a list of numbers",
     "target_macs": "a number or 'auto'", "round_to": "a whole number or 'auto'",
 }
 # Config files may use the CLI spellings too.
-_ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "calib_path": "calib",
+_ALIASES = {"global": "global_ranking", "input_shape": "input_shapes", "input_value": "input_values", "calib_path": "calib",
             "provider": "providers", "provider_option": "provider_options"}
 
 

@@ -76,7 +76,8 @@ def run_pipeline(
         settings = replace(settings, quantize="none")
     # Searches and the rounding choice time candidates on what the benchmark will run.
     timing_inputs = (next(iter(held_out.batches(1))) if held_out is not None
-                     else random_inputs(model, batch=1, shapes=settings.input_shapes or None, seed=settings.seed))
+                     else random_inputs(model, batch=1, shapes=settings.input_shapes or None, seed=settings.seed,
+                                        values=settings.input_values))
     del model
     # A failed run leaves nothing behind: no scratch folder, no new parent folder.
     with made_folders(outdir.parent, remove_contents=False), scratch_folder(outdir.parent) as scratch:
@@ -102,7 +103,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
         min_channels=settings.min_channels, exclude=list(settings.exclude),
         prune_layernorm=settings.prune_layernorm, whole_conv_groups=settings.grouped_conv == "groups",
         seed=settings.seed, session=session,
-        input_shapes=settings.input_shapes or None, cleanup=settings.cleanup,
+        input_shapes=settings.input_shapes or None, input_values=settings.input_values or None, cleanup=settings.cleanup,
         target_latency=settings.target_latency, timing_inputs=timing_inputs,
         max_drop=settings.max_drop if settings.target_macs == "auto" else None,
         eval_data=held_out if settings.target_macs == "auto" else None,
@@ -120,7 +121,7 @@ def _run(model_path, scratch: Path, outdir: Path, settings: PipelineConfig, cali
     say(f"benchmarking original, pruned and final ({settings.runs} interleaved runs each)")
     bench = benchmark(
         [str(model_path), str(pruned_path), str(final_path)], runs=settings.runs, warmup=settings.warmup,
-        session=session, shapes=settings.input_shapes or None, seed=settings.seed,
+        session=session, shapes=settings.input_shapes or None, values=settings.input_values or None, seed=settings.seed,
         data=held_out.batches(1) if held_out is not None else None, measure_memory=settings.memory, progress=say,
     )
     prune_report.output = str(outdir / pruned_path.name)
@@ -180,7 +181,7 @@ def _data(settings: PipelineConfig, path: str, model: onnx.ModelProto):
         path, model, samples=settings.calib_samples if path == settings.calib else None,
         input_size=settings.input_size, mean=settings.mean, std=settings.std,
         layout=settings.layout, channel_order=settings.channel_order, seed=settings.seed,
-        input_shapes=settings.input_shapes or None,
+        input_shapes=settings.input_shapes or None, input_values=settings.input_values or None,
     )
 
 
@@ -198,6 +199,7 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
         quant_format=settings.quant_format, per_channel=settings.per_channel, force=True,
         measure=settings.measure_quantized, session=session, cleanup=settings.cleanup,
         max_layer_error=settings.max_layer_error, input_shapes=settings.input_shapes or None,
+        input_values=settings.input_values or None,
     )
     say(report.decision)
     return report
@@ -205,7 +207,8 @@ def _quantize(settings, pruned_path: Path, final_path: Path, calibration, sessio
 
 def _verify_final(model_path, final_path: Path, settings: PipelineConfig) -> None:
     original = load_model(model_path, copy=False)
-    feeds = random_inputs(original, shapes=settings.input_shapes or None, seed=settings.seed)
+    feeds = random_inputs(original, shapes=settings.input_shapes or None, seed=settings.seed,
+                          values=settings.input_values)
     reference = run_session(create_session(original, CHECK), feeds)
     verify_model(final_path, feeds, {name: value.shape for name, value in reference.items()})
 

@@ -76,6 +76,8 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     ("input_shapes = {input = true}\n", r"option input-shapes: \{'input': True\} is not NAME=DIMS"),
     ("input_shapes = {input = [1, 'x']}\n", r"option input-shapes: .* is not NAME=DIMS"),
     ("input-shape = ['input=1,x']\n", r"bad input shape 'input=1,x'"),
+    ("input_values = {sr = 'fast'}\n", r"option input-values: .* is not NAME=NUMBER"),
+    ("input-value = ['sr']\n", r"bad input value 'sr'"),
     ("input_size = true\n", r"option input-size: True is not H,W"),
     ("mean = {r = 1}\n", r"option mean: \{'r': 1\} is not a list of numbers"),
     ("max-drop = nan\n", r"option max-drop: nan is not a finite number"),
@@ -95,6 +97,9 @@ def test_input_shapes_forms_are_normalized(tmp_path):
     assert load_config(path)["input_shapes"] == {"input": [1, 1, 16, 16]}
     assert config_from_mapping({"input_shapes": ["input=2,1,16,16"]}).input_shapes == {"input": [2, 1, 16, 16]}
     assert config_from_mapping({"exclude": "conv*"}).exclude == ["conv*"]
+    values = write(tmp_path, "values.toml", "input_value = {sr = 16000, state = 0.5}\n")
+    assert config_from_mapping(load_config(values)).input_values == {"sr": 16000.0, "state": 0.5}
+    assert config_from_mapping({"input_values": ["sr=8000"]}).input_values == {"sr": 8000.0}
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
