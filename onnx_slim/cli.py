@@ -101,8 +101,8 @@ def inspect(model, input_shapes, input_values, as_json, show_all, prune_layernor
 @click.option("--target-latency", type=float, metavar="MS",
               help="Prune until the model's measured p50 (batch 1, --threads) is within 5% under this many ms.")
 @click.option("--max-drop", type=float, help="With --target-macs auto: largest accuracy (or agreement) drop, points.")
-@click.option("--criterion", cls=CriterionOption, default="l1", show_default=True,
-              help="Channel importance: {criteria}.")
+@click.option("--criterion", cls=CriterionOption,
+              help="Channel importance: {criteria} (default: thinet with --calib data, else consumer_l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of per group.")
 @ALLOCATE_OPTION
 @click.option("--reconstruct", is_flag=True, help="Re-fit the layers after removed channels by least squares (needs --calib).")

@@ -10,7 +10,7 @@ import fnmatch
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import onnx
@@ -44,6 +44,18 @@ def batch_sizes(batch_size: int | None) -> tuple[int, int]:
     """(calibration, evaluation) samples per run: `batch_size` (--batch-size) for both when given,
     else each stage's default."""
     return batch_size or CALIBRATION_BATCH, batch_size or EVALUATION_BATCH
+
+
+def default_criterion(calibration) -> str:
+    """The criterion when none is given: `thinet` on calibration data (real, or synthetic images,
+    which make the data-driven path worth running: README, "Without data"), else `consumer_l1`.
+    Not `l1`: with BatchNorm folded into the filters it keeps the wrong channels on real CNNs (at 95%
+    of the MACs, without data: EfficientNet-Lite0 0.4% top-1 against 75.6%, MobileNetV2 8.1% against
+    69.3%; all-mpnet-base-v2's embedding cosine 0.883 against 0.912); it wins on the captcha reader
+    at 90% (79.7% against 74.0%) and MTCNN at 60% (99.5% against 87.5%)."""
+    if calibration is not None and (not calibration.is_random or calibration.is_synthetic):
+        return "thinet"
+    return "consumer_l1"
 
 
 def default_allocation(real_data: bool, target_macs) -> str:
@@ -168,7 +180,7 @@ class PruneOptions:
     max_drop: float | None = None  # with target_macs="auto": the largest quality drop allowed, in points
     eval_data: object = None  # held-out CalibrationSet the target_macs="auto" search measures the drop on
     timing_inputs: Mapping | None = None  # feeds candidates are timed on (default: random, at the analysis shapes)
-    criterion: str = "l1"
+    criterion: str | None = None  # None: `default_criterion` of the calibration data
     global_ranking: bool = False
     # "uniform": one ratio everywhere; "interior": one ratio on every group but the residual streams;
     # "sensitivity": per-group ratios from each group's measured output error per MAC saved (needs
@@ -289,6 +301,8 @@ class Pruner:
 
     def __init__(self, model, settings: PruneOptions, progress=None, copy: bool = True) -> None:
         self.started = time.perf_counter()
+        if settings.criterion is None:
+            settings = replace(settings, criterion=default_criterion(settings.calibration))
         self.settings = settings
         self.say = progress or (lambda message: None)
         self.say("analyzing channel groups")

@@ -80,7 +80,7 @@ class PipelineConfig:
         if filled.grouped_conv not in ("channels", "groups"):
             raise UsageError(f"grouped-conv must be channels or groups, got {filled.grouped_conv!r}")
         if filled.criterion is None:
-            filled.criterion = "thinet" if real_data else "l1"
+            filled.criterion = "thinet" if real_data else "consumer_l1"  # candidates.default_criterion's rule
         if filled.reconstruct is None:
             filled.reconstruct = real_data
         if filled.allocate is None:

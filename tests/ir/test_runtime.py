@@ -86,20 +86,3 @@ def test_onnxruntime_errors_reach_the_user_once_as_our_error_and_its_log_only_wi
         quiet_onnxruntime_logs(verbose=False)
     assert ("onnxruntime:" in capfd.readouterr().err) is verbose
 
-
-def test_a_failure_with_a_scalar_input_says_its_value_was_random():
-    """silero-vad's `sr` picks the 8 kHz branch at random values, and its failure blamed the sizes."""
-    graph = helper.make_graph(
-        [helper.make_node("Unsqueeze", ["rows", "axes"], ["shape"]),
-         helper.make_node("Concat", ["shape", "minus_one"], ["target"], axis=0),
-         helper.make_node("Reshape", ["x", "target"], ["y"])],
-        "scalar", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
-                   helper.make_tensor_value_info("rows", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.array([0], np.int64), "axes"),
-         numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
-    session = create_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    assert run_session(session, {"x": np.zeros(4, np.float32), "rows": np.array(2)})["y"].shape == (2, 2)
-    with pytest.raises(OnnxSlimError, match=r"\(the scalar input rows got random values, which can choose a path "
-                                            r"these sizes do not fit .*cannot fix an input's value\)$"):
-        run_session(session, {"x": np.zeros(4, np.float32), "rows": np.array(3)})

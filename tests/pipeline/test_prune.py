@@ -86,3 +86,17 @@ def test_calibration_samples_that_do_not_fit_the_model_are_a_usage_error():
     calibration = CalibrationSet({"x": np.random.default_rng(0).random((4, 3, 40, 96), dtype=np.float32)})
     with pytest.raises(UsageError, match="calibration data's sample shape x=1,3,40,96 contradicts"):
         prune(detector(height=32, width=32), ratio=0.25, criterion="thinet", calibration=calibration)
+
+
+def test_the_default_criterion_follows_the_data(tmp_path):
+    """thinet on calibration data (synthetic images too), consumer_l1 without (l1 keeps the wrong
+    channels of BatchNorm-folded CNNs: README, Results)."""
+    from onnx_slim.data.calibration import load_calibration
+
+    model = conv_chain((16, 16), size=8)
+    assert prune(model, ratio=0.25)[1].criterion == "consumer_l1"
+    for source in ("random", "synthetic"):
+        data = load_calibration(source, model, samples=16)
+        assert prune(model, ratio=0.25, calibration=data)[1].criterion == ("thinet" if source == "synthetic"
+                                                                           else "consumer_l1")
+    assert prune(model, ratio=0.25, criterion="l1")[1].criterion == "l1"

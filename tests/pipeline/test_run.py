@@ -158,7 +158,7 @@ def test_random_calibration_says_structure_only(capsys, tmp_path):
     report = json.loads(stdout)
     assert code == 0
     assert report["config_file"] is None
-    assert report["prune"]["criterion"] == "l1" and report["prune"]["reconstruction"] is None
+    assert report["prune"]["criterion"] == "consumer_l1" and report["prune"]["reconstruction"] is None
     assert "structure-only" in report["quantize"]["calibration"]
 
 

@@ -43,8 +43,8 @@ def test_global_ranking_prunes_where_scores_are_lowest():
     value = numpy_helper.to_array(weight).copy()
     value[[1, 3, 5, 7]] *= 1e-3
     weight.CopyFrom(numpy_helper.from_array(value, "conv1_w"))
-    uniform, _ = prune(model, ratio=0.25)
-    ranked, _ = prune(model, ratio=0.25, global_ranking=True)
+    uniform, _ = prune(model, ratio=0.25, criterion="l1")
+    ranked, _ = prune(model, ratio=0.25, criterion="l1", global_ranking=True)
     assert (weight_dims(uniform, "conv1")[0], weight_dims(uniform, "conv2")[0]) == (6, 6)
     assert (weight_dims(ranked, "conv1")[0], weight_dims(ranked, "conv2")[0]) == (4, 8)
 
