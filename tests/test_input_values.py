@@ -60,7 +60,7 @@ def vad_like(path=None) -> onnx.ModelProto:
 
 def test_values_parse_and_check():
     assert parse_input_values(["sr=16000", "state=0"]) == {"sr": 16000.0, "state": 0.0}
-    for bad in ("sr", "=3", "sr=fast"):
+    for bad in ("sr", "=3", "sr=fast", "sr=nan"):
         with pytest.raises(UsageError, match="expected NAME=NUMBER"):
             parse_input_values([bad])
     model = vad_like()

@@ -47,7 +47,7 @@ _CALIBRATED_OP_TYPES = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 def calibration_reader(model: onnx.ModelProto, calibration, batch_size: int,
                        inputs: MadeUpInputs = MadeUpInputs()) -> LazyCalibrationReader:
     """A reader over `calibration` (feed dicts, or RANDOM, made up as `inputs` says) re-batched to the
-    model's fixed batch or `batch_size`; inputs `inputs` fixes are filled again at that batch."""
+    model's fixed batch or `batch_size`; an input `inputs.values` fixes is filled again at that batch."""
     specs = graph_inputs(model)
     fixed = fixed_batch_size([spec for spec in specs if spec.name not in (inputs.values or {})])
     size = fixed or batch_size

@@ -142,8 +142,10 @@ def parse_input_values(entries) -> dict[str, float]:
             if not sep or not name:
                 raise ValueError
             values[name] = float(number)
+            if not np.isfinite(values[name]):
+                raise ValueError
         except ValueError:
-            raise UsageError(f"bad input value {entry!r}: expected NAME=NUMBER e.g. sr=16000") from None
+            raise UsageError(f"bad input value {entry!r}: expected NAME=NUMBER (finite) e.g. sr=16000") from None
     return values
 
 
@@ -154,7 +156,7 @@ def check_input_values(model: onnx.ModelProto, values: InputValues | None) -> No
         if name not in specs:
             raise UsageError(f"--input-value {name}: the model has no such input (inputs: {', '.join(specs)})")
         dtype = specs[name].dtype
-        if not np.issubdtype(dtype, np.floating) and (value != int(value) if np.isfinite(value) else True):
+        if not np.issubdtype(dtype, np.floating) and value != int(value):
             raise UsageError(f"--input-value {name}={value:g}: the input is {dtype}, give a whole number")
 
 
@@ -165,8 +167,9 @@ def with_values(feeds: dict[str, np.ndarray], specs: Sequence[InputSpec], values
     size there, any other as `shapes` or the defaults give it."""
     if not values:
         return feeds
-    fed = {name: tuple(np.shape(value)) for name, value in feeds.items() if name not in values}
-    dims = concrete_dims(specs, {**(shapes or {}), **fed}, default_batch=leading_dim(feeds) if fed else 1)
+    fed = {name: value for name, value in feeds.items() if name not in values}
+    dims = concrete_dims(specs, {**(shapes or {}), **{name: np.shape(value) for name, value in fed.items()}},
+                         default_batch=leading_dim(fed) if fed else 1)
     filled = dict(feeds)
     for spec in specs:
         if spec.name in values:

@@ -174,7 +174,8 @@ def _input_shapes(value) -> dict | None:
 def _input_values(value) -> dict | None:
     """{name: number} from a table of numbers, or NAME=NUMBER strings; None if neither."""
     if isinstance(value, dict):
-        if all(isinstance(number, (int, float)) and not isinstance(number, bool) for number in value.values()):
+        if all(isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number)
+               for number in value.values()):
             return {name: float(number) for name, number in value.items()}
         return None
     if isinstance(value, str):
