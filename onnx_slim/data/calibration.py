@@ -282,6 +282,8 @@ def load_calibration(
     check_input_values(model, input_values)
     fixed = FixedInputs(tuple(all_specs), dict(input_values), input_shapes) if input_values else None
     specs = [spec for spec in all_specs if spec.name not in (input_values or {})]
+    if not specs:  # said before any file is read
+        raise UsageError("every input is fixed by --input-value: there are no samples to calibrate on")
     fixed_batch = fixed_batch_size(specs)
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
