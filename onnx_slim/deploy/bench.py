@@ -202,14 +202,14 @@ def benchmark(
     with as_progress(progress).steps("timing", runs * len(runners)) as advance:
         timings = interleaved_timings(runners, runs=runs, warmup=warmup, advance=advance)
 
-    notes: list[str] = [caveat] if (caveat := noise_caveat(timings)) else []
+    stats = [latency_stats(times) for times in timings]
+    notes: list[str] = [caveat] if (caveat := noise_caveat(stats)) else []
     if data is None and effective_batch != batch:
         notes.append(f"the model's inputs fix the batch at {effective_batch}: timed at batch {effective_batch}, "
                      f"not the {batch} asked for")
     peak_memory = peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
     if measure_memory and device is not None:
         notes.append(f"peak memory is the host's; memory on {device[0]}:{device[1]} is not measured")
-    stats = [latency_stats(times) for times in timings]
     results = [
         _model_bench(
             entry, timings[index], stats[index], stats[baseline_index], session_ms[index], peak_memory[index],

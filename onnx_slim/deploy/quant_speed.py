@@ -12,11 +12,13 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from onnx_slim.deploy.bench import interleaved_timings, latency_stats, timed_call
+from onnx_slim.deploy.bench import latency_stats, timed_call
+from onnx_slim.deploy.timing import steady_timings
 from onnx_slim.ir.inputs import feeds_for
 from onnx_slim.ir.runtime import SessionSpec, create_session
 
 MEASURE_RUNS = 20
+MAX_MEASURE_RUNS = 60  # runs too spread to repeat are extended up to this (`timing.steady_timings`)
 MEASURE_WARMUP = 3
 
 
@@ -29,8 +31,9 @@ def measure_latencies(
     session: SessionSpec = SessionSpec(),
 ) -> dict[str, dict]:
     """{name: stats} in milliseconds (see `bench.latency_stats`) for every model, timed A B C A B C ...
+    (more rounds while they spread too widely to repeat).
 
     Each model gets `feeds` in the float type it declares (a float16 model without float32 inputs)."""
     runners = [timed_call(create_session(model, session), feeds_for(model, feeds)) for model in models.values()]
-    timings = interleaved_timings(runners, runs=runs, warmup=warmup)
+    timings = steady_timings(runners, runs=runs, warmup=warmup, max_runs=MAX_MEASURE_RUNS)
     return {name: latency_stats(times) for name, times in zip(models, timings)}

@@ -43,6 +43,7 @@ from onnx_slim.deploy.quant_int8 import (
     smoothing_applies,
 )
 from onnx_slim.deploy.quant_outliers import MAX_LAYER_ERROR
+from onnx_slim.deploy.timing import noise_caveat
 from onnx_slim.errors import OnnxSlimError, RuntimeCrash, UsageError
 from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.graph import sort_topologically
@@ -243,6 +244,8 @@ def quantize_model(
         report_warnings.append("no node was quantized: the model has no op that onnxruntime quantizes in this mode")
     if decision.warning:
         report_warnings.append(decision.warning)
+    if latency and latency["noise"]:
+        report_warnings.append(latency["noise"])
     written = decision.kept.model if decision.kept is not None else float_model
     save_model(written, output, force=force)
     for message in report_warnings:
@@ -423,13 +426,14 @@ def _score(float_model, candidates: list[Candidate], example, session: SessionSp
 
 def _measure(float_model, candidates: list[Candidate], example, session: SessionSpec,
              inputs: MadeUpInputs = MadeUpInputs()) -> dict:
-    """Time the float model and every candidate interleaved; returns {"float": stats} and fills each candidate's."""
+    """Time the float model and every candidate interleaved; returns {"float": stats, "noise": a caveat
+    or None} and fills each candidate's."""
     feeds = _timing_feeds(float_model, example, inputs)
     models = {"float": float_model, **{candidate.mode: candidate.model for candidate in candidates}}
     latency = quant_speed.measure_latencies(models, feeds, session=session)
     for candidate in candidates:
         candidate.latency_ms = latency[candidate.mode]
-    return {"float": latency["float"]}
+    return {"float": latency["float"], "noise": noise_caveat(list(latency.values()))}
 
 
 def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None,

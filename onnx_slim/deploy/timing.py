@@ -63,12 +63,26 @@ def interleaved_timings(
     return timings
 
 
+def steady_timings(
+    runners: Sequence[Callable[[], object]], *, runs: int, warmup: int, max_runs: int,
+) -> list[list[float]]:
+    """`interleaved_timings`, extended by `runs` more rounds at a time while some runner's runs
+    spread beyond NOISY_SPREAD, up to `max_runs` (or `runs`, if larger) in all."""
+    timings = interleaved_timings(runners, runs=runs, warmup=warmup)
+    while max(map(spread, timings)) > NOISY_SPREAD and len(timings[0]) + runs <= max(max_runs, runs):
+        more = interleaved_timings(runners, runs=runs, warmup=0)
+        timings = [before + after for before, after in zip(timings, more)]
+    return timings
+
+
 def latency_stats(latencies_ms: Sequence[float]) -> dict:
-    """mean, min, max and the p50/p90/p95/p99 percentiles (numpy's linear interpolation)."""
+    """mean, min, max, the p50/p90/p95/p99 percentiles (numpy's linear interpolation), the spread
+    (p90 / p10) and the number of runs."""
     values = np.asarray(latencies_ms, dtype=np.float64)
     if values.size == 0:
         raise UsageError("no latencies to summarize: runs must be at least 1")
-    stats = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+    stats = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max()),
+             "spread": spread(values), "runs": int(values.size)}
     for percentile, value in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
         stats[f"p{percentile}"] = float(value)
     return stats
@@ -80,14 +94,16 @@ def spread(latencies_ms: Sequence[float]) -> float:
     return float(high / low) if low > 0 else math.inf
 
 
-def noise_caveat(timings: Sequence[Sequence[float]]) -> str | None:
-    """A line for a report whose latencies come from runs too spread to repeat, else None."""
-    widest = max(spread(times) for times in timings)
+def noise_caveat(stats: Sequence[Mapping[str, float]]) -> str | None:
+    """A line for a report whose latencies (`latency_stats` of each model) come from runs too spread
+    to repeat, else None."""
+    widest = max(entry.get("spread", 1.0) for entry in stats)
     if widest <= NOISY_SPREAD:
         return None
-    return (f"timings were noisy (over {min(len(times) for times in timings)} runs, the slowest tenth took "
-            f"{widest:.1f}x the fastest): speed-ups, and a choice between close candidates, may differ from run "
-            "to run; --threads 1 or a quieter machine gives steadier figures")
+    runs = min(int(entry.get("runs", 0)) for entry in stats)
+    return (f"timings were noisy (over {runs} runs, the slowest tenth took {widest:.1f}x the fastest): "
+            "speed-ups, and a choice between close candidates, may differ from run to run; --threads 1 or a "
+            "quieter machine gives steadier figures")
 
 
 def speedup(baseline_stats: Mapping[str, float], model_stats: Mapping[str, float]) -> dict:

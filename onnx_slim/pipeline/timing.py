@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 
 import onnx
 
-from onnx_slim.deploy.bench import interleaved_timings, latency_stats, timed_call
-from onnx_slim.deploy.timing import NOISY_SPREAD, noise_caveat, spread
+from onnx_slim.deploy.bench import latency_stats, timed_call
+from onnx_slim.deploy.timing import noise_caveat, steady_timings
 from onnx_slim.ir.runtime import SessionSpec, create_session
 
 RUNS = 15  # enough for a stable median on a quiet CPU; a search times several candidates
@@ -38,10 +38,7 @@ def measure(models: Sequence[onnx.ModelProto], feeds: Mapping, session: SessionS
     """Each model on `feeds`, timed interleaved (A B A B ...) so drift hits all alike; `runs` more
     rounds at a time while some model's runs spread widely, up to MAX_RUNS (or `runs`, if larger)."""
     sessions = [create_session(model, session) for model in models]
-    calls = [timed_call(opened, feeds) for opened in sessions]
-    timings = interleaved_timings(calls, runs=runs, warmup=warmup)
-    while max(map(spread, timings)) > NOISY_SPREAD and len(timings[0]) + runs <= max(MAX_RUNS, runs):
-        more = interleaved_timings(calls, runs=runs, warmup=0)
-        timings = [before + after for before, after in zip(timings, more)]
-    return Measurement([latency_stats(times)["p50"] for times in timings], runs=len(timings[0]),
-                       noise=noise_caveat(timings))
+    timings = steady_timings([timed_call(opened, feeds) for opened in sessions], runs=runs, warmup=warmup,
+                             max_runs=MAX_RUNS)
+    stats = [latency_stats(times) for times in timings]
+    return Measurement([entry["p50"] for entry in stats], runs=len(timings[0]), noise=noise_caveat(stats))

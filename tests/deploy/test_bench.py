@@ -64,6 +64,8 @@ def test_latency_stats_match_numpy_percentiles():
     assert (stats["min"], stats["max"]) == (1.0, 10.0)
     for percentile in (50, 90, 95, 99):
         assert stats[f"p{percentile}"] == pytest.approx(np.percentile(latencies, percentile))
+    assert stats["spread"] == pytest.approx(np.percentile(latencies, 90) / np.percentile(latencies, 10))
+    assert stats["runs"] == 7
 
 
 def test_speedup_is_baseline_over_model_latency():
@@ -87,7 +89,7 @@ def test_benchmark_report_shape_speedup_and_self_agreement(tmp_path):
         "path", "latency_ms", "throughput", "session_ms", "peak_memory_bytes", "size_bytes",
         "params", "macs", "speedup", "agreement", "agreement_note",
     }
-    assert set(data["models"][0]["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
+    assert set(data["models"][0]["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99", "spread", "runs"}
     baseline, small, same = report.models
     assert baseline.speedup == {"mean": 1.0, "p50": 1.0}
     assert small.speedup["mean"] == baseline.latency_ms["mean"] / small.latency_ms["mean"]

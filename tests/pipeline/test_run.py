@@ -107,7 +107,7 @@ def test_bench_command(capsys, demo):
     report = json.loads(stdout)
     assert code == 0
     for model in report["models"]:
-        assert set(model["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99"}
+        assert set(model["latency_ms"]) == {"mean", "min", "max", "p50", "p90", "p95", "p99", "spread", "runs"}
         assert model["agreement"]["max_abs_diff"] == 0
 
 

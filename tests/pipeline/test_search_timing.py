@@ -6,6 +6,7 @@ import pytest
 from graphs import conv_chain
 
 from onnx_slim.deploy import bench as bench_module
+from onnx_slim.deploy import timing as deploy_timing
 from onnx_slim.ir.inputs import random_inputs
 from onnx_slim.ir.runtime import SessionSpec
 from onnx_slim.pipeline import timing
@@ -28,7 +29,7 @@ def measure(models):
 
 
 def test_steady_runs_are_timed_once_without_a_caveat(monkeypatch):
-    rounds = fake_runs(monkeypatch, timing, [1.0, 1.05, 0.98])
+    rounds = fake_runs(monkeypatch, deploy_timing, [1.0, 1.05, 0.98])
     model = conv_chain((8, 8), size=6)
 
     measured = measure([model, model])
@@ -39,7 +40,7 @@ def test_steady_runs_are_timed_once_without_a_caveat(monkeypatch):
 
 def test_runs_in_two_speeds_are_extended_to_the_limit_and_caveated(monkeypatch):
     # khmersm on a busy 2-core machine: its runs took about 2 ms or about 14 ms.
-    rounds = fake_runs(monkeypatch, timing, [2.0, 14.0])
+    rounds = fake_runs(monkeypatch, deploy_timing, [2.0, 14.0])
     model = conv_chain((8, 8), size=6)
 
     measured = measure([model, model])
@@ -47,6 +48,16 @@ def test_runs_in_two_speeds_are_extended_to_the_limit_and_caveated(monkeypatch):
     assert sum(rounds) == measured.runs == timing.MAX_RUNS
     assert "timings were noisy" in measured.noise and f"over {timing.MAX_RUNS} runs" in measured.noise
     assert "7.0x" in measured.noise
+
+
+def test_quantize_extends_noisy_timings_and_warns(monkeypatch, tmp_path):
+    from test_quantize import matmul_net
+
+    from onnx_slim.deploy.quantize import quantize_model
+
+    rounds = fake_runs(monkeypatch, deploy_timing, [2.0, 14.0])
+    report = quantize_model(matmul_net(), tmp_path / "q.onnx", mode="dynamic")
+    assert sum(rounds) == 60 and any(warning.startswith("timings were noisy") for warning in report.warnings)
 
 
 def test_bench_notes_noisy_timings(monkeypatch):
