@@ -342,7 +342,7 @@ def test_a_model_whose_external_data_is_missing_or_short_says_so(capsys, demo, t
 
 
 def test_inspect_says_that_layers_inside_if_branches_are_not_analyzed(capsys, tmp_path):
-    """silero-vad keeps its whole network in the branches of one If: 0 params and 0 MACs need a reason."""
+    """silero-vad keeps its whole network in the branches of one If: its weights count, 0 MACs needs a reason."""
     rng = np.random.default_rng(0)
 
     def branch(name: str) -> onnx.GraphProto:
@@ -361,6 +361,7 @@ def test_inspect_says_that_layers_inside_if_branches_are_not_analyzed(capsys, tm
 
     assert code == 0
     assert "note: 2 weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, their MACs" in out
+    assert out.startswith(f"{path}: 32 params, 0 MACs")  # the branches' two 4 x 4 weights count
 
 
 @pytest.mark.parametrize("value, text", [(168_080e9, "168.08T"), (2.5e15, "2.50P"), (4.1e9, "4.10G"), (950, "950")])

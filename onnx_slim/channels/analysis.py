@@ -50,7 +50,7 @@ class ModelAnalysis:
         if not inside:
             return ""
         return (f"{inside} weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, their MACs "
-                f"are not counted above (nor their weights, when the bodies hold them), and they are never pruned")
+                f"are not counted above (their weights are), and they are never pruned")
 
     @property
     def groups(self) -> list[ChannelGroup]:

@@ -45,13 +45,21 @@ def concrete_input_shapes(
 
 def count_params(model: onnx.ModelProto) -> int:
     """Elements of the weight tensors, initializers and `Constant` nodes alike (PaddlePaddle
-    exports keep weights in Constant nodes): float or 8/4-bit integer; shape constants do not
-    count. A tensor read by several nodes counts once."""
-    constants = [attribute.t for node in model.graph.node if node.op_type == "Constant"
-                 for attribute in node.attribute if attribute.name == "value"]
-    return sum(
-        math.prod(tensor.dims) for tensor in [*model.graph.initializer, *constants] if tensor.data_type in _WEIGHT_TYPES
-    )
+    exports keep weights in Constant nodes), in If / Loop / Scan bodies too (silero-vad keeps all
+    of its 0.5M there): float or 8/4-bit integer; shape constants do not count. A tensor read by
+    several nodes counts once."""
+    return sum(math.prod(tensor.dims) for tensor in _tensors(model.graph) if tensor.data_type in _WEIGHT_TYPES)
+
+
+def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """The initializers and Constant values of `graph` and of the bodies of its nodes, at any depth."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        if node.op_type == "Constant":
+            found += [attribute.t for attribute in node.attribute if attribute.name == "value"]
+        for body in subgraphs(node):
+            found += _tensors(body)
+    return found
 
 
 def model_cost(
