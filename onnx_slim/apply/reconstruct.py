@@ -49,10 +49,10 @@ from onnx_slim.channels.groups import ChannelAnalysis
 from onnx_slim.data.calibration import CalibrationSet
 from onnx_slim.data.staged import DEFAULT_BUDGET_BYTES, StagedCapture
 from onnx_slim.data.tokens import TokenMask, padding_to_leave_out
-from onnx_slim.ir.graph import attr, readers_of
+from onnx_slim.ir.graph import readers_of
 from onnx_slim.ir.progress import counted
 from onnx_slim.ir.runtime import SessionSpec
-from onnx_slim.ops.conv_patches import conv_input_patches, conv_output_at, explicit_conv_pads, sample_positions
+from onnx_slim.ops.conv_patches import ConvGeometry, as_nchw, conv_output_at, sample_positions
 from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_scale
 from onnx_slim.ops.specs import CONV_PATCHES, RECURRENT_OPS, REFIT_SPECS
 
@@ -278,6 +278,7 @@ def _sample_targets(consumer, y, n_batches, n_samples, budget, rng, real_rows=No
     """About `budget` rows over the whole calibration set, spread evenly over images, with the
     sample (index in the batch) each row comes from; only among `real_rows` when given."""
     if consumer.kind == CONV_PATCHES:
+        y = as_nchw(y)
         images, _, height, width = y.shape
         per_image = max(1, math.ceil(budget / max(n_samples, 1)))
         positions = sample_positions(rng, images, height, width, min(per_image, height * width))
@@ -303,20 +304,15 @@ def _held_out(sample_of_row: np.ndarray, n_samples: int) -> np.ndarray:
 def _rows_at(consumer, y, positions) -> np.ndarray:
     """[S, channels] of an output-shaped tensor at the sampled positions (rows)."""
     if consumer.kind == CONV_PATCHES:
-        return conv_output_at(y, positions)
+        return conv_output_at(as_nchw(y), positions)
     return y.reshape(-1, y.shape[-1])[positions]
 
 
 def _design_rows(consumer, x, positions) -> np.ndarray:
     """Features [S, d] of the pruned layer's input at the sampled positions."""
     if consumer.kind == CONV_PATCHES:
-        node = consumer.node
-        kernel = consumer.kernel
-        strides, dilations = list(attr(node, "strides", [1, 1])), list(attr(node, "dilations", [1, 1]))
-        pads = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, list(attr(node, "pads", [0, 0, 0, 0])),
-                                  attr(node, "auto_pad", "NOTSET"))
-        patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
-        return patches.reshape(patches.shape[0], -1)
+        x = as_nchw(x)
+        return ConvGeometry.of(consumer.node, consumer.kernel, x.shape[2:]).patches(x, positions)
     rows = x.reshape(-1, x.shape[-1])
     return rows[positions]
 
@@ -419,7 +415,7 @@ def _mean_contribution(node, original_weight, consumer, means: np.ndarray) -> np
     each output (all outputs)."""
     matrix = REFIT_SPECS[node.op_type].as_matrix(node, original_weight)  # [d_full, out_full]
     if consumer.kind == CONV_PATCHES:
-        taps = original_weight.shape[2] * original_weight.shape[3]
+        taps = math.prod(original_weight.shape[2:])
         per_channel = matrix.reshape(original_weight.shape[1], taps, -1).sum(axis=1)  # [C_in, out]
         channel_means = means
     else:

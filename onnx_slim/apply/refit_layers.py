@@ -102,8 +102,8 @@ def find_consumers(original, pruned, analysis: ChannelAnalysis, plan: dict) -> l
         if bias == UNUSABLE_BIAS:
             continue
         dims = list(initializer(original, use.tensor).dims)
-        if kind == CONV_PATCHES and len(dims) != 4:
-            continue  # patches are implemented for 2-D convolutions; others keep the slice
+        if kind == CONV_PATCHES and len(dims) not in (3, 4):
+            continue  # patches are implemented for 1-D and 2-D convolutions; others keep the slice
         kernel = dims[2:] if kind == CONV_PATCHES else []
         found[use.node] = Consumer(node, use.tensor, kept_in, removed_in, kept_out, bias, following, kind,
                                    features=len(kept_in) * math.prod(kernel), kernel=kernel)

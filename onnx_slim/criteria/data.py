@@ -31,7 +31,7 @@ from onnx_slim.data.statistics import ChannelStats
 from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.errors import UsageError
 from onnx_slim.ir.graph import attr, readers_of
-from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
+from onnx_slim.ops.conv_patches import ConvGeometry, as_nchw, conv_input_patches, sample_positions
 from onnx_slim.ops.layer_norm import layer_norm_scale, weighted_note
 from onnx_slim.ops.specs import RECURRENT_OPS, WEIGHT_OPS
 
@@ -235,26 +235,18 @@ def _conv_sampler(node: onnx.NodeProto, weight: np.ndarray):
     """ThiNet on a Conv: random output positions, one random output channel per position;
     z[s, c] = sum over the kernel of patch[s, c] * W[o_s, c], where input channel c is in
     o_s's conv group (0 for the other groups' channels)."""
-    one_dimensional = weight.ndim == 3
-    if one_dimensional:
-        weight = weight[:, :, None, :]
+    conv_kernel = weight.shape[2:]
+    weight = as_nchw(weight)  # a 1-D conv's [O, C, k] as [O, C, 1, k]
     kernel = weight.shape[2:]
     group = attr(node, "group", 1)
-    strides, dilations = attr(node, "strides", [1, 1]), attr(node, "dilations", [1, 1])
-    pads, auto_pad = attr(node, "pads", [0, 0, 0, 0]), attr(node, "auto_pad", b"NOTSET")
-    if one_dimensional:
-        strides, dilations = [1, strides[0]], [1, dilations[0]]
-        pads = [0, pads[0], 0, pads[1]]
 
     def sample(x: np.ndarray, rng: np.random.Generator, real=None) -> np.ndarray:
-        x = x[:, :, None, :] if one_dimensional else x
-        padding = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
-        out_h, out_w = (
-            (size + padding[i] + padding[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
-            for i, size in enumerate(x.shape[2:])
-        )
+        x = as_nchw(x)
+        geometry = ConvGeometry.of(node, conv_kernel, x.shape[2:])
+        out_h, out_w = geometry.output_size(x.shape[2:])
         positions = sample_positions(rng, x.shape[0], out_h, out_w, POSITIONS_PER_IMAGE)
-        patches = conv_input_patches(x, positions, kernel, strides, padding, dilations).astype(np.float64)
+        patches = conv_input_patches(x, positions, geometry.kernel, geometry.strides, geometry.pads,
+                                     geometry.dilations).astype(np.float64)
         outputs = rng.integers(0, weight.shape[0], size=len(positions))
         samples, in_per_group = len(positions), weight.shape[1]
         own_group = outputs // (weight.shape[0] // group)

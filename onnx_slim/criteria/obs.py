@@ -39,7 +39,7 @@ from onnx_slim.data.activations import ActivationCapture
 from onnx_slim.data.statistics import gram_matrix
 from onnx_slim.data.tokens import padding_to_leave_out
 from onnx_slim.ir.graph import attr, readers_of
-from onnx_slim.ops.conv_patches import conv_input_patches, explicit_conv_pads, sample_positions
+from onnx_slim.ops.conv_patches import ConvGeometry, as_nchw, sample_positions
 from onnx_slim.ops.layer_norm import inverse_sigma, layer_norm_after, weighted_note
 from onnx_slim.ops.specs import CONV_PATCHES, WEIGHT_OPS
 
@@ -126,7 +126,7 @@ def _usable_consumers(ctx: ScoringContext, groups: list[ChannelGroup]) -> dict[s
             if node.input[1] not in initializers or attr(node, "group", 1) != 1:
                 continue
             weight = numpy_helper.to_array(initializers[node.input[1]])
-            if spec.refit_kind(node) == CONV_PATCHES and weight.ndim != 4:
+            if spec.refit_kind(node) == CONV_PATCHES and weight.ndim not in (3, 4):
                 continue
             matrix = spec.as_matrix(node, weight)
             layer_norm = layer_norm_after(ctx.model, node, matrix.shape[1], readers)
@@ -192,15 +192,11 @@ def _design_rows(consumer: _Consumer, x: np.ndarray, rng: np.random.Generator,
     a Gemm / MatMul the indices of those rows in its input flattened to rows (among `real` when given)."""
     node = consumer.node
     if consumer.kernel:
-        kernel = consumer.kernel
-        strides, dilations = list(attr(node, "strides", [1, 1])), list(attr(node, "dilations", [1, 1]))
-        pads = explicit_conv_pads(x.shape[2:], kernel, strides, dilations, list(attr(node, "pads", [0, 0, 0, 0])),
-                                  attr(node, "auto_pad", "NOTSET"))
-        out_h, out_w = ((size + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
-                        for i, size in enumerate(x.shape[2:]))
+        x = as_nchw(x)
+        geometry = ConvGeometry.of(node, consumer.kernel, x.shape[2:])
+        out_h, out_w = geometry.output_size(x.shape[2:])
         positions = sample_positions(rng, x.shape[0], out_h, out_w, min(ROWS_PER_IMAGE, out_h * out_w))
-        patches = conv_input_patches(x, positions, kernel, strides=strides, pads=pads, dilations=dilations)
-        return patches.reshape(patches.shape[0], -1), None
+        return geometry.patches(x, positions), None
     if attr(node, "transA", 0):
         x = x.T
     rows = x.reshape(-1, x.shape[-1])

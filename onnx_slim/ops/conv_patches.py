@@ -1,11 +1,57 @@
 """Conv geometry at sampled positions: the input patches each output position reads, and the
-explicit pads; what a least-squares re-fit or a ThiNet sample of a Conv needs."""
+explicit pads; what a least-squares re-fit or a ThiNet sample of a Conv needs.
+
+A 1-D conv (audio, EEG, text: input [N, C, L], kernel [k]) is handled as a 2-D one of height 1
+(`as_nchw`, `ConvGeometry`): the patches [S, C, 1, k] flatten in the order of its weight [O, C, k].
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import onnx
+
+from onnx_slim.ir.graph import attr
+
+
+def as_nchw(tensor: np.ndarray) -> np.ndarray:
+    """A 1-D conv's [N, C, L] tensor as [N, C, 1, L]; a 2-D conv's NCHW as it is."""
+    return tensor[:, :, None, :] if tensor.ndim == 3 else tensor
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A Conv's kernel, strides, dilations and explicit pads [top, left, bottom, right], in 2-D form."""
+
+    kernel: tuple
+    strides: tuple
+    dilations: tuple
+    pads: tuple
+
+    @classmethod
+    def of(cls, node: onnx.NodeProto, kernel: Sequence[int], spatial: Sequence[int]) -> ConvGeometry:
+        """From `node`'s attributes, for its `kernel` (1 or 2 sizes) on an input of `spatial` size
+        (NCHW's H, W, after `as_nchw`): auto_pad resolved, a 1-D conv given height 1."""
+        ones = [1] * len(kernel)
+        strides, dilations = list(attr(node, "strides", ones)), list(attr(node, "dilations", ones))
+        pads = list(attr(node, "pads", [0] * 2 * len(kernel)))
+        if len(kernel) == 1:
+            kernel, strides, dilations = [1, kernel[0]], [1, strides[0]], [1, dilations[0]]
+            pads = [0, pads[0], 0, pads[1]]
+        explicit = explicit_conv_pads(spatial, kernel, strides, dilations, pads, attr(node, "auto_pad", "NOTSET"))
+        return cls(tuple(kernel), tuple(strides), tuple(dilations), tuple(explicit))
+
+    def output_size(self, spatial: Sequence[int]) -> tuple[int, int]:
+        """(height, width) of the output grid on an input of `spatial` size."""
+        return tuple((size + self.pads[i] + self.pads[i + 2] - self.dilations[i] * (self.kernel[i] - 1) - 1)
+                     // self.strides[i] + 1 for i, size in enumerate(spatial))
+
+    def patches(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """`conv_input_patches` of the NCHW input `x` at output `positions`, flattened: [S, C * taps]."""
+        found = conv_input_patches(x, positions, self.kernel, self.strides, self.pads, self.dilations)
+        return found.reshape(found.shape[0], -1)
 
 
 def sample_positions(

@@ -645,3 +645,50 @@ def test_rows_of_a_sum_a_layer_norm_reads_are_weighted_by_its_sigma_and_its_outp
     assert [(layer["node"], layer["rows_weighted"]) for layer in layers] == [("fc2", True)]
     assert [layer["rows_weighted"] for layer in plain_layers] == [False]
     assert weighted_error < 0.95 * plain_error  # 0.82-0.93 of it over six seeds of this set-up
+
+
+def conv1d_chain() -> onnx.ModelProto:
+    """x [N, 4, 32] -> Conv1d k3 dilation 2 pad 2 (12) -> Relu -> Conv1d k5 stride 2 pad 2 (10) -> Relu
+    -> Conv1d k3 SAME_UPPER (2): the geometry of audio, EEG and text CNNs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w1": (12, 4, 3), "w2": (10, 12, 5), "w3": (2, 10, 3)}
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32),
+                                     name) for name, shape in weights.items()]
+    inits += [numpy_helper.from_array((rng.standard_normal(shape[0]) * 0.1).astype(np.float32), f"b{name[1]}")
+              for name, shape in weights.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[2, 2], dilations=[2]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[5], strides=[2],
+                         pads=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="conv3", auto_pad="SAME_UPPER"),
+    ]
+    graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("criterion", ["l1", "thinet", "obs"])
+def test_1d_convs_are_refitted_and_follow_the_original_better_than_the_slice(criterion):
+    """Conv1d consumers kept their slice before (silero-vad, EEG models: 're-fitted 0 layers')."""
+    from onnx_slim.data.calibration import CalibrationSet
+
+    model = conv1d_chain()
+    rng = np.random.default_rng(1)
+    latent = rng.standard_normal((160, 2, 32))  # 4 channels mixing 2 signals: what is cut can be compensated
+    x = (np.einsum("cl,nlt->nct", rng.standard_normal((4, 2)), latent)
+         + 0.05 * rng.standard_normal((160, 4, 32))).astype(np.float32)
+    calibration, held_out = CalibrationSet({"x": x[:128]}), CalibrationSet({"x": x[128:]})
+    sliced, _ = prune(model, ratio=0.5, criterion=criterion, calibration=calibration, allocate="uniform")
+    refitted, report = prune(model, ratio=0.5, criterion=criterion, calibration=calibration, reconstruct=True,
+                             allocate="uniform")
+
+    fitted = {layer["node"]: layer for layer in report.reconstruction["per_layer"]}
+    assert {"conv2", "conv3"} <= set(fitted) and any(layer["method"] == "fit" for layer in fitted.values())
+    assert fitted["conv2"]["features"] == 6 * 5 and fitted["conv3"]["features"] == 5 * 3
+    error_sliced = evaluate(model, sliced, held_out)["agreement"]["rel_l2"]
+    error_refitted = evaluate(model, refitted, held_out)["agreement"]["rel_l2"]
+    assert error_refitted < error_sliced

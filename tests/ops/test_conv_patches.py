@@ -71,3 +71,28 @@ def test_positions_out_of_range_are_refused():
         conv_input_patches(x, np.array([[0, 2, 0]]), (3, 3), (1, 1), (0, 0, 0, 0), (1, 1))
     with pytest.raises(ValueError, match=r"position image out of range"):
         conv_output_at(np.zeros((1, 2, 3, 3)), np.array([[1, 0, 0]]))
+
+
+@pytest.mark.parametrize("attributes", [dict(kernel_shape=[3], pads=[2, 2], dilations=[2]),
+                                        dict(kernel_shape=[5], strides=[2], pads=[1, 3]),
+                                        dict(kernel_shape=[4], auto_pad="SAME_LOWER"),
+                                        dict(kernel_shape=[3], strides=[3], auto_pad="VALID")])
+def test_a_1d_conv_as_height_one_reproduces_onnxruntime(attributes):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_slim.ops.conv_patches import ConvGeometry, as_nchw
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((6, 3, attributes["kernel_shape"][0])).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attributes)
+    graph = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 17])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    x = rng.standard_normal((2, 3, 17)).astype(np.float32)
+    y = run_session(create_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), {"x": x})["y"]
+
+    geometry = ConvGeometry.of(node, weight.shape[2:], as_nchw(x).shape[2:])
+    assert geometry.output_size(as_nchw(x).shape[2:]) == as_nchw(y).shape[2:]
+    positions = sample_positions(rng, 2, *as_nchw(y).shape[2:], per_image=100)
+    patches = geometry.patches(as_nchw(x), positions)
+    np.testing.assert_allclose(patches @ weight.reshape(6, -1).T, conv_output_at(as_nchw(y), positions), atol=1e-5)
