@@ -119,34 +119,38 @@ def leading_dim(feeds: Mapping[str, np.ndarray]) -> int:
 
 def parse_input_shapes(entries) -> dict[str, list[int]]:
     """`NAME=1,3,224,224` entries -> {NAME: [1, 3, 224, 224]}."""
-    shapes = {}
+    shapes = _parse_entries(entries, lambda dims: [int(d) for d in dims.replace("x", ",").split(",")],
+                            "bad input shape {entry!r}: expected NAME=D1,D2,... e.g. input=1,3,224,224")
     for entry in entries or ():
-        name, sep, dims = str(entry).partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
-        except ValueError:
-            raise UsageError(f"bad input shape {entry!r}: expected NAME=D1,D2,... e.g. input=1,3,224,224") from None
-        if any(dim < 1 for dim in shapes[name]):
+        if any(dim < 1 for dim in shapes[str(entry).partition("=")[0]]):
             raise UsageError(f"bad input shape {entry!r}: every dim must be at least 1 (a concrete size)")
     return shapes
 
 
 def parse_input_values(entries) -> dict[str, float]:
     """`NAME=NUMBER` entries -> {NAME: NUMBER}."""
-    values = {}
+    return _parse_entries(entries, _finite_number, "bad input value {entry!r}: expected NAME=NUMBER (finite) e.g. sr=16000")
+
+
+def _parse_entries(entries, parse, message: str) -> dict:
+    """`NAME=TEXT` entries -> {NAME: parse(TEXT)}; `message` (formatted with the entry) when one is malformed."""
+    parsed = {}
     for entry in entries or ():
-        name, sep, number = str(entry).partition("=")
+        name, sep, text = str(entry).partition("=")
         try:
             if not sep or not name:
                 raise ValueError
-            values[name] = float(number)
-            if not np.isfinite(values[name]):
-                raise ValueError
+            parsed[name] = parse(text)
         except ValueError:
-            raise UsageError(f"bad input value {entry!r}: expected NAME=NUMBER (finite) e.g. sr=16000") from None
-    return values
+            raise UsageError(message.format(entry=entry)) from None
+    return parsed
+
+
+def _finite_number(text: str) -> float:
+    number = float(text)
+    if not np.isfinite(number):
+        raise ValueError(text)
+    return number
 
 
 def check_input_values(model: onnx.ModelProto, values: InputValues | None) -> None:
