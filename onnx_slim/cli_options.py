@@ -209,10 +209,12 @@ def floats(text, kind=float):
 
 
 # Errors of writing the output that the user can fix: a read-only folder, a full disk or quota, a
-# folder that takes no new files (/proc: the scratch folder's mkdir fails with ENOENT).
+# folder that takes no new files (/proc: the scratch folder's mkdir fails with ENOENT, or, made in
+# its parent, cannot be moved into it: EXDEV).
 _WRITE_ERRORS = {
     errno.EACCES: "choose a writable folder", errno.EPERM: "choose a writable folder",
     errno.EROFS: "choose a writable folder", errno.ENOENT: "choose a writable folder",
+    errno.EXDEV: "choose a writable folder",
     errno.ENOSPC: "free some space",
     errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
 }

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,3 +159,16 @@ def same_file(first: Path, second: Path) -> bool:
         return os.path.samefile(first, second)
     except OSError:  # one of them does not exist
         return False
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse an output path that exists as something other than a file (or a link, whose entry is
+    replaced and whose target is left alone): moving a result into place would replace a device
+    (`-o /dev/full --force` turned the machine's /dev/full into an ONNX file) or a pipe."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # nothing there (or unreadable: the write will say so)
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise UsageError(f"{path} exists and is not a regular file (a device, a pipe or a socket): "
+                         "choose another output path (-o)")

@@ -17,7 +17,7 @@ from typing import Iterator, Mapping, Union
 import onnx
 
 from onnx_slim.errors import InvalidModelError, OnnxSlimError, UsageError, first_line
-from onnx_slim.ir.files import publish, same_file, scratch_folder
+from onnx_slim.ir.files import check_replaceable, publish, same_file, scratch_folder
 from onnx_slim.ir.progress import Reporter
 
 ModelSource = Union[str, os.PathLike, onnx.ModelProto]
@@ -288,6 +288,8 @@ def check_output_path(source: ModelSource, output_path: str | os.PathLike, force
                              "choose another output path (-o)")
     if target.is_dir():
         raise UsageError(f"{target} is a directory: give a file path for -o")
+    for written in (target, *data_files):
+        check_replaceable(written)
     if not force:
         for written in (target, *data_files):
             if written.exists() or written.is_symlink():

@@ -27,7 +27,7 @@ from onnx_slim.deploy.bench import benchmark
 from onnx_slim.deploy.quant_fp16 import float16_layers
 from onnx_slim.deploy.quantize import calibration_source, quantize_model
 from onnx_slim.errors import UsageError
-from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
+from onnx_slim.ir.files import check_replaceable, made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.inputs import random_inputs, shapes_from_samples
 from onnx_slim.ir.model import Progress, input_files, load_model, output_layout
 from onnx_slim.ir.runtime import CHECK, SessionSpec, create_session, run_session
@@ -155,6 +155,8 @@ def check_outdir(model_path, outdir: Path, force: bool) -> None:
     inputs = input_files(model_path)
     if any(same_file(path, source) for path in written for source in inputs):
         raise UsageError(f"the input {model_path} would be overwritten: choose another output folder (-o)")
+    for path in written:
+        check_replaceable(path)
     if not force and any(path.exists() for path in written):
         raise UsageError(f"{outdir} already holds a pipeline result: pass --force to overwrite it")
     parent = next((p for p in [outdir, *outdir.parents] if p.exists()), None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from onnx_slim.errors import UsageError
 from onnx_slim.formatting import human_bytes, table
-from onnx_slim.ir.files import made_folders, publish, same_file, scratch_folder
+from onnx_slim.ir.files import check_replaceable, made_folders, publish, same_file, scratch_folder
 from onnx_slim.ir.model import Progress, input_files
 from onnx_slim.pipeline.config import PipelineConfig
 from onnx_slim.pipeline.report import PipelineReport
@@ -42,6 +42,8 @@ def run_sweep(
     summary = [outdir / name for name in OUTPUT_NAMES]
     if any(same_file(path, source) for path in summary for source in input_files(model_path)):
         raise UsageError(f"the input {model_path} would be overwritten: choose another output folder (-o)")
+    for path in summary:
+        check_replaceable(path)
     if not force and any(path.exists() for path in summary):
         raise UsageError(f"{outdir} already holds a sweep: pass --force to overwrite it")
     with made_folders(outdir, remove_contents=True):

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -99,6 +100,22 @@ def test_forced_outputs_replace_files_instead_of_writing_through_them(capsys, de
     assert code == 0
     assert keep.read_bytes() == b"another file's content"
     onnx.load(str(outdir / "model.onnx"))
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize", "run"])
+def test_even_forced_an_output_that_is_a_pipe_or_device_is_refused(capsys, demo, tmp_path, command):
+    """`prune -o /dev/full --force` replaced the machine's /dev/full with an ONNX file."""
+    pipe = tmp_path / "out" / "model.onnx" if command == "run" else tmp_path / "pipe.onnx"
+    pipe.parent.mkdir(exist_ok=True)
+    os.mkfifo(pipe)
+    options = {"prune": ["--ratio", "0.3", "--quiet"], "quantize": ["--mode", "dynamic", "--quiet"],
+               "run": ["--ratio", "0.3", *FAST]}[command]
+    code, _, stderr = run_cli(capsys, command, demo, "-o", pipe.parent if command == "run" else pipe, "--force",
+                              *options)
+    assert code == 2
+    assert stderr.strip() == (f"error: {pipe} exists and is not a regular file (a device, a pipe or a socket): "
+                              "choose another output path (-o)")
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
 
 
 # --- 10: a result is swapped in whole --------------------------------------------------
