@@ -433,7 +433,7 @@ def bench(models, baseline, runs, warmup, threads, providers, provider_options, 
     inputs = parse_inputs(input_shapes, input_values)
     data = None
     if data_path:
-        data = load_data(data_path, models[0], {"seed": seed, "input_values": inputs["input_values"]}).batches(batch)
+        data = load_data(data_path, models[0], {"seed": seed, **inputs}).batches(batch)
     console.progress(f"benchmarking {len(models) + (1 if baseline and baseline not in models else 0)} models, {runs} runs each")
     report = benchmark(list(models), baseline=baseline, runs=runs, warmup=warmup, session=session,
                        batch=batch, shapes=inputs["input_shapes"] or None, values=inputs["input_values"] or None,

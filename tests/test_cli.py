@@ -362,6 +362,9 @@ def test_inspect_says_that_layers_inside_if_branches_are_not_analyzed(capsys, tm
     assert code == 0
     assert "note: 2 weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, their MACs" in out
     assert out.startswith(f"{path}: 32 params, 0 MACs")  # the branches' two 4 x 4 weights count
+    code, _, stderr = run_cli(capsys, "prune", path, "-o", tmp_path / "slim.onnx", "--target-macs", "0.5", "--quiet")
+    assert code == 1 and stderr.strip() == ("error: the model has no countable MACs: its 2 weight layers sit inside "
+                                            "If / Loop / Scan bodies, which onnx-slim does not analyze or prune")
 
 
 @pytest.mark.parametrize("value, text", [(168_080e9, "168.08T"), (2.5e15, "2.50P"), (4.1e9, "4.10G"), (950, "950")])

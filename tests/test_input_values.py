@@ -21,7 +21,7 @@ from onnx_slim.ir.runtime import create_session, run_session
 RATE = 16000
 
 
-def vad_like(path=None) -> onnx.ModelProto:
+def vad_like(path=None, batch="batch") -> onnx.ModelProto:
     """x [batch, 16] -> MatMul 16x32 -> Relu -> MatMul 32x8, plus the mean of state [2, batch, 8]; an If
     on `sr == 16000` returns that sum, its else branch a Reshape that fails (as silero's 8 kHz branch
     fails on 16 kHz-sized input)."""
@@ -43,8 +43,8 @@ def vad_like(path=None) -> onnx.ModelProto:
     ]
     graph = helper.make_graph(
         nodes, "vad_like",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, 8]),
          helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
         [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
@@ -68,6 +68,16 @@ def test_values_parse_and_check():
         check_input_values(model, {"rate": 1.0})
     with pytest.raises(UsageError, match="the input is int64, give a whole number"):
         check_input_values(model, {"sr": 0.5})
+    with pytest.raises(UsageError, match=r"state=1e\+39: out of range for the input's float32"):
+        check_input_values(model, {"state": 1e39})
+    with pytest.raises(UsageError, match=r"sr=1e\+30: out of range for the input's int64"):
+        check_input_values(model, {"sr": 1e30})
+    flag = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["on"], ["y"])], "flag", [helper.make_tensor_value_info("on", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.BOOL, [])]))
+    check_input_values(flag, {"on": 1.0})
+    with pytest.raises(UsageError, match="on=2: out of range for the input's bool"):
+        check_input_values(flag, {"on": 2.0})
 
 
 def test_fixed_inputs_follow_the_batch_of_the_others():
@@ -80,6 +90,24 @@ def test_fixed_inputs_follow_the_batch_of_the_others():
     made_up = random_inputs(model, batch=3, values={"sr": RATE})
     assert made_up["state"].shape == (2, 3, 8) and made_up["sr"] == RATE
     assert run_session(create_session(model), made_up)["y"].shape == (3, 8)
+
+
+@pytest.mark.parametrize("batch", ["batch", None])
+def test_a_fixed_state_follows_the_batch_even_unnamed_or_given_a_size(batch):
+    """silero_vad.onnx names no dim (state [2, ?, 128]): its state took the default 64 and no
+    --input-shape could help at another batch."""
+    specs = graph_inputs(vad_like(batch=batch))
+    values = {"sr": RATE, "state": 0.0}
+    assert with_values({"x": np.ones((5, 16), np.float32)}, specs, values)["state"].shape == (2, 5, 8)
+    pinned = with_values({"x": np.ones((8, 16), np.float32)}, specs, values, shapes={"state": (2, 1, 8)})
+    assert pinned["state"].shape == (2, 8, 8)
+    assert random_inputs(vad_like(batch=batch), batch=3, values=values)["state"].shape == (2, 3, 8)
+
+
+def test_random_calibration_leaves_a_fixed_scalar_alone():
+    calibration = load_calibration("random", vad_like(), samples=8, input_values={"sr": RATE, "state": 0.0})
+    batch = next(calibration.batches(4))
+    assert batch["x"].shape == (4, 16) and batch["state"].shape == (2, 4, 8) and batch["sr"] == RATE
 
 
 def test_a_calibration_file_leaves_fixed_inputs_out_and_batches_get_them(tmp_path, caplog):

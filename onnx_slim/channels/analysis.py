@@ -13,7 +13,7 @@ from onnx_slim.channels.space import FreezeReason
 from onnx_slim.channels.streams import stream_roots
 from onnx_slim.errors import InvalidModelError
 from onnx_slim.ir.graph import subgraphs
-from onnx_slim.ir.inputs import InputValues, check_input_values, shapes_from_samples
+from onnx_slim.ir.inputs import InputValues, check_input_values, fixed_input_shapes, graph_inputs, shapes_from_samples
 from onnx_slim.ir.model import ModelSource, load_model
 from onnx_slim.ir.shapes import concrete_shapes
 from onnx_slim.normalize.passes import NormalizeInfo, normalize
@@ -43,10 +43,15 @@ class ModelAnalysis:
                 "all shapes were measured by one onnxruntime run at the input shapes above")
 
     @property
+    def layers_in_subgraphs(self) -> int:
+        """Weight layers inside If / Loop / Scan bodies, at any depth."""
+        return _layers_in_subgraphs(self.model.graph)
+
+    @property
     def subgraph_note(self) -> str:
         """Layers inside If / Loop / Scan bodies: not analyzed, counted or pruned (silero-vad keeps
         its whole network in the branches of one If)."""
-        inside = _layers_in_subgraphs(self.model.graph)
+        inside = self.layers_in_subgraphs
         if not inside:
             return ""
         return (f"{inside} weight layer(s) sit inside If / Loop / Scan bodies: they are not analyzed, their MACs "
@@ -135,6 +140,9 @@ def analyze(
         input_shapes = shapes_from_samples(proto, sample_shapes, input_shapes)
     concrete = concrete_input_shapes(proto, input_shapes)
     check_input_values(proto, input_values)
+    if input_values:  # sized beside the others (a state's anonymous batch dim follows the input's batch)
+        fed = {name: shape for name, shape in concrete.items() if name not in input_values}
+        concrete.update(fixed_input_shapes(graph_inputs(proto), input_values, fed, input_shapes))
     found = concrete_shapes(proto, concrete, input_values)
     shapes = found.shapes
     channels = analyze_channels(proto, shapes, prune_layernorm=prune_layernorm, whole_conv_groups=whole_conv_groups)

@@ -287,8 +287,7 @@ def load_calibration(
     fixed_batch = fixed_batch_size(specs)
     if isinstance(source, str) and source == RANDOM_SOURCE:
         _warn_unused_image_options(input_size, mean, std)
-        return _random_set(model, all_specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch, input_shapes,
-                           fixed)
+        return _random_set(model, specs, samples or DEFAULT_RANDOM_SAMPLES, seed, fixed_batch, input_shapes, fixed)
     if isinstance(source, str) and source == SYNTHETIC_SOURCE:
         _warn_unused_image_options(None, mean, std)
         return _synthetic_set(model, all_specs, samples, seed, fixed_batch, input_size, input_shapes, fixed)
@@ -340,7 +339,8 @@ def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_ba
                 f"input '{spec.name}' has no shape in the model, so random data cannot be shaped; give an .npz"
             )
     concrete = concrete_dims(specs, input_shapes)
-    arrays = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:] for spec in specs})
+    arrays = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:] for spec in specs},
+                           values=fixed.values if fixed else None)  # `specs` leaves the fixed inputs out
     return CalibrationSet(arrays, is_random=True, origin=RANDOM_SOURCE, fixed_batch=fixed_batch, fixed=fixed)
 
 

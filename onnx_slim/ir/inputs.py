@@ -162,23 +162,52 @@ def check_input_values(model: onnx.ModelProto, values: InputValues | None) -> No
         dtype = specs[name].dtype
         if not np.issubdtype(dtype, np.floating) and value != int(value):
             raise UsageError(f"--input-value {name}={value:g}: the input is {dtype}, give a whole number")
+        if dtype == np.bool_:
+            limits = (0.0, 1.0)
+        else:
+            info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(dtype)
+            limits = (float(info.min), float(info.max))
+        if not limits[0] <= value <= limits[1]:  # numpy would cast it to inf or wrap it around
+            raise UsageError(f"--input-value {name}={value:g}: out of range for the input's {dtype}")
 
 
 def with_values(feeds: dict[str, np.ndarray], specs: Sequence[InputSpec], values: InputValues | None,
                 shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
-    """`feeds` (made up or read from data) with each fixed input filled with its value, sized like the
-    others: a symbolic dim shared with a fed input (the batch of a state [2, batch, 128]) takes its
-    size there, any other as `shapes` or the defaults give it."""
+    """`feeds` (made up or read from data) with each fixed input filled with its value, sized by
+    `fixed_input_shapes` from the fed ones."""
     if not values:
         return feeds
-    fed = {name: value for name, value in feeds.items() if name not in values}
-    dims = concrete_dims(specs, {**(shapes or {}), **{name: np.shape(value) for name, value in fed.items()}},
-                         default_batch=leading_dim(fed) if fed else 1)
-    filled = dict(feeds)
-    for spec in specs:
-        if spec.name in values:
-            filled[spec.name] = np.full(dims[spec.name], values[spec.name], dtype=spec.dtype)
+    fed = {name: np.shape(value) for name, value in feeds.items() if name not in values}
+    sized = fixed_input_shapes(specs, values, fed, shapes)
+    filled = {**feeds, **{spec.name: np.full(sized[spec.name], values[spec.name], dtype=spec.dtype)
+                          for spec in specs if spec.name in values}}
     return {spec.name: filled[spec.name] for spec in specs if spec.name in filled}
+
+
+def fixed_input_shapes(specs: Sequence[InputSpec], values: InputValues, fed: Mapping[str, Sequence[int]],
+                       shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[int, ...]]:
+    """The shape of each fixed input beside inputs fed at `fed` shapes: as `shapes` (--input-shape)
+    gives it, else the model's dims (a symbolic size shared with a fed input takes its size there),
+    with the batch of the fed inputs on the axes that carry it: those named like a fed input's
+    first axis (a state [2, batch, 128]) or, when the model names none of the open dims, the first
+    open one (silero-vad's state [2, ?, 128], whose anonymous dims share no name with the input)."""
+    batch = next((int(shape[0]) for shape in fed.values() if len(shape)), 1)
+    given = {name: dims for name, dims in (shapes or {}).items() if name not in fed}
+    dims = concrete_dims(specs, {**given, **fed}, default_batch=batch)
+    batch_names = {spec.dims[0] for spec in specs if spec.name in fed and spec.dims and isinstance(spec.dims[0], str)}
+    sized = {}
+    for spec in specs:
+        if spec.name not in values:
+            continue
+        shape = list(dims[spec.name])
+        open_axes = [axis for axis, dim in enumerate(spec.dims) if not (isinstance(dim, int) and dim > 0)]
+        named = [axis for axis in open_axes if isinstance(spec.dims[axis], str) and spec.dims[axis]]
+        batch_axes = [axis for axis in named if spec.dims[axis] in batch_names] if named else open_axes[:1]
+        for axis in batch_axes:
+            if axis < len(shape):
+                shape[axis] = batch
+        sized[spec.name] = tuple(shape)
+    return sized
 
 
 def random_scalars_hint(model: onnx.ModelProto, values: InputValues | None) -> str:
@@ -273,9 +302,7 @@ def random_inputs(
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-    for name in values or ():
-        feeds[name] = np.full(feeds[name].shape, values[name], dtype=feeds[name].dtype)
-    return feeds
+    return with_values(feeds, specs, values, shapes)
 
 
 @dataclass(frozen=True)

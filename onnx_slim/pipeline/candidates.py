@@ -315,6 +315,10 @@ class Pruner:
                                 input_values=settings.input_values)
         if self.analysis.run_failure:
             raise OnnxSlimError(_does_not_run(self.analysis.input_shapes, self.analysis.run_failure))
+        inside = self.analysis.layers_in_subgraphs
+        if not self.analysis.cost.macs and inside and settings.ratio is None:
+            raise OnnxSlimError(f"the model has no countable MACs: its {inside} weight layers sit inside If / Loop / "
+                                "Scan bodies, which onnx-slim does not analyze or prune")
         self.size_before = model_file_size(model) if size_before is None else size_before  # a file, loaded now
         self.groups = self.analysis.channels.prunable_groups()
         self.calibration, self.check_data = _held_out_check(settings)
