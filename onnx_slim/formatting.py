@@ -90,8 +90,7 @@ def quantize_summary(report: dict) -> str:
              f"calibration: {report['calibration']}"]
     for candidate in report["candidates"] if len(report["candidates"]) > 1 else ():
         measured = f"p50 {candidate['p50_ms']:.3f} ms, " if candidate["p50_ms"] is not None else ""
-        cosine = "n/a" if candidate["cosine"] is None else f"{candidate['cosine']:.4f}"
-        lines.append(f"candidate {candidate['mode']}: {measured}cosine {cosine}"
+        lines.append(f"candidate {candidate['mode']}: {measured}{candidate['agreement']}"
                      + ("" if candidate["agrees"] else " (disagrees)"))
     lines.append(report["decision"])
     if report["smoothed"] or report["float_layers"]:

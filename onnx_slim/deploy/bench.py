@@ -362,10 +362,20 @@ def _markdown_row(model: ModelBench) -> str:
         _maybe(model.params, "{:,}"),
         _maybe(model.macs, "{:,}"),
         human_bytes(model.peak_memory_bytes) if model.peak_memory_bytes is not None else "-",
-        _maybe(agreement.get("cosine"), "{:.5f}"),
+        _cosine_cell(agreement),
         _maybe(agreement.get("top1"), "{:.4f}"),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _cosine_cell(agreement: dict) -> str:
+    """The worst output cosine, with the relative L2 of outputs that have none (one value per sample)
+    beside it: a column of "-" hid a static int8 detector 70% off."""
+    one_value = [row["rel_l2"] for row in agreement.get("outputs", {}).values() if row["cosine"] is None]
+    error = f"rel. L2 {max(one_value):.4f} (one-value output)" if one_value else ""
+    if agreement.get("cosine") is None:
+        return error or "-"
+    return f"{agreement['cosine']:.5f}" + (f"; {error}" if error else "")
 
 
 def _maybe(value, template: str) -> str:

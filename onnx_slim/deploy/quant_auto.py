@@ -67,18 +67,32 @@ class Candidate:
 
     @property
     def agrees(self) -> bool:
-        return self.cosine is not None and self.cosine >= AGREEMENT_COSINE
+        return self.score is not None and self.score >= AGREEMENT_COSINE
 
     @property
-    def cosine(self) -> float | None:
-        """The agreement score with the float model (None: no float output to compare)."""
+    def score(self) -> float | None:
+        """What agreement is judged on: the worst output cosine, a one-value output's counted by its
+        relative L2 (`data.metrics.agreement_score`); None: no float output to compare."""
         return agreement_score(self.agreement) if self.agreement else None
+
+    @property
+    def agreement_text(self) -> str:
+        """The score as the report says it: a cosine, or the relative L2 it stands for."""
+        if self.score is None:
+            return "cosine n/a"
+        one_value = [row["rel_l2"] for row in self.agreement["outputs"].values() if row["cosine"] is None]
+        worst_cosine = self.agreement["cosine"]
+        if one_value and (worst_cosine is None or self.score < worst_cosine):  # a one-value output decides
+            return f"rel. L2 {max(one_value):.4f} on a one-value output (as a cosine {self.score:.4f})"
+        return f"cosine {self.score:.4f}"
 
     def summary(self) -> dict:
         """The report's row for this candidate."""
         return {
             "mode": self.mode, "kind": self.kind, "p50_ms": self.latency_ms["p50"] if self.latency_ms else None,
-            "cosine": self.cosine,
+            "cosine": self.agreement["cosine"] if self.agreement else None,
+            "rel_l2": self.agreement["rel_l2"] if self.agreement else None,
+            "score": self.score, "agreement": self.agreement_text,
             "top1": self.agreement["top1"] if self.agreement else None,
             "agrees": self.agrees, "size_bytes": self.model.ByteSize(), "quantized_ops": self.quantized_ops,
         }
@@ -116,8 +130,8 @@ def decide(requested: str, candidates: list[Candidate], float_latency: dict | No
     float_ms = float_latency["p50"]
     if requested != "auto":
         only = candidates[0]
-        note = None if only.agrees else (f"{only.label} agrees with the float model at cosine "
-                                         f"{_cosine(only)} (< {AGREEMENT_COSINE}): check it on real data (--eval)")
+        note = None if only.agrees else (f"{only.label} does not agree with the float model ({only.agreement_text}; "
+                                         f"{AGREEMENT_COSINE} needed): check it on real data (--eval)")
         if only.latency_ms["p50"] < float_ms:
             return Decision(only, only, f"kept {only.label}: {_versus(only, float_ms)}", note)
         slower = _slower(only, float_ms)
@@ -126,11 +140,11 @@ def decide(requested: str, candidates: list[Candidate], float_latency: dict | No
         return Decision(only, only, f"kept {only.label} as requested (--mode {requested}): {slower}", warning)
     agreeing = [candidate for candidate in candidates if candidate.agrees]
     if not agreeing:
-        tried = ", ".join(f"{c.label} cosine {_cosine(c)}" for c in candidates)
+        tried = ", ".join(f"{c.label} {c.agreement_text}" for c in candidates)
         return Decision(None, candidates[0],
                         f"kept the float model: no candidate agrees with it (cosine >= {AGREEMENT_COSINE}): {tried}")
     fastest = min(agreeing, key=lambda candidate: candidate.latency_ms["p50"])  # ties: the first listed
-    others = "; ".join(f"{c.label} p50 {c.latency_ms['p50']:.3f} ms, cosine {_cosine(c)}"
+    others = "; ".join(f"{c.label} p50 {c.latency_ms['p50']:.3f} ms, {c.agreement_text}"
                        for c in candidates if c is not fastest)
     if fastest.latency_ms["p50"] >= float_ms:
         return Decision(None, fastest, f"kept the float model: {_slower(fastest, float_ms)}"
@@ -153,10 +167,6 @@ def _slower(candidate: Candidate, float_ms: float) -> str:
     ms = candidate.latency_ms["p50"]
     return (f"{candidate.kind} is {ms / float_ms:.2f}x slower than the float model "
             f"({candidate.kind} p50 {ms:.3f} ms vs float {float_ms:.3f} ms)")
-
-
-def _cosine(candidate: Candidate) -> str:
-    return "n/a" if candidate.cosine is None else f"{candidate.cosine:.4f}"
 
 
 def candidate_modes(model: onnx.ModelProto, calibration, providers) -> tuple[list[str], list[str]]:

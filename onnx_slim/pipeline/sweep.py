@@ -96,6 +96,7 @@ def _point(target: float, report: PipelineReport) -> dict:
         "accuracy_original": evaluation.get("accuracy_original"),
         "top1_agreement": (evaluation.get("agreement") or {}).get("top1"),
         "cosine": (evaluation.get("agreement") or {}).get("cosine"),
+        "rel_l2": (evaluation.get("agreement") or {}).get("rel_l2"),
         "outdir": report.outdir,
     }
 
@@ -105,7 +106,9 @@ def _markdown(model_path, points: list[dict]) -> str:
     for p in points:
         quality = (f"{p['accuracy'] * 100:.2f}%" if p["accuracy"] is not None
                    else f"{p['top1_agreement'] * 100:.2f}% agree" if p["top1_agreement"] is not None
-                   else "n/a")
+                   else f"cosine {p['cosine']:.4f}" if p["cosine"] is not None
+                   else f"rel. L2 {p['rel_l2']:.4f}" if p["rel_l2"] is not None
+                   else "n/a (no --eval)")
         rows.append((f"{p['target_macs']:g}", f"{p['macs_fraction']:.3f}", human_bytes(p["size_bytes"]),
                      f"{p['latency_p50_ms']:.3f}", f"{p['speedup_p50']:.2f}x", quality))
     header = f"# Sweep of {model_path}\n\n"

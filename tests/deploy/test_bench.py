@@ -250,3 +250,17 @@ def test_cuda_bench_binds_inputs_and_outputs_on_the_device():
     assert report.models[0].agreement["cosine"] == pytest.approx(1.0)
     assert "host-device copies not timed" in report.to_markdown()
     assert copies.include_copies and "copies timed" in copies.to_markdown()
+
+
+def test_a_one_value_output_shows_its_relative_error_not_a_dash(tmp_path):
+    """A detector's [N, 1] score has no cosine: the column read "-" for an int8 model 70% off."""
+    def scorer(scale: float) -> onnx.ModelProto:
+        weight = numpy_helper.from_array(np.full((16, 1), scale, np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "score",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], [weight])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    report = benchmark([scorer(1.0), scorer(0.5)], batch=4, **FAST)
+    rows = report.to_markdown().splitlines()[2:4]
+    assert "rel. L2 0.0000 (one-value output)" in rows[0] and "rel. L2 0.5000 (one-value output)" in rows[1]

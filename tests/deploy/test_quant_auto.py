@@ -32,7 +32,7 @@ def test_auto_keeps_the_candidate_measured_fastest(tmp_path, monkeypatch, fastes
     report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
 
     assert [c["mode"] for c in report.candidates] == ["static", "dynamic", "int4"]
-    assert all(c["agrees"] and c["cosine"] >= quant_auto.AGREEMENT_COSINE for c in report.candidates)
+    assert all(c["agrees"] and c["score"] >= quant_auto.AGREEMENT_COSINE for c in report.candidates)
     assert {c["mode"]: c["p50_ms"] for c in report.candidates} == {m: latencies[m] for m in ("static", "dynamic", "int4")}
     assert report.mode == fastest and report.kept == ("int4" if fastest == "int4" else "int8")
     assert report.decision.startswith(f"kept {report.kept}") and "5.00x faster" in report.decision
@@ -135,5 +135,6 @@ def test_a_one_value_output_is_judged_by_its_error_not_its_sign(tmp_path, monkey
     report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
 
     rows = {c["mode"]: c for c in report.candidates}
-    assert rows["static"]["agrees"] is False and rows["static"]["cosine"] == pytest.approx(1 - 0.5 ** 2 / 2)
+    assert rows["static"]["agrees"] is False and rows["static"]["score"] == pytest.approx(1 - 0.5 ** 2 / 2)
+    assert rows["static"]["agreement"] == "rel. L2 0.5000 on a one-value output (as a cosine 0.8750)"
     assert report.mode != "static"
