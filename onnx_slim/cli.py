@@ -415,8 +415,9 @@ def quantize(model, output, mode, quant_format, per_channel, method, reduce_rang
 @click.option("--include-copies", is_flag=True,
               help="On a GPU provider, time copying inputs to the device and outputs back too "
                    "(default: they stay on the device, bound once, and only the model is timed).")
-@click.option("--batch", default=1, show_default=True, help="Batch size of the random inputs.")
-@click.option("--shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Input shape (repeatable).")
+@click.option("--batch", "--batch-size", "batch", default=1, show_default=True, help="Samples per timed run.")
+@click.option("--shape", "--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Input shape (repeatable).")
 @value_option
 @click.option("--data", "data_path", metavar="PATH", help="Inputs from data (.npz...) instead of random ones.")
 @click.option("--no-memory", is_flag=True, help="Skip the per-model peak-memory measurement.")

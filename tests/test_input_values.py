@@ -63,6 +63,8 @@ def test_values_parse_and_check():
     for bad in ("sr", "=3", "sr=fast", "sr=nan"):
         with pytest.raises(UsageError, match="expected NAME=NUMBER"):
             parse_input_values([bad])
+    with pytest.raises(UsageError, match="'sr=8000': sr is given twice"):
+        parse_input_values(["sr=16000", "sr=8000"])
     model = vad_like()
     with pytest.raises(UsageError, match="no such input"):
         check_input_values(model, {"rate": 1.0})

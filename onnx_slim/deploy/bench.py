@@ -31,8 +31,8 @@ from onnx_slim.deploy.timing import (  # quant_speed and scripts time sessions w
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import human_bytes
 from onnx_slim.ir.hardware import cpu_info
-from onnx_slim.ir.inputs import (InputValues, check_input_shapes, check_input_values, graph_inputs, leading_dim,
-                                random_inputs, random_scalars_hint, shapes_at_batch)
+from onnx_slim.ir.inputs import (InputValues, check_input_shapes, check_input_values, fixed_batch_size, graph_inputs,
+                                leading_dim, random_inputs, random_scalars_hint, shapes_at_batch)
 from onnx_slim.ir.model import ModelSource, load_model, model_file_size
 from onnx_slim.ir.progress import Reporter, as_progress
 from onnx_slim.ir.runtime import SessionSpec, run_session
@@ -204,9 +204,10 @@ def benchmark(
 
     stats = [latency_stats(times) for times in timings]
     notes: list[str] = [caveat] if (caveat := noise_caveat(stats)) else []
-    if data is None and effective_batch != batch:
-        notes.append(f"the model's inputs fix the batch at {effective_batch}: timed at batch {effective_batch}, "
-                     f"not the {batch} asked for")
+    if effective_batch != batch:
+        why = ("the model's inputs fix the batch at" if fixed_batch_size(graph_inputs(entries[baseline_index].model))
+               else "the data's first batch holds")
+        notes.append(f"{why} {effective_batch}: timed at batch {effective_batch}, not the {batch} asked for")
     peak_memory = peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
     if measure_memory and device is not None:
         notes.append(f"peak memory is the host's; memory on {device[0]}:{device[1]} is not measured")

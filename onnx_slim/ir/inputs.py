@@ -140,9 +140,12 @@ def _parse_entries(entries, parse, message: str) -> dict:
         try:
             if not sep or not name:
                 raise ValueError
-            parsed[name] = parse(text)
+            value = parse(text)
         except ValueError:
             raise UsageError(message.format(entry=entry)) from None
+        if name in parsed:
+            raise UsageError(f"{entry!r}: {name} is given twice")
+        parsed[name] = value
     return parsed
 
 

@@ -148,6 +148,7 @@ def test_data_gives_the_inputs_and_the_batch():
     report = benchmark([mlp()], data=data, **FAST)
 
     assert report.batch == 4  # first batch only, cast to the model's float32
+    assert "the data's first batch holds 4: timed at batch 4, not the 1 asked for" in report.notes
 
 
 def test_a_batch_the_model_fixes_otherwise_is_timed_as_fixed_and_said_so():

@@ -111,6 +111,12 @@ def test_bench_command(capsys, demo):
         assert model["agreement"]["max_abs_diff"] == 0
 
 
+def test_bench_takes_the_option_names_the_other_commands_and_its_hints_use(capsys, demo):
+    code, stdout, _ = run_cli(capsys, "bench", demo, "--runs", "2", "--warmup", "1", "--no-memory", "--json",
+                              "--quiet", "--batch-size", "2", "--input-shape", "input=2,1,16,16")
+    assert code == 0 and json.loads(stdout)["batch"] == 2
+
+
 def test_sensitivity_command(capsys, demo):
     code, stdout, _ = run_cli(capsys, "sensitivity", demo, "--calib", demo.parent / "digits_calib.npz",
                               "--ratios", "0.2,0.5", "--samples", "16", "--json", "--quiet")
