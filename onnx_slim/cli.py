@@ -224,7 +224,7 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
 @click.option("--target-latency", type=float, metavar="MS",
               help="Prune until the pruned model's measured p50 is within 5% under this many ms.")
 @click.option("--criterion", cls=CriterionOption,
-              help="Channel importance: {criteria} (default: thinet with --calib, else l1).")
+              help="Channel importance: {criteria} (default: thinet with --calib data, else consumer_l1).")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups.")
 @ALLOCATE_OPTION
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Re-fit by least squares (default: on with --calib).")
