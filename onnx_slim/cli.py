@@ -278,20 +278,13 @@ def pipeline_config(ctx, model, config_path, options):
     """PipelineConfig from defaults < config file < options given on the command line."""
     from click.core import ParameterSource
 
-    from onnx_slim.pipeline.config import config_from_mapping, load_config, sibling_config
+    from onnx_slim.pipeline.config import config_from_mapping, load_config, over_config, sibling_config
 
     config_file = config_path or sibling_config(model)
-    merged = load_config(config_file) if config_file else {}
-    given = {name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    # --ratio, --target-macs and --target-latency are one choice: any on the command line replaces the config's.
-    targets = {"ratio", "target_macs", "target_latency"}
-    if given & targets:
-        for name in targets:
-            merged.pop(name, None)
-    for name, value in options.items():
-        key = "eval" if name == "eval_path" else name
-        if name in given or key not in merged:
-            merged[key] = value
+    given = {("eval" if name == "eval_path" else name): value for name, value in options.items()
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    defaults = {("eval" if name == "eval_path" else name): value for name, value in options.items()}
+    merged = over_config(load_config(config_file) if config_file else {}, given, defaults)
     return config_from_mapping(merged), (str(config_file) if config_file else None)
 
 

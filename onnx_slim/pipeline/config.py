@@ -101,6 +101,25 @@ _FLAGS = {"global_ranking", "reconstruct", "correct_statistics", "per_channel", 
 _STRINGS = {"grouped_conv", "criterion", "allocate", "quantize", "quant_format", "calib", "eval", "layout", "channel_order"}
 
 
+def over_config(file_options: dict, command_line: dict, defaults: dict) -> dict:
+    """A config file's options (checked, `load_config`) with the ones given on the command line over
+    them, and the command line's defaults where the file is silent. --ratio, --target-macs and
+    --target-latency are one choice: any on the command line replaces the file's. --input-shape and
+    --input-value replace the file's entries name by name (`sr` given does not drop the file's `state`)."""
+    merged = dict(file_options)
+    targets = {"ratio", "target_macs", "target_latency"}
+    if targets & set(command_line):
+        for name in targets:
+            merged.pop(name, None)
+    for name, value in command_line.items():
+        if name in ("input_shapes", "input_values") and merged.get(name):
+            value = {**_coerce(name, merged[name]), **_coerce(name, value)}
+        merged[name] = value
+    for name, value in defaults.items():
+        merged.setdefault(name, value)
+    return merged
+
+
 def config_from_mapping(options: dict) -> PipelineConfig:
     """A PipelineConfig from config-file and command-line values, checked and normalized.
 

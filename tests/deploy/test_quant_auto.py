@@ -138,3 +138,17 @@ def test_a_one_value_output_is_judged_by_its_error_not_its_sign(tmp_path, monkey
     assert rows["static"]["agrees"] is False and rows["static"]["score"] == pytest.approx(1 - 0.5 ** 2 / 2)
     assert rows["static"]["agreement"] == "rel. L2 0.5000 on a one-value output (as a cosine 0.8750)"
     assert report.mode != "static"
+
+
+def test_quantize_extends_noisy_timings_and_warns(monkeypatch, tmp_path):
+    from onnx_slim.deploy import timing as deploy_timing
+
+    rounds = []
+
+    def spread_runs(runners, *, runs, warmup, **_):  # every model's runs at 2 ms or 14 ms
+        rounds.append(runs)
+        return [[(2.0, 14.0)[i % 2] for i in range(runs)] for _ in runners]
+
+    monkeypatch.setattr(deploy_timing, "interleaved_timings", spread_runs)
+    report = quantize_model(matmul_net(), tmp_path / "q.onnx", mode="dynamic")
+    assert sum(rounds) == 60 and any(warning.startswith("timings were noisy") for warning in report.warnings)

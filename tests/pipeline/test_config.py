@@ -215,3 +215,14 @@ def test_max_layer_error_is_a_non_negative_number():
     assert config_from_mapping({}).max_layer_error is None  # quantize_model's own default
     with pytest.raises(UsageError, match="max-layer-error: -0.5 is negative"):
         config_from_mapping({"max_layer_error": -0.5})
+
+
+def test_command_line_inputs_replace_the_files_name_by_name():
+    """`--input-value sr=8000` over a config holding sr and state dropped the state: 'missing state'."""
+    from onnx_slim.pipeline.config import over_config
+
+    merged = over_config({"input_values": {"sr": 16000.0, "state": 0.0}, "ratio": 0.3, "runs": 5},
+                         {"input_values": ("sr=8000",), "target_macs": 0.5}, {"runs": 50, "seed": 0})
+    config = config_from_mapping(merged)
+    assert config.input_values == {"sr": 8000.0, "state": 0.0}
+    assert config.ratio is None and config.target_macs == 0.5 and config.runs == 5 and config.seed == 0

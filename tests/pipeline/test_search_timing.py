@@ -50,16 +50,6 @@ def test_runs_in_two_speeds_are_extended_to_the_limit_and_caveated(monkeypatch):
     assert "7.0x" in measured.noise
 
 
-def test_quantize_extends_noisy_timings_and_warns(monkeypatch, tmp_path):
-    from test_quantize import matmul_net
-
-    from onnx_slim.deploy.quantize import quantize_model
-
-    rounds = fake_runs(monkeypatch, deploy_timing, [2.0, 14.0])
-    report = quantize_model(matmul_net(), tmp_path / "q.onnx", mode="dynamic")
-    assert sum(rounds) == 60 and any(warning.startswith("timings were noisy") for warning in report.warnings)
-
-
 def test_bench_notes_noisy_timings(monkeypatch):
     fake_runs(monkeypatch, bench_module, [2.0, 14.0])
     report = bench_module.benchmark([conv_chain((8, 8), size=6)], runs=10, warmup=1, measure_memory=False)
