@@ -129,7 +129,8 @@ def parse_input_shapes(entries) -> dict[str, list[int]]:
 
 def parse_input_values(entries) -> dict[str, float]:
     """`NAME=NUMBER` entries -> {NAME: NUMBER}."""
-    return _parse_entries(entries, _finite_number, "bad input value {entry!r}: expected NAME=NUMBER (finite) e.g. sr=16000")
+    return _parse_entries(entries, _finite_number,
+                          "bad input value {entry!r}: expected NAME=NUMBER (finite) e.g. sr=16000")
 
 
 def _parse_entries(entries, parse, message: str) -> dict:
