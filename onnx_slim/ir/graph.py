@@ -57,12 +57,17 @@ def names_read_in_subgraphs(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def unproduced_inputs(graph: onnx.GraphProto) -> list[str]:
-    """Names that a node of `graph` reads (explicitly) and that no graph input, initializer or
-    node produces: a broken graph, whatever the node order."""
+def unproduced_inputs(graph: onnx.GraphProto, outer: frozenset = frozenset()) -> list[str]:
+    """Names that a node of `graph` or of its If / Loop / Scan bodies reads (explicitly) and that no
+    input, initializer or node of that graph or of a graph around it produces (`outer`): a broken
+    graph, whatever the node order. (graphsurgeon's fold broke one inside silero-vad's If branch.)"""
     known = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
-    known |= {name for node in graph.node for name in node.output}
-    return sorted({name for node in graph.node for name in node.input if name not in known})
+    known |= {name for node in graph.node for name in node.output} | outer
+    missing = {name for node in graph.node for name in node.input if name not in known}
+    for node in graph.node:
+        for body in subgraphs(node):
+            missing.update(unproduced_inputs(body, frozenset(known)))
+    return sorted(missing)
 
 
 def sort_topologically(graph: onnx.GraphProto) -> bool:

@@ -202,3 +202,30 @@ def test_a_fold_that_breaks_the_graph_is_given_up_and_the_unused_nodes_still_go(
         feeds = {"x": np.array([1.0, -4.0], np.float32), "flag": np.array(flag)}
         expected = run_session(create_session(model), feeds)["out"]
         np.testing.assert_array_equal(run_session(create_session(cleaned), feeds)["out"], expected)
+
+
+def test_a_fold_that_breaks_an_if_branch_is_given_up_too():
+    """silero_vad.onnx keeps the structure above inside the branch of an outer If (its sample-rate
+    test): the fold left a tensor of that branch without a producer, and the checker refused it."""
+    inner = _if_with_two_outputs_from_a_nested_if().graph
+    then_branch = helper.make_graph(list(inner.node), "outer_then", [],
+                                    [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["x"], ["negated"])], "outer_else", [],
+                                    [helper.make_tensor_value_info("negated", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["rate_ok"], ["result"], then_branch=then_branch, else_branch=else_branch)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("rate_ok", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("result", TensorProto.FLOAT, [2])], list(inner.initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+
+    cleaned, report = clean_model(model)
+
+    onnx.checker.check_model(cleaned, full_check=True)
+    assert any("without a producer" in note for note in report.notes)
+    for flag, rate_ok in ((True, True), (False, True), (True, False)):
+        feeds = {"x": np.array([1.0, -4.0], np.float32), "flag": np.array(flag), "rate_ok": np.array(rate_ok)}
+        expected = run_session(create_session(model), feeds)["result"]
+        np.testing.assert_array_equal(run_session(create_session(cleaned), feeds)["result"], expected)
