@@ -49,7 +49,7 @@ from onnx_slim.ir.files import scratch_folder
 from onnx_slim.ir.graph import sort_topologically
 from onnx_slim.ir.hardware import cpu_info
 from onnx_slim.ir.inputs import (InputShapes, InputValues, MadeUpInputs, check_input_shapes, check_input_values,
-                                feeds_for, fixed_batch_size, graph_inputs, with_values)
+                                feeds_for, fixed_batch_size, graph_inputs, shapes_at_batch, with_values)
 from onnx_slim.ir.isolated import check_survives_a_run
 from onnx_slim.ir.model import ModelSource, check_not_quantized, check_output_path, load_model, save_model
 from onnx_slim.ir.runtime import SessionSpec, create_session, run_session
@@ -194,6 +194,10 @@ def quantize_model(
     float_model = load_model(model, copy=False)
     check_input_shapes(float_model, input_shapes)
     check_input_values(float_model, input_values)
+    first = _first_batch(calibration)
+    if first is not None and not input_shapes:  # made-up inputs (checks, timing) at the data's sizes, not guessed
+        input_shapes = shapes_at_batch(float_model, {name: np.shape(value) for name, value in first.items()
+                                                     if name not in (input_values or {})}, 1)
     inputs = MadeUpInputs(input_shapes, input_values)
     check_not_quantized(float_model, advice="quantize the float model instead")
     _check_float32(float_model, mode)
@@ -231,6 +235,7 @@ def quantize_model(
                 continue
             candidates.append(candidate)
             example = example if example is not None else batch
+        example = example if example is not None else first  # dynamic reads no data: checked on it anyway
         candidates = _score(float_model, candidates, example, session, mode == "auto", skipped, scratch, inputs)
     if len(skipped) > not_tried:  # tried and dropped (a crash, a failed check): said where the mode is
         mode_reason += f"; dropped: {'; '.join(skipped[not_tried:])}"
@@ -261,6 +266,14 @@ def quantize_model(
         cleanup=described.cleanup.to_dict() if described.cleanup and decision.kept is not None else None,
         warnings=report_warnings,
     )
+
+
+def _first_batch(calibration) -> dict[str, np.ndarray] | None:
+    """The first batch of calibration data that can be read again (a list, a `BatchStream`); None for
+    none, random data or a one-pass iterator (peeking would use up a batch of it)."""
+    if calibration is None or isinstance(calibration, str) or not hasattr(calibration, "__len__"):
+        return None
+    return next(iter(calibration), None)
 
 
 def calibration_source(calibration, batch_size: int):
