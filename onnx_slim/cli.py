@@ -38,7 +38,7 @@ from onnx_slim.cli_options import (
 from onnx_slim.errors import OnnxSlimError, UsageError
 from onnx_slim.formatting import (before_after_table, evaluation_line, human_bytes, human_count, quantize_summary,
                                    table, to_json)
-from onnx_slim.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, MESSAGE, Terminated, unwind_on_signals
+from onnx_slim.interrupts import EXIT_INTERRUPTED, MESSAGE, Terminated, unwind_on_signals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -481,9 +481,9 @@ def _main(args: list[str]) -> int:
     except KeyboardInterrupt:
         click.echo(MESSAGE, err=True)
         return EXIT_INTERRUPTED
-    except Terminated:
+    except Terminated as exc:
         click.echo(MESSAGE, err=True)
-        return EXIT_TERMINATED
+        return exc.exit_code
     except Exception as exc:  # a bug of ours: still one line, with a way to see more
         if debug:
             raise

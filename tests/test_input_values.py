@@ -74,6 +74,8 @@ def test_values_parse_and_check():
         check_input_values(model, {"state": 1e39})
     with pytest.raises(UsageError, match=r"sr=1e\+30: out of range for the input's int64"):
         check_input_values(model, {"sr": 1e30})
+    with pytest.raises(UsageError, match="out of range for the input's int64"):
+        check_input_values(model, parse_input_values(["sr=9223372036854775807"]))  # 2**63 once a float
     flag = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["on"], ["y"])], "flag", [helper.make_tensor_value_info("on", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("y", TensorProto.BOOL, [])]))

@@ -167,11 +167,12 @@ def check_input_values(model: onnx.ModelProto, values: InputValues | None) -> No
         if not np.issubdtype(dtype, np.floating) and value != int(value):
             raise UsageError(f"--input-value {name}={value:g}: the input is {dtype}, give a whole number")
         if dtype == np.bool_:
-            limits = (0.0, 1.0)
-        else:
-            info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(dtype)
-            limits = (float(info.min), float(info.max))
-        if not limits[0] <= value <= limits[1]:  # numpy would cast it to inf or wrap it around
+            inside = value in (0, 1)
+        elif np.issubdtype(dtype, np.floating):
+            inside = abs(value) <= float(np.finfo(dtype).max)
+        else:  # compared as Python ints: 2**63 - 1 as a float is 2**63, which int64 cannot hold
+            inside = int(np.iinfo(dtype).min) <= int(value) <= int(np.iinfo(dtype).max)
+        if not inside:  # numpy would cast it to inf or wrap it around
             raise UsageError(f"--input-value {name}={value:g}: out of range for the input's {dtype}")
 
 

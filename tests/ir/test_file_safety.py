@@ -247,7 +247,7 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_mid_run_cleans_up_and_exits_128_plus_the_signal(demo, tmp_path, signum, code):
     with started("-m", "onnx_slim", "run", demo, "-o", tmp_path / "new" / "out", "--ratio", "0.3",
                  "--runs", "100000", "--warmup", "0", "--no-memory", "--quantize", "none", cwd=tmp_path) as process:
