@@ -158,7 +158,8 @@ def prune(model, output, ratio, target_macs, target_latency, max_drop, criterion
     click.echo(before_after_table(data))
     if report.reconstruction:
         methods = ", ".join(f"{count} {name}" for name, count in report.reconstruction["methods"].items())
-        click.echo(f"re-fitted {report.reconstruction['layers']} layers" + (f" ({methods})" if methods else ""))
+        layers = report.reconstruction["layers"]
+        click.echo(f"re-fitted {layers} layer{'s' * (layers != 1)}" + (f" ({methods})" if methods else ""))
     if report.statistics:
         click.echo(f"statistics corrected in {report.statistics['corrected']} of {report.statistics['layers']} layers "
                    f"({report.statistics['unchanged']} kept as they were)")

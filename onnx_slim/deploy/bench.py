@@ -195,9 +195,9 @@ def benchmark(
     except OnnxSlimError as exc:
         raise OnnxSlimError(f"{exc}{random_scalars_hint(entries[baseline_index].model, values)}"
                             if data is None else str(exc)) from None
-    if data is not None and shapes is None:  # params and MACs at the data's sizes, not at guessed ones
-        shapes = shapes_at_batch(entries[baseline_index].model, {name: np.shape(value) for name, value in feeds.items()},
-                                 1)
+    if data is not None:  # params and MACs at the data's sizes (and any given), not at guessed ones
+        shapes = {**shapes_at_batch(entries[baseline_index].model,
+                                    {name: np.shape(value) for name, value in feeds.items()}, 1), **(shapes or {})}
     runners = [timed_call(opened, feeds, device, include_copies) for opened in sessions]
     with as_progress(progress).steps("timing", runs * len(runners)) as advance:
         timings = interleaved_timings(runners, runs=runs, warmup=warmup, advance=advance)

@@ -114,7 +114,8 @@ class PruneReport:
         lines = []
         if self.rounding and self.rounding["candidates"]:
             timed = ", ".join(f"{c['round_to']}: {c['latency_ms']:.3g} ms" for c in self.rounding["candidates"])
-            lines.append(f"rounding: round-to {self.rounding['chosen']}, the fastest of those timed ({timed}; "
+            why = self.rounding.get("why", "the fastest of those timed")
+            lines.append(f"rounding: round-to {self.rounding['chosen']}, {why} ({timed}; "
                          f"original {self.rounding['original_ms']:.3g} ms; p50 of {self.rounding['runs']} runs)")
         search = self.search
         if search and search["kind"] == "latency":

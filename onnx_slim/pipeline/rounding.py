@@ -65,6 +65,7 @@ def choose_rounding(pruner: Pruner, *, target_macs: float | None = None,
     chosen, chosen_ms = next((c, ms) for c, ms in timed if ms <= fastest * (1 + TIE))
     report = {
         "chosen": chosen.round_to,
+        "why": "the fastest of those timed" if chosen_ms <= fastest else f"the finest within {TIE:.0%} of the fastest",
         "candidates": [{"round_to": c.round_to, "macs_fraction": round(c.macs_fraction, 4),
                         "latency_ms": round(ms, 4), "speedup": round(original_ms / ms, 3)} for c, ms in timed],
         "original_ms": round(original_ms, 4),

@@ -101,3 +101,18 @@ def test_round_to_must_be_a_whole_number_or_auto(capsys, demo, tmp_path):  # noq
     code, _, stderr = run_cli(capsys, "prune", demo, "-o", tmp_path / "a.onnx", "--target-macs", "0.5",
                               "--round-to", "eight", "--quiet")
     assert code == 2 and "neither a whole number nor 'auto'" in stderr
+
+
+def test_a_near_tie_is_said_to_be_one(monkeypatch):
+    """Round-to 8 kept at 1.02 ms beside 32 at 1.00 ms read 'the fastest of those timed'."""
+    def measure(models, feeds, session, **_):
+        original, *candidates = models
+        return timing.Measurement([4.0] + [1.0 if all(n % 32 == 0 for n in filters(model)) else
+                                           1.02 if all(n % 8 == 0 for n in filters(model)) else 3.0
+                                           for model in candidates])
+
+    monkeypatch.setattr(timing, "measure", measure)
+    _, report = prune(conv_chain((64, 64), size=6), target_macs=0.5, round_to="auto")
+    assert report.round_to == 8 and report.rounding["why"] == "the finest within 3% of the fastest"
+    assert any(line.startswith("rounding: round-to 8, the finest within 3% of the fastest (")
+               for line in report.choice_lines())
