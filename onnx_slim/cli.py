@@ -212,6 +212,8 @@ def sensitivity(model, calib, calib_samples, batch_size, ratios, criterion, samp
     click.echo(f"{model}: output relative L2 error when one group alone is pruned "
                f"({criterion} order, {report.samples} samples), and the MACs it saves\n")
     click.echo(report.to_table())
+    if not analysis.channels.prunable_groups():
+        click.echo(f"note: no channel group is prunable{'; ' + analysis.subgraph_note if analysis.subgraph_note else ''}")
 
 
 @cli.command()

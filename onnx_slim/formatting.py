@@ -79,8 +79,12 @@ def evaluation_line(evaluation: dict) -> str:
                      f"({0.0 - evaluation['accuracy_drop_points']:+.2f} points)")
     if agreement.get("top1") is not None:
         parts.append(f"top-1 agreement {agreement['top1'] * 100:.2f}%")
-    parts.append(f"cosine {agreement['cosine']:.4f}" if agreement["cosine"] is not None
-                 else f"rel. L2 {agreement['rel_l2']:.4f}")
+    one_value = [row["rel_l2"] for row in agreement.get("outputs", {}).values() if row["cosine"] is None]
+    if agreement["cosine"] is not None:
+        parts.append(f"cosine {agreement['cosine']:.4f}")
+    if one_value or agreement["cosine"] is None:  # a one-value output has no cosine: its error, then
+        parts.append(f"rel. L2 {max(one_value or [agreement['rel_l2']]):.4f}"
+                     + (" on its one-value outputs" if agreement["cosine"] is not None else ""))
     return " ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 

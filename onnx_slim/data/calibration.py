@@ -336,7 +336,8 @@ def _random_set(model, specs: list[InputSpec], samples: int, seed: int, fixed_ba
     for spec in specs:
         if not spec.dims:
             raise OnnxSlimError(
-                f"input '{spec.name}' has no shape in the model, so random data cannot be shaped; give an .npz"
+                f"input '{spec.name}' has no dims in the model (a scalar, or no shape), so random data cannot be "
+                f"shaped for it; give its value with --input-value {spec.name}=NUMBER, or an .npz"
             )
     concrete = concrete_dims(specs, input_shapes)
     arrays = random_inputs(model, seed=seed, shapes={spec.name: (samples,) + concrete[spec.name][1:] for spec in specs},

@@ -205,8 +205,9 @@ def benchmark(
     stats = [latency_stats(times) for times in timings]
     notes: list[str] = [caveat] if (caveat := noise_caveat(stats)) else []
     if effective_batch != batch:
-        why = ("the model's inputs fix the batch at" if fixed_batch_size(graph_inputs(entries[baseline_index].model))
-               else "the data's first batch holds")
+        fed = [spec for spec in graph_inputs(entries[baseline_index].model) if spec.name not in (values or {})]
+        why = ("the data's first batch holds" if data is not None and not fixed_batch_size(fed)
+               else "the model's inputs fix the batch at")
         notes.append(f"{why} {effective_batch}: timed at batch {effective_batch}, not the {batch} asked for")
     peak_memory = peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)
     if measure_memory and device is not None:

@@ -71,6 +71,7 @@ def publish(files: Sequence[Path], folder: Path, *, force: bool) -> list[Path]:
             for file in files:
                 target = folder / file.name
                 if force:
+                    check_replaceable(target)  # again: a pipe can appear there while the command works
                     os.replace(file, target)
                 else:
                     _create_exclusively(file, target)
@@ -87,11 +88,11 @@ def publish(files: Sequence[Path], folder: Path, *, force: bool) -> list[Path]:
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Delay SIGINT and SIGTERM (delivered when the block ends) where the platform allows it."""
+    """Delay SIGINT, SIGTERM and SIGHUP (delivered when the block ends) where the platform allows it."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield

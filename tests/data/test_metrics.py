@@ -157,3 +157,14 @@ def test_accuracy_with_class_indices_and_one_hot_labels():
         accuracy(scores, labels[:3])
     with pytest.raises(OnnxSlimError, match=r"\[N, K\]"):
         accuracy(scores.reshape(-1), labels)
+
+
+def test_the_held_out_line_gives_a_one_value_outputs_error_beside_the_cosine():
+    from onnx_slim.formatting import evaluation_line
+
+    reference = {"score": np.array([[0.5], [0.8]]), "features": np.ones((2, 4))}
+    mixed = agreement(reference, {"score": reference["score"] * 0.5, "features": np.ones((2, 4))})
+    only = agreement({"score": reference["score"]}, {"score": reference["score"] * 0.5})
+    assert evaluation_line({"samples": 2, "agreement": mixed}).endswith(
+        "cosine 1.0000, rel. L2 0.5000 on its one-value outputs")
+    assert evaluation_line({"samples": 2, "agreement": only}) == "on 2 held-out samples: rel. L2 0.5000"
