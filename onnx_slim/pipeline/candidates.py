@@ -51,8 +51,9 @@ def default_criterion(calibration) -> str:
     which make the data-driven path worth running: README, "Without data"), else `consumer_l1`.
     Not `l1`: with BatchNorm folded into the filters it keeps the wrong channels on real CNNs (at 95%
     of the MACs, without data: EfficientNet-Lite0 0.4% top-1 against 75.6%, MobileNetV2 8.1% against
-    69.3%; all-mpnet-base-v2's embedding cosine 0.883 against 0.912); it wins on the captcha reader
-    at 90% (79.7% against 74.0%) and MTCNN at 60% (99.5% against 87.5%)."""
+    69.3%; all-mpnet-base-v2's language ID 62.3% against 64.3%, its embedding cosine 0.887 against
+    0.915: reports/bench_real_light.md); it wins on the captcha reader at 90% (79.7% against 74.0%)
+    and MTCNN at 60% (99.5% against 87.5%)."""
     if calibration is not None and (not calibration.is_random or calibration.is_synthetic):
         return "thinet"
     return "consumer_l1"
