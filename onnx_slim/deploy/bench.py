@@ -193,8 +193,9 @@ def benchmark(
     try:
         outputs = [run_session(opened, feeds) for opened in sessions]
     except OnnxSlimError as exc:
-        raise OnnxSlimError(f"{exc}{random_scalars_hint(entries[baseline_index].model, values)}"
-                            if data is None else str(exc)) from None
+        if data is not None:
+            raise
+        raise OnnxSlimError(f"{exc}{random_scalars_hint(entries[baseline_index].model, values)}") from None
     if data is not None:  # params and MACs at the data's sizes (and any given), not at guessed ones
         shapes = {**shapes_at_batch(entries[baseline_index].model,
                                     {name: np.shape(value) for name, value in feeds.items()}, 1), **(shapes or {})}
@@ -205,8 +206,8 @@ def benchmark(
     stats = [latency_stats(times) for times in timings]
     notes: list[str] = [caveat] if (caveat := noise_caveat(stats)) else []
     if effective_batch != batch:
-        fed = [spec for spec in graph_inputs(entries[baseline_index].model) if spec.name not in (values or {})]
-        why = ("the data's first batch holds" if data is not None and not fixed_batch_size(fed)
+        fixed = fixed_batch_size(graph_inputs(entries[baseline_index].model), values)
+        why = ("the data's first batch holds" if data is not None and not fixed
                else "the model's inputs fix the batch at")
         notes.append(f"{why} {effective_batch}: timed at batch {effective_batch}, not the {batch} asked for")
     peak_memory = peak_memories(entries, feeds, session, notes) if measure_memory else [None] * len(entries)

@@ -49,7 +49,7 @@ def calibration_reader(model: onnx.ModelProto, calibration, batch_size: int,
     """A reader over `calibration` (feed dicts, or RANDOM, made up as `inputs` says) re-batched to the
     model's fixed batch or `batch_size`; an input `inputs.values` fixes is filled again at that batch."""
     specs = graph_inputs(model)
-    fixed = fixed_batch_size([spec for spec in specs if spec.name not in (inputs.values or {})])
+    fixed = fixed_batch_size(specs, inputs.values)
     size = fixed or batch_size
     source = _random_samples(model, inputs) if calibration == RANDOM else calibration
     return LazyCalibrationReader(rebatched(source, specs, size, exact=fixed is not None, inputs=inputs), size)

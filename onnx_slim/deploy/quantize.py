@@ -456,7 +456,7 @@ def _timing_feeds(model: onnx.ModelProto, example: dict[str, np.ndarray] | None,
         return inputs.feeds(model)
     values = inputs.values or {}
     specs = graph_inputs(model)
-    if fixed_batch_size([spec for spec in specs if spec.name not in values]) is not None:
+    if fixed_batch_size(specs, values) is not None:
         return example
     # A fixed input has no samples to cut (a scalar, a state [2, batch, 128]): filled again at batch 1.
     return with_values({name: array[:1] for name, array in example.items() if name not in values}, specs, values,

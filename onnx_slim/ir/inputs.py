@@ -94,9 +94,10 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
-    """The leading dim when every input fixes it to the same number, else None (free batch)."""
-    leading = {spec.dims[0] if spec.dims else None for spec in specs}
+def fixed_batch_size(specs: Sequence[InputSpec], values: InputValues | None = None) -> int | None:
+    """The leading dim when every input fixes it to the same number, else None (free batch). Inputs
+    in `values` (fixed by --input-value, a state [2, 1, 128]) hold no samples and do not count."""
+    leading = {spec.dims[0] if spec.dims else None for spec in specs if spec.name not in (values or {})}
     if len(leading) == 1:
         (dim,) = leading
         if isinstance(dim, int) and dim > 0:

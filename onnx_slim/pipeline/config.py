@@ -14,7 +14,7 @@ from pathlib import Path
 
 from onnx_slim.errors import UsageError, first_line
 from onnx_slim.ir.inputs import parse_input_shapes, parse_input_values
-from onnx_slim.pipeline.candidates import default_allocation
+from onnx_slim.pipeline.candidates import default_allocation, default_criterion
 
 QUANTIZE_CHOICES = ("auto", "static", "dynamic", "int4", "fp16", "none")
 
@@ -80,7 +80,7 @@ class PipelineConfig:
         if filled.grouped_conv not in ("channels", "groups"):
             raise UsageError(f"grouped-conv must be channels or groups, got {filled.grouped_conv!r}")
         if filled.criterion is None:
-            filled.criterion = "thinet" if real_data else "consumer_l1"  # candidates.default_criterion's rule
+            filled.criterion = default_criterion(real_data)
         if filled.reconstruct is None:
             filled.reconstruct = real_data
         if filled.allocate is None:

@@ -20,6 +20,18 @@ def timer(p50_by_model: dict[str, float]):
     return measure_latencies
 
 
+def change_agreement(monkeypatch, mode: str, change):
+    """The real check and score, then `change(agreement)` for the candidate of `mode`."""
+    real_check = quantize_module.check_and_score
+
+    def changed(candidate, reference, outputs):
+        real_check(candidate, reference, outputs)
+        if candidate.mode == mode:
+            candidate.agreement = change(candidate.agreement)
+
+    monkeypatch.setattr(quantize_module, "check_and_score", changed)
+
+
 def calibration():
     return [random_inputs(matmul_net(), batch=8, seed=seed) for seed in range(3)]
 
@@ -46,14 +58,7 @@ def test_auto_keeps_the_candidate_measured_fastest(tmp_path, monkeypatch, fastes
 def test_a_faster_candidate_that_disagrees_is_not_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(quant_speed, "measure_latencies",
                         timer({"float": 5.0, "static": 2.0, "dynamic": 3.0, "int4": 1.0}))
-    real_check = quantize_module.check_and_score
-
-    def int4_breaks(candidate, reference, outputs):
-        real_check(candidate, reference, outputs)
-        if candidate.mode == "int4":
-            candidate.agreement = {**candidate.agreement, "cosine": 0.9}
-
-    monkeypatch.setattr(quantize_module, "check_and_score", int4_breaks)
+    change_agreement(monkeypatch, "int4", lambda agreement: {**agreement, "cosine": 0.9})
 
     report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
 
@@ -121,16 +126,9 @@ def test_a_one_value_output_is_judged_by_its_error_not_its_sign(tmp_path, monkey
     numbers); auto must not call it agreeing."""
     monkeypatch.setattr(quant_speed, "measure_latencies",
                         timer({"float": 5.0, "static": 1.0, "dynamic": 3.0, "int4": 3.0}))
-    real_check = quantize_module.check_and_score
-
-    def static_halves_a_score(candidate, reference, outputs):
-        real_check(candidate, reference, outputs)
-        if candidate.mode == "static":
-            score = {"cosine": None, "rel_l2": 0.5, "top1": None, "max_abs_diff": 0.3, "samples": 8}
-            candidate.agreement = {**candidate.agreement, "outputs": {**candidate.agreement["outputs"],
-                                                                      "score": score}}
-
-    monkeypatch.setattr(quantize_module, "check_and_score", static_halves_a_score)
+    score = {"cosine": None, "rel_l2": 0.5, "top1": None, "max_abs_diff": 0.3, "samples": 8}
+    change_agreement(monkeypatch, "static",
+                     lambda agreement: {**agreement, "outputs": {**agreement["outputs"], "score": score}})
 
     report = quantize_model(matmul_net(), tmp_path / "q.onnx", calibration=calibration())
 
